@@ -1,0 +1,93 @@
+"""The one configuration module: every environment variable the project reads.
+
+The listener and the CLI read `Settings()`; the Dagster resources read the same variable
+names through `dagster.EnvVar` (see `defs/resources.py`), so both sides agree on paths.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_AGENT_ID = "default"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAYERCODE_", extra="ignore")
+
+    # --- paths -------------------------------------------------------------------------
+    data_dir: Path = Path("./data")
+    landing_dir: Path | None = None
+    quarantine_dir: Path | None = None
+    warehouse_path: Path | None = None
+    recordings_dir: Path | None = None
+    serving_dir: Path | None = None
+
+    # --- webhook listener --------------------------------------------------------------
+    agent_id: str = DEFAULT_AGENT_ID
+    webhook_secret: SecretStr | None = None
+    # JSON object: agent_id -> secret or list of secrets (several while rotating).
+    webhook_secrets: str | None = None
+    signature_tolerance_s: int = 300
+    max_body_bytes: int = 10 * 1024 * 1024
+    segment_max_bytes: int = 64 * 1024 * 1024
+    segment_max_age_s: float = 60.0
+    responder: str = "webhook_listener.responder:default_responder"
+    welcome_message: str = "Hi, thanks for calling. How can I help you today?"
+    ack_message: str = "Thanks, let me look into that."
+    log_level: str = "INFO"
+
+    # --- REST API ----------------------------------------------------------------------
+    api_base_url: str = "https://api.layercode.com/v1"
+    api_key: SecretStr | None = Field(default=None, repr=False)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secrets_are_json(cls, value: str | None) -> str | None:
+        if value:
+            parsed = json.loads(value)
+            if not isinstance(parsed, dict):
+                raise ValueError("LAYERCODE_WEBHOOK_SECRETS must be a JSON object agent_id -> secret(s)")
+        return value
+
+    @cached_property
+    def agent_secrets(self) -> dict[str, tuple[str, ...]]:
+        """agent_id -> accepted secrets (any of them verifies; rotation keeps two)."""
+        out: dict[str, tuple[str, ...]] = {}
+        if self.webhook_secrets:
+            for agent, value in json.loads(self.webhook_secrets).items():
+                values = [value] if isinstance(value, str) else list(value)
+                out[str(agent)] = tuple(str(v) for v in values if v)
+        if self.webhook_secret is not None and self.webhook_secret.get_secret_value():
+            existing = out.get(self.agent_id, ())
+            out[self.agent_id] = (self.webhook_secret.get_secret_value(), *existing)
+        return {k: v for k, v in out.items() if v}
+
+    # --- derived paths (absolute, so dbt's cwd does not matter) --------------------------
+    @property
+    def data_root(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def landing_path(self) -> Path:
+        return (self.landing_dir or self.data_root / "landing").expanduser().resolve()
+
+    @property
+    def quarantine_path(self) -> Path:
+        return (self.quarantine_dir or self.data_root / "quarantine").expanduser().resolve()
+
+    @property
+    def warehouse_file(self) -> Path:
+        return (self.warehouse_path or self.data_root / "warehouse.duckdb").expanduser().resolve()
+
+    @property
+    def recordings_path(self) -> Path:
+        return (self.recordings_dir or self.data_root / "recordings").expanduser().resolve()
+
+    @property
+    def serving_path(self) -> Path:
+        return (self.serving_dir or self.data_root / "serving").expanduser().resolve()

@@ -1,0 +1,186 @@
+"""Pydantic models of the webhook events, the SSE reply events and the REST record.
+
+Tolerant on purpose (contract section 1): extra fields are kept, optional fields may be
+missing or null, transcript timestamps may be numbers or ISO strings. Only the fields a
+reply cannot do without are required.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+SESSION_START = "session.start"
+MESSAGE = "message"
+SESSION_END = "session.end"
+SESSION_UPDATE = "session.update"
+KNOWN_EVENT_TYPES = (SESSION_START, MESSAGE, SESSION_END, SESSION_UPDATE)
+SSE_EVENT_TYPES = (SESSION_START, MESSAGE)
+
+Timestamp = float | int | str | None
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    session_id: str
+    conversation_id: str | None = None
+    from_phone_number: str | None = None
+    to_phone_number: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class SessionStartEvent(_Event):
+    type: Literal["session.start"]
+    turn_id: str
+
+
+class MessageEvent(_Event):
+    type: Literal["message"]
+    turn_id: str
+    text: str | None = None
+
+
+class TranscriptItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["user", "assistant"] | str
+    text: str | None = None
+    timestamp: Timestamp = None
+
+
+class SessionEndEvent(_Event):
+    type: Literal["session.end"]
+    agent_id: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration: float | None = None  # milliseconds
+    transcription_duration_seconds: float | None = None
+    tts_duration_seconds: float | None = None
+    latency: float | None = None
+    ip_address: str | None = None
+    country_code: str | None = None
+    recording_status: str | None = None  # enabled / disabled (the org setting)
+    transcript: list[TranscriptItem] | None = None
+
+
+class SessionUpdateEvent(_Event):
+    type: Literal["session.update"]
+    recording_status: str | None = None  # completed / failed
+    recording_url: str | None = None
+    recording_duration: float | None = None  # seconds
+    error_message: str | None = None
+
+
+WebhookEvent = SessionStartEvent | MessageEvent | SessionEndEvent | SessionUpdateEvent
+_MODELS: dict[str, type[_Event]] = {
+    SESSION_START: SessionStartEvent,
+    MESSAGE: MessageEvent,
+    SESSION_END: SessionEndEvent,
+    SESSION_UPDATE: SessionUpdateEvent,
+}
+
+
+class UnknownEvent(BaseModel):
+    """A type we do not know yet: kept and acknowledged, never rejected."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+def parse_event(payload: dict[str, Any]) -> WebhookEvent | UnknownEvent:
+    """Validate a decoded body; raises `pydantic.ValidationError` for a known type that
+    lacks what it must have."""
+    model = _MODELS.get(payload.get("type"))  # type: ignore[arg-type]
+    if model is None:
+        return UnknownEvent.model_validate(payload)
+    return model.model_validate(payload)
+
+
+def validation_reason(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors(include_url=False)
+    )
+
+
+# --- SSE reply events (contract section 2) -----------------------------------------------
+
+
+class ResponseTTS(BaseModel):
+    type: Literal["response.tts"] = "response.tts"
+    content: str
+    turn_id: str
+
+
+class ResponseData(BaseModel):
+    type: Literal["response.data"] = "response.data"
+    content: Any
+    turn_id: str
+
+
+class ResponseEnd(BaseModel):
+    type: Literal["response.end"] = "response.end"
+    turn_id: str
+
+
+class ResponseError(BaseModel):
+    type: Literal["response.error"] = "response.error"
+    error: str
+    turn_id: str
+
+
+# --- REST record (contract section 3) ------------------------------------------------------
+
+
+class RestExchange(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: Timestamp = None
+    user_message: str | None = None
+    assistant_message: str | None = None
+    latency_ms: float | None = None
+
+
+class RestSession(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str
+    agent_id: str
+    conversation_id: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_ms: float | None = None
+    latency_ms: float | None = None
+    transcription_duration_seconds: float | None = None
+    tts_duration_seconds: float | None = None
+    metadata: dict[str, Any] | None = None
+    from_phone_number: str | None = None
+    from_phone_country: str | None = None
+    to_phone_number: str | None = None
+    to_phone_country: str | None = None
+    ip_address: str | None = None
+    country_code: str | None = None
+    transcript: list[RestExchange] = Field(default_factory=list)
+    recording_status: str | None = None  # not_available / in_progress / completed
+    recording_url: str | None = None
+
+
+# Recording states in one vocabulary (contract section 4).
+RECORDING_STATES = ("not_available", "in_progress", "completed", "failed", "disabled", "unknown")
+
+
+def normalise_recording_state(value: str | None) -> str:
+    """Map the webhook's and the REST API's vocabularies onto one."""
+    v = (value or "").strip().lower()
+    if v in ("completed", "failed", "in_progress", "not_available"):
+        return v
+    if v == "enabled":  # session.end: the org records; the file is not ready yet
+        return "in_progress"
+    if v == "disabled":
+        return "disabled"
+    return "unknown"
+
+
+RestSessionAdapter = TypeAdapter(RestSession)

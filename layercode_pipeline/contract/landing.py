@@ -1,0 +1,136 @@
+"""The landing file format: the contract between the listener and the ingest.
+
+    <landing>/dt=YYYY-MM-DD/hour=HH/<writer id>-<seq>.jsonl        sealed, read by ingest
+    <landing>/dt=YYYY-MM-DD/hour=HH/<writer id>-<seq>.jsonl.open   being written
+
+One JSON envelope per line (see `build_envelope`). A segment is written under its
+`.open` name while its writer holds an exclusive `flock` on it, and sealed by an atomic
+rename. A writer that died (SIGKILL, power loss) leaves an `.open` file nobody holds a
+lock on: `recover_orphan_segments` trims any torn last line (never acknowledged, since
+acknowledgement waits for the fsync of whole lines) and seals it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+ENVELOPE_VERSION = 1
+SEALED_SUFFIX = ".jsonl"
+OPEN_SUFFIX = ".jsonl.open"
+# Request headers worth keeping; the signature is a credential-derived value and is not.
+KEPT_HEADERS = ("user-agent", "content-type", "x-forwarded-for", "x-request-id", "traceparent")
+
+
+def build_envelope(
+    *,
+    received_at: datetime,
+    agent_id: str,
+    event_type: str,
+    content_sha256: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    writer_id: str,
+    error: str | None = None,
+) -> bytes:
+    """One landing line, newline-terminated. `body` is the exact raw request body."""
+    return orjson.dumps(
+        {
+            "v": ENVELOPE_VERSION,
+            "received_at": received_at.isoformat(timespec="microseconds"),
+            "agent_id": agent_id,
+            "event_type": event_type,
+            "content_sha256": content_sha256,
+            "body": body.decode("utf-8"),
+            "headers": {k: headers[k] for k in KEPT_HEADERS if k in headers},
+            "writer_id": writer_id,
+            "error": error,
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+def partition_dir(landing_dir: Path, received_at: datetime) -> Path:
+    return landing_dir / f"dt={received_at:%Y-%m-%d}" / f"hour={received_at:%H}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal_path(open_path: Path) -> Path:
+    return open_path.with_name(open_path.name[: -len(".open")])
+
+
+def iter_sealed_segments(landing_dir: Path) -> Iterator[Path]:
+    """Sealed segments in path order (date, hour, writer, sequence)."""
+    if not landing_dir.exists():
+        return
+    for dt_dir in sorted(p for p in landing_dir.iterdir() if p.name.startswith("dt=")):
+        for hour_dir in sorted(p for p in dt_dir.iterdir() if p.name.startswith("hour=")):
+            for entry in sorted(os.scandir(hour_dir), key=lambda e: e.name):
+                if entry.name.endswith(SEALED_SUFFIX) and entry.is_file():
+                    yield Path(entry.path)
+
+
+@dataclass
+class RecoveredSegment:
+    path: Path
+    trimmed_bytes: int
+
+
+def recover_orphan_segments(landing_dir: Path) -> list[RecoveredSegment]:
+    """Seal `.open` segments whose writer is gone (no one holds their lock)."""
+    recovered: list[RecoveredSegment] = []
+    if not landing_dir.exists():
+        return recovered
+    for open_path in sorted(landing_dir.glob(f"dt=*/hour=*/*{OPEN_SUFFIX}")):
+        try:
+            fd = os.open(open_path, os.O_RDWR)
+        except FileNotFoundError:  # sealed by its writer meanwhile
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer owns it
+            if not open_path.exists():
+                continue
+            size = os.fstat(fd).st_size
+            keep = _last_newline_end(fd, size)
+            if keep < size:
+                os.ftruncate(fd, keep)
+            os.fsync(fd)
+            if keep == 0:
+                os.unlink(open_path)
+            else:
+                os.rename(open_path, seal_path(open_path))
+                recovered.append(RecoveredSegment(seal_path(open_path), size - keep))
+            fsync_dir(open_path.parent)
+        finally:
+            os.close(fd)
+    return recovered
+
+
+def _last_newline_end(fd: int, size: int) -> int:
+    """Offset just past the last b'\\n' in the file (0 if none)."""
+    block = 64 * 1024
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        chunk = os.pread(fd, end - start, start)
+        idx = chunk.rfind(b"\n")
+        if idx >= 0:
+            return start + idx + 1
+        end = start
+    return 0

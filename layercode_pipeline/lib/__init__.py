@@ -1,0 +1,1 @@
+"""Pure helpers shared by the listener, the simulator, the assets and the CLI."""

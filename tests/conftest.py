@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from layercode_pipeline.contract.landing import iter_sealed_segments, recover_orphan_segments
+from layercode_pipeline.lib.serve import free_port
+
+SECRET = "whsec_test_default"
+
+
+class ListenerProcess:
+    """`layercode-pipeline listen` in a subprocess: what an operator runs."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 preexec_fn=None):
+        self.port = free_port()
+        self.data_dir = data_dir
+        full_env = {**os.environ, "LAYERCODE_DATA_DIR": str(data_dir), "LAYERCODE_WEBHOOK_SECRET": SECRET,
+                    "LAYERCODE_LOG_LEVEL": "WARNING", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "layercode_pipeline.cli", "listen", "--port", str(self.port), *args],
+            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"listener exited: {self.proc.stdout.read().decode()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("listener did not start")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+
+
+@pytest.fixture
+def listener_factory(tmp_path: Path) -> Iterator:
+    procs: list[ListenerProcess] = []
+
+    def make(data_dir: Path | None = None, **kwargs) -> ListenerProcess:
+        proc = ListenerProcess(data_dir or tmp_path / "data", **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for p in procs:
+        p.stop(signal.SIGKILL)
+
+
+def landed_envelopes(landing_dir: Path) -> list[dict]:
+    """Every envelope in sealed segments, after sealing what dead writers left open."""
+    recover_orphan_segments(landing_dir)
+    out = []
+    for seg in iter_sealed_segments(landing_dir):
+        data = seg.read_bytes()
+        assert data == b"" or data.endswith(b"\n"), f"torn segment {seg}"
+        out += [orjson.loads(line) for line in data.splitlines()]
+    return out

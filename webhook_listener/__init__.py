@@ -1,0 +1,1 @@
+"""ASGI service Layercode calls: verify, answer (SSE), land durably."""

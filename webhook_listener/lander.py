@@ -1,0 +1,180 @@
+"""Durable, group-committed landing of envelopes into append-only segment files.
+
+Requests hand their line to `SegmentLander.land()` and wait. One writer task drains
+everything queued, writes it with one `write`, and fsyncs once for the whole group in a
+worker thread; while that fsync runs, new requests queue up for the next group. A request
+is released only after its bytes are on disk, so nothing acknowledged can be lost, and
+the fsync cost is shared by all concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from layercode_pipeline.contract.landing import OPEN_SUFFIX, fsync_dir, partition_dir, seal_path
+
+log = logging.getLogger("webhook_listener.lander")
+
+
+def new_writer_id() -> str:
+    """Unique per process, so several listeners can share one landing directory."""
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class _Segment:
+    fd: int
+    open_path: Path
+    partition: Path
+    opened_at: float
+    size: int = 0
+
+
+class SegmentLander:
+    def __init__(self, landing_dir: Path, *, writer_id: str | None = None,
+                 max_bytes: int = 64 * 1024 * 1024, max_age_s: float = 60.0):
+        self.landing_dir = landing_dir
+        self.writer_id = writer_id or new_writer_id()
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._seq = 0
+        self._segment: _Segment | None = None
+        self._queue: asyncio.Queue[tuple[bytes, Path, asyncio.Future[None]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.landed = 0
+        self.groups = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        self.landing_dir.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.create_task(self._run(), name="segment-lander")
+
+    async def close(self) -> None:
+        """Finish queued work, then seal the open segment (graceful shutdown)."""
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await asyncio.to_thread(self._seal)
+
+    # --- the request side -------------------------------------------------------------
+    async def land(self, line: bytes, received_at: datetime) -> None:
+        """Return once `line` is fsynced; raise OSError if it could not be written."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((line, partition_dir(self.landing_dir, received_at), fut))
+        await fut
+
+    # --- the writer task --------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            timeout = None
+            if self._segment is not None:
+                timeout = max(0.0, self._segment.opened_at + self.max_age_s - time.monotonic())
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                await asyncio.to_thread(self._seal)  # rotate by age
+                continue
+            batch = [first]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                errors = await asyncio.to_thread(self._write_group, batch)
+            except BaseException as exc:  # never leave a request hanging
+                errors = [exc] * len(batch)
+            for (_, _, fut), err in zip(batch, errors):
+                if not fut.done():
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(err)
+                self._queue.task_done()
+
+    def _write_group(self, batch: list[tuple[bytes, Path, asyncio.Future[None]]]) -> list[BaseException | None]:
+        """Runs in a worker thread. Lines of one partition are written and synced together."""
+        errors: list[BaseException | None] = [None] * len(batch)
+        i = 0
+        while i < len(batch):
+            partition = batch[i][1]
+            j = i
+            while j < len(batch) and batch[j][1] == partition:
+                j += 1
+            try:
+                self._append(partition, b"".join(item[0] for item in batch[i:j]))
+            except OSError as exc:
+                log.error("landing write failed: %s", exc)
+                for k in range(i, j):
+                    errors[k] = exc
+            i = j
+        self.groups += 1
+        return errors
+
+    def _append(self, partition: Path, data: bytes) -> None:
+        seg = self._segment
+        if seg is not None and (seg.partition != partition or seg.size + len(data) > self.max_bytes
+                                or time.monotonic() - seg.opened_at >= self.max_age_s):
+            self._seal()
+            seg = None
+        if seg is None:
+            seg = self._segment = self._open(partition)
+        start = seg.size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(seg.fd, view)
+                view = view[written:]
+            os.fdatasync(seg.fd)
+        except OSError:
+            # Take the torn group back out so the file stays whole lines, then start a
+            # fresh segment; the callers get the error and answer 503 (Layercode retries).
+            try:
+                os.ftruncate(seg.fd, start)
+                os.fsync(seg.fd)
+            except OSError:
+                pass
+            self._seal()
+            raise
+        seg.size += len(data)
+        self.landed += data.count(b"\n")
+
+    def _open(self, partition: Path) -> _Segment:
+        partition.mkdir(parents=True, exist_ok=True)
+        while True:
+            self._seq += 1
+            open_path = partition / f"{self.writer_id}-{self._seq:06d}{OPEN_SUFFIX}"
+            try:
+                fd = os.open(open_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                break
+            except FileExistsError:
+                continue
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells recovery we are alive
+        fsync_dir(partition)
+        return _Segment(fd=fd, open_path=open_path, partition=partition, opened_at=time.monotonic())
+
+    def _seal(self) -> None:
+        seg, self._segment = self._segment, None
+        if seg is None:
+            return
+        try:
+            if seg.size == 0:
+                os.unlink(seg.open_path)
+            else:
+                os.fsync(seg.fd)
+                os.rename(seg.open_path, seal_path(seg.open_path))
+            fsync_dir(seg.partition)
+        finally:
+            os.close(seg.fd)
