@@ -53,5 +53,77 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
                     access_log=False, log_level=settings.log_level.lower())
 
 
+@main.command()
+@click.option("--calls", default=100, show_default=True, type=int, help="Conversations to generate.")
+@click.option("--webhook-url", default="http://127.0.0.1:8787/agents/{agent_id}/webhook", show_default=True,
+              help="Listener URL; '{agent_id}' is replaced per agent.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--api-port", type=int, default=None, help="Also serve the simulated REST API on this port.")
+@click.option("--api-key", envvar="LAYERCODE_API_KEY", default="sim_api_key", show_default=True)
+@click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
+              help="Webhook: drop_session_end, drop_session_update, duplicate, out_of_order, burst. "
+                   "API: rate_limit, server_error, slow, truncated_wav.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Write the ground truth here.")
+@click.option("--concurrency", default=32, show_default=True, type=int)
+@click.option("--secret", default=None, help="Sign every agent's webhooks with this secret instead of the generated ones.")
+@click.option("--print-secrets", is_flag=True, help="Print LAYERCODE_WEBHOOK_SECRETS for these agents and exit.")
+def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_key: str, faults: tuple[str, ...],
+             manifest: str | None, concurrency: int, secret: str | None, print_secrets: bool) -> None:
+    """Send realistic signed Layercode webhooks to a listener (and serve the REST API)."""
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from layercode_pipeline.lib.serve import BackgroundServer
+    from layercode_pipeline.simulator import (Deliverer, SimulatorAPI, generate_batch, listener_secrets_json,
+                                              parse_fault_specs)
+
+    console = Console()
+    try:
+        fault_rates = parse_fault_specs(faults)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fault") from exc
+    batch = generate_batch(calls, seed=seed)
+    if print_secrets:
+        click.echo(listener_secrets_json(batch))
+        return
+    if manifest:
+        Path(manifest).write_text(json.dumps(batch.manifest(), indent=1))
+    server = None
+    api = None
+    if api_port is not None:
+        api = SimulatorAPI(api_key=api_key, seed=seed, faults={k: v for k, v in fault_rates.items()
+                                                               if k in ("rate_limit", "server_error", "slow", "truncated_wav")})
+        api.register(batch)  # the platform knows every session, whatever the webhooks did
+        server = BackgroundServer(api.app, port=api_port).start()
+        console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key)")
+    expected = sum(2 + len(s.messages()) for s in batch.sessions)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("delivering webhooks", total=expected)
+        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
+                              on_event=lambda attempt: progress.advance(task))
+        import asyncio
+
+        report = asyncio.run(deliverer.run())
+    table = Table(title="simulate")
+    for key, value in report.summary().items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if report.failed:
+        console.print(f"[red]{report.failed} deliveries failed[/]; first: {next(a.error or a.status for a in report.log if a.status is None or a.status >= 300)}")
+    if server is not None:
+        console.print("Serving the REST API until Ctrl-C.")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            server.stop()
+
+
 if __name__ == "__main__":
     main()

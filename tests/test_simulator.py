@@ -1,0 +1,188 @@
+"""The simulator: determinism, contract shapes, REST faults, delivery against the listener."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import subprocess
+import sys
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from layercode_pipeline.contract.events import RestSession, SessionEndEvent, SessionUpdateEvent
+from layercode_pipeline.lib.serve import BackgroundServer
+from layercode_pipeline.lib.wav import InvalidWav, read_wav_info
+from layercode_pipeline.simulator import (SimulatorAPI, deliver, generate_batch, listener_secrets_json,
+                                          parse_fault_specs)
+
+from .conftest import landed_envelopes
+
+KEY = "sim_test_key"
+
+
+def test_same_seed_same_batch_different_seed_different_batch():
+    a, b, c = generate_batch(30, seed=5), generate_batch(30, seed=5), generate_batch(30, seed=6)
+    assert json.dumps(a.manifest()) == json.dumps(b.manifest())
+    assert [s.session_end() for s in a.sessions] == [s.session_end() for s in b.sessions]
+    assert a.manifest()["sessions"] != c.manifest()["sessions"]
+
+
+def test_batch_is_realistic():
+    batch = generate_batch(300, seed=1)
+    m = batch.manifest()
+    sessions = m["sessions"]
+    assert len(m["conversations"]) == 300 and len(sessions) > 300  # some reconnects
+    assert any(c["sessions"] > 1 for c in m["conversations"])
+    assert {s["channel"] for s in sessions} == {"phone", "web"}
+    assert all((s["from_phone_number"] is None) == (s["channel"] == "web") for s in sessions)
+    assert {s["scenario"] for s in sessions} >= {"order_status", "billing_dispute", "appointment_booking",
+                                                   "cancellation", "named_caller", "angry_caller", "happy_caller",
+                                                   "short_call", "multilingual"}
+    assert any("😊" in t for s in sessions for _, t in s["turn_texts"])
+    assert len({s["agent_id"] for s in sessions}) == 3
+    assert {s["recording_state"] for s in sessions} == {"completed", "failed", "disabled"}
+    assert len({s["country_code"] for s in sessions}) > 3
+    durations = sorted(s["duration_ms"] for s in sessions)
+    assert durations[0] < 7000 < durations[len(durations) // 2] < durations[-1]
+
+
+def test_payload_shapes_follow_the_contract():
+    batch = generate_batch(20, seed=2)
+    s = next(x for x in batch.sessions if x.recording_outcome == "completed" and x.from_phone_number)
+    end = SessionEndEvent.model_validate(s.session_end())
+    assert end.duration == s.duration_ms and end.recording_status == "enabled"
+    assert all(isinstance(t.timestamp, int) for t in end.transcript)
+    update = SessionUpdateEvent.model_validate(s.session_update())
+    assert update.recording_status == "completed" and update.recording_url
+    rest = s.rest_record(recording_ready=True)
+    RestSession.model_validate(rest)
+    assert "duration" not in rest and rest["duration_ms"] == s.duration_ms and rest["latency_ms"] == s.latency_ms
+    assert rest["recording_status"] == "completed" and rest["from_phone_country"]
+    assert all(set(e) == {"timestamp", "user_message", "assistant_message", "latency_ms"} for e in rest["transcript"])
+    assert all(isinstance(e["timestamp"], str) for e in rest["transcript"])
+    # an exchange splits into user then assistant turns: same texts as the webhook transcript
+    flattened = [t for e in rest["transcript"] for t in (e["user_message"], e["assistant_message"]) if t]
+    assert flattened == [t["text"] for t in s.session_end()["transcript"]]
+    assert s.rest_record(recording_ready=False)["recording_status"] == "in_progress"
+    web = next(x for x in batch.sessions if not x.from_phone_number)
+    assert "from_phone_number" not in web.session_end() and "from_phone_number" not in web.rest_record(True)
+
+
+def test_signature_verifies_with_independent_implementation():
+    captured: list[tuple[bytes, str]] = []
+
+    async def capture(request: Request):
+        captured.append((await request.body(), request.headers["layercode-signature"]))
+        return JSONResponse({"ok": True})
+
+    batch = generate_batch(3, seed=4)
+    with BackgroundServer(Starlette(routes=[Route("/agents/{agent_id}/webhook", capture, methods=["POST"])])) as srv:
+        report = deliver(batch, srv.url + "/agents/{agent_id}/webhook")
+    assert len(captured) == report.sent > 0
+    secrets = {a.secret for a in batch.agents}
+    for body, header in captured:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        assert any(hmac.compare_digest(parts["v1"], hmac.new(s.encode(), f"{parts['t']}.".encode() + body,
+                                                              hashlib.sha256).hexdigest()) for s in secrets)
+
+
+@pytest.fixture
+def api_server():
+    batch = generate_batch(10, seed=9)
+    api = SimulatorAPI(api_key=KEY, seed=1, processing_delay_s=3600, retry_after_s=2, slow_s=0.5)
+    api.register(batch)
+    with BackgroundServer(api.app) as srv:
+        yield batch, api, srv.url + "/v1"
+
+
+def get(url: str, key: str = KEY) -> httpx.Response:
+    return httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+def test_rest_details_auth_and_404(api_server):
+    batch, api, base = api_server
+    s = batch.sessions[0]
+    r = get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}")
+    assert r.status_code == 200 and r.json() == json.loads(json.dumps(s.rest_record(recording_ready=False)))
+    assert get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}", key="wrong").status_code == 401
+    assert get(f"{base}/agents/{s.agent_id}/sessions/sess_nope").status_code == 404
+    assert get(f"{base}/agents/ag_other/sessions/{s.session_id}").status_code == 404
+
+
+def test_recording_not_ready_then_ready_is_a_valid_wav(api_server):
+    batch, api, base = api_server
+    s = next(x for x in batch.sessions if x.recording_outcome == "completed")
+    url = f"{base}/agents/{s.agent_id}/sessions/{s.session_id}/recording"
+    r = get(url)
+    assert r.status_code == 202 and r.json()["recording_status"] == "in_progress"
+    api.make_ready(s.session_id)
+    r = get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    info = read_wav_info(io.BytesIO(r.content), len(r.content))
+    assert (info.sample_rate, info.channels, info.bits_per_sample) == (8000, 1, 16)
+    assert info.duration_s == pytest.approx(s.duration_ms / 1000, abs=0.001)
+    assert get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}").json()["recording_status"] == "completed"
+    failed = next(x for x in batch.sessions if x.recording_outcome != "completed")
+    assert get(f"{base}/agents/{failed.agent_id}/sessions/{failed.session_id}/recording").status_code == 404
+
+
+def test_scripted_faults(api_server):
+    batch, api, base = api_server
+    s = next(x for x in batch.sessions if x.recording_outcome == "completed")
+    api.make_ready(s.session_id)
+    details = f"{base}/agents/{s.agent_id}/sessions/{s.session_id}"
+    api.script(s.session_id, "rate_limit", "server_error", "ok", "truncated_wav")
+    r = get(details)
+    assert r.status_code == 429 and r.headers["retry-after"] == "2"
+    assert get(details).status_code == 500
+    assert get(details).status_code == 200
+    r = get(details + "/recording")
+    assert r.status_code == 200
+    with pytest.raises(InvalidWav, match="truncated"):
+        read_wav_info(io.BytesIO(r.content), len(r.content))
+    api.script(s.session_id, "slow")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(details, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.1)
+
+
+def test_fault_specs_are_checked():
+    assert parse_fault_specs(["duplicate=0.5", "rate_limit=0.1"]) == {"duplicate": 0.5, "rate_limit": 0.1}
+    for bad in ("duplicate", "nonsense=0.1", "duplicate=2"):
+        with pytest.raises(ValueError):
+            parse_fault_specs([bad])
+
+
+def test_delivery_against_the_real_listener(listener_factory, tmp_path):
+    batch = generate_batch(40, seed=11)
+    listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
+    faults = {"duplicate": 0.2, "out_of_order": 0.5, "drop_session_end": 0.1, "drop_session_update": 0.1, "burst": 0.3}
+    report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults=faults, concurrency=16)
+    listener.stop()
+    assert report.failed == 0 and report.sse_complete == report.sse_replies > 0
+    assert {e for _, e in report.dropped} == {"session.end", "session.update"}
+    landed = landed_envelopes(tmp_path / "data" / "landing")
+    acked = sorted(a.content_sha256 for a in report.acknowledged)
+    assert sorted(e["content_sha256"] for e in landed) == acked
+    assert len(acked) > len(set(acked))  # duplicates were delivered (and landed as delivered)
+    sent_ids = {s.session_id for s in batch.sessions}
+    assert {orjson.loads(e["body"])["session_id"] for e in landed} == sent_ids
+
+
+def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
+    batch = generate_batch(5, seed=3)
+    listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
+    manifest = tmp_path / "truth.json"
+    r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "simulate", "--calls", "5", "--seed", "3",
+                        "--webhook-url", listener.url + "/agents/{agent_id}/webhook", "--manifest", str(manifest),
+                        "--fault", "duplicate=0.5"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "acknowledged" in r.stdout and "sse_complete" in r.stdout
+    assert json.loads(manifest.read_text()) == json.loads(json.dumps(batch.manifest()))
