@@ -1,0 +1,1 @@
+"""Dagster definitions, one sub-package per stage; `definitions.py` loads them all."""

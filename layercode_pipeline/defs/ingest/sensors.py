@@ -1,0 +1,24 @@
+"""`landing_sensor`: request an ingest run when sealed segments are waiting."""
+
+
+import dagster as dg
+
+from layercode_pipeline.defs.ingest.assets import RAW_EVENTS, newest_sealed_ctime
+from layercode_pipeline.defs.resources import StorageResource
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets(RAW_EVENTS),
+    description="Ingest newly sealed landing segments.",
+)
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Requests an ingest run when a landing segment was sealed since the last request. "
+                       "The cursor is the newest seal time seen, not a run key per file.")
+def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult | dg.SkipReason:
+    count, newest = newest_sealed_ctime(storage)
+    last = int(context.cursor) if context.cursor else 0
+    if newest <= last:
+        return dg.SkipReason(f"no segment sealed since the last request ({count} sealed in total)")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"landing-{newest}")], cursor=str(newest))

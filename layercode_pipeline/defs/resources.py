@@ -1,0 +1,71 @@
+"""Resources, configured from the environment with `dg.EnvVar` (same names as `config.py`)."""
+
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from layercode_pipeline.config import Settings
+from layercode_pipeline.lib.warehouse import open_warehouse
+
+# Every asset that writes the warehouse runs in this pool; give it a limit of 1 in the
+# instance's `dagster.yaml` (see README) so parallel runs queue. The writer lock in
+# `open_warehouse` makes the same guarantee across processes outside Dagster.
+WAREHOUSE_POOL = "layercode_warehouse"
+
+
+def env_or(name: str, default: str | None = None) -> dg.EnvVar | str | None:
+    """`EnvVar(name)` when the variable is set, else the default (EnvVar insists on a value)."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Where the landing files, the warehouse, the recordings and the serving copy live."""
+
+    data_dir: str = "./data"
+    landing_dir: str | None = None
+    warehouse_path: str | None = None
+    recordings_dir: str | None = None
+    serving_dir: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        values = {"data_dir": self.data_dir, "landing_dir": self.landing_dir, "warehouse_path": self.warehouse_path,
+                  "recordings_dir": self.recordings_dir, "serving_dir": self.serving_dir}
+        return Settings(**{k: Path(v) for k, v in values.items() if v})
+
+    @property
+    def landing_path(self) -> Path:
+        return self.settings.landing_path
+
+    @property
+    def warehouse_file(self) -> Path:
+        return self.settings.warehouse_file
+
+    @property
+    def recordings_path(self) -> Path:
+        return self.settings.recordings_path
+
+    @property
+    def serving_path(self) -> Path:
+        return self.settings.serving_path
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse for writing (waits for the single-writer lock)."""
+        with open_warehouse(self.warehouse_file) as con:
+            yield con
+
+
+def storage_from_env() -> StorageResource:
+    return StorageResource(
+        data_dir=env_or("LAYERCODE_DATA_DIR", "./data"),
+        landing_dir=env_or("LAYERCODE_LANDING_DIR"),
+        warehouse_path=env_or("LAYERCODE_WAREHOUSE_PATH"),
+        recordings_dir=env_or("LAYERCODE_RECORDINGS_DIR"),
+        serving_dir=env_or("LAYERCODE_SERVING_DIR"),
+    )

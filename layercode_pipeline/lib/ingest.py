@@ -1,0 +1,236 @@
+"""Landed segments -> `raw.layercode_events`, incrementally and exactly once.
+
+Each batch of new sealed segments is read by DuckDB in one scan and committed in one
+transaction together with its rows in `raw.layercode_ingested_files`; a run killed at any
+point leaves either the whole batch or none of it, and the next run picks up where the
+manifest says. Duplicate deliveries collapse on `event_key`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from layercode_pipeline.contract.landing import iter_sealed_segments, recover_orphan_segments
+
+# The identity of an event: a redelivery of the same event has the same key even when its
+# bytes differ (Layercode may re-serialise); unknown types fall back to the content hash.
+EVENT_KEY_SQL = """
+case
+    when session_id is null then 'sha256:' || content_sha256
+    when event_type in ('session.start', 'message') and turn_id is not null
+        then concat_ws('|', agent_id, event_type, session_id, turn_id)
+    when event_type = 'session.end' then concat_ws('|', agent_id, event_type, session_id)
+    when event_type = 'session.update' then concat_ws('|', agent_id, event_type, session_id, coalesce(recording_status, ''))
+    else 'sha256:' || content_sha256
+end
+"""
+
+
+@dataclass
+class IngestResult:
+    files: int = 0
+    bytes: int = 0
+    rows: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejects: int = 0
+    recovered_segments: int = 0
+    pending_files: list[str] = field(default_factory=list)
+
+
+def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> list[Path]:
+    done = {row[0] for row in con.execute("select path from raw.layercode_ingested_files").fetchall()}
+    return [p for p in iter_sealed_segments(landing_dir) if str(p) not in done]
+
+
+def _read_lines_sql(files: list[str]) -> str:
+    # One VARCHAR column per line: a corrupt line cannot abort the scan, json_valid sorts it out.
+    return ("select filename as source_file, line from read_csv({files}, columns={{'line': 'VARCHAR'}}, "
+            "header=false, delim=chr(1), quote='', escape='', auto_detect=false, filename=true, "
+            "max_line_size=33554432, parallel=true)").format(files=files)
+
+
+def _sanitise(path: Path, out_dir: Path) -> tuple[Path, list[tuple[int, str, str]]]:
+    """Slow path for a file DuckDB cannot scan (bad UTF-8, stray control bytes): keep the
+    good lines in a clean copy, report the bad ones with their line numbers."""
+    rejects: list[tuple[int, str, str]] = []
+    clean = out_dir / (path.name + ".clean")
+    with path.open("rb") as src, clean.open("wb") as dst:
+        for number, raw in enumerate(src, start=1):
+            try:
+                text = raw.decode("utf-8")
+                orjson.loads(raw)
+                if "\x01" in text:
+                    raise ValueError("control byte 0x01 in line")
+                dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            except (UnicodeDecodeError, orjson.JSONDecodeError, ValueError) as exc:
+                rejects.append((number, f"unparseable line: {exc}", raw.decode("utf-8", "replace")[:10000]))
+    return clean, rejects
+
+
+def _line_numbers(path: Path, bad_lines: set[str]) -> dict[str, list[int]]:
+    wanted = {line.encode("utf-8"): line for line in bad_lines}
+    found: dict[str, list[int]] = {}
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = wanted.get(raw.rstrip(b"\n"))
+            if line is not None:
+                found.setdefault(line, []).append(number)
+    return found
+
+
+def _load_lines(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> list[tuple[str, int, str, str]]:
+    """Fill temp table `_lines(source_file, line)`; returns rejects found by the slow path."""
+    try:
+        con.execute("create or replace temp table _lines as " + _read_lines_sql([str(f) for f in files]))
+        return []
+    except duckdb.Error:
+        pass
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    python_rejects: list[tuple[str, int, str, str]] = []
+    read_as: dict[str, str] = {}
+    for f in files:
+        try:
+            con.execute("select count(*) from (" + _read_lines_sql([str(f)]) + ")").fetchall()
+            read_as[str(f)] = str(f)
+        except duckdb.Error:
+            clean, rejects = _sanitise(f, scratch_dir)
+            read_as[str(clean)] = str(f)
+            python_rejects += [(str(f), n, reason, raw) for n, reason, raw in rejects]
+    con.execute("create or replace temp table _lines as " + _read_lines_sql(list(read_as)))
+    con.execute("create or replace temp table _names as select unnest(?) as read_as, unnest(?) as original",
+                [list(read_as), list(read_as.values())])
+    con.execute("update _lines set source_file = n.original from _names n where _lines.source_file = n.read_as")
+    return python_rejects
+
+
+def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> IngestResult:
+    """Ingest `files`: their rows, rejects and manifest entries commit together or not at all."""
+    result = IngestResult(files=len(files), bytes=sum(f.stat().st_size for f in files))
+    if not files:
+        return result
+    python_rejects = _load_lines(con, files, scratch_dir)
+    con.execute(f"""
+        create or replace temp table _parsed as
+        with fields as (
+            select source_file, line, json_valid(line) as line_ok,
+                   case when json_valid(line) then json_extract_string(line,
+                       ['$.received_at', '$.agent_id', '$.event_type', '$.content_sha256', '$.body',
+                        '$.error', '$.writer_id']) end as f
+            from _lines
+        ), envelope as (
+            select source_file, line, line_ok,
+                   try_cast(f[1] as timestamptz) as received_at, f[2] as agent_id, f[3] as event_type,
+                   f[4] as content_sha256, f[5] as body, f[6] as validation_error, f[7] as writer_id,
+                   line_ok and coalesce(json_valid(f[5]), false) as body_ok
+            from fields
+        ), ids as (
+            select *, case when body_ok then json_extract_string(body,
+                       ['$.session_id', '$.conversation_id', '$.turn_id', '$.recording_status']) end as ids
+            from envelope
+        )
+        select source_file, line, received_at, agent_id, event_type, content_sha256, body,
+               validation_error, writer_id,
+               ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status,
+               case
+                   when not line_ok then 'line is not valid JSON'
+                   when received_at is null then 'envelope has no valid received_at'
+                   when event_type is null or content_sha256 is null then 'envelope lacks event_type or content_sha256'
+                   when not body_ok then 'body is not valid JSON'
+               end as reject_reason
+        from ids
+    """)
+    reject_rows = list(python_rejects)
+    by_file: dict[str, dict[str, str]] = {}
+    for source_file, line, reason in con.execute(
+            "select source_file, line, reject_reason from _parsed where reject_reason is not null").fetchall():
+        by_file.setdefault(source_file, {})[line] = reason
+    for source_file, lines in by_file.items():  # rare: find their line numbers
+        numbers = _line_numbers(Path(source_file), set(lines))
+        for line, reason in lines.items():
+            for n in numbers.get(line, [None]):
+                reject_rows.append((source_file, n, reason, line[:10000]))
+
+    con.execute("begin transaction")
+    try:
+        con.execute(f"""
+            create or replace temp table _new as
+            select * from (
+                select distinct on (event_key) *
+                from (select *, {EVENT_KEY_SQL} as event_key from _parsed where reject_reason is null)
+                order by event_key, received_at, source_file
+            ) g
+            where not exists (select 1 from raw.layercode_events e where e.event_key = g.event_key)
+        """)
+        con.execute("""
+            insert into raw.layercode_events
+            select event_key, received_at, agent_id, event_type, content_sha256, session_id, conversation_id,
+                   turn_id, body, validation_error, writer_id, 'webhook', source_file, now()
+            from _new
+        """)
+        con.execute("create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)")
+        if reject_rows:
+            con.executemany("insert into _rej values (?, ?, ?, ?)", reject_rows)
+            con.execute("insert into raw.layercode_rejects select *, now() from _rej")
+        stats = con.execute("""
+            insert into raw.layercode_ingested_files
+            select f.path, f.size,
+                   coalesce(good.n, 0) + coalesce(rej.n, 0),
+                   coalesce(new.n, 0), coalesce(good.n, 0) - coalesce(new.n, 0), coalesce(rej.n, 0), now()
+            from (select unnest(?) as path, unnest(?) as size) f
+            left join (select source_file, count(*) n from _parsed where reject_reason is null group by 1) good
+                   on good.source_file = f.path
+            left join (select source_file, count(*) n from _new group by 1) new on new.source_file = f.path
+            left join (select source_file, count(*) n from _rej group by 1) rej on rej.source_file = f.path
+            returning rows, inserted, duplicates, rejects
+        """, [[str(f) for f in files], [f.stat().st_size for f in files]]).fetchall()
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    finally:
+        con.execute("drop table if exists _lines; drop table if exists _parsed; drop table if exists _new; "
+                    "drop table if exists _rej")
+    result.rows = sum(r[0] for r in stats)
+    result.inserted = sum(r[1] for r in stats)
+    result.duplicates = sum(r[2] for r in stats)
+    result.rejects = sum(r[3] for r in stats)
+    return result
+
+
+def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int = 512 * 1024 * 1024,
+                   scratch_dir: Path | None = None, max_files: int | None = None) -> IngestResult:
+    """Seal orphans, then ingest every sealed segment not yet in the manifest."""
+    total = IngestResult()
+    total.recovered_segments = len(recover_orphan_segments(landing_dir))
+    files = pending_segments(con, landing_dir)
+    if max_files is not None:
+        total.pending_files = [str(f) for f in files[max_files:]]
+        files = files[:max_files]
+    scratch = scratch_dir or landing_dir.parent / ".ingest-scratch"
+    batch: list[Path] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal batch, size
+        r = ingest_batch(con, batch, scratch)
+        for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects"):
+            setattr(total, attr, getattr(total, attr) + getattr(r, attr))
+        batch, size = [], 0
+
+    for f in files:
+        batch.append(f)
+        size += f.stat().st_size
+        if size >= batch_bytes:
+            flush()
+    if batch:
+        flush()
+    if scratch.exists():
+        for leftover in scratch.glob("*.clean"):
+            os.unlink(leftover)
+    return total

@@ -1,0 +1,109 @@
+"""The warehouse's raw layer: DDL in one place, and the single-writer lock.
+
+DuckDB allows one writing process per file. Every pipeline writer goes through
+`open_warehouse()`, which takes an exclusive `flock` on `<warehouse>.lock` first, so a
+second writer (another Dagster run, the backfill CLI) waits its turn instead of failing
+with DuckDB's lock error. BI tools read the published copy in `serving/`, never this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+RAW_DDL = """
+create schema if not exists raw;
+create table if not exists raw.layercode_events (
+    event_key        varchar not null,   -- dedupe identity: type + identifiers, or the content hash
+    received_at      timestamptz not null,
+    agent_id         varchar,
+    event_type       varchar not null,
+    content_sha256   varchar not null,
+    session_id       varchar,
+    conversation_id  varchar,
+    turn_id          varchar,
+    body             json not null,      -- the exact raw body Layercode sent
+    validation_error varchar,            -- set when the listener kept a malformed known type
+    writer_id        varchar,
+    source           varchar not null,   -- 'webhook'
+    source_file      varchar not null,
+    ingested_at      timestamptz not null
+);
+create table if not exists raw.layercode_rejects (
+    source_file  varchar not null,
+    line_number  bigint,
+    reason       varchar not null,
+    raw_line     varchar,
+    rejected_at  timestamptz not null
+);
+create table if not exists raw.layercode_ingested_files (
+    path        varchar primary key,
+    size_bytes  bigint not null,
+    rows        bigint not null,
+    inserted    bigint not null,
+    duplicates  bigint not null,
+    rejects     bigint not null,
+    ingested_at timestamptz not null
+);
+create table if not exists raw.layercode_session_details (
+    agent_id     varchar not null,
+    session_id   varchar not null,
+    http_status  integer not null,      -- 200, or 404 (recorded as not found)
+    record       json,                  -- the REST record as it came
+    reason       varchar,               -- why it was fetched: no_session_end, recording_unresolved, requested
+    fetched_at   timestamptz not null
+);
+create table if not exists raw.layercode_recordings (
+    session_id   varchar not null,
+    agent_id     varchar not null,
+    status       varchar not null,      -- downloaded / not_ready / failed / error
+    path         varchar,
+    bytes        bigint,
+    sha256       varchar,
+    sample_rate  integer,
+    channels     integer,
+    duration_s   double,
+    fetched_at   timestamptz not null,
+    error        varchar
+);
+"""
+
+
+def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(RAW_DDL)
+
+
+@contextlib.contextmanager
+def warehouse_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another pipeline writer has held {path} for {timeout_s:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def open_warehouse(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The warehouse for writing, after the writer lock; raw schema ensured."""
+    with warehouse_lock(path):
+        con = duckdb.connect(str(path))
+        try:
+            ensure_raw_schema(con)
+            yield con
+        finally:
+            con.close()

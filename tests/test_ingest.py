@@ -1,0 +1,207 @@
+"""Ingest: landed segments from the real listener -> raw.layercode_events via Dagster."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import orjson
+import pytest
+
+from layercode_pipeline.defs.ingest.assets import raw_layercode_events
+from layercode_pipeline.defs.ingest.sensors import landing_sensor
+from layercode_pipeline.defs.resources import StorageResource
+from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
+
+from .conftest import landed_envelopes
+
+
+def materialize(storage: StorageResource) -> dict:
+    result = dg.materialize([raw_layercode_events], resources={"storage": storage})
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("raw_layercode_events")
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def query(storage: StorageResource, sql: str):
+    con = duckdb.connect(str(storage.warehouse_file), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def land_batch(listener_factory, data_dir: Path, calls: int, seed: int, **faults) -> list[str]:
+    """Deliver a simulated batch through a real listener; returns acknowledged content hashes."""
+    batch = generate_batch(calls, seed=seed)
+    listener = listener_factory(data_dir, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
+                                               "LAYERCODE_SEGMENT_MAX_BYTES": "20000"})
+    report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults=faults, concurrency=8)
+    listener.stop()
+    return [a.content_sha256 for a in report.acknowledged]
+
+
+@pytest.fixture
+def storage(tmp_path) -> StorageResource:
+    return StorageResource(data_dir=str(tmp_path / "data"))
+
+
+def test_first_incremental_and_empty_runs(listener_factory, storage, tmp_path):
+    acked = land_batch(listener_factory, tmp_path / "data", 15, seed=1, duplicate=0.3)
+    files_1 = len(list(storage.landing_path.rglob("*.jsonl")))
+    meta = materialize(storage)
+    assert meta["new_files"] == files_1 > 3
+    assert meta["rows_inserted"] == len(set(acked)) == meta["dagster/row_count"]
+    assert meta["duplicates_dropped"] == len(acked) - len(set(acked)) > 0
+    assert meta["rejects"] == 0
+    assert "| received_at |" in meta["preview"]
+    assert query(storage, "select count(*) from raw.layercode_ingested_files")[0][0] == files_1
+
+    acked_2 = land_batch(listener_factory, tmp_path / "data", 5, seed=2)
+    meta = materialize(storage)
+    assert meta["new_files"] == len(list(storage.landing_path.rglob("*.jsonl"))) - files_1
+    assert meta["rows_inserted"] == len(set(acked_2))
+    assert meta["dagster/row_count"] == len(set(acked)) + len(set(acked_2))
+
+    meta = materialize(storage)
+    assert (meta["new_files"], meta["rows_inserted"], meta["dagster/row_count"]) == (0, 0, len(set(acked)) + len(set(acked_2)))
+
+    rows = query(storage, """select agent_id, event_type, session_id, conversation_id, turn_id, source, body,
+                                    content_sha256, source_file from raw.layercode_events""")
+    landed = {e["content_sha256"]: e for e in landed_envelopes(storage.landing_path)}
+    for agent_id, event_type, session_id, conversation_id, turn_id, source, body, sha, source_file in rows:
+        env = landed[sha]
+        parsed = orjson.loads(env["body"])
+        assert (agent_id, event_type, source) == (env["agent_id"], env["event_type"], "webhook")
+        assert (session_id, conversation_id, turn_id) == (parsed["session_id"], parsed.get("conversation_id"),
+                                                          parsed.get("turn_id"))
+        assert json.loads(body) == parsed and Path(source_file).exists()
+
+
+def write_segment(landing: Path, name: str, lines: list[bytes]) -> Path:
+    part = landing / "dt=2026-11-21" / "hour=10"
+    part.mkdir(parents=True, exist_ok=True)
+    path = part / name
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def envelope(body: dict, received_at="2026-11-21T10:00:00.000000+00:00", agent="ag_support") -> bytes:
+    import hashlib
+
+    raw = json.dumps(body).encode()
+    return orjson.dumps({"v": 1, "received_at": received_at, "agent_id": agent, "event_type": body["type"],
+                         "content_sha256": hashlib.sha256(raw).hexdigest(), "body": raw.decode(), "headers": {},
+                         "writer_id": "w", "error": None}) + b"\n"
+
+
+END = {"type": "session.end", "session_id": "sess_a", "conversation_id": "conv_a", "duration": 1000}
+
+
+def test_duplicates_by_hash_and_by_identity(storage):
+    land = storage.landing_path
+    redelivered = {**END, "duration": 1000}  # same identity, re-serialised with different spacing/keys below
+    write_segment(land, "w1-000001.jsonl", [envelope(END), envelope({"type": "message", "session_id": "sess_a",
+                                                                     "turn_id": "t1", "text": "hi"})])
+    write_segment(land, "w2-000001.jsonl", [envelope(END, "2026-11-21T10:00:05.000000+00:00"),
+                                            envelope({"duration": 1000, **redelivered}),
+                                            envelope({"type": "user.transcript.interim_delta", "x": 1}),
+                                            envelope({"type": "user.transcript.interim_delta", "x": 1})])
+    meta = materialize(storage)
+    assert meta["rows_inserted"] == 3 and meta["duplicates_dropped"] == 3
+    assert sorted(r[0] for r in query(storage, "select event_type from raw.layercode_events")) == \
+        ["message", "session.end", "user.transcript.interim_delta"]
+    # the first delivery wins
+    assert query(storage, "select received_at::varchar from raw.layercode_events where event_type = 'session.end'")[0][0] \
+        .startswith("2026-11-21 10:00:00")
+
+
+def test_corrupt_lines_are_rejected_and_the_rest_ingested(storage):
+    land = storage.landing_path
+    good = [envelope({**END, "session_id": f"sess_{i}"}) for i in range(4)]
+    path = write_segment(land, "w1-000001.jsonl", [good[0], b'{"v": 1, "received_at": "2026\n', good[1],
+                                                   envelope({**END, "session_id": "x"})[:-30] + b"\n",
+                                                   good[2]])
+    bad_body = orjson.dumps({"v": 1, "received_at": "2026-11-21T10:00:00+00:00", "agent_id": "a",
+                             "event_type": "session.end", "content_sha256": "00", "body": "{not json"}) + b"\n"
+    path2 = write_segment(land, "w1-000002.jsonl", [good[3], b"\xff\xfe garbage bytes\n", bad_body])
+    meta = materialize(storage)
+    assert meta["rows_inserted"] == 4 and meta["rejects"] == 4
+    rejects = query(storage, "select source_file, line_number, reason from raw.layercode_rejects order by 1, 2")
+    assert rejects == [(str(path), 2, "line is not valid JSON"), (str(path), 4, "line is not valid JSON"),
+                       (str(path2), 2, rejects[2][2]), (str(path2), 3, "body is not valid JSON")]
+    assert "unparseable line" in rejects[2][2]
+    assert materialize(storage)["rejects"] == 0  # not recorded twice
+
+
+def test_unsealed_segment_waits_until_sealed(storage):
+    land = storage.landing_path
+    write_segment(land, "w1-000001.jsonl", [envelope(END)])
+    open_path = write_segment(land, "w2-000001.jsonl.open", [envelope({**END, "session_id": "sess_open"})])
+    fd = os.open(open_path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a live writer holds it
+    try:
+        meta = materialize(storage)
+        assert (meta["new_files"], meta["rows_inserted"], meta["orphan_segments_sealed"]) == (1, 1, 0)
+        assert open_path.exists()
+    finally:
+        os.close(fd)  # the writer dies: the next run seals and ingests it
+    meta = materialize(storage)
+    assert (meta["new_files"], meta["rows_inserted"], meta["orphan_segments_sealed"]) == (1, 1, 1)
+
+
+def test_a_killed_run_leaves_no_duplicate_and_no_gap(listener_factory, storage, tmp_path):
+    acked = land_batch(listener_factory, tmp_path / "data", 40, seed=3, duplicate=0.2)
+    n_files = len(list(storage.landing_path.rglob("*.jsonl")))
+    script = (f"from pathlib import Path; from layercode_pipeline.lib.warehouse import open_warehouse; "
+              f"from layercode_pipeline.lib.ingest import ingest_landing\n"
+              f"with open_warehouse(Path({str(storage.warehouse_file)!r})) as con:\n"
+              f"    while True:\n"
+              f"        r = ingest_landing(con, Path({str(storage.landing_path)!r}), batch_bytes=1, max_files=1)\n"
+              f"        print(r.files, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    committed = 0
+    while committed < n_files // 2:  # each line is one committed file
+        assert proc.stdout.readline().strip() == "1"
+        committed += 1
+    time.sleep(0.01)  # and land the kill inside whatever it is doing next
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = query(storage, "select count(*) from raw.layercode_ingested_files")[0][0]
+    assert n_files // 2 <= done < n_files
+    meta = materialize(storage)
+    assert meta["dagster/row_count"] == len(set(acked))
+    assert query(storage, "select count(*) from raw.layercode_ingested_files")[0][0] == n_files
+    assert query(storage, "select count(*) - count(distinct event_key) from raw.layercode_events")[0][0] == 0
+
+
+def test_landing_sensor_requests_runs_for_new_segments(storage):
+    land = storage.landing_path
+    ctx = dg.build_sensor_context(resources={"storage": storage})
+    assert isinstance(landing_sensor(ctx), dg.SkipReason)
+    write_segment(land, "w1-000001.jsonl", [envelope(END)])
+    result = landing_sensor(ctx)
+    assert len(result.run_requests) == 1
+    ctx = dg.build_sensor_context(resources={"storage": storage}, cursor=result.cursor)
+    assert isinstance(landing_sensor(ctx), dg.SkipReason)
+    time.sleep(0.01)
+    write_segment(land, "w1-000002.jsonl", [envelope({**END, "session_id": "b"})])
+    result2 = landing_sensor(ctx)
+    assert len(result2.run_requests) == 1 and result2.cursor != result.cursor
+    assert result2.run_requests[0].run_key != result.run_requests[0].run_key
+
+
+def test_definitions_load():
+    from layercode_pipeline.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "raw_layercode_events" in keys
+    assert defs.get_sensor_def("landing_sensor")
