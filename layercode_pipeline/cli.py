@@ -125,5 +125,54 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
             server.stop()
 
 
+@main.command()
+@click.option("--agent-id", required=True, help="The agent that owns the sessions.")
+@click.option("--session-id", "session_ids", multiple=True, help="A session to fetch (repeatable).")
+@click.option("--from-file", type=click.Path(exists=True, dir_okay=False), help="File with one session id per line.")
+def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None) -> None:
+    """Fetch the REST records of the given sessions into raw.layercode_session_details."""
+    import asyncio
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.lib.backfill import DetailRequest, fetch_details, store_details
+    from layercode_pipeline.lib.layercode_client import LayercodeAPIError, LayercodeClient
+    from layercode_pipeline.lib.warehouse import open_warehouse
+
+    ids = list(session_ids)
+    if from_file:
+        ids += [line.strip() for line in Path(from_file).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not ids:
+        raise click.UsageError("give --session-id (repeatable) or --from-file")
+    settings = Settings()
+    if settings.api_key is None:
+        raise click.ClickException("LAYERCODE_API_KEY is not set")
+    requests = [DetailRequest(agent_id, sid, "requested") for sid in dict.fromkeys(ids)]
+    console = Console()
+
+    async def fetch(progress: Progress, task: int) -> list:
+        async with LayercodeClient(settings.api_key.get_secret_value(), settings.api_base_url) as client:
+            return await fetch_details(client, requests, on_done=lambda _: progress.advance(task))
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("fetching session records", total=len(requests))
+        try:
+            outcomes = asyncio.run(fetch(progress, task))
+        except LayercodeAPIError as exc:
+            raise click.ClickException(str(exc)) from exc
+    with open_warehouse(settings.warehouse_file) as con:
+        found, not_found = store_details(con, outcomes)
+    errors = [o for o in outcomes if o.error]
+    console.print(f"found {found}, not found {not_found}, errors {len(errors)} -> raw.layercode_session_details")
+    for o in errors[:10]:
+        console.print(f"[red]{o.request.session_id}[/]: {o.error}")
+    if errors:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     main()

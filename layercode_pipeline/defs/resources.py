@@ -69,3 +69,31 @@ def storage_from_env() -> StorageResource:
         recordings_dir=env_or("LAYERCODE_RECORDINGS_DIR"),
         serving_dir=env_or("LAYERCODE_SERVING_DIR"),
     )
+
+
+class LayercodeAPIResource(dg.ConfigurableResource):
+    """The Layercode REST API. `api_key` comes from `EnvVar("LAYERCODE_API_KEY")`."""
+
+    base_url: str = "https://api.layercode.com/v1"
+    api_key: str | None = None
+    timeout_s: float = 30.0
+    max_concurrency: int = 8
+    max_attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key)
+
+    def client(self):  # -> LayercodeClient (imported lazily: httpx is not needed to load definitions)
+        from layercode_pipeline.lib.layercode_client import LayercodeClient
+
+        return LayercodeClient(self.api_key or "", self.base_url, timeout_s=self.timeout_s,
+                               max_concurrency=self.max_concurrency, max_attempts=self.max_attempts,
+                               backoff_initial_s=self.backoff_initial_s, backoff_max_s=self.backoff_max_s)
+
+
+def layercode_api_from_env() -> LayercodeAPIResource:
+    return LayercodeAPIResource(base_url=env_or("LAYERCODE_API_BASE_URL", "https://api.layercode.com/v1"),
+                                api_key=env_or("LAYERCODE_API_KEY"))

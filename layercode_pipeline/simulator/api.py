@@ -79,7 +79,7 @@ class SimulatorAPI:
         self._rng = random.Random(f"api-{self.seed}")
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
-        self.requests: list[tuple[str, str, int]] = []  # (kind, session_id, status)
+        self.requests: list[tuple[str, str, int]] = []  # (kind, session_id, status; 0 = slow answer begun)
         self.app = Starlette(routes=[
             Route("/v1/agents/{agent_id}/sessions/{session_id}", self._details, methods=["GET"]),
             Route("/v1/agents/{agent_id}/sessions/{session_id}/recording", self._recording, methods=["GET"]),
@@ -138,6 +138,7 @@ class SimulatorAPI:
             self.requests.append((kind, session_id, 500))
             return JSONResponse({"error": "internal_error"}, 500), None, None
         if fault == "slow":
+            self.requests.append((kind, session_id, 0))  # 0: answered late (the client may have given up)
             await asyncio.sleep(self.slow_s)
         entry = self._sessions.get((agent_id, session_id))
         if entry is None:

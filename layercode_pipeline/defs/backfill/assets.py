@@ -1,0 +1,82 @@
+"""REST backfill: `raw.layercode_session_details` for every session with a gap."""
+
+import asyncio
+from pathlib import Path
+
+import dagster as dg
+
+from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
+from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
+from layercode_pipeline.lib.backfill import DetailRequest, fetch_details, sessions_needing_details, store_details
+
+SESSION_DETAILS = dg.AssetKey("layercode_session_details")
+
+
+class BackfillConfig(dg.Config):
+    """Leave empty for the automatic path. To ask for specific sessions, give `agent_id`
+    and `session_ids` and/or `session_ids_file` (one id per line)."""
+
+    grace_minutes: int = 15
+    agent_id: str | None = None
+    session_ids: list[str] = []
+    session_ids_file: str | None = None
+    automatic: bool = True  # also fill the gaps found in the landed events
+
+
+def requested_sessions(config: BackfillConfig) -> list[DetailRequest]:
+    ids = list(config.session_ids)
+    if config.session_ids_file:
+        ids += [line.strip() for line in Path(config.session_ids_file).read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    if ids and not config.agent_id:
+        raise dg.Failure("session_ids need agent_id: the REST API addresses sessions by agent")
+    return [DetailRequest(config.agent_id, sid, "requested") for sid in dict.fromkeys(ids)]  # type: ignore[arg-type]
+
+
+@dg.asset(
+    key=SESSION_DETAILS,
+    deps=[RAW_EVENTS],
+    group_name="backfill",
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "api"},
+    description="The REST record of each session with a gap (no session.end after the grace period, or an "
+                "unresolved recording) or asked for by a user, stored as it came with its fetch time and status.",
+)
+def layercode_session_details(context: dg.AssetExecutionContext, config: BackfillConfig, storage: StorageResource,
+                              layercode_api: LayercodeAPIResource) -> dg.MaterializeResult:
+    requests = requested_sessions(config)
+    with storage.connect() as con:
+        if config.automatic:
+            asked = {(r.agent_id, r.session_id) for r in requests}
+            requests += [r for r in sessions_needing_details(con, config.grace_minutes)
+                         if (r.agent_id, r.session_id) not in asked]
+        if requests and not layercode_api.configured:
+            raise dg.Failure(f"{len(requests)} sessions need their REST record but LAYERCODE_API_KEY is not set")
+        outcomes = asyncio.run(_fetch(layercode_api, requests)) if requests else []
+        found, not_found = store_details(con, outcomes)
+        total = con.execute("select count(*) from raw.layercode_session_details").fetchone()[0]
+    errors = [o for o in outcomes if o.error]
+    for o in errors[:10]:
+        context.log.warning(f"session {o.request.session_id}: {o.error}")
+    reasons: dict[str, int] = {}
+    for r in requests:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    return dg.MaterializeResult(metadata={
+        "requested": len(requests), "found": found, "not_found": not_found, "errors": len(errors),
+        "by_reason": dg.MetadataValue.json(reasons), "dagster/row_count": total,
+    })
+
+
+async def _fetch(api: LayercodeAPIResource, requests: list[DetailRequest]):
+    async with api.client() as client:
+        return await fetch_details(client, requests)
+
+
+backfill_job = dg.define_asset_job(
+    "backfill_job", selection=dg.AssetSelection.assets(SESSION_DETAILS, dg.AssetKey("layercode_recordings")),
+    description="Fill gaps from the REST API and fetch ready recordings.")
+
+backfill_schedule = dg.ScheduleDefinition(
+    name="hourly_backfill", job=backfill_job, cron_schedule="17 * * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Hourly: REST records for sessions whose session.end never came, and recordings that became ready.")

@@ -1,0 +1,94 @@
+"""Which sessions need their REST record, fetching them, and storing them as they came."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import duckdb
+
+from layercode_pipeline.lib.layercode_client import LayercodeClient, SessionFetch
+
+NEEDS_DETAILS_SQL = """
+with seen as (
+    select agent_id, session_id,
+           max(received_at) as last_seen,
+           bool_or(event_type = 'session.end') as has_end,
+           max(case when event_type = 'session.end' then body->>'$.recording_status' end) as end_recording,
+           bool_or(event_type = 'session.update' and body->>'$.recording_status' in ('completed', 'failed')) as has_update
+    from raw.layercode_events
+    where session_id is not null and agent_id is not null
+    group by all
+), latest as (
+    select agent_id, session_id, http_status, record->>'$.recording_status' as rest_recording,
+           record->>'$.ended_at' as rest_ended_at
+    from raw.layercode_session_details
+    qualify row_number() over (partition by agent_id, session_id order by fetched_at desc) = 1
+)
+select s.agent_id, s.session_id,
+       case when not s.has_end and (l.session_id is null or l.rest_ended_at is null) then 'no_session_end'
+            else 'recording_unresolved' end as reason
+from seen s
+left join latest l using (agent_id, session_id)
+where s.last_seen <= now() - to_minutes(cast(? as bigint))
+  and coalesce(l.http_status, 0) <> 404          -- not found: only asked again when a user asks
+  and (
+        -- the end of the call never arrived and we hold no final record of it
+        (not s.has_end and (l.session_id is null or l.rest_ended_at is null))
+        -- the org records, no session.update said how it went, and the REST API has not said either
+     or (not s.has_update and l.rest_recording = 'in_progress')
+     or (not s.has_update and s.end_recording = 'enabled' and l.session_id is null)
+  )
+order by s.agent_id, s.session_id
+"""
+
+
+@dataclass(frozen=True)
+class DetailRequest:
+    agent_id: str
+    session_id: str
+    reason: str
+
+
+@dataclass
+class DetailOutcome:
+    request: DetailRequest
+    fetch: SessionFetch | None
+    error: str | None = None
+
+
+def sessions_needing_details(con: duckdb.DuckDBPyConnection, grace_minutes: int) -> list[DetailRequest]:
+    return [DetailRequest(*row) for row in con.execute(NEEDS_DETAILS_SQL, [grace_minutes]).fetchall()]
+
+
+async def fetch_details(client: LayercodeClient, requests: Iterable[DetailRequest],
+                        on_done: Callable[[DetailOutcome], None] | None = None) -> list[DetailOutcome]:
+    """Fetch concurrently (the client's limit applies). One session's failure does not stop
+    the others; an auth failure (401) stops everything, since every call would fail."""
+    from layercode_pipeline.lib.layercode_client import LayercodeAuthError
+
+    async def one(req: DetailRequest) -> DetailOutcome:
+        try:
+            outcome = DetailOutcome(req, await client.get_session(req.agent_id, req.session_id))
+        except LayercodeAuthError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded per session, retried next run
+            outcome = DetailOutcome(req, None, f"{type(exc).__name__}: {exc}")
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+def store_details(con: duckdb.DuckDBPyConnection, outcomes: list[DetailOutcome]) -> tuple[int, int]:
+    """Append each answer (200 with its record, or 404) with its fetch time; errors are not
+    stored (the session stays pending). Returns (found, not_found)."""
+    rows = [(o.request.agent_id, o.request.session_id, o.fetch.status,
+             json.dumps(o.fetch.record) if o.fetch.record is not None else None, o.request.reason)
+            for o in outcomes if o.fetch is not None]
+    if rows:
+        con.executemany("insert into raw.layercode_session_details values (?, ?, ?, ?::json, ?, now())", rows)
+    return sum(1 for r in rows if r[2] == 200), sum(1 for r in rows if r[2] == 404)

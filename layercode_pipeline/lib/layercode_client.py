@@ -1,0 +1,191 @@
+"""The one Layercode REST client (contract section 3).
+
+httpx with explicit timeouts, a concurrency limit, and tenacity retries (exponential
+backoff with jitter, or the server's `Retry-After`) on 429, 5xx, timeouts and dropped
+connections. 401 fails fast; 404 is an answer. The API key only ever travels in the
+Authorization header: it is not in URLs, messages, logs or `repr`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt,
+                      wait_exponential_jitter)
+
+from layercode_pipeline.lib.wav import InvalidWav, WavInfo, read_wav_info
+
+DEFAULT_BASE_URL = "https://api.layercode.com/v1"
+
+
+class LayercodeAPIError(RuntimeError):
+    pass
+
+
+class LayercodeAuthError(LayercodeAPIError):
+    """401: the key is wrong or the org does not own the agent. Retrying will not help."""
+
+
+class RetryableHTTPError(LayercodeAPIError):
+    def __init__(self, status: int, retry_after: float | None):
+        super().__init__(f"HTTP {status}" + (f" (Retry-After {retry_after:g} s)" if retry_after is not None else ""))
+        self.status = status
+        self.retry_after = retry_after
+
+
+RETRYABLE = (RetryableHTTPError, httpx.TimeoutException, httpx.TransportError, InvalidWav)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class _WaitRetryAfter:
+    """The server's Retry-After when it gives one (capped), else exponential backoff with jitter."""
+
+    def __init__(self, initial: float, maximum: float):
+        self.backoff = wait_exponential_jitter(initial=initial, max=maximum)
+        self.maximum = maximum
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableHTTPError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.maximum)
+        return self.backoff(state)
+
+
+@dataclass
+class SessionFetch:
+    agent_id: str
+    session_id: str
+    status: int  # 200 or 404
+    record: dict[str, Any] | None
+
+
+@dataclass
+class RecordingDownload:
+    status: str  # downloaded / not_ready / not_found
+    path: Path | None = None
+    bytes: int = 0
+    sha256: str | None = None
+    wav: WavInfo | None = None
+    detail: str | None = None
+
+
+class LayercodeClient:
+    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *, timeout_s: float = 30.0,
+                 max_concurrency: int = 8, max_attempts: int = 5, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 30.0):
+        if not api_key:
+            raise LayercodeAuthError("no Layercode API key configured (set LAYERCODE_API_KEY)")
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self._wait = _WaitRetryAfter(backoff_initial_s, backoff_max_s)
+        self._sem: asyncio.Semaphore | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"LayercodeClient(base_url={self.base_url!r}, api_key='***')"
+
+    async def __aenter__(self) -> LayercodeClient:
+        self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self._api_key}"},
+            limits=httpx.Limits(max_connections=self.max_concurrency))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._client is not None
+        await self._client.aclose()
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(retry=retry_if_exception_type(RETRYABLE), wait=self._wait,
+                             stop=stop_after_attempt(self.max_attempts), reraise=True)
+
+    @staticmethod
+    def session_path(agent_id: str, session_id: str) -> str:
+        # ids are quoted as single path segments: a hostile id cannot walk the API's tree
+        return f"/agents/{quote(agent_id, safe='')}/sessions/{quote(session_id, safe='')}"
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
+        if response.status_code == 401:
+            raise LayercodeAuthError("Layercode API answered 401 Unauthorized: check LAYERCODE_API_KEY and that "
+                                     "the key's org owns the agent")
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryableHTTPError(response.status_code, _retry_after(response))
+
+    async def get_session(self, agent_id: str, session_id: str) -> SessionFetch:
+        assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"
+        async with self._sem:
+            async for attempt in self._retrying():
+                with attempt:
+                    response = await self._client.get(self.session_path(agent_id, session_id))
+                    self._check(response)
+        if response.status_code == 404:
+            return SessionFetch(agent_id, session_id, 404, None)
+        if response.status_code != 200:
+            raise LayercodeAPIError(f"unexpected HTTP {response.status_code} for a session record")
+        try:
+            record = response.json()
+        except ValueError as exc:
+            raise LayercodeAPIError("session record is not JSON") from exc
+        return SessionFetch(agent_id, session_id, 200, record)
+
+    async def download_recording(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
+        """Stream the WAV to a temporary file beside `dest`; keep it only if it is a complete
+        RIFF/WAVE file whose header agrees with its size, then rename it into place."""
+        assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"
+        async with self._sem:
+            async for attempt in self._retrying():
+                with attempt:
+                    result = await self._download_once(agent_id, session_id, dest)
+        return result
+
+    async def _download_once(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
+        assert self._client is not None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(dest):x}.part")
+        try:
+            async with self._client.stream("GET", self.session_path(agent_id, session_id) + "/recording") as response:
+                self._check(response)
+                ctype = response.headers.get("content-type", "")
+                if response.status_code == 404:
+                    await response.aread()
+                    return RecordingDownload("not_found", detail="no recording for this session (404)")
+                if response.status_code != 200 or "json" in ctype:
+                    await response.aread()
+                    return RecordingDownload("not_ready", detail=f"HTTP {response.status_code} {ctype or ''}".strip())
+                digest = hashlib.sha256()
+                size = 0
+                with tmp.open("wb") as fh:
+                    async for chunk in response.aiter_bytes(256 * 1024):
+                        fh.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            with tmp.open("rb") as fh:
+                info = read_wav_info(fh, size)  # raises InvalidWav: retried, then reported
+            os.replace(tmp, dest)
+            return RecordingDownload("downloaded", dest, size, digest.hexdigest(), info)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+

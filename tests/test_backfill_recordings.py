@@ -1,0 +1,271 @@
+"""REST backfill and recordings against the simulator's REST API on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from layercode_pipeline.contract.landing import build_envelope
+from layercode_pipeline.defs.backfill.assets import layercode_session_details
+from layercode_pipeline.defs.ingest.assets import raw_layercode_events
+from layercode_pipeline.defs.recordings.assets import layercode_recordings
+from layercode_pipeline.defs.resources import LayercodeAPIResource, StorageResource
+from layercode_pipeline.lib.serve import BackgroundServer
+from layercode_pipeline.lib.wav import inspect_wav
+from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
+
+KEY = "sk_sim_backfill_key"
+FAULTS = {"drop_session_end": 0.3, "drop_session_update": 0.3}
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory):
+    """One simulated batch delivered with dropped webhooks through the real listener."""
+    from .conftest import ListenerProcess
+
+    base = tmp_path_factory.mktemp("landed")
+    batch = generate_batch(30, seed=21)
+    listener = ListenerProcess(base, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
+    report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults=FAULTS, concurrency=8)
+    listener.stop()
+    assert report.failed == 0
+    return batch, report, base / "landing"
+
+
+@pytest.fixture
+def env(landed, tmp_path):
+    batch, report, landing = landed
+    data = tmp_path / "data"
+    shutil.copytree(landing, data / "landing")
+    api = SimulatorAPI(api_key=KEY, seed=3, retry_after_s=1, slow_s=1.0)
+    api.register(batch, ready_in_s=0)
+    server = BackgroundServer(api.app).start()
+    storage = StorageResource(data_dir=str(data))
+    rest = LayercodeAPIResource(base_url=server.url + "/v1", api_key=KEY, timeout_s=0.5, backoff_initial_s=0.05,
+                                backoff_max_s=2.0, max_attempts=4)
+    yield {"batch": batch, "report": report, "api": api, "storage": storage, "rest": rest, "data": data}
+    server.stop()
+
+
+def run(env, *assets, config: dict | None = None, rest: LayercodeAPIResource | None = None, raise_on_error=True):
+    result = dg.materialize(list(assets), resources={"storage": env["storage"], "layercode_api": rest or env["rest"]},
+                            run_config={"ops": {"layercode_session_details": {"config": config}}} if config else None,
+                            raise_on_error=raise_on_error)
+    meta = {}
+    for node in ("raw_layercode_events", "layercode_session_details", "layercode_recordings"):
+        for mat in result.asset_materializations_for_node(node):
+            meta[node] = {k: v.value for k, v in mat.metadata.items()}
+    return result, meta
+
+
+def query(env, sql: str):
+    con = duckdb.connect(str(env["storage"].warehouse_file), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+ALL = (raw_layercode_events, layercode_session_details, layercode_recordings)
+GRACE0 = {"grace_minutes": 0}
+
+
+def test_gaps_are_filled_and_every_completed_recording_kept(env):
+    batch, report = env["batch"], env["report"]
+    dropped_end = {sid for sid, e in report.dropped if e == "session.end"}
+    dropped_update = {sid for sid, e in report.dropped if e == "session.update"}
+    assert dropped_end and dropped_update
+    _, meta = run(env, *ALL, config=GRACE0)
+    fetched = dict(query(env, "select session_id, reason from raw.layercode_session_details where http_status = 200"))
+    expected_unresolved = {s.session_id for s in batch.sessions if s.session_id in dropped_update
+                           and s.session_id not in dropped_end and s.recording_enabled}
+    assert {k for k, v in fetched.items() if v == "no_session_end"} == dropped_end
+    assert {k for k, v in fetched.items() if v == "recording_unresolved"} == expected_unresolved
+    # the REST record is stored as it came
+    s = next(x for x in batch.sessions if x.session_id in dropped_end)
+    (record,) = query(env, f"select record from raw.layercode_session_details where session_id = '{s.session_id}'")[0]
+    assert json.loads(record) == json.loads(json.dumps(s.rest_record(recording_ready=True)))
+
+    rows = {r[0]: r for r in query(env, "select session_id, status, path, bytes, sha256, sample_rate, channels, "
+                                        "duration_s, error from raw.layercode_recordings")}
+    completed = {s.session_id: s for s in batch.sessions if s.recording_outcome == "completed"}
+    failed_seen = {s.session_id for s in batch.sessions if s.recording_outcome == "failed"
+                   and s.session_id not in dropped_update}
+    assert {k for k, r in rows.items() if r[1] == "downloaded"} == set(completed)
+    assert {k for k, r in rows.items() if r[1] == "failed"} == failed_seen
+    for sid, s in completed.items():
+        _, _, path, size, sha, rate, channels, duration, _ = rows[sid]
+        p = Path(path)
+        assert p.relative_to(env["data"] / "recordings").parts[:2] == (f"agent={s.agent_id}",
+                                                                        f"dt={s.started_at:%Y-%m-%d}")
+        info = inspect_wav(p)
+        assert (size, rate, channels) == (p.stat().st_size, 8000, 1)
+        assert duration == pytest.approx(s.duration_ms / 1000, abs=0.001) == pytest.approx(info.duration_s, abs=0.001)
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == sha
+    assert not list((env["data"] / "recordings").rglob("*.part"))
+    assert meta["layercode_recordings"]["this_run_downloaded"] == len(completed)
+
+    # a second run: no new REST rows, no second download, same rows
+    before_rows = query(env, "select count(*) from raw.layercode_session_details")[0][0]
+    downloads = env["api"].count("recording")
+    _, meta = run(env, *ALL, config=GRACE0)
+    assert query(env, "select count(*) from raw.layercode_session_details")[0][0] == before_rows
+    assert env["api"].count("recording") == downloads
+    assert meta["layercode_recordings"]["already_held"] == len(completed)
+    assert query(env, "select count(*), count(distinct session_id) from raw.layercode_recordings")[0] == \
+        (len(rows), len(rows))
+
+
+def test_grace_period_holds_back_recent_sessions(env):
+    _, meta = run(env, raw_layercode_events, layercode_session_details)  # default grace: 15 minutes
+    assert meta["layercode_session_details"]["requested"] == 0
+    assert env["api"].count() == 0
+
+
+def a_gap_session(env) -> str:
+    return next(sid for sid, e in env["report"].dropped if e == "session.end")
+
+
+def only(env, sid: str) -> dict:
+    return {"automatic": False, "agent_id": next(s.agent_id for s in env["batch"].sessions if s.session_id == sid),
+            "session_ids": [sid]}
+
+
+def test_429_with_retry_after_then_success(env):
+    sid = a_gap_session(env)
+    env["api"].script(sid, "rate_limit")
+    started = time.monotonic()
+    _, meta = run(env, raw_layercode_events, layercode_session_details, config=only(env, sid))
+    assert time.monotonic() - started >= 1.0  # waited the server's Retry-After, not the 0.05 s backoff
+    assert [s for k, x, s in env["api"].requests if x == sid] == [429, 200]
+    assert meta["layercode_session_details"]["found"] == 1
+
+
+def test_500_then_success_and_slow_answer_past_timeout(env):
+    sid = a_gap_session(env)
+    env["api"].script(sid, "server_error", "slow")
+    _, meta = run(env, raw_layercode_events, layercode_session_details, config=only(env, sid))
+    assert meta["layercode_session_details"]["found"] == 1
+    statuses = [s for k, x, s in env["api"].requests if x == sid]
+    assert statuses[:2] == [500, 0] and 200 in statuses[2:]  # 500, the slow one (timed out), then 200
+    assert query(env, f"select http_status from raw.layercode_session_details where session_id = '{sid}'") == [(200,)]
+
+
+def test_persistent_failure_is_isolated_and_retried_next_run(env):
+    sid = a_gap_session(env)
+    env["api"].script(sid, *["server_error"] * 4)
+    _, meta = run(env, *ALL, config=GRACE0)
+    assert meta["layercode_session_details"]["errors"] == 1 and meta["layercode_session_details"]["found"] > 1
+    assert query(env, f"select count(*) from raw.layercode_session_details where session_id = '{sid}'") == [(0,)]
+    run(env, *ALL, config=GRACE0)
+    assert query(env, f"select http_status from raw.layercode_session_details where session_id = '{sid}'") == [(200,)]
+
+
+def test_401_fails_fast_without_leaking_the_key(env):
+    wrong = LayercodeAPIResource(base_url=env["rest"].base_url, api_key="sk_wrong_key_123", backoff_initial_s=0.05)
+    result, _ = run(env, *ALL, config=GRACE0, rest=wrong, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    text = str(failure.event_specific_data.error)
+    assert "401" in text and "LAYERCODE_API_KEY" in text and "sk_wrong_key_123" not in text
+    assert all(s == 401 for _, _, s in env["api"].requests)
+    assert len(env["api"].requests) <= 8  # not retried forever
+
+
+def test_404_recorded_and_not_asked_again_until_requested(env):
+    data = env["storage"].landing_path / "dt=2026-11-21" / "hour=09"
+    data.mkdir(parents=True)
+    body = json.dumps({"type": "session.start", "session_id": "sess_unknown", "turn_id": "t"}).encode()
+    from datetime import UTC, datetime
+
+    (data / "manual-000001.jsonl").write_bytes(build_envelope(
+        received_at=datetime(2026, 11, 21, 9, tzinfo=UTC), agent_id="ag_support", event_type="session.start",
+        content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={}, writer_id="manual"))
+    _, meta = run(env, raw_layercode_events, layercode_session_details, config=GRACE0)
+    assert query(env, "select http_status, record from raw.layercode_session_details "
+                      "where session_id = 'sess_unknown'") == [(404, None)]
+    run(env, raw_layercode_events, layercode_session_details, config=GRACE0)
+    assert env["api"].count("details", "sess_unknown") == 1
+    run(env, raw_layercode_events, layercode_session_details,
+        config={"agent_id": "ag_support", "session_ids": ["sess_unknown"], "automatic": False})
+    assert env["api"].count("details", "sess_unknown") == 2
+
+
+def test_recording_not_ready_then_ready(env):
+    api = env["api"]
+    api.register(env["batch"], ready_in_s=3600)
+    _, meta = run(env, *ALL, config=GRACE0)
+    rec = meta["layercode_recordings"]
+    assert rec["this_run_downloaded"] == 0 and rec["this_run_not_ready"] > 0
+    assert not list((env["data"] / "recordings").rglob("*.wav"))
+    api.make_ready()
+    _, meta = run(env, *ALL, config=GRACE0)
+    # the not-ready ones, plus those whose session.update was lost and whose REST record said
+    # in_progress last time: the backfill asked again and now it says completed
+    completed = sum(1 for s in env["batch"].sessions if s.recording_outcome == "completed")
+    assert rec["this_run_not_ready"] < completed
+    assert meta["layercode_recordings"]["this_run_downloaded"] == completed
+    assert query(env, "select count(*) from raw.layercode_recordings where status = 'not_ready'") == [(0,)]
+
+
+def test_truncated_wav_rejected_and_retried(env):
+    completed = [s for s in env["batch"].sessions if s.recording_outcome == "completed"]
+    once, always = completed[0], completed[1]
+    env["api"].script(once.session_id, "ok", "truncated_wav")  # details ok (if asked), then a cut body
+    env["api"].script(always.session_id, *["truncated_wav"] * 8)
+    run(env, *ALL, config=GRACE0)
+    rows = dict(query(env, "select session_id, status from raw.layercode_recordings"))
+    assert rows[once.session_id] == "downloaded"
+    assert rows[always.session_id] == "error"
+    assert "truncated" in query(env, f"select error from raw.layercode_recordings where session_id = '{always.session_id}'")[0][0]
+    assert not list((env["data"] / "recordings").rglob(f"{always.session_id}*"))
+    env["api"].script(always.session_id)  # nothing scripted any more
+    env["api"]._scripts[always.session_id].clear()
+    run(env, *ALL, config=GRACE0)
+    assert dict(query(env, "select session_id, status from raw.layercode_recordings"))[always.session_id] == "downloaded"
+
+
+def test_hostile_session_id_never_reaches_the_file_system(env):
+    from datetime import UTC, datetime
+
+    land = env["storage"].landing_path / "dt=2026-11-21" / "hour=09"
+    land.mkdir(parents=True)
+    lines = b""
+    for sid in ("../../../../tmp/evil", "sess_ok/../../x", ".."):
+        body = json.dumps({"type": "session.update", "session_id": sid, "recording_status": "completed",
+                           "recording_url": "https://x"}).encode()
+        lines += build_envelope(received_at=datetime(2026, 11, 21, 9, tzinfo=UTC), agent_id="ag_support",
+                                event_type="session.update", content_sha256=hashlib.sha256(body).hexdigest(), body=body,
+                                headers={}, writer_id="manual")
+    (land / "manual-000001.jsonl").write_bytes(lines)
+    run(env, *ALL, config=GRACE0)
+    rows = query(env, "select session_id, status, path, error from raw.layercode_recordings "
+                      "where session_id like '%..%'")
+    assert len(rows) == 3
+    assert all(status == "error" and path is None and "not safe" in error for _, status, path, error in rows)
+    assert not Path("/tmp/evil.wav").exists()
+    assert all(env["data"] / "recordings" in p.parents for p in (env["data"] / "recordings").rglob("*"))
+
+
+def test_backfill_cli_with_progress(env, tmp_path):
+    sid = a_gap_session(env)
+    agent = next(s.agent_id for s in env["batch"].sessions if s.session_id == sid)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{sid}\nsess_missing\n")
+    cli_env = {"LAYERCODE_DATA_DIR": str(env["data"]), "LAYERCODE_API_BASE_URL": env["rest"].base_url,
+               "LAYERCODE_API_KEY": KEY, "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "backfill", "--agent-id", agent,
+                        "--from-file", str(ids)], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "found" in r.stdout and KEY not in r.stdout + r.stderr
+    assert sorted(query(env, "select session_id, http_status from raw.layercode_session_details")) == \
+        sorted([(sid, 200), ("sess_missing", 404)])
