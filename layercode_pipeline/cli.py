@@ -101,12 +101,11 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
         api.register(batch)  # the platform knows every session, whatever the webhooks did
         server = BackgroundServer(api.app, port=api_port).start()
         console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key)")
-    expected = sum(2 + len(s.messages()) for s in batch.sessions)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("delivering webhooks", total=expected)
-        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
-                              on_event=lambda attempt: progress.advance(task))
+        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret)
+        task = progress.add_task("delivering webhooks", total=deliverer.planned_events)
+        deliverer.on_event = lambda attempt: progress.advance(task)
         import asyncio
 
         report = asyncio.run(deliverer.run())

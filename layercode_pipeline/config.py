@@ -7,6 +7,7 @@ names through `dagster.EnvVar` (see `defs/resources.py`), so both sides agree on
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -14,6 +15,32 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_AGENT_ID = "default"
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where everything lives: `<data dir>/{landing,quarantine,warehouse.duckdb,recordings,serving}`,
+    each overridable on its own. Always absolute, so dbt's working directory does not matter."""
+
+    data_dir: Path
+    landing: Path
+    quarantine: Path
+    warehouse: Path
+    recordings: Path
+    serving: Path
+
+    @classmethod
+    def derive(cls, data_dir: Path | str, *, landing: Path | str | None = None, quarantine: Path | str | None = None,
+               warehouse: Path | str | None = None, recordings: Path | str | None = None,
+               serving: Path | str | None = None) -> DataPaths:
+        root = Path(data_dir).expanduser().resolve()
+
+        def pick(value: Path | str | None, default: Path) -> Path:
+            return Path(value).expanduser().resolve() if value else default
+
+        return cls(root, pick(landing, root / "landing"), pick(quarantine, root / "quarantine"),
+                   pick(warehouse, root / "warehouse.duckdb"), pick(recordings, root / "recordings"),
+                   pick(serving, root / "serving"))
 
 
 class Settings(BaseSettings):
@@ -69,25 +96,30 @@ class Settings(BaseSettings):
 
     # --- derived paths (absolute, so dbt's cwd does not matter) --------------------------
     @property
+    def paths(self) -> DataPaths:
+        return DataPaths.derive(self.data_dir, landing=self.landing_dir, quarantine=self.quarantine_dir,
+                                warehouse=self.warehouse_path, recordings=self.recordings_dir, serving=self.serving_dir)
+
+    @property
     def data_root(self) -> Path:
-        return self.data_dir.expanduser().resolve()
+        return self.paths.data_dir
 
     @property
     def landing_path(self) -> Path:
-        return (self.landing_dir or self.data_root / "landing").expanduser().resolve()
+        return self.paths.landing
 
     @property
     def quarantine_path(self) -> Path:
-        return (self.quarantine_dir or self.data_root / "quarantine").expanduser().resolve()
+        return self.paths.quarantine
 
     @property
     def warehouse_file(self) -> Path:
-        return (self.warehouse_path or self.data_root / "warehouse.duckdb").expanduser().resolve()
+        return self.paths.warehouse
 
     @property
     def recordings_path(self) -> Path:
-        return (self.recordings_dir or self.data_root / "recordings").expanduser().resolve()
+        return self.paths.recordings
 
     @property
     def serving_path(self) -> Path:
-        return (self.serving_dir or self.data_root / "serving").expanduser().resolve()
+        return self.paths.serving

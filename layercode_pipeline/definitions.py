@@ -7,7 +7,8 @@ import warnings
 import dagster as dg
 
 import layercode_pipeline.defs
-from layercode_pipeline.defs.resources import layercode_api_from_env, storage_from_env
+from layercode_pipeline.defs.dbt.assets import dbt_resource
+from layercode_pipeline.defs.resources import layercode_api_from_env, openai_from_env, storage_from_env
 
 
 def build_definitions() -> dg.Definitions:
@@ -17,6 +18,8 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions.merge(loaded, dg.Definitions(resources={
         "storage": storage_from_env(),
         "layercode_api": layercode_api_from_env(),
+        "dbt": dbt_resource(),
+        "openai": openai_from_env(),
     }))
 
 

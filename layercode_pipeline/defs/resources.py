@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.config import Settings
+from layercode_pipeline.config import DataPaths
 from layercode_pipeline.lib.warehouse import open_warehouse
 
 # Every asset that writes the warehouse runs in this pool; give it a limit of 1 in the
@@ -33,26 +33,27 @@ class StorageResource(dg.ConfigurableResource):
     serving_dir: str | None = None
 
     @property
-    def settings(self) -> Settings:
-        values = {"data_dir": self.data_dir, "landing_dir": self.landing_dir, "warehouse_path": self.warehouse_path,
-                  "recordings_dir": self.recordings_dir, "serving_dir": self.serving_dir}
-        return Settings(**{k: Path(v) for k, v in values.items() if v})
+    def paths(self) -> DataPaths:
+        # From this resource's own fields only (not the process environment, which the
+        # resource was already configured from through EnvVar).
+        return DataPaths.derive(self.data_dir, landing=self.landing_dir, warehouse=self.warehouse_path,
+                                recordings=self.recordings_dir, serving=self.serving_dir)
 
     @property
     def landing_path(self) -> Path:
-        return self.settings.landing_path
+        return self.paths.landing
 
     @property
     def warehouse_file(self) -> Path:
-        return self.settings.warehouse_file
+        return self.paths.warehouse
 
     @property
     def recordings_path(self) -> Path:
-        return self.settings.recordings_path
+        return self.paths.recordings
 
     @property
     def serving_path(self) -> Path:
-        return self.settings.serving_path
+        return self.paths.serving
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -97,3 +98,25 @@ class LayercodeAPIResource(dg.ConfigurableResource):
 def layercode_api_from_env() -> LayercodeAPIResource:
     return LayercodeAPIResource(base_url=env_or("LAYERCODE_API_BASE_URL", "https://api.layercode.com/v1"),
                                 api_key=env_or("LAYERCODE_API_KEY"))
+
+
+class OpenAIResource(dg.ConfigurableResource):
+    """An OpenAI-compatible endpoint. `api_key` from `EnvVar("OPENAI_API_KEY")`, `base_url`
+    from `EnvVar("OPENAI_BASE_URL")` (any compatible server works)."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    model: str = "gpt-5-mini"
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    enrichment_config: str | None = None  # LAYERCODE_ENRICHMENT_CONFIG
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key)
+
+
+def openai_from_env() -> OpenAIResource:
+    return OpenAIResource(api_key=env_or("OPENAI_API_KEY"), base_url=env_or("OPENAI_BASE_URL"),
+                          model=env_or("LAYERCODE_ENRICHMENT_MODEL", "gpt-5-mini"),
+                          enrichment_config=env_or("LAYERCODE_ENRICHMENT_CONFIG"))

@@ -71,6 +71,34 @@ create table if not exists raw.layercode_recordings (
     fetched_at   timestamptz not null,
     error        varchar
 );
+create schema if not exists enrichment;
+create table if not exists enrichment.session_enrichments (
+    session_id         varchar not null,
+    agent_id           varchar,
+    cache_key          varchar not null,  -- sha256(transcript, prompt version, schema version, model)
+    transcript_sha256  varchar not null,
+    provider           varchar not null,  -- openai / offline
+    model              varchar not null,
+    prompt_version     varchar not null,
+    schema_version     varchar not null,
+    summary            varchar,
+    caller_name        varchar,
+    sentiment          varchar,
+    sentiment_score    double,
+    outcome            varchar,
+    topics             json,
+    quality_score      integer,
+    quality_rationale  varchar,
+    compliance_flags   json,
+    action_items       json,
+    custom_fields      json,
+    input_tokens       integer,
+    output_tokens      integer,
+    cost_usd           double,
+    latency_ms         double,
+    error              varchar,
+    enriched_at        timestamptz not null
+);
 """
 
 

@@ -133,17 +133,28 @@ class Deliverer:
         self.on_session_end = on_session_end
         self.on_event = on_event
         self.report = DeliveryReport()
+        self._plans: list[tuple[SimSession, list[dict[str, Any]], bool]] | None = None
 
     def url_for(self, agent_id: str) -> str:
         return self.webhook_url.replace("{agent_id}", agent_id)
 
+    def plan(self) -> list[tuple[SimSession, list[dict[str, Any]], bool]]:
+        """Decide every fault up front, so they do not depend on timing. Idempotent."""
+        if self._plans is None:
+            self._plans = []
+            for s in self.batch.sessions:
+                events, dropped = plan_session(s, self.faults, self.rng)
+                burst = self.rng.random() < self.faults.get("burst", 0.0)
+                self._plans.append((s, events, burst))
+                self.report.dropped += [(s.session_id, d) for d in dropped]
+        return self._plans
+
+    @property
+    def planned_events(self) -> int:
+        return sum(len(events) for _, events, _ in self.plan())
+
     async def run(self) -> DeliveryReport:
-        plans = []
-        for s in self.batch.sessions:  # plan up front so the faults do not depend on timing
-            events, dropped = plan_session(s, self.faults, self.rng)
-            burst = self.rng.random() < self.faults.get("burst", 0.0)
-            plans.append((s, events, burst))
-            self.report.dropped += [(s.session_id, d) for d in dropped]
+        plans = self.plan()
         # aiohttp rather than httpx here: it is a load generator, and httpx's async pool fell
         # from 720 to 360 requests/s going from 8 to 64 connections where aiohttp gave 3,600.
         sem = asyncio.Semaphore(self.concurrency)

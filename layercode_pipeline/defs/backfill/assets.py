@@ -73,8 +73,8 @@ async def _fetch(api: LayercodeAPIResource, requests: list[DetailRequest]):
 
 
 backfill_job = dg.define_asset_job(
-    "backfill_job", selection=dg.AssetSelection.assets(SESSION_DETAILS, dg.AssetKey("layercode_recordings")),
-    description="Fill gaps from the REST API and fetch ready recordings.")
+    "backfill_job", selection=dg.AssetSelection.assets(SESSION_DETAILS, dg.AssetKey("layercode_recordings")).downstream(),
+    description="Fill gaps from the REST API, fetch ready recordings, then refresh what depends on them.")
 
 backfill_schedule = dg.ScheduleDefinition(
     name="hourly_backfill", job=backfill_job, cron_schedule="17 * * * *",

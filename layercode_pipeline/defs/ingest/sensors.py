@@ -6,10 +6,13 @@ import dagster as dg
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS, newest_sealed_ctime
 from layercode_pipeline.defs.resources import StorageResource
 
+# New raw data brings everything downstream up to date (enrichment, dbt, serving) with no
+# human in the loop; the REST backfill and recordings run on their own hourly schedule.
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets(RAW_EVENTS),
-    description="Ingest newly sealed landing segments.",
+    selection=dg.AssetSelection.assets(RAW_EVENTS).downstream()
+    - dg.AssetSelection.groups("backfill", "recordings"),
+    description="Ingest newly sealed landing segments, then refresh enrichments, dbt models and the serving copy.",
 )
 
 

@@ -1,0 +1,118 @@
+{{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert') }}
+-- One row per session (connection), merging session.end, session.update, the REST record,
+-- the downloaded recording and the latest enrichment. Where sources disagree the REST record
+-- (the platform's authoritative copy) wins over the session.end webhook; *_source columns
+-- say which one each value came from.
+with touched as ({{ touched_sessions() }}),
+src as (
+    select * from {{ ref('int_session_sources') }} where session_id in (select session_id from touched)
+),
+starts as (
+    select session_id, min(conversation_id) as conversation_id, min(from_phone_number) as from_phone_number,
+           min(to_phone_number) as to_phone_number, min(received_at) as first_event_at, any_value(metadata) as metadata
+    from {{ ref('stg_webhook_session_starts') }} group by 1
+),
+any_events as (
+    select session_id, min(body->>'$.conversation_id') as conversation_id, min(received_at) as first_seen_at
+    from {{ source('raw', 'layercode_events') }} where session_id is not null group by 1
+),
+ends as (select * from {{ ref('stg_webhook_session_ends') }}),
+updates as (select * from {{ ref('stg_webhook_session_updates') }}),
+rest as (select * from {{ ref('stg_rest_sessions') }}),
+recs as (select * from {{ ref('stg_recordings') }}),
+enr as (select * from {{ ref('stg_session_enrichments') }} where is_latest),
+turn_stats as (
+    select session_id,
+           count(*) as turns,
+           count(*) filter (where role = 'user') as user_turns,
+           count(*) filter (where role = 'assistant') as assistant_turns,
+           coalesce(sum(words) filter (where role = 'user'), 0) as user_words,
+           coalesce(sum(words) filter (where role = 'assistant'), 0) as assistant_words,
+           min(transcript_source) as transcript_source
+    from {{ ref('int_transcript_turns') }} group by 1
+),
+merged as (
+    select
+        src.session_id,
+        coalesce(rest.agent_id, src.agent_id) as agent_id,
+        coalesce(rest.conversation_id, ends.conversation_id, starts.conversation_id, any_events.conversation_id) as conversation_id,
+        coalesce(rest.started_at, ends.started_at) as started_at,
+        coalesce(rest.ended_at, ends.ended_at) as ended_at,
+        coalesce(rest.duration_ms, ends.duration_ms,
+                 epoch_ms(coalesce(rest.ended_at, ends.ended_at)) - epoch_ms(coalesce(rest.started_at, ends.started_at))) as duration_ms,
+        coalesce(rest.latency_ms, ends.latency_ms) as latency_ms,
+        coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds) as transcription_duration_seconds,
+        coalesce(rest.tts_duration_seconds, ends.tts_duration_seconds) as tts_duration_seconds,
+        coalesce(rest.from_phone_number, ends.from_phone_number, starts.from_phone_number) as from_phone_number,
+        coalesce(rest.to_phone_number, ends.to_phone_number, starts.to_phone_number) as to_phone_number,
+        rest.from_phone_country,
+        rest.to_phone_country,
+        coalesce(rest.country_code, ends.country_code) as country_code,
+        coalesce(rest.ip_address, ends.ip_address) as ip_address,
+        coalesce(rest.metadata, ends.metadata, starts.metadata) as metadata,
+        case when rest.session_id is not null then 'rest' when ends.session_id is not null then 'webhook'
+             else 'events_only' end as session_source,
+        case when ends.session_id is not null then 'webhook'
+             when rest.ended_at is not null then 'backfill' end as ended_by,
+        ends.session_id is not null as has_session_end_webhook,
+        rest.session_id is not null as has_rest_record,
+        -- one recording vocabulary: completed / failed / in_progress / not_available / disabled / unknown
+        case
+            when recs.download_status = 'downloaded' then 'completed'
+            when updates.recording_status in ('completed', 'failed') then updates.recording_status
+            when ends.recording_setting = 'disabled' then 'disabled'
+            when rest.recording_status in ('completed', 'in_progress', 'not_available') then rest.recording_status
+            when ends.recording_setting = 'enabled' then 'in_progress'
+            else 'unknown'
+        end as recording_state,
+        case
+            when recs.download_status = 'downloaded' then 'download'
+            when updates.recording_status in ('completed', 'failed') then 'session.update'
+            when ends.recording_setting = 'disabled' then 'session.end'
+            when rest.recording_status in ('completed', 'in_progress', 'not_available') then 'rest'
+            when ends.recording_setting = 'enabled' then 'session.end'
+        end as recording_state_source,
+        recs.download_status as recording_download_status,
+        case when recs.download_status = 'downloaded' then recs.recording_path end as recording_path,
+        case when recs.download_status = 'downloaded' then recs.recording_bytes end as recording_bytes,
+        case when recs.download_status = 'downloaded' then recs.recording_duration_s end as recording_duration_s,
+        coalesce(recs.download_status = 'downloaded', false) as has_recording,
+        coalesce(ts.turns, 0) as turns,
+        coalesce(ts.user_turns, 0) as user_turns,
+        coalesce(ts.assistant_turns, 0) as assistant_turns,
+        coalesce(ts.user_words, 0) as user_words,
+        coalesce(ts.assistant_words, 0) as assistant_words,
+        ts.transcript_source,
+        enr.summary,
+        enr.caller_name,
+        enr.sentiment,
+        enr.sentiment_score,
+        enr.outcome,
+        enr.topics,
+        enr.quality_score,
+        enr.quality_rationale,
+        enr.compliance_flags,
+        enr.action_items,
+        enr.custom_fields,
+        enr.provider as enrichment_provider,
+        enr.model as enrichment_model,
+        enr.prompt_version as enrichment_prompt_version,
+        enr.cost_usd as enrichment_cost_usd,
+        any_events.first_seen_at,
+        src.source_loaded_at
+    from src
+    left join starts using (session_id)
+    left join any_events using (session_id)
+    left join ends using (session_id)
+    left join updates using (session_id)
+    left join rest using (session_id)
+    left join recs using (session_id)
+    left join enr using (session_id)
+    left join turn_stats ts using (session_id)
+)
+select
+    *,
+    case when from_phone_number is not null then 'phone' else 'web' end as channel,
+    coalesce(started_at, first_seen_at) as session_date_at,
+    ended_by is not null as is_complete
+from merged

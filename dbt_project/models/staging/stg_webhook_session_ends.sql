@@ -1,0 +1,24 @@
+-- session.end: duration is in milliseconds, latency a number (ms); either may be null.
+select
+    session_id,
+    agent_id,
+    coalesce(body->>'$.agent_id', agent_id) as reported_agent_id,
+    body->>'$.conversation_id' as conversation_id,
+    try_cast(body->>'$.started_at' as timestamptz) as started_at,
+    try_cast(body->>'$.ended_at' as timestamptz) as ended_at,
+    try_cast(body->>'$.duration' as double) as duration_ms,
+    try_cast(body->>'$.latency' as double) as latency_ms,
+    try_cast(body->>'$.transcription_duration_seconds' as double) as transcription_duration_seconds,
+    try_cast(body->>'$.tts_duration_seconds' as double) as tts_duration_seconds,
+    body->>'$.ip_address' as ip_address,
+    body->>'$.country_code' as country_code,
+    body->>'$.from_phone_number' as from_phone_number,
+    body->>'$.to_phone_number' as to_phone_number,
+    body->>'$.recording_status' as recording_setting,
+    body->'$.transcript' as transcript,
+    body->'$.metadata' as metadata,
+    received_at,
+    ingested_at
+from {{ source('raw', 'layercode_events') }}
+where event_type = 'session.end' and session_id is not null
+qualify row_number() over (partition by session_id order by received_at desc) = 1

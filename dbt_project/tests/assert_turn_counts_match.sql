@@ -1,0 +1,5 @@
+-- fct_sessions' turn counts agree with fct_turns (nothing double counted).
+select f.session_id
+from {{ ref('fct_sessions') }} f
+left join (select session_id, count(*) as n from {{ ref('fct_turns') }} group by 1) t using (session_id)
+where f.turns <> coalesce(t.n, 0)

@@ -1,0 +1,69 @@
+"""The dbt project as Dagster assets: one lineage from the raw tables to the marts."""
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+
+from layercode_pipeline.config import Settings
+from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
+from layercode_pipeline.lib.warehouse import open_warehouse, warehouse_lock
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
+
+# Use the dbt installed beside this Python, so an un-activated virtualenv works too
+# (dagster-dbt's manifest preparer looks `dbt` up on PATH).
+_BIN = str(Path(sys.executable).parent)
+if shutil.which("dbt", path=_BIN) and _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+DBT_EXECUTABLE = shutil.which("dbt") or "dbt"
+
+
+
+@contextlib.contextmanager
+def warehouse_env(path: Path) -> Iterator[None]:
+    """profiles.yml reads LAYERCODE_WAREHOUSE_PATH; set it for one dbt call only, so it never
+    leaks into the configuration of anything else in this process."""
+    before = os.environ.get("LAYERCODE_WAREHOUSE_PATH")
+    os.environ["LAYERCODE_WAREHOUSE_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LAYERCODE_WAREHOUSE_PATH", None)
+        else:
+            os.environ["LAYERCODE_WAREHOUSE_PATH"] = before
+
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+with warehouse_env(Settings().warehouse_file):  # parsing needs a value, not the file
+    dbt_project.prepare_if_dev()
+    if not dbt_project.manifest_path.exists():  # a fresh clone outside `dagster dev`: parse once
+        dbt_project.preparer.prepare(dbt_project)
+
+
+class LayercodeDbtTranslator(DagsterDbtTranslator):
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        if dbt_resource_props["resource_type"] == "source":
+            return None
+        return "dbt_" + dbt_resource_props["fqn"][1] if len(dbt_resource_props["fqn"]) > 2 else "dbt"
+
+
+@dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, pool=WAREHOUSE_POOL,
+            dagster_dbt_translator=LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)))
+def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
+    warehouse = storage.warehouse_file
+    with open_warehouse(warehouse):
+        pass  # creates the raw and enrichment tables, so the models build before any data arrives
+    with warehouse_lock(warehouse), warehouse_env(warehouse):
+        yield from dbt.cli(["build"], context=context).stream().fetch_row_counts()
+
+
+def dbt_resource() -> DbtCliResource:
+    return DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)

@@ -1,0 +1,65 @@
+"""`session_enrichments`: what each call was about, who called, how it went."""
+
+import asyncio
+
+import dagster as dg
+
+from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
+from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
+from layercode_pipeline.defs.resources import WAREHOUSE_POOL, OpenAIResource, StorageResource
+from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version
+from layercode_pipeline.lib.enrichment.providers import OfflineProvider, OpenAIProvider
+from layercode_pipeline.lib.enrichment.run import enrich_sessions
+
+
+class EnrichmentRunConfig(dg.Config):
+    provider: str = "auto"  # auto (openai when OPENAI_API_KEY is set, else offline) / openai / offline
+    config_file: str | None = None  # topics, compliance checks, custom fields, prices (YAML)
+    prompt_version: str | None = None  # overrides the file's; bump to re-run analysis
+    redact_pii: bool = True
+    concurrency: int = 8
+    max_calls: int | None = None
+    max_usd: float | None = None
+
+
+@dg.asset(
+    key="session_enrichments",
+    deps=[RAW_EVENTS, SESSION_DETAILS],
+    group_name="enrichment",
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "openai"},
+    description="enrichment.session_enrichments: summary, caller name, sentiment, outcome, topics, quality, "
+                "compliance flags, action items and custom fields per session, cached by transcript, prompt "
+                "version, schema version and model. Rows say which provider made them.",
+)
+def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRunConfig, storage: StorageResource,
+                        openai: OpenAIResource) -> dg.MaterializeResult:
+    settings = EnrichmentSettings.load(config.config_file or openai.enrichment_config)
+    if config.prompt_version:
+        settings.prompt_version = config.prompt_version
+    schema = build_analysis_model(settings)
+    use_openai = config.provider == "openai" or (config.provider == "auto" and openai.configured)
+    if config.provider == "openai" and not openai.configured:
+        raise dg.Failure("provider=openai but OPENAI_API_KEY is not set")
+    if use_openai:
+        provider = OpenAIProvider(settings, schema, api_key=openai.api_key or "", model=openai.model,
+                                  base_url=openai.base_url, timeout_s=openai.timeout_s, max_retries=openai.max_retries)
+    else:
+        provider = OfflineProvider(settings)
+        context.log.info("No OPENAI_API_KEY: enriching with the offline provider (rules + VADER), labelled 'offline'.")
+    with storage.connect() as con:
+        stats = asyncio.run(enrich_sessions(con, provider, settings, schema_version(schema),
+                                            redact_pii=config.redact_pii, concurrency=config.concurrency,
+                                            max_calls=config.max_calls, max_usd=config.max_usd))
+        total = con.execute("select count(*) from enrichment.session_enrichments").fetchone()[0]
+    for err in stats.errors[:10]:
+        context.log.warning(err)
+    if stats.skipped_budget:
+        context.log.warning(f"budget reached: {stats.skipped_budget} sessions left for the next run")
+    return dg.MaterializeResult(metadata={
+        "provider": provider.name, "model": provider.model, "prompt_version": settings.prompt_version,
+        "schema_version": schema_version(schema), "candidates": stats.candidates, "enriched": stats.enriched,
+        "cached": stats.cached, "failed": stats.failed, "skipped_budget": stats.skipped_budget,
+        "llm_calls": stats.calls, "input_tokens": stats.input_tokens, "output_tokens": stats.output_tokens,
+        "cost_usd": dg.MetadataValue.float(stats.cost_usd), "dagster/row_count": total,
+    })

@@ -1,0 +1,26 @@
+"""`analytics_serving`: the marts, published for BI tools as serving/analytics.duckdb."""
+
+import dagster as dg
+
+from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
+from layercode_pipeline.lib.serving import publish_marts
+from layercode_pipeline.lib.warehouse import warehouse_lock
+
+MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics")]
+
+
+@dg.asset(
+    deps=MARTS,
+    group_name="serving",
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb"},
+    description="Copies schema marts into serving/analytics.duckdb: written as a new file, then renamed over "
+                "the old one, so BI readers never block the pipeline and never see a half-written file.",
+)
+def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
+    with warehouse_lock(storage.warehouse_file):
+        counts = publish_marts(storage.warehouse_file, storage.serving_path)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(storage.serving_path / "analytics.duckdb")),
+        "tables": dg.MetadataValue.json(counts),
+    })

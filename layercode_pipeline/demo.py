@@ -1,0 +1,153 @@
+"""`layercode-pipeline demo`: the whole chain on the simulator, on loopback, no keys needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from layercode_pipeline.simulator import DEFAULT_FAULTS
+
+DEMO_API_KEY = "sim_demo_api_key"
+DEMO_API_FAULTS = {"rate_limit": 0.02, "server_error": 0.02}
+RUN_ORDER = ("ingest", "backfill", "enrichment", "dbt", "serving")
+
+
+@dataclass
+class DemoResult:
+    data_dir: Path
+    seed: int
+    batch: Any
+    report: Any
+    stage_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _state(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / ".demo_state.json"
+    return json.loads(path.read_text()) if path.exists() else {"runs": 0}
+
+
+def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None, grace_minutes: int = 15,
+                    on_stage=None, instance=None) -> dict[str, dict[str, Any]]:
+    """Materialise every asset in dependency order, stage by stage (so progress can be shown)."""
+    import dagster as dg
+
+    from layercode_pipeline.definitions import defs
+    from layercode_pipeline.defs.dbt.assets import dbt_resource
+    from layercode_pipeline.defs.resources import LayercodeAPIResource, StorageResource, openai_from_env
+
+    resources = {
+        "storage": StorageResource(data_dir=str(data_dir)),
+        "layercode_api": LayercodeAPIResource(base_url=api_url or "https://api.layercode.com/v1", api_key=api_key,
+                                              backoff_initial_s=0.2, backoff_max_s=5.0),
+        "dbt": dbt_resource(),
+        "openai": openai_from_env(),
+    }
+    graph = defs.resolve_asset_graph()
+    all_assets = [a for a in defs.assets or []]  # type: ignore[union-attr]
+    groups = {
+        "ingest": dg.AssetSelection.assets("raw_layercode_events"),
+        "backfill": dg.AssetSelection.groups("backfill", "recordings"),
+        "enrichment": dg.AssetSelection.groups("enrichment"),
+        "dbt": dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"),
+        "serving": dg.AssetSelection.groups("serving"),
+    }
+    metadata: dict[str, dict[str, Any]] = {}
+    for stage in RUN_ORDER:
+        if on_stage:
+            on_stage(stage, "start")
+        result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
+                                run_config={"ops": {"layercode_session_details": {"config": {"grace_minutes": grace_minutes}}}}
+                                if stage == "backfill" else None)
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        if on_stage:
+            on_stage(stage, "done")
+    del graph
+    return metadata
+
+
+def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dict[str, float] | None = None,
+             api_faults: dict[str, float] | None = None, console=None, processing_delay_s: float = 1.0,
+             instance=None) -> DemoResult:
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.lib.serve import BackgroundServer
+    from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
+    from webhook_listener.app import create_app
+
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = _state(data_dir)
+    run_seed = seed if seed is not None else 1000 + state["runs"]
+    if seed is not None and seed in state.get("seeds", []):
+        run_seed = seed  # the same seed again: the same calls, which the pipeline must not double count
+    base_time = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=9)
+    batch = generate_batch(calls, seed=run_seed, base_time=base_time)
+
+    def say(msg: str) -> None:
+        if console is not None:
+            console.print(msg)
+
+    api = SimulatorAPI(api_key=DEMO_API_KEY, seed=run_seed, processing_delay_s=processing_delay_s,
+                       faults=DEMO_API_FAULTS if api_faults is None else api_faults, retry_after_s=1)
+    api.register(batch)
+    settings = Settings(data_dir=data_dir, webhook_secrets=listener_secrets_json(batch), webhook_secret=None,
+                        segment_max_age_s=5.0, log_level="WARNING")
+    listener = BackgroundServer(create_app(settings), log_level="warning")
+    api_server = BackgroundServer(api.app, log_level="warning")
+    listener.start()
+    api_server.start()
+    try:
+        say(f"listener on [bold]{listener.url}[/], simulated Layercode REST API on [bold]{api_server.url}/v1[/]")
+        deliverer = Deliverer(batch, listener.url + "/agents/{agent_id}/webhook",
+                              faults=DEFAULT_FAULTS if faults is None else faults, concurrency=32)
+        report = _deliver_with_progress(deliverer, console)
+        listener.stop()  # graceful: seals the open segment
+        wait = api_server and max(0.0, processing_delay_s - report.elapsed_s)
+        if wait:
+            time.sleep(wait)  # the recordings finish "processing"
+        stage_names = {"ingest": "ingesting landed webhooks", "backfill": "backfilling gaps and downloading recordings",
+                       "enrichment": "enriching transcripts", "dbt": "dbt build", "serving": "publishing for BI tools"}
+        status = console.status("") if console is not None else None
+        if status is not None:
+            status.start()
+
+        def on_stage(stage: str, phase: str) -> None:
+            if status is not None and phase == "start":
+                status.update(f"[bold]{stage_names[stage]}[/]…")
+            elif phase == "done":
+                say(f"[green]✓[/] {stage_names[stage]}")
+
+        try:
+            metadata = materialize_all(data_dir, api_url=api_server.url + "/v1", api_key=DEMO_API_KEY,
+                                       grace_minutes=0, on_stage=on_stage, instance=instance)
+        finally:
+            if status is not None:
+                status.stop()
+    finally:
+        listener.stop()
+        api_server.stop()
+    state["runs"] += 1
+    state.setdefault("seeds", []).append(run_seed)
+    (data_dir / ".demo_state.json").write_text(json.dumps(state))
+    return DemoResult(data_dir, run_seed, batch, report, metadata)
+
+
+def _deliver_with_progress(deliverer, console):
+    import asyncio
+
+    if console is None:
+        return asyncio.run(deliverer.run())
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    total = deliverer.planned_events
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("delivering signed webhooks", total=total)
+        deliverer.on_event = lambda attempt: progress.advance(task)
+        return asyncio.run(deliverer.run())

@@ -1,0 +1,1 @@
+"""Per-session call analysis: OpenAI structured outputs, or a labelled offline fallback."""

@@ -1,0 +1,154 @@
+"""Enrich every session whose transcript is known, once per cache key.
+
+cache key = sha256(normalised transcript, prompt version, schema version, provider, model).
+A session whose key already has a successful row makes no call; bumping the prompt version,
+the schema (topics, checks, custom fields) or the model makes a new key, so the session is
+enriched again and the old rows stay, queryable by version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import duckdb
+import orjson
+
+from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, system_prompt
+from layercode_pipeline.lib.enrichment.providers import Analysis, Provider
+from layercode_pipeline.lib.enrichment.redact import redact
+from layercode_pipeline.lib.transcripts import (TurnText, render, transcript_sha256, turns_from_rest,
+                                                turns_from_session_end)
+
+TRANSCRIPTS_SQL = """
+with ends as (
+    select session_id, agent_id, body->'$.transcript' as transcript
+    from raw.layercode_events where event_type = 'session.end' and session_id is not null
+    qualify row_number() over (partition by session_id order by received_at desc) = 1
+), rest as (
+    select session_id, agent_id, record->'$.transcript' as transcript
+    from raw.layercode_session_details where http_status = 200
+    qualify row_number() over (partition by session_id order by fetched_at desc) = 1
+)
+select coalesce(e.session_id, r.session_id) as session_id, coalesce(e.agent_id, r.agent_id) as agent_id,
+       e.transcript as webhook_transcript, r.transcript as rest_transcript
+from ends e full outer join rest r using (session_id)
+order by 1
+"""
+
+
+@dataclass
+class SessionTranscript:
+    session_id: str
+    agent_id: str | None
+    turns: list[TurnText]
+
+
+@dataclass
+class RunStats:
+    candidates: int = 0
+    enriched: int = 0
+    cached: int = 0
+    failed: int = 0
+    skipped_budget: int = 0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def load_transcripts(con: duckdb.DuckDBPyConnection) -> list[SessionTranscript]:
+    out = []
+    for session_id, agent_id, webhook, rest in con.execute(TRANSCRIPTS_SQL).fetchall():
+        webhook_items = orjson.loads(webhook) if webhook else None
+        turns = (turns_from_session_end(webhook_items) if isinstance(webhook_items, list)
+                 else turns_from_rest(orjson.loads(rest) if rest else None))
+        out.append(SessionTranscript(session_id, agent_id, turns))
+    return out
+
+
+def cache_key(transcript_hash: str, prompt_version: str, schema_version: str, provider: str, model: str) -> str:
+    return hashlib.sha256("|".join((transcript_hash, prompt_version, schema_version, provider, model)).encode()).hexdigest()
+
+
+async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, settings: EnrichmentSettings,
+                          schema_version: str, *, redact_pii: bool = True, concurrency: int = 8,
+                          max_calls: int | None = None, max_usd: float | None = None,
+                          max_output_tokens: int = 800) -> RunStats:
+    stats = RunStats()
+    sessions = load_transcripts(con)
+    stats.candidates = len(sessions)
+    done = {r[0] for r in con.execute(
+        "select cache_key from enrichment.session_enrichments where error is null").fetchall()}
+    todo: list[tuple[SessionTranscript, str, str]] = []
+    for s in sessions:
+        t_hash = transcript_sha256(s.turns)
+        key = cache_key(t_hash, settings.prompt_version, schema_version, provider.name, provider.model)
+        if key in done:
+            stats.cached += 1
+        else:
+            todo.append((s, t_hash, key))
+
+    sem = asyncio.Semaphore(concurrency)
+    budget_lock = asyncio.Lock()
+    reserved_usd = 0.0
+    rows: list[tuple] = []
+    prompt_chars = len(system_prompt(settings))
+
+    async def one(s: SessionTranscript, t_hash: str, key: str) -> None:
+        nonlocal reserved_usd
+        text = render(s.turns)
+        sent = redact(text) if redact_pii else text
+        async with sem:
+            async with budget_lock:  # reserve before calling, so concurrent calls cannot overshoot
+                if max_calls is not None and stats.calls >= max_calls:
+                    stats.skipped_budget += 1
+                    return
+                estimate = settings.cost_usd(provider.model, (prompt_chars + len(sent)) // 3, max_output_tokens) or 0.0
+                if max_usd is not None and reserved_usd + estimate > max_usd:
+                    stats.skipped_budget += 1
+                    return
+                stats.calls += 1
+                reserved_usd += estimate
+            try:
+                result = await provider.analyse(s.turns, sent)
+            except Exception as exc:  # noqa: BLE001 - one bad session is an error row, the run goes on
+                result = Analysis(None, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            cost = settings.cost_usd(provider.model, result.input_tokens, result.output_tokens)
+            async with budget_lock:
+                reserved_usd += (cost or 0.0) - estimate
+        stats.input_tokens += result.input_tokens
+        stats.output_tokens += result.output_tokens
+        stats.cost_usd += cost or 0.0
+        if result.error:
+            stats.failed += 1
+            stats.errors.append(f"{s.session_id}: {result.error}")
+        else:
+            stats.enriched += 1
+        rows.append(_row(s, t_hash, key, provider, settings, schema_version, result, cost))
+
+    await asyncio.gather(*(one(*t) for t in todo))
+    if rows:
+        con.executemany(
+            "insert into enrichment.session_enrichments values "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::json, ?, ?, ?::json, ?::json, ?::json, ?, ?, ?, ?, ?, now())",
+            rows)
+    stats.cost_usd = round(stats.cost_usd, 6)
+    return stats
+
+
+def _row(s: SessionTranscript, t_hash: str, key: str, provider: Provider, settings: EnrichmentSettings,
+         schema_version: str, a: Analysis, cost: float | None) -> tuple:
+    r = a.result or {}
+
+    def js(value: object) -> str | None:
+        return json.dumps(value) if value is not None else None
+
+    return (s.session_id, s.agent_id, key, t_hash, provider.name, provider.model, settings.prompt_version,
+            schema_version, r.get("summary"), r.get("caller_name"), r.get("sentiment"), r.get("sentiment_score"),
+            r.get("outcome"), js(r.get("topics")), r.get("quality_score"), r.get("quality_rationale"),
+            js(r.get("compliance_flags")), js(r.get("action_items")), js(r.get("custom_fields")),
+            a.input_tokens, a.output_tokens, cost, a.latency_ms, a.error)
