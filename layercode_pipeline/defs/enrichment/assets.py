@@ -47,10 +47,16 @@ def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRun
     else:
         provider = OfflineProvider(settings)
         context.log.info("No OPENAI_API_KEY: enriching with the offline provider (rules + VADER), labelled 'offline'.")
+    async def run(con):
+        try:
+            return await enrich_sessions(con, provider, settings, schema_version(schema),
+                                         redact_pii=config.redact_pii, concurrency=config.concurrency,
+                                         max_calls=config.max_calls, max_usd=config.max_usd)
+        finally:
+            await provider.aclose()
+
     with storage.connect() as con:
-        stats = asyncio.run(enrich_sessions(con, provider, settings, schema_version(schema),
-                                            redact_pii=config.redact_pii, concurrency=config.concurrency,
-                                            max_calls=config.max_calls, max_usd=config.max_usd))
+        stats = asyncio.run(run(con))
         total = con.execute("select count(*) from enrichment.session_enrichments").fetchone()[0]
     for err in stats.errors[:10]:
         context.log.warning(err)

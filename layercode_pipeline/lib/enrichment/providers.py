@@ -42,6 +42,8 @@ class Provider(Protocol):
 
     async def analyse(self, turns: list[TurnText], text: str) -> Analysis: ...
 
+    async def aclose(self) -> None: ...
+
 
 class OpenAIProvider:
     name = "openai"
@@ -57,6 +59,9 @@ class OpenAIProvider:
         self.max_output_tokens = max_output_tokens
         self.client = AsyncOpenAI(api_key=api_key, base_url=base_url or None, timeout=timeout_s,
                                   max_retries=max_retries)
+
+    async def aclose(self) -> None:
+        await self.client.close()
 
     async def analyse(self, turns: list[TurnText], text: str) -> Analysis:
         import openai
@@ -116,6 +121,9 @@ class OfflineProvider:
 
         self.settings = settings
         self.vader = SentimentIntensityAnalyzer()
+
+    async def aclose(self) -> None:
+        return None
 
     async def analyse(self, turns: list[TurnText], text: str) -> Analysis:
         started = time.perf_counter()

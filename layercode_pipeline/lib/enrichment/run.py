@@ -81,35 +81,45 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
     stats = RunStats()
     sessions = load_transcripts(con)
     stats.candidates = len(sessions)
-    done = {r[0] for r in con.execute(
-        "select cache_key from enrichment.session_enrichments where error is null").fetchall()}
-    todo: list[tuple[SessionTranscript, str, str]] = []
+    # Content-addressed: a key answered once is never asked again, for any session.
+    have = {(r[0], r[1]) for r in con.execute(
+        "select session_id, cache_key from enrichment.session_enrichments where error is null").fetchall()}
+    answered: dict[str, tuple] = {}
+    for row in con.execute("""
+            select * exclude (enriched_at) from enrichment.session_enrichments where error is null
+            qualify row_number() over (partition by cache_key order by enriched_at desc) = 1""").fetchall():
+        answered[row[2]] = row
+    groups: dict[str, list[tuple[SessionTranscript, str]]] = {}
+    rows: list[tuple] = []
     for s in sessions:
         t_hash = transcript_sha256(s.turns)
         key = cache_key(t_hash, settings.prompt_version, schema_version, provider.name, provider.model)
-        if key in done:
+        if (s.session_id, key) in have:
             stats.cached += 1
+        elif key in answered:  # same transcript as another session's: reuse its answer, no call
+            stats.cached += 1
+            rows.append((s.session_id, s.agent_id, *answered[key][2:]))
         else:
-            todo.append((s, t_hash, key))
+            groups.setdefault(key, []).append((s, t_hash))
 
     sem = asyncio.Semaphore(concurrency)
     budget_lock = asyncio.Lock()
     reserved_usd = 0.0
-    rows: list[tuple] = []
     prompt_chars = len(system_prompt(settings))
 
-    async def one(s: SessionTranscript, t_hash: str, key: str) -> None:
+    async def one(key: str, members: list[tuple[SessionTranscript, str]]) -> None:
         nonlocal reserved_usd
+        s, t_hash = members[0]
         text = render(s.turns)
         sent = redact(text) if redact_pii else text
         async with sem:
             async with budget_lock:  # reserve before calling, so concurrent calls cannot overshoot
                 if max_calls is not None and stats.calls >= max_calls:
-                    stats.skipped_budget += 1
+                    stats.skipped_budget += len(members)
                     return
                 estimate = settings.cost_usd(provider.model, (prompt_chars + len(sent)) // 3, max_output_tokens) or 0.0
                 if max_usd is not None and reserved_usd + estimate > max_usd:
-                    stats.skipped_budget += 1
+                    stats.skipped_budget += len(members)
                     return
                 stats.calls += 1
                 reserved_usd += estimate
@@ -123,14 +133,17 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
         stats.input_tokens += result.input_tokens
         stats.output_tokens += result.output_tokens
         stats.cost_usd += cost or 0.0
-        if result.error:
-            stats.failed += 1
-            stats.errors.append(f"{s.session_id}: {result.error}")
-        else:
-            stats.enriched += 1
-        rows.append(_row(s, t_hash, key, provider, settings, schema_version, result, cost))
+        for i, (member, member_hash) in enumerate(members):
+            if result.error:
+                stats.failed += 1
+                stats.errors.append(f"{member.session_id}: {result.error}")
+            else:
+                stats.enriched += 1
+            # the call is paid once: later sessions sharing the transcript carry no tokens or cost
+            rows.append(_row(member, member_hash, key, provider, settings, schema_version, result,
+                             cost if i == 0 else 0.0, first=i == 0))
 
-    await asyncio.gather(*(one(*t) for t in todo))
+    await asyncio.gather(*(one(k, m) for k, m in groups.items()))
     if rows:
         con.executemany(
             "insert into enrichment.session_enrichments values "
@@ -141,7 +154,7 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
 
 
 def _row(s: SessionTranscript, t_hash: str, key: str, provider: Provider, settings: EnrichmentSettings,
-         schema_version: str, a: Analysis, cost: float | None) -> tuple:
+         schema_version: str, a: Analysis, cost: float | None, first: bool = True) -> tuple:
     r = a.result or {}
 
     def js(value: object) -> str | None:
@@ -151,4 +164,4 @@ def _row(s: SessionTranscript, t_hash: str, key: str, provider: Provider, settin
             schema_version, r.get("summary"), r.get("caller_name"), r.get("sentiment"), r.get("sentiment_score"),
             r.get("outcome"), js(r.get("topics")), r.get("quality_score"), r.get("quality_rationale"),
             js(r.get("compliance_flags")), js(r.get("action_items")), js(r.get("custom_fields")),
-            a.input_tokens, a.output_tokens, cost, a.latency_ms, a.error)
+            a.input_tokens if first else 0, a.output_tokens if first else 0, cost, a.latency_ms, a.error)
