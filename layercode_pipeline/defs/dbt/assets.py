@@ -1,6 +1,7 @@
 """The dbt project as Dagster assets: one lineage from the raw tables to the marts."""
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from layercode_pipeline.config import Settings
@@ -62,7 +64,27 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
     with open_warehouse(warehouse):
         pass  # creates the raw and enrichment tables, so the models build before any data arrives
     with warehouse_lock(warehouse), warehouse_env(warehouse):
-        yield from dbt.cli(["build"], context=context).stream().fetch_row_counts()
+        # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
+        # open in this process, which would lock the warehouse against every other process.
+        events = list(dbt.cli(["build"], context=context).stream())
+        yield from with_row_counts(events, warehouse)
+
+
+def with_row_counts(events: list, warehouse: Path) -> Iterator:
+    relations = {uid: node.get("relation_name") for uid, node in
+                 json.loads(dbt_project.manifest_path.read_text())["nodes"].items()
+                 if node.get("config", {}).get("materialized") in ("table", "incremental")}
+    con = duckdb.connect(str(warehouse), read_only=False)
+    try:
+        for event in events:
+            uid = event.metadata.get("unique_id") if isinstance(event, (dg.Output, dg.AssetMaterialization)) else None
+            relation = relations.get(uid.value if hasattr(uid, "value") else uid) if uid is not None else None
+            if relation:
+                count = con.execute(f"select count(*) from {relation}").fetchone()[0]
+                event = event.with_metadata({**event.metadata, "dagster/row_count": count})
+            yield event
+    finally:
+        con.close()
 
 
 def dbt_resource() -> DbtCliResource:

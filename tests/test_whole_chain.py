@@ -1,0 +1,213 @@
+"""The whole chain: simulator (with faults) -> real listener -> every asset -> marts == ground truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from layercode_pipeline.demo import DEMO_API_KEY, materialize_all, run_demo
+from layercode_pipeline.lib.transcripts import turns_from_rest, turns_from_session_end
+from layercode_pipeline.lib.wav import inspect_wav
+
+FAULTS = {"drop_session_end": 0.15, "drop_session_update": 0.15, "duplicate": 0.1, "out_of_order": 0.2, "burst": 0.2}
+API_FAULTS = {"rate_limit": 0.05, "server_error": 0.05}
+
+
+def ts(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    data = tmp_path_factory.mktemp("chain") / "data"
+    result = run_demo(data, 80, seed=77, faults=FAULTS, api_faults=API_FAULTS, processing_delay_s=0.0)
+    con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
+    yield result, con
+    con.close()
+
+
+def q(con, sql):
+    cur = con.execute(sql)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def test_every_acknowledged_webhook_is_in_the_raw_table_once(chain):
+    result, _ = chain
+    report = result.report
+    assert report.failed == 0 and report.sse_complete == report.sse_replies
+    acked = {a.content_sha256 for a in report.acknowledged}
+    assert len(report.acknowledged) > len(acked)  # duplicates were delivered
+    wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        counts = dict(wh.execute("select content_sha256, count(*) from raw.layercode_events group by 1").fetchall())
+    finally:
+        wh.close()
+    assert set(counts) == acked and set(counts.values()) == {1}
+
+
+def expected_recording_state(truth: dict, dropped: set) -> str:
+    """What the warehouse can know: the REST API says not_available both for a failed recording
+    and for an org that does not record, so without the webhook saying which, that is the answer."""
+    sid = truth["session_id"]
+    if truth["recording_state"] == "failed" and (sid, "session.update") in dropped:
+        return "not_available"
+    if truth["recording_state"] == "disabled" and (sid, "session.end") in dropped:
+        return "not_available"
+    return truth["recording_state"]
+
+
+def test_fct_sessions_reproduce_the_ground_truth(chain):
+    result, con = chain
+    truth = {s["session_id"]: s for s in result.batch.manifest()["sessions"]}
+    dropped = set(result.report.dropped)
+    rows = {r["session_id"]: r for r in q(con, "select * from marts.fct_sessions")}
+    assert set(rows) == set(truth)
+    for sid, t in truth.items():
+        r = rows[sid]
+        end_dropped = (sid, "session.end") in dropped
+        assert (r["agent_id"], r["conversation_id"], r["channel"]) == (t["agent_id"], t["conversation_id"], t["channel"])
+        assert (r["started_at"], r["ended_at"]) == (ts(t["started_at"]), ts(t["ended_at"]))
+        assert r["duration_ms"] == t["duration_ms"] and r["latency_ms"] == pytest.approx(t["latency_ms"])
+        assert r["transcription_duration_seconds"] == pytest.approx(t["transcription_duration_seconds"])
+        assert r["tts_duration_seconds"] == pytest.approx(t["tts_duration_seconds"])
+        assert (r["turns"], r["user_turns"], r["assistant_turns"]) == (t["turns"], t["user_turns"], t["assistant_turns"])
+        assert (r["user_words"], r["assistant_words"]) == (t["user_words"], t["assistant_words"])
+        assert (r["from_phone_number"], r["country_code"]) == (t["from_phone_number"], t["country_code"])
+        assert r["recording_state"] == expected_recording_state(t, dropped), sid
+        assert r["has_recording"] == (t["recording_state"] == "completed")
+        if r["has_recording"]:
+            assert r["recording_duration_s"] == pytest.approx(t["recording_duration_s"], abs=0.001)
+        assert r["ended_by"] == ("backfill" if end_dropped else "webhook")
+        assert r["transcript_source"] == ("rest" if end_dropped else "webhook")
+        assert r["enrichment_provider"] == "offline" and r["sentiment"] is not None
+    backfilled = sum(1 for r in rows.values() if r["ended_by"] == "backfill")
+    assert backfilled == sum(1 for _, e in dropped if e == "session.end") > 0
+
+
+def test_fct_turns_and_conversations_reproduce_the_ground_truth(chain):
+    result, con = chain
+    manifest = result.batch.manifest()
+    turns: dict[str, list] = {}
+    for r in q(con, "select session_id, position, role, text, words, offset_ms from marts.fct_turns order by 1, 2"):
+        turns.setdefault(r["session_id"], []).append(r)
+    for t in manifest["sessions"]:
+        got = turns.get(t["session_id"], [])
+        assert [[x["role"], x["text"]] for x in got] == t["turn_texts"]
+        assert [x["position"] for x in got] == list(range(1, len(got) + 1))
+        assert all(x["words"] == len(x["text"].split()) for x in got)
+        assert all(x["offset_ms"] is None or 0 <= x["offset_ms"] <= t["duration_ms"] for x in got)
+    convs = {r["conversation_id"]: r for r in q(con, "select * from marts.fct_conversations")}
+    assert set(convs) == {c["conversation_id"] for c in manifest["conversations"]}
+    assert any(c["sessions"] > 1 for c in manifest["conversations"])  # reconnects are in the data
+    for c in manifest["conversations"]:
+        r = convs[c["conversation_id"]]
+        assert (r["sessions"], r["duration_ms"], r["turns"], r["agent_id"]) == \
+            (c["sessions"], c["duration_ms"], c["turns"], c["agent_id"])
+        assert (r["started_at"], r["ended_at"]) == (ts(c["started_at"]), ts(c["ended_at"]))
+
+
+def test_daily_metrics_reproduce_the_ground_truth(chain):
+    result, con = chain
+    sessions = result.batch.manifest()["sessions"]
+    dropped = set(result.report.dropped)
+    expected: dict[tuple, Counter] = {}
+    for t in sessions:
+        key = (ts(t["started_at"]).date(), t["agent_id"])
+        c = expected.setdefault(key, Counter())
+        c["sessions"] += 1
+        c["recorded"] += t["recording_state"] == "completed"
+        c["expected"] += expected_recording_state(t, dropped) != "disabled"
+    calls: dict[tuple, set] = {}
+    for t in sessions:
+        calls.setdefault((ts(t["started_at"]).date(), t["agent_id"]), set()).add(t["conversation_id"])
+    rows = q(con, "select * from marts.agg_daily_call_metrics")
+    assert {(r["call_date"], r["agent_id"]) for r in rows} == set(expected)
+    for r in rows:
+        e = expected[(r["call_date"], r["agent_id"])]
+        assert r["sessions"] == e["sessions"] and r["calls"] == len(calls[(r["call_date"], r["agent_id"])])
+        assert r["sessions_with_recording"] == e["recorded"]
+        assert r["recording_coverage"] == (pytest.approx(e["recorded"] / e["expected"]) if e["expected"] else None)
+        durations = sorted(t["duration_ms"] for t in sessions
+                           if (ts(t["started_at"]).date(), t["agent_id"]) == (r["call_date"], r["agent_id"]))
+        assert r["duration_ms_avg"] == pytest.approx(sum(durations) / len(durations))
+
+
+def test_every_completed_recording_is_on_disk_with_a_valid_header(chain):
+    result, con = chain
+    completed = [s for s in result.batch.sessions if s.recording_outcome == "completed"]
+    paths = dict(con.execute("select session_id, recording_path from marts.fct_sessions where has_recording").fetchall())
+    assert set(paths) == {s.session_id for s in completed}
+    for s in completed:
+        info = inspect_wav(Path(paths[s.session_id]))
+        assert (info.sample_rate, info.channels, info.bits_per_sample) == (8000, 1, 16)
+        assert info.duration_s == pytest.approx(s.duration_ms / 1000, abs=0.001)
+
+
+def test_python_and_dbt_transcript_normalisation_agree(chain):
+    """The enrichment's turn list (Python) and fct_turns (SQL) come from the same raw rows."""
+    result, con = chain
+    wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        ends = dict(wh.execute("select session_id, body->'$.transcript' from raw.layercode_events "
+                               "where event_type = 'session.end'").fetchall())
+        rest = dict(wh.execute("select session_id, record->'$.transcript' from raw.layercode_session_details "
+                               "where http_status = 200").fetchall())
+    finally:
+        wh.close()
+    sql_turns: dict[str, list] = {}
+    for sid, role, text in con.execute("select session_id, role, text from marts.fct_turns order by session_id, position").fetchall():
+        sql_turns.setdefault(sid, []).append((role, text))
+    for sid in set(ends) | set(rest):
+        py = (turns_from_session_end(json.loads(ends[sid])) if sid in ends else turns_from_rest(json.loads(rest[sid])))
+        assert [(t.role, t.text) for t in py] == sql_turns.get(sid, [])
+
+
+def test_a_second_run_changes_nothing(chain):
+    result, con = chain
+    tables = ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics")
+    before = {t: con.execute(f"select * from marts.{t} order by all").fetchall() for t in tables}
+    wh_counts = "select (select count(*) from raw.layercode_events), (select count(*) from raw.layercode_session_details), " \
+                "(select count(*) from raw.layercode_recordings), (select count(*) from enrichment.session_enrichments)"
+    wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
+    counts_before = wh.execute(wh_counts).fetchone()
+    wh.close()
+    from layercode_pipeline.lib.serve import BackgroundServer
+    from layercode_pipeline.simulator import SimulatorAPI
+
+    api = SimulatorAPI(api_key=DEMO_API_KEY)
+    api.register(result.batch, ready_in_s=0)
+    with BackgroundServer(api.app) as server:
+        meta = materialize_all(result.data_dir, api_url=server.url + "/v1", api_key=DEMO_API_KEY, grace_minutes=0)
+    assert api.count("recording") == 0  # nothing downloaded twice
+    assert meta["raw_layercode_events"]["rows_inserted"] == 0
+    assert meta["session_enrichments"]["llm_calls"] == 0
+    wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
+    assert wh.execute(wh_counts).fetchone() == counts_before
+    wh.close()
+    fresh = duckdb.connect(str(result.data_dir / "serving" / "analytics.duckdb"), read_only=True)
+    try:
+        for t in tables:
+            assert fresh.execute(f"select * from marts.{t} order by all").fetchall() == before[t], t
+    finally:
+        fresh.close()
+
+
+def test_dbt_docs_generate(chain, tmp_path):
+    result, _ = chain
+    project = Path(__file__).resolve().parents[1] / "dbt_project"
+    env = {"LAYERCODE_WAREHOUSE_PATH": str(result.data_dir / "warehouse.duckdb"), "PATH": str(Path(sys.executable).parent)}
+    r = subprocess.run([str(Path(sys.executable).parent / "dbt"), "docs", "generate", "--profiles-dir", str(project),
+                        "--project-dir", str(project), "--target-path", str(tmp_path / "target")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    catalog = json.loads((tmp_path / "target" / "catalog.json").read_text())
+    assert "model.layercode_analytics.fct_sessions" in catalog["nodes"]
