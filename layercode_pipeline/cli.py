@@ -173,5 +173,44 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
         raise SystemExit(1)
 
 
+@main.command()
+@click.option("--calls", default=300, show_default=True, type=int, help="Simulated calls (conversations) to deliver.")
+@click.option("--seed", default=None, type=int, help="Seed for the simulated calls (default: a new one per run).")
+@click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False),
+              help="Where landing files, the warehouse, recordings and the serving copy go.")
+def demo(calls: int, seed: int | None, data_dir: str) -> None:
+    """Run the whole chain on the simulator: listener, webhooks with faults, ingest, backfill,
+    recordings, enrichment, dbt, publish. No keys needed (OPENAI_API_KEY set: enrich with OpenAI)."""
+    import logging
+    import os
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    os.environ.setdefault("DAGSTER_HOME", str(Path(data_dir).resolve() / "dagster_home"))
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text((Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml").read_text()
+                                           if (Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml").exists()
+                                           else "concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    console = Console()
+    started = time.perf_counter()
+    from layercode_pipeline.demo import print_summary, run_demo
+
+    import dagster as dg
+
+    try:
+        # a persistent instance, so `dagster dev` with the same DAGSTER_HOME shows these runs
+        with dg.DagsterInstance.get() as instance:
+            result = run_demo(Path(data_dir), calls, seed, console=console, instance=instance)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: servers stopped, landing segments sealed. Run again to continue.[/]")
+        raise SystemExit(130) from None
+    print_summary(result, console, time.perf_counter() - started)
+
+
 if __name__ == "__main__":
     main()

@@ -47,7 +47,6 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         "dbt": dbt_resource(),
         "openai": openai_from_env(),
     }
-    graph = defs.resolve_asset_graph()
     all_assets = [a for a in defs.assets or []]  # type: ignore[union-attr]
     groups = {
         "ingest": dg.AssetSelection.assets("raw_layercode_events"),
@@ -60,21 +59,23 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     for stage in RUN_ORDER:
         if on_stage:
             on_stage(stage, "start")
+        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        if stage == "backfill":
+            run_config["ops"] = {"layercode_session_details": {"config": {"grace_minutes": grace_minutes}}}
         result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
-                                run_config={"ops": {"layercode_session_details": {"config": {"grace_minutes": grace_minutes}}}}
-                                if stage == "backfill" else None)
+                                run_config=run_config)
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
         if on_stage:
             on_stage(stage, "done")
-    del graph
     return metadata
 
 
 def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dict[str, float] | None = None,
              api_faults: dict[str, float] | None = None, console=None, processing_delay_s: float = 1.0,
              instance=None) -> DemoResult:
+    """Deliver `calls` simulated calls through a real listener and materialise every asset."""
     from layercode_pipeline.config import Settings
     from layercode_pipeline.lib.serve import BackgroundServer
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
@@ -83,9 +84,9 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     state = _state(data_dir)
+    # A new seed per run adds new calls; the same seed again resends the same calls, which the
+    # pipeline must (and does) count once.
     run_seed = seed if seed is not None else 1000 + state["runs"]
-    if seed is not None and seed in state.get("seeds", []):
-        run_seed = seed  # the same seed again: the same calls, which the pipeline must not double count
     base_time = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=9)
     batch = generate_batch(calls, seed=run_seed, base_time=base_time)
 
@@ -96,8 +97,8 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     api = SimulatorAPI(api_key=DEMO_API_KEY, seed=run_seed, processing_delay_s=processing_delay_s,
                        faults=DEMO_API_FAULTS if api_faults is None else api_faults, retry_after_s=1)
     api.register(batch)
-    settings = Settings(data_dir=data_dir, webhook_secrets=listener_secrets_json(batch), webhook_secret=None,
-                        segment_max_age_s=5.0, log_level="WARNING")
+    settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, webhook_secret=None,
+                        webhook_secrets=listener_secrets_json(batch), segment_max_age_s=5.0, log_level="WARNING")
     listener = BackgroundServer(create_app(settings), log_level="warning")
     api_server = BackgroundServer(api.app, log_level="warning")
     listener.start()
@@ -108,7 +109,7 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
                               faults=DEFAULT_FAULTS if faults is None else faults, concurrency=32)
         report = _deliver_with_progress(deliverer, console)
         listener.stop()  # graceful: seals the open segment
-        wait = api_server and max(0.0, processing_delay_s - report.elapsed_s)
+        wait = max(0.0, processing_delay_s - report.elapsed_s)
         if wait:
             time.sleep(wait)  # the recordings finish "processing"
         stage_names = {"ingest": "ingesting landed webhooks", "backfill": "backfilling gaps and downloading recordings",
@@ -151,3 +152,60 @@ def _deliver_with_progress(deliverer, console):
         task = progress.add_task("delivering signed webhooks", total=total)
         deliverer.on_event = lambda attempt: progress.advance(task)
         return asyncio.run(deliverer.run())
+
+
+def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
+    """The closing summary, read back from the serving copy a BI tool would open."""
+    import duckdb
+    from rich.panel import Panel
+    from rich.table import Table
+
+    serving = result.data_dir / "serving" / "analytics.duckdb"
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        sessions, conversations, turns, recordings, backfilled = con.execute("""
+            select (select count(*) from marts.fct_sessions), (select count(*) from marts.fct_conversations),
+                   (select count(*) from marts.fct_turns),
+                   (select count(*) from marts.fct_sessions where has_recording),
+                   (select count(*) from marts.fct_sessions where ended_by = 'backfill')""").fetchone()
+        providers = con.execute("select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions "
+                                "group by 1 order by 2 desc").fetchall()
+        daily = con.execute("""
+            select call_date, agent_id, calls, sessions, round(duration_ms_p50 / 1000, 1), round(latency_ms_p95),
+                   round(recording_coverage * 100), sentiment_positive || '/' || sentiment_neutral || '/' ||
+                   sentiment_negative || '/' || sentiment_mixed, round(quality_score_avg, 2)
+            from marts.agg_daily_call_metrics order by 1, 2""").fetchall()
+    finally:
+        con.close()
+    rep = result.report.summary()
+    meta = result.stage_metadata
+    facts = Table.grid(padding=(0, 2))
+    facts.add_row("webhooks", f"{rep['sent']} sent, {rep['acknowledged']} acknowledged, {rep['failed']} failed, "
+                              f"{rep['sse_complete']}/{rep['sse_replies']} SSE replies complete, "
+                              f"{rep['dropped_by_fault']} dropped on purpose")
+    ing = meta.get("raw_layercode_events", {})
+    facts.add_row("ingested", f"{ing.get('rows_inserted', 0)} new events, {ing.get('duplicates_dropped', 0)} duplicates "
+                              f"dropped, {ing.get('rejects', 0)} rejects")
+    facts.add_row("warehouse", f"{conversations} calls, {sessions} sessions, {turns} turns")
+    facts.add_row("backfill", f"{backfilled} sessions completed from the REST API (their session.end never came)")
+    facts.add_row("recordings", f"{recordings} WAV files kept")
+    facts.add_row("enrichment", ", ".join(f"{n} by {p}" for p, n in providers))
+    facts.add_row("time", f"{elapsed_s:.1f} s")
+    console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
+    table = Table(title="marts.agg_daily_call_metrics")
+    for col in ("date", "agent", "calls", "sessions", "p50 s", "latency p95 ms", "rec %", "sentiment +/=/-/~", "quality"):
+        table.add_column(col)
+    for row in daily:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+    console.print(table)
+    d = result.data_dir
+    console.print(f"""[bold]Files[/]
+  landing     {d / 'landing'}
+  warehouse   {d / 'warehouse.duckdb'}
+  recordings  {d / 'recordings'}
+  serving     {serving}   (open this one from BI tools)
+
+[bold]Next[/]
+  DAGSTER_HOME={d / 'dagster_home'} LAYERCODE_DATA_DIR={d} .venv/bin/dagster dev -w workspace.yaml
+  .venv/bin/python -c "import duckdb; print(duckdb.connect('{serving}', read_only=True).sql('from marts.agg_daily_call_metrics'))"
+""")

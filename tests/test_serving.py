@@ -1,0 +1,62 @@
+"""BI readers on serving/analytics.duckdb never block the pipeline and are never blocked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+
+from layercode_pipeline.demo import DEMO_API_KEY, materialize_all, run_demo
+from layercode_pipeline.lib.serve import BackgroundServer
+from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
+
+READER = textwrap.dedent("""
+    import sys, time, duckdb
+    path, stop = sys.argv[1], sys.argv[2]
+    import os
+    con = duckdb.connect(path, read_only=True)   # held open for the whole run, like a BI tool
+    queries = errors = 0
+    print("ready", flush=True)
+    while not os.path.exists(stop):
+        try:
+            con.execute("select count(*), sum(duration_ms) from marts.fct_sessions").fetchall()
+            queries += 1
+        except Exception as exc:
+            errors += 1
+            print("error", exc, file=sys.stderr, flush=True)
+        time.sleep(0.005)
+    print(queries, errors, flush=True)
+""")
+
+
+def test_reader_keeps_querying_during_a_full_materialisation(tmp_path, listener_factory):
+    data = tmp_path / "data"
+    first = run_demo(data, 10, seed=5, processing_delay_s=0.0)
+    serving = data / "serving" / "analytics.duckdb"
+    before = duckdb.connect(str(serving), read_only=True).execute("select count(*) from marts.fct_sessions").fetchone()[0]
+    assert before == len(first.batch.sessions)
+
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(serving), str(stop)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "ready"
+
+    more = generate_batch(15, seed=6)  # new calls arrive through a listener process, then the full graph runs
+    listener = listener_factory(data, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(more)})
+    assert deliver(more, listener.url + "/agents/{agent_id}/webhook").failed == 0
+    listener.stop()
+    api = SimulatorAPI(api_key=DEMO_API_KEY)
+    api.register([*first.batch.sessions, *more.sessions], ready_in_s=0)
+    with BackgroundServer(api.app) as server:
+        materialize_all(data, api_url=server.url + "/v1", api_key=DEMO_API_KEY, grace_minutes=0)
+
+    stop.touch()
+    out, err = reader.communicate(timeout=60)
+    queries, errors = map(int, out.split())
+    assert errors == 0, err
+    assert queries > 10
+    after = duckdb.connect(str(serving), read_only=True)
+    assert after.execute("select count(*) from marts.fct_sessions").fetchone()[0] == before + len(more.sessions)
+    assert not list(serving.parent.glob(".*.tmp*"))
