@@ -22,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from layercode_pipeline.config import Settings
@@ -52,8 +52,12 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _refuse(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+def _json(content: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def _refuse(status: int, code: str, detail: str) -> Response:
+    return _json({"error": code, "detail": detail}, status)
 
 
 def _sse(event: object) -> bytes:
@@ -63,8 +67,10 @@ def _sse(event: object) -> bytes:
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read at most `limit` bytes; refuse early on Content-Length, else while streaming."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"Content-Length {declared} exceeds {limit} bytes")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise BodyTooLarge(f"Content-Length {declared} exceeds {limit} bytes")
+        return await request.body()  # the server stops at Content-Length: bounded
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -108,6 +114,8 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
 
     def access_log(started: float, agent_id: str, event_type: str | None, session_id: str | None,
                    status: int, error: str | None = None) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(orjson.dumps({"agent_id": agent_id, "type": event_type, "session_id": session_id,
                                "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
                                "error": error}).decode())
@@ -195,10 +203,10 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
             return StreamingResponse(stream_reply(event), media_type="text/event-stream",  # type: ignore[arg-type]
                                      headers=SSE_HEADERS)
         access_log(started, agent_id, event_type, session_id, 200)
-        return JSONResponse({"status": "ok", "type": event_type})
+        return _json({"status": "ok", "type": event_type})
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed})
+        return _json({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

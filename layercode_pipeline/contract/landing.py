@@ -13,6 +13,7 @@ acknowledgement waits for the fsync of whole lines) and seals it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -56,8 +57,14 @@ def build_envelope(
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _partition(landing_dir: Path, day: tuple[int, int, int], hour: int) -> Path:
+    return landing_dir / f"dt={day[0]:04d}-{day[1]:02d}-{day[2]:02d}" / f"hour={hour:02d}"
+
+
 def partition_dir(landing_dir: Path, received_at: datetime) -> Path:
-    return landing_dir / f"dt={received_at:%Y-%m-%d}" / f"hour={received_at:%H}"
+    """`<landing>/dt=YYYY-MM-DD/hour=HH` of the receive time (cached: it is on the request path)."""
+    return _partition(landing_dir, (received_at.year, received_at.month, received_at.day), received_at.hour)
 
 
 def fsync_dir(path: Path) -> None:
