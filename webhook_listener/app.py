@@ -7,6 +7,7 @@ size limit -> signature over the raw bytes -> JSON -> model validation -> land (
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import inspect
@@ -34,7 +35,7 @@ from layercode_pipeline.contract.events import (
     ResponseError,
     ResponseTTS,
     SessionStartEvent,
-    parse_event,
+    parse_event_json,
     validation_reason,
 )
 from layercode_pipeline.contract.landing import build_envelope, fsync_dir
@@ -44,6 +45,9 @@ from .lander import SegmentLander
 from .responder import Data, Responder, load_responder
 
 log = logging.getLogger("webhook_listener")
+# One JSON line per request. Kept off the hot path: `layercode-pipeline listen` buffers this
+# logger's lines and writes them in batches (see cli.configure_access_log).
+access_logger = logging.getLogger("webhook_listener.access")
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 
@@ -114,11 +118,12 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
 
     def access_log(started: float, agent_id: str, event_type: str | None, session_id: str | None,
                    status: int, error: str | None = None) -> None:
-        if not log.isEnabledFor(logging.INFO):
+        if not access_logger.isEnabledFor(logging.INFO):
             return
-        log.info(orjson.dumps({"agent_id": agent_id, "type": event_type, "session_id": session_id,
-                               "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                               "error": error}).decode())
+        access_logger.info(orjson.dumps({
+            "ts": time.time(), "agent_id": agent_id, "type": event_type, "session_id": session_id,
+            "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2), "error": error,
+        }).decode())
 
     async def stream_reply(event: SessionStartEvent | MessageEvent) -> AsyncIterator[bytes]:
         turn_id = event.turn_id
@@ -182,13 +187,13 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
         error: str | None = None
         event = None
         try:
-            event = parse_event(payload)
+            event = parse_event_json(body, event_type)  # None for a type we do not know: kept as is
         except ValidationError as exc:
             error = validation_reason(exc)
 
         line = build_envelope(received_at=received_at, agent_id=agent_id, event_type=event_type,
                               content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                              headers=request.headers, writer_id=lander.writer_id, error=error)
+                              headers=request.scope["headers"], writer_id=lander.writer_id, error=error)
         try:
             await lander.land(line, received_at)
         except OSError as exc:
@@ -217,10 +222,13 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
         for seg in recover_orphan_segments(settings.landing_path):
             log.warning("sealed orphan segment %s (trimmed %d torn bytes)", seg.path, seg.trimmed_bytes)
         await lander.start()
+        flusher = asyncio.create_task(_flush_logs_periodically())
         try:
             yield
         finally:
+            flusher.cancel()
             await lander.close()
+            _flush_access_log()
 
     app = Starlette(routes=[
         Route("/webhook", webhook, methods=["POST"]),
@@ -229,6 +237,17 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
     ], lifespan=lifespan)
     app.state.lander = lander
     return app
+
+
+def _flush_access_log() -> None:
+    for handler in access_logger.handlers:
+        handler.flush()
+
+
+async def _flush_logs_periodically(every_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        _flush_access_log()
 
 
 def app_from_env() -> Starlette:

@@ -7,7 +7,7 @@ reply cannot do without are required.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -88,6 +88,17 @@ class UnknownEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     type: str
+
+
+_KNOWN_JSON = TypeAdapter(Annotated[WebhookEvent, Field(discriminator="type")])
+
+
+def parse_event_json(body: bytes, event_type: str) -> WebhookEvent | None:
+    """Validate the raw body of a known type in one pass (the listener's hot path); None for
+    an unknown type. Raises `pydantic.ValidationError`."""
+    if event_type not in _MODELS:
+        return None
+    return _KNOWN_JSON.validate_json(body)
 
 
 def parse_event(payload: dict[str, Any]) -> WebhookEvent | UnknownEvent:

@@ -36,7 +36,7 @@ def build_envelope(
     event_type: str,
     content_sha256: str,
     body: bytes,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str] | list[tuple[bytes, bytes]],
     writer_id: str,
     error: str | None = None,
 ) -> bytes:
@@ -49,7 +49,7 @@ def build_envelope(
             "event_type": event_type,
             "content_sha256": content_sha256,
             "body": body.decode("utf-8"),
-            "headers": {k: headers[k] for k in KEPT_HEADERS if k in headers},
+            "headers": _kept_headers(headers),
             "writer_id": writer_id,
             "error": error,
         },
@@ -60,6 +60,15 @@ def build_envelope(
 @functools.lru_cache(maxsize=64)
 def _partition(landing_dir: Path, day: tuple[int, int, int], hour: int) -> Path:
     return landing_dir / f"dt={day[0]:04d}-{day[1]:02d}-{day[2]:02d}" / f"hour={hour:02d}"
+
+
+_KEPT_RAW = {k.encode() for k in KEPT_HEADERS}
+
+
+def _kept_headers(headers: Mapping[str, str] | list[tuple[bytes, bytes]]) -> dict[str, str]:
+    if isinstance(headers, list):  # raw ASGI headers: lower-case names, one pass
+        return {k.decode(): v.decode("latin-1") for k, v in headers if k in _KEPT_RAW}
+    return {k: headers[k] for k in KEPT_HEADERS if k in headers}
 
 
 def partition_dir(landing_dir: Path, received_at: datetime) -> Path:
