@@ -115,40 +115,45 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     if not files:
         return result
     python_rejects = _load_lines(con, files, scratch_dir)
+    # One parse per line and one per body: try() turns a parse error into NULL, which marks
+    # the line as a reject instead of failing the batch.
     con.execute(f"""
         create or replace temp table _parsed as
-        with fields as (
-            select source_file, line, json_valid(line) as line_ok,
-                   case when json_valid(line) then json_extract_string(line,
-                       ['$.received_at', '$.agent_id', '$.event_type', '$.content_sha256', '$.body',
-                        '$.error', '$.writer_id']) end as f
+        with envelope as (
+            select source_file,
+                   try(json_extract_string(line, ['$.received_at', '$.agent_id', '$.event_type',
+                       '$.content_sha256', '$.body', '$.error', '$.writer_id'])) as f,
+                   line
             from _lines
-        ), envelope as (
-            select source_file, line, line_ok,
-                   try_cast(f[1] as timestamptz) as received_at, f[2] as agent_id, f[3] as event_type,
-                   f[4] as content_sha256, f[5] as body, f[6] as validation_error, f[7] as writer_id,
-                   line_ok and coalesce(json_valid(f[5]), false) as body_ok
-            from fields
         ), ids as (
-            select *, case when body_ok then json_extract_string(body,
-                       ['$.session_id', '$.conversation_id', '$.turn_id', '$.recording_status']) end as ids
+            select source_file, f, line,
+                   try(json_extract_string(f[5], ['$.session_id', '$.conversation_id', '$.turn_id',
+                       '$.recording_status'])) as ids
             from envelope
+        ), typed as (
+            select source_file, line, f is not null as line_ok, try_cast(f[1] as timestamptz) as received_at,
+                   f[2] as agent_id, f[3] as event_type, f[4] as content_sha256, f[5] as body,
+                   f[6] as validation_error, f[7] as writer_id, ids is not null as body_ok,
+                   ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status
+            from ids
         )
-        select source_file, line, received_at, agent_id, event_type, content_sha256, body,
-               validation_error, writer_id,
-               ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status,
+        select * exclude (line, line_ok, body_ok),
                case
                    when not line_ok then 'line is not valid JSON'
                    when received_at is null then 'envelope has no valid received_at'
                    when event_type is null or content_sha256 is null then 'envelope lacks event_type or content_sha256'
                    when not body_ok then 'body is not valid JSON'
-               end as reject_reason
-        from ids
+               end as reject_reason,
+               case when not line_ok or received_at is null or event_type is null or content_sha256 is null
+                         or not body_ok then line end as bad_line,
+               {EVENT_KEY_SQL} as event_key
+        from typed
     """)
+    con.execute("drop table _lines")
     reject_rows = list(python_rejects)
     by_file: dict[str, dict[str, str]] = {}
     for source_file, line, reason in con.execute(
-            "select source_file, line, reject_reason from _parsed where reject_reason is not null").fetchall():
+            "select source_file, bad_line, reject_reason from _parsed where reject_reason is not null").fetchall():
         by_file.setdefault(source_file, {})[line] = reason
     for source_file, lines in by_file.items():  # rare: find their line numbers
         numbers = _line_numbers(Path(source_file), set(lines))
@@ -158,20 +163,31 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
 
     con.execute("begin transaction")
     try:
-        con.execute(f"""
-            create or replace temp table _new as
-            select * from (
-                select distinct on (event_key) *
-                from (select *, {EVENT_KEY_SQL} as event_key from _parsed where reject_reason is null)
-                order by event_key, received_at, source_file
-            ) g
-            where not exists (select 1 from raw.layercode_events e where e.event_key = g.event_key)
+        # Deduplicate without sorting the batch: only keys seen twice (in the batch) need a
+        # window; a key already in the table is a redelivery of an ingested event.
+        con.execute("""
+            create or replace temp table _dup as
+            select event_key from _parsed where reject_reason is null group by 1 having count(*) > 1
+        """)
+        con.execute("""
+            create or replace temp table _chosen as
+            select rowid as id from _parsed p
+            where reject_reason is null
+              and event_key not in (select event_key from _dup)
+              and not exists (select 1 from raw.layercode_events e where e.event_key = p.event_key)
+            union all
+            select id from (
+                select rowid as id, event_key, received_at, source_file from _parsed
+                where reject_reason is null and event_key in (select event_key from _dup)
+                qualify row_number() over (partition by event_key order by received_at, source_file) = 1
+            ) d
+            where not exists (select 1 from raw.layercode_events e where e.event_key = d.event_key)
         """)
         con.execute("""
             insert into raw.layercode_events
             select event_key, received_at, agent_id, event_type, content_sha256, session_id, conversation_id,
                    turn_id, body, validation_error, writer_id, 'webhook', source_file, now()
-            from _new
+            from _parsed where rowid in (select id from _chosen)
         """)
         con.execute("create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)")
         if reject_rows:
@@ -185,7 +201,8 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
             from (select unnest(?) as path, unnest(?) as size) f
             left join (select source_file, count(*) n from _parsed where reject_reason is null group by 1) good
                    on good.source_file = f.path
-            left join (select source_file, count(*) n from _new group by 1) new on new.source_file = f.path
+            left join (select p.source_file, count(*) n from _parsed p semi join _chosen c on p.rowid = c.id
+                       group by 1) new on new.source_file = f.path
             left join (select source_file, count(*) n from _rej group by 1) rej on rej.source_file = f.path
             returning rows, inserted, duplicates, rejects
         """, [[str(f) for f in files], [f.stat().st_size for f in files]]).fetchall()
@@ -194,8 +211,8 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
         con.execute("rollback")
         raise
     finally:
-        con.execute("drop table if exists _lines; drop table if exists _parsed; drop table if exists _new; "
-                    "drop table if exists _rej")
+        con.execute("drop table if exists _lines; drop table if exists _parsed; drop table if exists _dup; "
+                    "drop table if exists _chosen; drop table if exists _rej")
     result.rows = sum(r[0] for r in stats)
     result.inserted = sum(r[1] for r in stats)
     result.duplicates = sum(r[2] for r in stats)
@@ -203,7 +220,7 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     return result
 
 
-def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int = 512 * 1024 * 1024,
+def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int = 192 * 1024 * 1024,
                    scratch_dir: Path | None = None, max_files: int | None = None) -> IngestResult:
     """Seal orphans, then ingest every sealed segment not yet in the manifest."""
     total = IngestResult()

@@ -27,7 +27,8 @@ create table if not exists raw.layercode_events (
     session_id       varchar,
     conversation_id  varchar,
     turn_id          varchar,
-    body             json not null,      -- the exact raw body Layercode sent
+    body             varchar not null,   -- the exact raw body Layercode sent: JSON text, checked at ingest
+                                         -- (a VARCHAR: a JSON column would parse every body once more)
     validation_error varchar,            -- set when the listener kept a malformed known type
     writer_id        varchar,
     source           varchar not null,   -- 'webhook'

@@ -2,6 +2,7 @@
 
 
 import os
+import time
 
 import dagster as dg
 
@@ -30,7 +31,9 @@ def _preview(con) -> dg.MetadataValue:
 )
 def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     with storage.connect() as con:
+        started = time.perf_counter()
         result = ingest_landing(con, storage.landing_path)
+        seconds = time.perf_counter() - started
         total = con.execute("select count(*) from raw.layercode_events").fetchone()[0]
         rejects_total = con.execute("select count(*) from raw.layercode_rejects").fetchone()[0]
         preview = _preview(con)
@@ -38,6 +41,7 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
         context.log.warning(f"{result.rejects} unparseable lines recorded in raw.layercode_rejects")
     return dg.MaterializeResult(metadata={
         "new_files": result.files,
+        "ingest_seconds": round(seconds, 3),
         "new_bytes": dg.MetadataValue.int(result.bytes),
         "lines_read": result.rows,
         "rows_inserted": result.inserted,
