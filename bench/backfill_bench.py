@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,12 @@ import sys, uvicorn
 from starlette.responses import Response
 from starlette.routing import Route
 from layercode_pipeline.simulator import SimulatorAPI, generate_batch
-sessions, port = int(sys.argv[1]), int(sys.argv[2])
+sessions, port, latency = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 batch = generate_batch(sessions, seed=9)
 big = batch.sessions[0]
 big.duration_ms = 200 * 1024 * 1024 // 16  # 16 bytes per ms at 8 kHz 16-bit: a 200 MB WAV
 big.recording_outcome = "completed"
-api = SimulatorAPI(api_key="sk_bench")
+api = SimulatorAPI(api_key="sk_bench", latency_s=latency)
 api.register(batch, ready_in_s=0)
 api.app.router.routes.append(Route("/healthz", lambda r: Response(b"ok")))
 uvicorn.run(api.app, port=port, log_level="warning", access_log=False)
@@ -81,11 +80,14 @@ async def downloads(base: str, sessions, conc: int, dest: Path) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sessions", type=int, default=1500)
-    ap.add_argument("--recordings", type=int, default=200)
+    ap.add_argument("--sessions", type=int, default=300)
+    ap.add_argument("--recordings", type=int, default=100)
+    ap.add_argument("--latency-ms", type=float, default=50.0,
+                    help="added to every API answer, standing for the round trip to api.layercode.com")
     args = ap.parse_args()
+    print(f"simulated API round trip: {args.latency_ms:g} ms per request")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.sessions), str(port)])
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.sessions), str(port), str(args.latency_ms / 1000)])
     base = f"http://127.0.0.1:{port}/v1"
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", timeout=60)
@@ -111,7 +113,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    del resource
 
 
 if __name__ == "__main__":

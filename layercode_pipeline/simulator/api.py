@@ -70,6 +70,7 @@ class SimulatorAPI:
     faults: dict[str, float] = field(default_factory=dict)
     retry_after_s: int = 1
     slow_s: float = 5.0
+    latency_s: float = 0.0  # added to every answer: the round trip to a real API
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(API_FAULTS)
@@ -127,6 +128,8 @@ class SimulatorAPI:
 
     async def _pre(self, request: Request, kind: str) -> tuple[Response | None, _Entry | None, str | None]:
         agent_id, session_id = request.path_params["agent_id"], request.path_params["session_id"]
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         if not self._authorised(request):
             self.requests.append((kind, session_id, 401))
             return JSONResponse({"error": "unauthorized", "message": "invalid API key"}, 401), None, None
