@@ -33,3 +33,26 @@ def test_demo_twice_adds_calls_without_duplicating(tmp_path):
     assert con.execute("select count(*) - count(distinct session_id) from marts.fct_sessions").fetchone()[0] == 0
     con.close()
     assert not list((data / "landing").rglob("*.open"))  # nothing left unsealed
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_HOME"))}
+    proc = subprocess.Popen([sys.executable, "-m", "layercode_pipeline.cli", "demo", "--calls", "400",
+                             "--data-dir", str(data)], env={**env, "COLUMNS": "160"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # interrupt once the listener is up and calls are flowing
+        line = proc.stdout.readline()
+        if "listener on" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-2000:]
+    assert "Interrupted" in out
+    assert not list((data / "landing").rglob("*.open"))  # the listener sealed its segment on the way out
+    assert list((data / "landing").rglob("*.jsonl"))  # what it acknowledged is kept for the next run

@@ -205,3 +205,21 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert "raw_layercode_events" in keys
     assert defs.get_sensor_def("landing_sensor")
+
+
+def test_parallel_writers_queue_instead_of_failing(storage):
+    """A second pipeline writer (another run, the backfill CLI) waits for the first."""
+    storage.warehouse_file.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from layercode_pipeline.lib.warehouse import open_warehouse\n"
+        f"with open_warehouse(Path({str(storage.warehouse_file)!r})) as con:\n"
+        "    con.execute('create table if not exists raw.marker(x int)'); print('holding', flush=True); time.sleep(2)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    started = time.monotonic()
+    write_segment(storage.landing_path, "w1-000001.jsonl", [envelope(END)])
+    meta = materialize(storage)  # would fail with DuckDB's lock error without the writer lock
+    waited = time.monotonic() - started
+    holder.wait(30)
+    assert holder.returncode == 0 and meta["rows_inserted"] == 1
+    assert waited > 0.5  # it queued behind the holder
