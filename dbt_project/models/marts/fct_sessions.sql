@@ -10,17 +10,17 @@ src as (
 starts as (
     select session_id, min(conversation_id) as conversation_id, min(from_phone_number) as from_phone_number,
            min(to_phone_number) as to_phone_number, min(received_at) as first_event_at, any_value(metadata) as metadata
-    from {{ ref('stg_webhook_session_starts') }} group by 1
+    from {{ ref('stg_webhook_session_starts') }} where session_id in (select session_id from touched) group by 1
 ),
 any_events as (
     select session_id, min(body->>'$.conversation_id') as conversation_id, min(received_at) as first_seen_at
-    from {{ source('raw', 'layercode_events') }} where session_id is not null group by 1
+    from {{ source('raw', 'layercode_events') }} where session_id in (select session_id from touched) group by 1
 ),
-ends as (select * from {{ ref('stg_webhook_session_ends') }}),
-updates as (select * from {{ ref('stg_webhook_session_updates') }}),
-rest as (select * from {{ ref('stg_rest_sessions') }}),
-recs as (select * from {{ ref('stg_recordings') }}),
-enr as (select * from {{ ref('stg_session_enrichments') }} where is_latest),
+ends as (select * from {{ ref('stg_webhook_session_ends') }} where session_id in (select session_id from touched)),
+updates as (select * from {{ ref('stg_webhook_session_updates') }} where session_id in (select session_id from touched)),
+rest as (select * from {{ ref('stg_rest_sessions') }} where session_id in (select session_id from touched)),
+recs as (select * from {{ ref('stg_recordings') }} where session_id in (select session_id from touched)),
+enr as (select * from {{ ref('stg_session_enrichments') }} where is_latest and session_id in (select session_id from touched)),
 turn_stats as (
     select session_id,
            count(*) as turns,
@@ -29,7 +29,7 @@ turn_stats as (
            coalesce(sum(words) filter (where role = 'user'), 0) as user_words,
            coalesce(sum(words) filter (where role = 'assistant'), 0) as assistant_words,
            min(transcript_source) as transcript_source
-    from {{ ref('int_transcript_turns') }} group by 1
+    from {{ ref('fct_turns') }} where session_id in (select session_id from touched) group by 1
 ),
 merged as (
     select

@@ -1,0 +1,61 @@
+{# One row per transcript turn from either transcript form; see int_transcript_turns.sql. #}
+{% macro transcript_turns(session_filter=none) %}
+with webhook_items as (
+    select e.session_id, e.started_at, t.pos as item_pos, t.item
+    from {{ ref('stg_webhook_session_ends') }} e,
+         unnest(json_extract(e.transcript, '$[*]')) with ordinality as t(item, pos)
+    where json_type(e.transcript) = 'ARRAY'
+    {% if session_filter %}and e.session_id in ({{ session_filter }}){% endif %}
+),
+webhook_turns as (
+    select
+        session_id,
+        item_pos as sort_1,
+        0 as sort_2,
+        coalesce(item->>'$.role', 'unknown') as role,
+        item->>'$.text' as text,
+        {{ transcript_ts("item->'$.timestamp'") }} as spoken_at,
+        started_at,
+        'webhook' as transcript_source
+    from webhook_items
+),
+rest_items as (
+    select r.session_id, r.started_at, t.pos as item_pos, t.item
+    from {{ ref('stg_rest_sessions') }} r,
+         unnest(json_extract(r.transcript, '$[*]')) with ordinality as t(item, pos)
+    where json_type(r.transcript) = 'ARRAY'
+      and r.session_id not in (select session_id from {{ ref('stg_webhook_session_ends') }}
+                               where json_type(transcript) = 'ARRAY')
+      {% if session_filter %}and r.session_id in ({{ session_filter }}){% endif %}
+),
+rest_turns as (
+    select session_id, item_pos as sort_1, 0 as sort_2, 'user' as role, item->>'$.user_message' as text,
+           {{ transcript_ts("item->'$.timestamp'") }} as spoken_at, started_at, 'rest' as transcript_source
+    from rest_items where coalesce(item->>'$.user_message', '') <> ''
+    union all
+    select session_id, item_pos, 1, 'assistant', item->>'$.assistant_message',
+           {{ transcript_ts("item->'$.timestamp'") }}
+               + case when coalesce(item->>'$.user_message', '') <> ''
+                      then to_milliseconds(coalesce(try_cast(item->>'$.latency_ms' as double), 0)::bigint)
+                      else interval 0 second end,
+           started_at, 'rest'
+    from rest_items where coalesce(item->>'$.assistant_message', '') <> ''
+),
+turns as (
+    select * from webhook_turns
+    union all
+    select * from rest_turns
+)
+select
+    session_id || ':' || lpad(cast(row_number() over (partition by session_id order by sort_1, sort_2) as varchar), 4, '0') as turn_key,
+    session_id,
+    row_number() over (partition by session_id order by sort_1, sort_2) as position,
+    role,
+    text,
+    {{ word_count('text') }} as words,
+    spoken_at,
+    case when spoken_at is not null and started_at is not null
+         then epoch_ms(spoken_at) - epoch_ms(started_at) end as offset_ms,
+    transcript_source
+from turns
+{% endmacro %}
