@@ -11,6 +11,16 @@ import sys
 import click
 
 
+DAGSTER_YAML = """\
+# written by `layercode-pipeline demo`; see deploy/dagster.yaml
+concurrency:
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -207,10 +217,8 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
     os.environ.setdefault("DAGSTER_HOME", str(Path(data_dir).resolve() / "dagster_home"))
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text((Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml").read_text()
-                                           if (Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml").exists()
-                                           else "concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    if not (home / "dagster.yaml").exists():  # the warehouse pool limit, telemetry off
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
     logging.getLogger("dagster").setLevel(logging.WARNING)
     console = Console()
     started = time.perf_counter()

@@ -100,7 +100,7 @@ class SegmentLander:
                 errors = self._write_group(batch)
             except BaseException as exc:  # never leave a request hanging
                 errors = [exc] * len(batch)
-            for (_, _, fut), err in zip(batch, errors):
+            for (_, _, fut), err in zip(batch, errors, strict=True):
                 if not fut.done():
                     if err is None:
                         fut.set_result(None)

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from layercode_pipeline.lib.enrichment.analysis import (AnswerRejected, EnrichmentSettings, check_analysis,
                                                         system_prompt)
-from layercode_pipeline.lib.enrichment.redact import _CARD
-from layercode_pipeline.lib.transcripts import TurnText, render
+from layercode_pipeline.lib.enrichment.redact import CARD_NUMBER
+from layercode_pipeline.lib.transcripts import TurnText
 
 OFFLINE_MODEL = "offline-rules-v1"
 
@@ -206,7 +206,7 @@ class OfflineProvider:
     def _check(check: Any, turns: list[TurnText]) -> bool:
         texts = [t.text for t in turns if check.speaker == "any" or t.role == check.speaker]
         if check.detect == "card_number":
-            return any(_CARD.search(t) for t in texts)
+            return any(CARD_NUMBER.search(t) for t in texts)
         return any(k.lower() in t.lower() for t in texts for k in check.keywords)
 
     @staticmethod
