@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+import httpx
 import os
 import subprocess
 import sys
@@ -76,6 +78,7 @@ def main() -> None:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
         ours = run_wrk(wrk, f"http://127.0.0.1:{port}/webhook", body, args.duration, args.connections)
         time.sleep(0.5)
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
     finally:
         listener.terminate()
         listener.wait()
@@ -87,6 +90,8 @@ def main() -> None:
     print(f"{'listener (verify + fsync landing)':<34}{ours['rps']:>10.0f}{ours['p50_ms']:>10.2f}{ours['p99_ms']:>10.2f}")
     print(f"throughput ratio listener/bare: {ours['rps'] / base['rps']:.2f}x (target >= 0.5x); "
           f"listener p99 {ours['p99_ms']:.1f} ms (target <= 20 ms)")
+    print(f"group commit: {health['landed']} events in {health['fsync_groups']} fsyncs "
+          f"({health['landed'] / max(1, health['fsync_groups']):.1f} events per fsync)")
     print(f"wrk: {ours['requests']} responses, {ours['non2xx']} non-2xx, socket errors: {ours['socket_errors']}")
     print(f"acknowledged (2xx seen by wrk) {acked}, landed {landed}; landed - acknowledged = {landed - acked} "
           f"(requests still in flight when wrk stopped are landed but their answers are not counted)")

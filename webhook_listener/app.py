@@ -211,7 +211,8 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
         return _json({"status": "ok", "type": event_type})
 
     async def healthz(request: Request) -> Response:
-        return _json({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed})
+        return _json({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed,
+                      "fsync_groups": lander.groups})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -90,14 +90,16 @@ class SegmentLander:
                     continue
             else:
                 first = await self._queue.get()  # busy: no timer per group (age is checked on write)
+            # Let every handler that is already runnable reach land() before the group closes:
+            # one loop turn makes groups several times larger at no cost in latency.
+            await asyncio.sleep(0)
             batch = [first]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                # Inline, not in a worker thread: a write plus fdatasync costs ~0.3 ms here, while
-                # handing it to a thread made each group wait for the GIL (up to the 5 ms switch
-                # interval) behind the busy event loop: 3-4x less throughput, measured.
-                errors = self._write_group(batch)
+                # In a worker thread: the event loop keeps parsing requests (the next group)
+                # while this group's fdatasync waits on the disk.
+                errors = await asyncio.to_thread(self._write_group, batch)
             except BaseException as exc:  # never leave a request hanging
                 errors = [exc] * len(batch)
             for (_, _, fut), err in zip(batch, errors, strict=True):
