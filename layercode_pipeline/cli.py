@@ -90,11 +90,15 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
               help="Webhook: drop_session_end, drop_session_update, duplicate, out_of_order, burst. "
                    "API: rate_limit, server_error, slow, truncated_wav.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Write the ground truth here.")
-@click.option("--concurrency", default=32, show_default=True, type=int)
+@click.option("--concurrency", default=32, show_default=True, type=int, help="Calls in flight at once.")
+@click.option("--pace", default=0.0, show_default=True, type=float, help="Seconds between a call's events (0: as fast as possible).")
+@click.option("--update-delay", default=0.0, show_default=True, type=float,
+              help="Seconds between a call's session.end and its session.update (the recording's processing).")
 @click.option("--secret", default=None, help="Sign every agent's webhooks with this secret instead of the generated ones.")
 @click.option("--print-secrets", is_flag=True, help="Print LAYERCODE_WEBHOOK_SECRETS for these agents and exit.")
 def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_key: str, faults: tuple[str, ...],
-             manifest: str | None, concurrency: int, secret: str | None, print_secrets: bool) -> None:
+             manifest: str | None, concurrency: int, pace: float, update_delay: float, secret: str | None,
+             print_secrets: bool) -> None:
     """Send realistic signed Layercode webhooks to a listener (and serve the REST API)."""
     import json
     import time
@@ -105,8 +109,8 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
     from rich.table import Table
 
     from layercode_pipeline.lib.serve import BackgroundServer
-    from layercode_pipeline.simulator import (Deliverer, SimulatorAPI, generate_batch, listener_secrets_json,
-                                              parse_fault_specs)
+    from layercode_pipeline.simulator import (API_FAULTS, Deliverer, SimulatorAPI, generate_batch,
+                                              listener_secrets_json, parse_fault_specs)
 
     console = Console()
     try:
@@ -122,14 +126,15 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
     server = None
     api = None
     if api_port is not None:
-        api = SimulatorAPI(api_key=api_key, seed=seed, faults={k: v for k, v in fault_rates.items()
-                                                               if k in ("rate_limit", "server_error", "slow", "truncated_wav")})
+        api = SimulatorAPI(api_key=api_key, seed=seed, processing_delay_s=update_delay,
+                           faults={k: v for k, v in fault_rates.items() if k in API_FAULTS})
         api.register(batch)  # the platform knows every session, whatever the webhooks did
         server = BackgroundServer(api.app, port=api_port).start()
         console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key)")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
-        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret)
+        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
+                              pace_s=pace, update_delay_s=update_delay)
         task = progress.add_task("delivering webhooks", total=deliverer.planned_events)
         deliverer.on_event = lambda attempt: progress.advance(task)
         import asyncio

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,7 +34,7 @@ def _state(data_dir: Path) -> dict[str, Any]:
 
 
 def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None, grace_minutes: int = 15,
-                    on_stage=None, instance=None) -> dict[str, dict[str, Any]]:
+                    on_stage=None, instance=None, quiet_dbt: bool = True) -> dict[str, dict[str, Any]]:
     """Materialise every asset in dependency order, stage by stage (so progress can be shown)."""
     import dagster as dg
 
@@ -61,8 +64,15 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         if stage == "backfill":
             run_config["ops"] = {"layercode_session_details": {"config": {"grace_minutes": grace_minutes}}}
-        result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
-                                run_config=run_config)
+        # dagster-dbt echoes every dbt log line to stdout (Dagster keeps them in the run's logs);
+        # on a terminal the progress lines say enough, unless the stage fails.
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured) if quiet_dbt and stage == "dbt" else contextlib.nullcontext():
+            result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
+                                    run_config=run_config, raise_on_error=False)
+        if not result.success:
+            sys.stdout.write(captured.getvalue())
+            raise RuntimeError(f"the {stage} stage failed; see the log above")
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
@@ -192,8 +202,8 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     facts.add_row("time", f"{elapsed_s:.1f} s")
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
     table = Table(title="marts.agg_daily_call_metrics")
-    for col in ("date", "agent", "calls", "sessions", "p50 s", "latency p95 ms", "rec %", "sentiment +/=/-/~", "quality"):
-        table.add_column(col)
+    for col in ("date", "agent", "calls", "sess", "p50 s", "lat p95 ms", "rec %", "+/=/-/~", "qual"):
+        table.add_column(col, no_wrap=True)
     for row in daily:
         table.add_row(*("-" if v is None else str(v) for v in row))
     console.print(table)

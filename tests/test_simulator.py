@@ -182,7 +182,8 @@ def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
     manifest = tmp_path / "truth.json"
     r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "simulate", "--calls", "5", "--seed", "3",
                         "--webhook-url", listener.url + "/agents/{agent_id}/webhook", "--manifest", str(manifest),
-                        "--fault", "duplicate=0.5"], capture_output=True, text=True, timeout=120)
+                        "--fault", "duplicate=0.5", "--pace", "0.001", "--update-delay", "0.05"],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "acknowledged" in r.stdout and "sse_complete" in r.stdout
     assert json.loads(manifest.read_text()) == json.loads(json.dumps(batch.manifest()))

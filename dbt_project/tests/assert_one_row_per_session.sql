@@ -1,3 +1,4 @@
+{{ config(meta={'dagster': {'ref': {'name': 'fct_sessions'}}}) }}
 -- Every session seen in any source has exactly one row in fct_sessions.
 select s.session_id, count(f.session_id) as n
 from {{ ref('int_session_sources') }} s

@@ -1,3 +1,4 @@
+{{ config(meta={'dagster': {'ref': {'name': 'fct_sessions'}}}) }}
 -- fct_sessions' turn counts agree with fct_turns (nothing double counted).
 select f.session_id
 from {{ ref('fct_sessions') }} f

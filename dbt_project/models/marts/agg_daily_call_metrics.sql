@@ -12,9 +12,12 @@ select
     quantile_cont(latency_ms, 0.95) as latency_ms_p95,
     sum(coalesce(transcription_duration_seconds, 0)) as transcription_seconds,
     sum(coalesce(tts_duration_seconds, 0)) as tts_seconds,
-    count(*) filter (where recording_state <> 'disabled') as sessions_recording_expected,
+    -- a recording is expected where the platform said the org records (completed, failed or
+    -- still in progress); not_available and disabled sessions never had one to keep
+    count(*) filter (where recording_state in ('completed', 'failed', 'in_progress')) as sessions_recording_expected,
     count(*) filter (where has_recording) as sessions_with_recording,
-    count(*) filter (where has_recording) / nullif(count(*) filter (where recording_state <> 'disabled'), 0) as recording_coverage,
+    count(*) filter (where has_recording)
+        / nullif(count(*) filter (where recording_state in ('completed', 'failed', 'in_progress')), 0) as recording_coverage,
     count(*) filter (where sentiment = 'positive') as sentiment_positive,
     count(*) filter (where sentiment = 'neutral') as sentiment_neutral,
     count(*) filter (where sentiment = 'negative') as sentiment_negative,

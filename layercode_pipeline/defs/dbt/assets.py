@@ -71,7 +71,9 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
 
 
 def with_row_counts(events: list, warehouse: Path) -> Iterator:
-    relations = {uid: node.get("relation_name") for uid, node in
+    # schema.alias, not the manifest's relation_name: that one names the database after the
+    # file dbt parsed with, which need not be the warehouse this run builds
+    relations = {uid: f'"{node["schema"]}"."{node.get("alias") or node["name"]}"' for uid, node in
                  json.loads(dbt_project.manifest_path.read_text())["nodes"].items()
                  if node.get("config", {}).get("materialized") in ("table", "incremental")}
     con = duckdb.connect(str(warehouse), read_only=False)
