@@ -31,6 +31,40 @@ end
 """
 
 
+PARSE_SQL = """
+        create or replace temp table _parsed as
+        with envelope as (
+            select source_file,
+                   try(json_extract_string(line, ['$.received_at', '$.agent_id', '$.event_type',
+                       '$.content_sha256', '$.body', '$.error', '$.writer_id'])) as f,
+                   line
+            from ({lines_sql}) lines
+        ), ids as (
+            select source_file, f, line,
+                   try(json_extract_string(f[5], ['$.session_id', '$.conversation_id', '$.turn_id',
+                       '$.recording_status'])) as ids
+            from envelope
+        ), typed as (
+            select source_file, line, f is not null as line_ok, try_cast(f[1] as timestamptz) as received_at,
+                   f[2] as agent_id, f[3] as event_type, f[4] as content_sha256, f[5] as body,
+                   f[6] as validation_error, f[7] as writer_id, ids is not null as body_ok,
+                   ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status
+            from ids
+        )
+        select * exclude (line, line_ok, body_ok),
+               case
+                   when not line_ok then 'line is not valid JSON'
+                   when received_at is null then 'envelope has no valid received_at'
+                   when event_type is null or content_sha256 is null then 'envelope lacks event_type or content_sha256'
+                   when not body_ok then 'body is not valid JSON'
+               end as reject_reason,
+               case when not line_ok or received_at is null or event_type is null or content_sha256 is null
+                         or not body_ok then line end as bad_line,
+               {event_key} as event_key
+        from typed
+"""
+
+
 @dataclass
 class IngestResult:
     files: int = 0
@@ -84,13 +118,10 @@ def _line_numbers(path: Path, bad_lines: set[str]) -> dict[str, list[int]]:
     return found
 
 
-def _load_lines(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> list[tuple[str, int, str, str]]:
-    """Fill temp table `_lines(source_file, line)`; returns rejects found by the slow path."""
-    try:
-        con.execute("create or replace temp table _lines as " + _read_lines_sql([str(f) for f in files]))
-        return []
-    except duckdb.Error:
-        pass
+def _fallback_lines_source(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> tuple[str, list[tuple[str, int, str, str]]]:
+    """The slow path, for a batch DuckDB could not scan (bad UTF-8, stray control bytes): a
+    SELECT of (source_file, line) over the files, each cleaned where needed, and the rejects
+    found while cleaning."""
     scratch_dir.mkdir(parents=True, exist_ok=True)
     python_rejects: list[tuple[str, int, str, str]] = []
     read_as: dict[str, str] = {}
@@ -102,11 +133,11 @@ def _load_lines(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: 
             clean, rejects = _sanitise(f, scratch_dir)
             read_as[str(clean)] = str(f)
             python_rejects += [(str(f), n, reason, raw) for n, reason, raw in rejects]
-    con.execute("create or replace temp table _lines as " + _read_lines_sql(list(read_as)))
     con.execute("create or replace temp table _names as select unnest(?) as read_as, unnest(?) as original",
                 [list(read_as), list(read_as.values())])
-    con.execute("update _lines set source_file = n.original from _names n where _lines.source_file = n.read_as")
-    return python_rejects
+    sql = ("select n.original as source_file, l.line from (" + _read_lines_sql(list(read_as)) + ") l "
+           "join _names n on n.read_as = l.source_file")
+    return sql, python_rejects
 
 
 def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> IngestResult:
@@ -114,42 +145,14 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     result = IngestResult(files=len(files), bytes=sum(f.stat().st_size for f in files))
     if not files:
         return result
-    python_rejects = _load_lines(con, files, scratch_dir)
     # One parse per line and one per body: try() turns a parse error into NULL, which marks
-    # the line as a reject instead of failing the batch.
-    con.execute(f"""
-        create or replace temp table _parsed as
-        with envelope as (
-            select source_file,
-                   try(json_extract_string(line, ['$.received_at', '$.agent_id', '$.event_type',
-                       '$.content_sha256', '$.body', '$.error', '$.writer_id'])) as f,
-                   line
-            from _lines
-        ), ids as (
-            select source_file, f, line,
-                   try(json_extract_string(f[5], ['$.session_id', '$.conversation_id', '$.turn_id',
-                       '$.recording_status'])) as ids
-            from envelope
-        ), typed as (
-            select source_file, line, f is not null as line_ok, try_cast(f[1] as timestamptz) as received_at,
-                   f[2] as agent_id, f[3] as event_type, f[4] as content_sha256, f[5] as body,
-                   f[6] as validation_error, f[7] as writer_id, ids is not null as body_ok,
-                   ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status
-            from ids
-        )
-        select * exclude (line, line_ok, body_ok),
-               case
-                   when not line_ok then 'line is not valid JSON'
-                   when received_at is null then 'envelope has no valid received_at'
-                   when event_type is null or content_sha256 is null then 'envelope lacks event_type or content_sha256'
-                   when not body_ok then 'body is not valid JSON'
-               end as reject_reason,
-               case when not line_ok or received_at is null or event_type is null or content_sha256 is null
-                         or not body_ok then line end as bad_line,
-               {EVENT_KEY_SQL} as event_key
-        from typed
-    """)
-    con.execute("drop table _lines")
+    # the line as a reject instead of failing the batch. The lines stream from the files.
+    python_rejects: list[tuple[str, int, str, str]] = []
+    try:
+        con.execute(PARSE_SQL.format(lines_sql=_read_lines_sql([str(f) for f in files]), event_key=EVENT_KEY_SQL))
+    except duckdb.Error:
+        lines_sql, python_rejects = _fallback_lines_source(con, files, scratch_dir)
+        con.execute(PARSE_SQL.format(lines_sql=lines_sql, event_key=EVENT_KEY_SQL))
     reject_rows = list(python_rejects)
     by_file: dict[str, dict[str, str]] = {}
     for source_file, line, reason in con.execute(
@@ -211,7 +214,7 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
         con.execute("rollback")
         raise
     finally:
-        con.execute("drop table if exists _lines; drop table if exists _parsed; drop table if exists _dup; "
+        con.execute("drop table if exists _names; drop table if exists _parsed; drop table if exists _dup; "
                     "drop table if exists _chosen; drop table if exists _rej")
     result.rows = sum(r[0] for r in stats)
     result.inserted = sum(r[1] for r in stats)
@@ -220,9 +223,25 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     return result
 
 
-def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int = 192 * 1024 * 1024,
-                   scratch_dir: Path | None = None, max_files: int | None = None) -> IngestResult:
-    """Seal orphans, then ingest every sealed segment not yet in the manifest."""
+def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int = 384 * 1024 * 1024,
+                   scratch_dir: Path | None = None, max_files: int | None = None,
+                   memory_limit: str | None = "1GB") -> IngestResult:
+    """Seal orphans, then ingest every sealed segment not yet in the manifest.
+
+    Batches of ~384 MB: smaller ones cost a commit and a pass over the key column each
+    (96 MB batches took twice as long for 1M events); DuckDB's memory limit keeps the peak
+    near 1 GB whatever the batch, spilling if it must."""
+    previous_limit = con.execute("select current_setting('memory_limit')").fetchone()[0]
+    if memory_limit:
+        con.execute(f"set memory_limit = '{memory_limit}'")
+    try:
+        return _ingest_landing(con, landing_dir, batch_bytes=batch_bytes, scratch_dir=scratch_dir, max_files=max_files)
+    finally:
+        con.execute(f"set memory_limit = '{previous_limit}'")
+
+
+def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int,
+                    scratch_dir: Path | None, max_files: int | None) -> IngestResult:
     total = IngestResult()
     total.recovered_segments = len(recover_orphan_segments(landing_dir))
     files = pending_segments(con, landing_dir)
