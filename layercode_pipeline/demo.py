@@ -61,7 +61,8 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     for stage in RUN_ORDER:
         if on_stage:
             on_stage(stage, "start")
-        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        # the terminal shows progress and the summary; the full logs are in the Dagster instance
+        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
         if stage == "backfill":
             run_config["ops"] = {"layercode_session_details": {"config": {"grace_minutes": grace_minutes}}}
         # dagster-dbt echoes every dbt log line to stdout (Dagster keeps them in the run's logs);
@@ -180,9 +181,9 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
         providers = con.execute("select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions "
                                 "group by 1 order by 2 desc").fetchall()
         daily = con.execute("""
-            select call_date, agent_id, calls, sessions, round(duration_ms_p50 / 1000, 1), round(latency_ms_p95),
+            select call_date, agent_id, calls, sessions, round(duration_ms_p50 / 1000, 1), round(latency_ms_p95)::int,
                    round(recording_coverage * 100), sentiment_positive || '/' || sentiment_neutral || '/' ||
-                   sentiment_negative || '/' || sentiment_mixed, round(quality_score_avg, 2)
+                   sentiment_negative || '/' || sentiment_mixed, round(quality_score_avg, 1)
             from marts.agg_daily_call_metrics order by 1, 2""").fetchall()
     finally:
         con.close()
@@ -201,8 +202,8 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     facts.add_row("enrichment", ", ".join(f"{n} by {p}" for p, n in providers))
     facts.add_row("time", f"{elapsed_s:.1f} s")
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
-    table = Table(title="marts.agg_daily_call_metrics")
-    for col in ("date", "agent", "calls", "sess", "p50 s", "lat p95 ms", "rec %", "+/=/-/~", "qual"):
+    table = Table(title="marts.agg_daily_call_metrics", box=None, padding=(0, 1), title_justify="left")
+    for col in ("date", "agent", "calls", "sess", "p50 s", "p95 ms", "rec %", "+/=/-/~", "qual"):
         table.add_column(col, no_wrap=True)
     for row in daily:
         table.add_row(*("-" if v is None else str(v) for v in row))

@@ -202,9 +202,18 @@ def test_landing_sensor_requests_runs_for_new_segments(storage):
 def test_definitions_load():
     from layercode_pipeline.definitions import defs
 
-    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert "raw_layercode_events" in keys
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"raw_layercode_events", "layercode_session_details", "layercode_recordings", "session_enrichments",
+            "marts/fct_sessions", "marts/fct_turns", "marts/fct_conversations", "marts/agg_daily_call_metrics",
+            "analytics_serving"} <= keys
+    # one lineage: the marts sit downstream of the raw events, and dbt tests are asset checks
+    upstream = graph.get(dg.AssetKey(["marts", "fct_sessions"])).parent_keys
+    assert dg.AssetKey("raw_layercode_events") in upstream
+    checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
+    assert {"marts/fct_sessions", "marts/fct_turns", "raw_layercode_events"} <= checked
     assert defs.get_sensor_def("landing_sensor")
+    assert defs.get_schedule_def("hourly_backfill").cron_schedule == "17 * * * *"
 
 
 def test_parallel_writers_queue_instead_of_failing(storage):

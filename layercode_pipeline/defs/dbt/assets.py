@@ -57,8 +57,13 @@ class LayercodeDbtTranslator(DagsterDbtTranslator):
         return "dbt_" + dbt_resource_props["fqn"][1] if len(dbt_resource_props["fqn"]) > 2 else "dbt"
 
 
+# dbt tests become asset checks, the source tests on raw tables included
+TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True,
+                                                                          enable_source_tests_as_checks=True))
+
+
 @dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, pool=WAREHOUSE_POOL,
-            dagster_dbt_translator=LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)))
+            dagster_dbt_translator=TRANSLATOR)
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
     warehouse = storage.warehouse_file
     with open_warehouse(warehouse):
