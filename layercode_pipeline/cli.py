@@ -105,12 +105,12 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
     from pathlib import Path
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
     from layercode_pipeline.lib.serve import BackgroundServer
     from layercode_pipeline.simulator import (API_FAULTS, Deliverer, SimulatorAPI, generate_batch,
                                               listener_secrets_json, parse_fault_specs)
+    from layercode_pipeline.simulator.deliver import deliver_with_progress
 
     console = Console()
     try:
@@ -131,15 +131,9 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
         api.register(batch)  # the platform knows every session, whatever the webhooks did
         server = BackgroundServer(api.app, port=api_port).start()
         console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key)")
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
-                              pace_s=pace, update_delay_s=update_delay)
-        task = progress.add_task("delivering webhooks", total=deliverer.planned_events)
-        deliverer.on_event = lambda attempt: progress.advance(task)
-        import asyncio
-
-        report = asyncio.run(deliverer.run())
+    deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
+                          pace_s=pace, update_delay_s=update_delay)
+    report = deliver_with_progress(deliverer, console)
     table = Table(title="simulate")
     for key, value in report.summary().items():
         table.add_row(key, str(value))

@@ -89,6 +89,7 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     from layercode_pipeline.config import Settings
     from layercode_pipeline.lib.serve import BackgroundServer
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
+    from layercode_pipeline.simulator.deliver import deliver_with_progress
     from webhook_listener.app import create_app
 
     data_dir = data_dir.resolve()
@@ -117,7 +118,7 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
         say(f"listener on [bold]{listener.url}[/], simulated Layercode REST API on [bold]{api_server.url}/v1[/]")
         deliverer = Deliverer(batch, listener.url + "/agents/{agent_id}/webhook",
                               faults=DEFAULT_FAULTS if faults is None else faults, concurrency=32)
-        report = _deliver_with_progress(deliverer, console)
+        report = deliver_with_progress(deliverer, console)
         listener.stop()  # graceful: seals the open segment
         wait = max(0.0, processing_delay_s - report.elapsed_s)
         if wait:
@@ -147,21 +148,6 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     state.setdefault("seeds", []).append(run_seed)
     (data_dir / ".demo_state.json").write_text(json.dumps(state))
     return DemoResult(data_dir, run_seed, batch, report, metadata)
-
-
-def _deliver_with_progress(deliverer, console):
-    import asyncio
-
-    if console is None:
-        return asyncio.run(deliverer.run())
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    total = deliverer.planned_events
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task("delivering signed webhooks", total=total)
-        deliverer.on_event = lambda attempt: progress.advance(task)
-        return asyncio.run(deliverer.run())
 
 
 def print_summary(result: DemoResult, console, elapsed_s: float) -> None:

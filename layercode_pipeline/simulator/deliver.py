@@ -220,6 +220,19 @@ async def _read_sse(resp: aiohttp.ClientResponse, turn_id: str | None) -> bool:
     return ok and last_type == "response.end"
 
 
+def deliver_with_progress(deliverer: Deliverer, console: Any | None) -> DeliveryReport:
+    """Run a delivery with a rich progress bar on `console` (none: silently)."""
+    if console is None:
+        return asyncio.run(deliverer.run())
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("delivering signed webhooks", total=deliverer.planned_events)
+        deliverer.on_event = lambda attempt: progress.advance(task)
+        return asyncio.run(deliverer.run())
+
+
 def deliver(batch: SimBatch, webhook_url: str, **kwargs: Any) -> DeliveryReport:
     """Synchronous wrapper for scripts and tests."""
     return asyncio.run(Deliverer(batch, webhook_url, **kwargs).run())
