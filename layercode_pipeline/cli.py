@@ -188,7 +188,7 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
             outcomes = asyncio.run(fetch(progress, task))
         except LayercodeAPIError as exc:
             raise click.ClickException(str(exc)) from exc
-    with open_warehouse(settings.warehouse_file) as con:
+    with open_warehouse(settings.paths.warehouse) as con:
         found, not_found = store_details(con, outcomes)
     errors = [o for o in outcomes if o.error]
     console.print(f"found {found}, not found {not_found}, errors {len(errors)} -> raw.layercode_session_details")

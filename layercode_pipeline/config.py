@@ -99,27 +99,3 @@ class Settings(BaseSettings):
     def paths(self) -> DataPaths:
         return DataPaths.derive(self.data_dir, landing=self.landing_dir, quarantine=self.quarantine_dir,
                                 warehouse=self.warehouse_path, recordings=self.recordings_dir, serving=self.serving_dir)
-
-    @property
-    def data_root(self) -> Path:
-        return self.paths.data_dir
-
-    @property
-    def landing_path(self) -> Path:
-        return self.paths.landing
-
-    @property
-    def quarantine_path(self) -> Path:
-        return self.paths.quarantine
-
-    @property
-    def warehouse_file(self) -> Path:
-        return self.paths.warehouse
-
-    @property
-    def recordings_path(self) -> Path:
-        return self.paths.recordings
-
-    @property
-    def serving_path(self) -> Path:
-        return self.paths.serving

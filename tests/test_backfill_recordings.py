@@ -68,7 +68,7 @@ def run(env, *assets, config: dict | None = None, rest: LayercodeAPIResource | N
 
 
 def query(env, sql: str):
-    con = duckdb.connect(str(env["storage"].warehouse_file), read_only=True)
+    con = duckdb.connect(str(env["storage"].paths.warehouse), read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:
@@ -182,7 +182,7 @@ def test_401_fails_fast_without_leaking_the_key(env):
 
 
 def test_404_recorded_and_not_asked_again_until_requested(env):
-    data = env["storage"].landing_path / "dt=2026-11-21" / "hour=09"
+    data = env["storage"].paths.landing / "dt=2026-11-21" / "hour=09"
     data.mkdir(parents=True)
     body = json.dumps({"type": "session.start", "session_id": "sess_unknown", "turn_id": "t"}).encode()
     from datetime import UTC, datetime
@@ -237,7 +237,7 @@ def test_truncated_wav_rejected_and_retried(env):
 def test_hostile_session_id_never_reaches_the_file_system(env):
     from datetime import UTC, datetime
 
-    land = env["storage"].landing_path / "dt=2026-11-21" / "hour=09"
+    land = env["storage"].paths.landing / "dt=2026-11-21" / "hour=09"
     land.mkdir(parents=True)
     lines = b""
     for sid in ("../../../../tmp/evil", "sess_ok/../../x", ".."):

@@ -32,7 +32,7 @@ def materialize(storage: StorageResource) -> dict:
 
 
 def query(storage: StorageResource, sql: str):
-    con = duckdb.connect(str(storage.warehouse_file), read_only=True)
+    con = duckdb.connect(str(storage.paths.warehouse), read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:
@@ -56,7 +56,7 @@ def storage(tmp_path) -> StorageResource:
 
 def test_first_incremental_and_empty_runs(listener_factory, storage, tmp_path):
     acked = land_batch(listener_factory, tmp_path / "data", 15, seed=1, duplicate=0.3)
-    files_1 = len(list(storage.landing_path.rglob("*.jsonl")))
+    files_1 = len(list(storage.paths.landing.rglob("*.jsonl")))
     meta = materialize(storage)
     assert meta["new_files"] == files_1 > 3
     assert meta["rows_inserted"] == len(set(acked)) == meta["dagster/row_count"]
@@ -67,7 +67,7 @@ def test_first_incremental_and_empty_runs(listener_factory, storage, tmp_path):
 
     acked_2 = land_batch(listener_factory, tmp_path / "data", 5, seed=2)
     meta = materialize(storage)
-    assert meta["new_files"] == len(list(storage.landing_path.rglob("*.jsonl"))) - files_1
+    assert meta["new_files"] == len(list(storage.paths.landing.rglob("*.jsonl"))) - files_1
     assert meta["rows_inserted"] == len(set(acked_2))
     assert meta["dagster/row_count"] == len(set(acked)) + len(set(acked_2))
 
@@ -76,7 +76,7 @@ def test_first_incremental_and_empty_runs(listener_factory, storage, tmp_path):
 
     rows = query(storage, """select agent_id, event_type, session_id, conversation_id, turn_id, source, body,
                                     content_sha256, source_file from raw.layercode_events""")
-    landed = {e["content_sha256"]: e for e in landed_envelopes(storage.landing_path)}
+    landed = {e["content_sha256"]: e for e in landed_envelopes(storage.paths.landing)}
     for agent_id, event_type, session_id, conversation_id, turn_id, source, body, sha, source_file in rows:
         env = landed[sha]
         parsed = orjson.loads(env["body"])
@@ -107,7 +107,7 @@ END = {"type": "session.end", "session_id": "sess_a", "conversation_id": "conv_a
 
 
 def test_duplicates_by_hash_and_by_identity(storage):
-    land = storage.landing_path
+    land = storage.paths.landing
     redelivered = {**END, "duration": 1000}  # same identity, re-serialised with different spacing/keys below
     write_segment(land, "w1-000001.jsonl", [envelope(END), envelope({"type": "message", "session_id": "sess_a",
                                                                      "turn_id": "t1", "text": "hi"})])
@@ -125,7 +125,7 @@ def test_duplicates_by_hash_and_by_identity(storage):
 
 
 def test_corrupt_lines_are_rejected_and_the_rest_ingested(storage):
-    land = storage.landing_path
+    land = storage.paths.landing
     good = [envelope({**END, "session_id": f"sess_{i}"}) for i in range(4)]
     path = write_segment(land, "w1-000001.jsonl", [good[0], b'{"v": 1, "received_at": "2026\n', good[1],
                                                    envelope({**END, "session_id": "x"})[:-30] + b"\n",
@@ -143,7 +143,7 @@ def test_corrupt_lines_are_rejected_and_the_rest_ingested(storage):
 
 
 def test_unsealed_segment_waits_until_sealed(storage):
-    land = storage.landing_path
+    land = storage.paths.landing
     write_segment(land, "w1-000001.jsonl", [envelope(END)])
     open_path = write_segment(land, "w2-000001.jsonl.open", [envelope({**END, "session_id": "sess_open"})])
     fd = os.open(open_path, os.O_RDWR)
@@ -160,12 +160,12 @@ def test_unsealed_segment_waits_until_sealed(storage):
 
 def test_a_killed_run_leaves_no_duplicate_and_no_gap(listener_factory, storage, tmp_path):
     acked = land_batch(listener_factory, tmp_path / "data", 40, seed=3, duplicate=0.2)
-    n_files = len(list(storage.landing_path.rglob("*.jsonl")))
+    n_files = len(list(storage.paths.landing.rglob("*.jsonl")))
     script = (f"from pathlib import Path; from layercode_pipeline.lib.warehouse import open_warehouse; "
               f"from layercode_pipeline.lib.ingest import ingest_landing\n"
-              f"with open_warehouse(Path({str(storage.warehouse_file)!r})) as con:\n"
+              f"with open_warehouse(Path({str(storage.paths.warehouse)!r})) as con:\n"
               f"    while True:\n"
-              f"        r = ingest_landing(con, Path({str(storage.landing_path)!r}), batch_bytes=1, max_files=1)\n"
+              f"        r = ingest_landing(con, Path({str(storage.paths.landing)!r}), batch_bytes=1, max_files=1)\n"
               f"        print(r.files, flush=True)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     committed = 0
@@ -184,7 +184,7 @@ def test_a_killed_run_leaves_no_duplicate_and_no_gap(listener_factory, storage, 
 
 
 def test_landing_sensor_requests_runs_for_new_segments(storage):
-    land = storage.landing_path
+    land = storage.paths.landing
     ctx = dg.build_sensor_context(resources={"storage": storage})
     assert isinstance(landing_sensor(ctx), dg.SkipReason)
     write_segment(land, "w1-000001.jsonl", [envelope(END)])
@@ -218,15 +218,15 @@ def test_definitions_load():
 
 def test_parallel_writers_queue_instead_of_failing(storage):
     """A second pipeline writer (another run, the backfill CLI) waits for the first."""
-    storage.warehouse_file.parent.mkdir(parents=True, exist_ok=True)
+    storage.paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from layercode_pipeline.lib.warehouse import open_warehouse\n"
-        f"with open_warehouse(Path({str(storage.warehouse_file)!r})) as con:\n"
+        f"with open_warehouse(Path({str(storage.paths.warehouse)!r})) as con:\n"
         "    con.execute('create table if not exists raw.marker(x int)'); print('holding', flush=True); time.sleep(2)\n")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "holding"
     started = time.monotonic()
-    write_segment(storage.landing_path, "w1-000001.jsonl", [envelope(END)])
+    write_segment(storage.paths.landing, "w1-000001.jsonl", [envelope(END)])
     meta = materialize(storage)  # would fail with DuckDB's lock error without the writer lock
     waited = time.monotonic() - started
     holder.wait(30)

@@ -79,7 +79,7 @@ def test_sse_reply_for_session_start_and_message(served):
         expected = settings.welcome_message if event is START else settings.ack_message
         assert " ".join(e["content"] for e in events[:-1]) == expected
     stop()
-    landed = landed_envelopes(settings.landing_path)
+    landed = landed_envelopes(settings.paths.landing)
     assert [e["event_type"] for e in landed] == ["session.start", "message"]
 
 
@@ -95,7 +95,7 @@ def test_landed_bytes_equal_sent_bytes_for_every_type(served):
         assert r.status_code == 200, r.text
     assert post(url, bodies[0]).json() == {"status": "ok", "type": "session.end"}
     stop()
-    landed = landed_envelopes(settings.landing_path)
+    landed = landed_envelopes(settings.paths.landing)
     assert [e["body"].encode() for e in landed] == bodies + [bodies[0]]
     for e, body in zip(landed, bodies):
         assert e["content_sha256"] == hashlib.sha256(body).hexdigest()
@@ -135,8 +135,8 @@ def test_bad_signatures_get_401_and_nothing_lands(served, case, reason):
     assert r.status_code == 401
     assert r.json()["error"] == reason
     stop()
-    assert landed_envelopes(settings.landing_path) == []
-    assert not settings.quarantine_path.exists()
+    assert landed_envelopes(settings.paths.landing) == []
+    assert not settings.paths.quarantine.exists()
 
 
 def test_per_agent_route_with_rotated_secrets(served):
@@ -148,7 +148,7 @@ def test_per_agent_route_with_rotated_secrets(served):
     r = post(url, END, secret=SECRET, path="/agents/ag_unknown/webhook")
     assert r.status_code == 401 and r.json()["error"] == "unknown_agent"
     stop()
-    assert [e["agent_id"] for e in landed_envelopes(settings.landing_path)] == ["ag_sales", "ag_sales"]
+    assert [e["agent_id"] for e in landed_envelopes(settings.paths.landing)] == ["ag_sales", "ag_sales"]
 
 
 def test_invalid_json_is_quarantined_with_400(served):
@@ -157,10 +157,10 @@ def test_invalid_json_is_quarantined_with_400(served):
         r = post(url, bad)
         assert r.status_code == 400 and r.json()["error"] == "invalid_json"
     stop()
-    assert landed_envelopes(settings.landing_path) == []
-    kept = sorted(p.read_bytes() for p in settings.quarantine_path.rglob("*.body"))
+    assert landed_envelopes(settings.paths.landing) == []
+    kept = sorted(p.read_bytes() for p in settings.paths.quarantine.rglob("*.body"))
     assert kept == sorted([b'{"type": "session.end", "session_id": ', b"[1, 2, 3]", b'{"no_type": true}', b"\xff\xfe"])
-    metas = [json.loads(p.read_text()) for p in settings.quarantine_path.rglob("*.meta.json")]
+    metas = [json.loads(p.read_text()) for p in settings.paths.quarantine.rglob("*.meta.json")]
     assert all(m["reason"].startswith("invalid JSON") for m in metas)
 
 
@@ -170,7 +170,7 @@ def test_known_type_missing_required_field_is_kept_and_answered_422(served):
     assert r.status_code == 422
     assert "turn_id" in r.json()["detail"]
     stop()
-    (env,) = landed_envelopes(settings.landing_path)
+    (env,) = landed_envelopes(settings.paths.landing)
     assert env["event_type"] == "message" and "turn_id" in env["error"]
 
 
@@ -181,7 +181,7 @@ def test_odd_field_values_are_tolerated(served):
                           {"role": "user", "text": "ok", "timestamp": "2026-11-21T10:00:00.123Z"}]}
     assert post(url, odd).status_code == 200
     stop()
-    assert len(landed_envelopes(settings.landing_path)) == 1
+    assert len(landed_envelopes(settings.paths.landing)) == 1
 
 
 def test_oversized_bodies_get_413(served):
@@ -197,7 +197,7 @@ def test_oversized_bodies_get_413(served):
     r = httpx.post(url + "/webhook", content=chunks(), headers={"layercode-signature": sign(big, SECRET)})
     assert r.status_code == 413
     stop()
-    assert landed_envelopes(settings.landing_path) == []
+    assert landed_envelopes(settings.paths.landing) == []
 
 
 def test_failing_responder_sends_response_error_then_end(served):
@@ -213,7 +213,7 @@ def test_failing_responder_sends_response_error_then_end(served):
     assert [e["type"] for e in events] == ["response.tts", "response.error", "response.end"]
     assert "database is down" not in events[1]["error"]  # internals stay in our logs
     stop()
-    assert len(landed_envelopes(settings.landing_path)) == 1
+    assert len(landed_envelopes(settings.paths.landing)) == 1
 
 
 def test_async_responder_with_data(served):
@@ -237,11 +237,11 @@ def test_segments_rotate_by_size_and_are_sealed(served):
     url, settings, stop = served(segment_max_bytes=2000)
     for i in range(20):
         assert post(url, {**END, "session_id": f"sess_{i}"}).status_code == 200
-    seg_dir = next(settings.landing_path.glob("dt=*/hour=*"))
+    seg_dir = next(settings.paths.landing.glob("dt=*/hour=*"))
     assert len(list(seg_dir.glob("*.jsonl"))) > 3
     stop()
-    assert not list(settings.landing_path.rglob("*.open"))
-    assert sorted(orjson.loads(e["body"])["session_id"] for e in landed_envelopes(settings.landing_path)) == \
+    assert not list(settings.paths.landing.rglob("*.open"))
+    assert sorted(orjson.loads(e["body"])["session_id"] for e in landed_envelopes(settings.paths.landing)) == \
         sorted(f"sess_{i}" for i in range(20))
 
 
@@ -249,10 +249,10 @@ def test_segment_sealed_by_age_without_traffic(served):
     url, settings, stop = served(segment_max_age_s=0.3)
     assert post(url, END).status_code == 200
     deadline = time.monotonic() + 10
-    while not list(settings.landing_path.rglob("*.jsonl")):
+    while not list(settings.paths.landing.rglob("*.jsonl")):
         assert time.monotonic() < deadline, "segment was never sealed by age"
         time.sleep(0.05)
-    assert not list(settings.landing_path.rglob("*.open"))
+    assert not list(settings.paths.landing.rglob("*.open"))
     stop()
 
 

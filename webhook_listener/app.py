@@ -112,9 +112,9 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET or LAYERCODE_WEBHOOK_SECRETS "
             "(or pass --insecure-skip-verify for local experiments only)")
     respond = responder or load_responder(settings.responder)
-    lander = SegmentLander(settings.landing_path, max_bytes=settings.segment_max_bytes,
+    lander = SegmentLander(settings.paths.landing, max_bytes=settings.segment_max_bytes,
                            max_age_s=settings.segment_max_age_s)
-    quarantine_dir = settings.quarantine_path
+    quarantine_dir = settings.paths.quarantine
 
     def access_log(started: float, agent_id: str, event_type: str | None, session_id: str | None,
                    status: int, error: str | None = None) -> None:
@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
 
         if insecure_skip_verify:
             log.warning("SIGNATURE VERIFICATION IS DISABLED (--insecure-skip-verify): anyone can post events")
-        for seg in recover_orphan_segments(settings.landing_path):
+        for seg in recover_orphan_segments(settings.paths.landing):
             log.warning("sealed orphan segment %s (trimmed %d torn bytes)", seg.path, seg.trimmed_bytes)
         await lander.start()
         flusher = asyncio.create_task(_flush_logs_periodically())

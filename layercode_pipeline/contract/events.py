@@ -15,7 +15,6 @@ SESSION_START = "session.start"
 MESSAGE = "message"
 SESSION_END = "session.end"
 SESSION_UPDATE = "session.update"
-KNOWN_EVENT_TYPES = (SESSION_START, MESSAGE, SESSION_END, SESSION_UPDATE)
 SSE_EVENT_TYPES = (SESSION_START, MESSAGE)
 
 Timestamp = float | int | str | None
@@ -83,31 +82,15 @@ _MODELS: dict[str, type[_Event]] = {
 }
 
 
-class UnknownEvent(BaseModel):
-    """A type we do not know yet: kept and acknowledged, never rejected."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-
 _KNOWN_JSON = TypeAdapter(Annotated[WebhookEvent, Field(discriminator="type")])
 
 
 def parse_event_json(body: bytes, event_type: str) -> WebhookEvent | None:
     """Validate the raw body of a known type in one pass (the listener's hot path); None for
-    an unknown type. Raises `pydantic.ValidationError`."""
+    an unknown type, which is kept as it came. Raises `pydantic.ValidationError`."""
     if event_type not in _MODELS:
         return None
     return _KNOWN_JSON.validate_json(body)
-
-
-def parse_event(payload: dict[str, Any]) -> WebhookEvent | UnknownEvent:
-    """Validate a decoded body; raises `pydantic.ValidationError` for a known type that
-    lacks what it must have."""
-    model = _MODELS.get(payload.get("type"))  # type: ignore[arg-type]
-    if model is None:
-        return UnknownEvent.model_validate(payload)
-    return model.model_validate(payload)
 
 
 def validation_reason(exc: ValidationError) -> str:
@@ -176,22 +159,3 @@ class RestSession(BaseModel):
     transcript: list[RestExchange] = Field(default_factory=list)
     recording_status: str | None = None  # not_available / in_progress / completed
     recording_url: str | None = None
-
-
-# Recording states in one vocabulary (contract section 4).
-RECORDING_STATES = ("not_available", "in_progress", "completed", "failed", "disabled", "unknown")
-
-
-def normalise_recording_state(value: str | None) -> str:
-    """Map the webhook's and the REST API's vocabularies onto one."""
-    v = (value or "").strip().lower()
-    if v in ("completed", "failed", "in_progress", "not_available"):
-        return v
-    if v == "enabled":  # session.end: the org records; the file is not ready yet
-        return "in_progress"
-    if v == "disabled":
-        return "disabled"
-    return "unknown"
-
-
-RestSessionAdapter = TypeAdapter(RestSession)

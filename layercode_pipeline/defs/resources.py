@@ -4,7 +4,6 @@
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -39,26 +38,10 @@ class StorageResource(dg.ConfigurableResource):
         return DataPaths.derive(self.data_dir, landing=self.landing_dir, warehouse=self.warehouse_path,
                                 recordings=self.recordings_dir, serving=self.serving_dir)
 
-    @property
-    def landing_path(self) -> Path:
-        return self.paths.landing
-
-    @property
-    def warehouse_file(self) -> Path:
-        return self.paths.warehouse
-
-    @property
-    def recordings_path(self) -> Path:
-        return self.paths.recordings
-
-    @property
-    def serving_path(self) -> Path:
-        return self.paths.serving
-
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The warehouse for writing (waits for the single-writer lock)."""
-        with open_warehouse(self.warehouse_file) as con:
+        with open_warehouse(self.paths.warehouse) as con:
             yield con
 
 

@@ -9,7 +9,7 @@ manifest says. Duplicate deliveries collapse on `event_key`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -74,7 +74,6 @@ class IngestResult:
     duplicates: int = 0
     rejects: int = 0
     recovered_segments: int = 0
-    pending_files: list[str] = field(default_factory=list)
 
 
 def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> list[Path]:
@@ -246,7 +245,6 @@ def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_
     total.recovered_segments = len(recover_orphan_segments(landing_dir))
     files = pending_segments(con, landing_dir)
     if max_files is not None:
-        total.pending_files = [str(f) for f in files[max_files:]]
         files = files[:max_files]
     scratch = scratch_dir or landing_dir.parent / ".ingest-scratch"
     batch: list[Path] = []

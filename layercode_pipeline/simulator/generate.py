@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -98,7 +98,7 @@ class SimSession:
             "recording_status": "enabled" if self.recording_enabled else "disabled",
             "transcript": [{"role": t.role, "text": t.text,
                             "timestamp": int(self.started_at.timestamp() * 1000) + t.offset_ms}
-                           for t in self.all_turns()],
+                           for t in self.turns],
             "metadata": self.metadata,
         }
 
@@ -114,15 +114,11 @@ class SimSession:
             body["error_message"] = "recording processing failed"
         return body
 
-    def all_turns(self) -> list[Turn]:
-        """Welcome first, then the scripted turns."""
-        return self.turns
-
     # --- REST record (contract section 3) ----------------------------------------------
     def rest_record(self, recording_ready: bool) -> dict[str, Any]:
         exchanges: list[dict[str, Any]] = []
         pending_user: Turn | None = None
-        for t in self.all_turns():
+        for t in self.turns:
             if t.role == "user":
                 if pending_user is not None:  # two user turns in a row: an exchange with no answer
                     exchanges.append(self._exchange(pending_user, None))
@@ -169,7 +165,7 @@ class SimSession:
 
     # --- ground truth --------------------------------------------------------------------
     def truth(self) -> dict[str, Any]:
-        turns = self.all_turns()
+        turns = self.turns
         words = {r: sum(len(t.text.split()) for t in turns if t.role == r) for r in ("user", "assistant")}
         return {
             "session_id": self.session_id, "conversation_id": self.conversation_id, "agent_id": self.agent_id,
@@ -210,7 +206,7 @@ class SimBatch:
             c["sessions"] += 1
             c["ended_at"] = max(c["ended_at"], s.iso(s.ended_at))
             c["duration_ms"] += s.duration_ms
-            c["turns"] += len(s.all_turns())
+            c["turns"] += len(s.turns)
         return {"seed": self.seed,
                 "agents": [{"agent_id": a.agent_id, "records_sessions": a.records_sessions} for a in self.agents],
                 "sessions": sessions, "conversations": list(conversations.values())}
@@ -286,4 +282,4 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
     return batch
 
 
-__all__ = ["SimAgent", "SimBatch", "SimSession", "Turn", "generate_batch", "default_agents", "asdict"]
+__all__ = ["SimAgent", "SimBatch", "SimSession", "Turn", "generate_batch", "default_agents"]

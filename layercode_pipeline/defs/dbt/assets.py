@@ -44,7 +44,7 @@ def warehouse_env(path: Path) -> Iterator[None]:
 
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-with warehouse_env(Settings().warehouse_file):  # parsing needs a value, not the file
+with warehouse_env(Settings().paths.warehouse):  # parsing needs a value, not the file
     dbt_project.prepare_if_dev()
     if not dbt_project.manifest_path.exists():  # a fresh clone outside `dagster dev`: parse once
         dbt_project.preparer.prepare(dbt_project)
@@ -65,7 +65,7 @@ TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
 @dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, pool=WAREHOUSE_POOL,
             dagster_dbt_translator=TRANSLATOR)
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
-    warehouse = storage.warehouse_file
+    warehouse = storage.paths.warehouse
     with open_warehouse(warehouse):
         pass  # creates the raw and enrichment tables, so the models build before any data arrives
     with warehouse_lock(warehouse), warehouse_env(warehouse):

@@ -32,7 +32,7 @@ def _preview(con) -> dg.MetadataValue:
 def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     with storage.connect() as con:
         started = time.perf_counter()
-        result = ingest_landing(con, storage.landing_path)
+        result = ingest_landing(con, storage.paths.landing)
         seconds = time.perf_counter() - started
         total = con.execute("select count(*) from raw.layercode_events").fetchone()[0]
         rejects_total = con.execute("select count(*) from raw.layercode_rejects").fetchone()[0]
@@ -58,7 +58,7 @@ def newest_sealed_ctime(storage: StorageResource) -> tuple[int, int]:
     """(count, max ctime_ns) of sealed segments. The seal is a rename, which sets ctime, so
     a segment sealed late by a slow writer still looks new."""
     count, newest = 0, 0
-    for path in iter_sealed_segments(storage.landing_path):
+    for path in iter_sealed_segments(storage.paths.landing):
         count += 1
         newest = max(newest, os.stat(path).st_ctime_ns)
     return count, newest

@@ -24,7 +24,7 @@ RECORDINGS = dg.AssetKey("layercode_recordings")
 def layercode_recordings(context: dg.AssetExecutionContext, storage: StorageResource,
                          layercode_api: LayercodeAPIResource) -> dg.MaterializeResult:
     with storage.connect() as con:
-        downloads, rows, held = plan_recordings(con, storage.recordings_path)
+        downloads, rows, held = plan_recordings(con, storage.paths.recordings)
         if downloads and not layercode_api.configured:
             raise dg.Failure(f"{len(downloads)} recordings are ready but LAYERCODE_API_KEY is not set")
         if downloads:

@@ -18,9 +18,9 @@ MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", 
                 "the old one, so BI readers never block the pipeline and never see a half-written file.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
-    with warehouse_lock(storage.warehouse_file):
-        counts = publish_marts(storage.warehouse_file, storage.serving_path)
+    with warehouse_lock(storage.paths.warehouse):
+        counts = publish_marts(storage.paths.warehouse, storage.paths.serving)
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(storage.serving_path / "analytics.duckdb")),
+        "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
         "tables": dg.MetadataValue.json(counts),
     })
