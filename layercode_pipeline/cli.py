@@ -27,15 +27,12 @@ def _configure_logging(level: str) -> None:
 
 
 def configure_access_log(level: str) -> None:
-    """The listener's per-request JSON lines, buffered: a write per line cost a third of the
-    listener's throughput (measured with bench/listener_bench.py). Flushed every second, when
-    512 lines are waiting, on any warning, and at shutdown."""
-    from logging.handlers import MemoryHandler
-
+    """The listener's per-request JSON lines on stderr, one per line. The listener hands them
+    over in batches (see webhook_listener.access_log), so one write carries many lines."""
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("%(message)s"))
     access = logging.getLogger("webhook_listener.access")
-    access.handlers[:] = [MemoryHandler(capacity=512, flushLevel=logging.WARNING, target=stream, flushOnClose=True)]
+    access.handlers[:] = [stream]
     access.propagate = False
     access.setLevel(level.upper())
 
@@ -58,7 +55,7 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
     import uvicorn
 
     from layercode_pipeline.config import Settings
-    from webhook_listener.app import create_app
+    from webhook_listener.app import create_app, tune_gc_for_serving
 
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -74,8 +71,10 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
         uvicorn.run("webhook_listener.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     access_log=False, log_level=settings.log_level.lower(), log_config=None)
     else:
+        app = create_app(settings, insecure_skip_verify=insecure_skip_verify)
+        tune_gc_for_serving()
         # log_config=None: uvicorn's dictConfig would close the handlers configured above
-        uvicorn.run(create_app(settings, insecure_skip_verify=insecure_skip_verify), host=host, port=port,
+        uvicorn.run(app, host=host, port=port,
                     access_log=False, log_level=settings.log_level.lower(), log_config=None)
 
 
