@@ -69,13 +69,14 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
     if workers > 1:
         os.environ["LAYERCODE_INSECURE_SKIP_VERIFY"] = "1" if insecure_skip_verify else "0"
         uvicorn.run("webhook_listener.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    access_log=False, log_level=settings.log_level.lower(), log_config=None)
+                    access_log=False, server_header=False, log_level=settings.log_level.lower(), log_config=None)
     else:
         app = create_app(settings, insecure_skip_verify=insecure_skip_verify)
         tune_gc_for_serving()
         # log_config=None: uvicorn's dictConfig would close the handlers configured above
-        uvicorn.run(app, host=host, port=port,
-                    access_log=False, log_level=settings.log_level.lower(), log_config=None)
+        # server_header=False: no need to tell the internet which server answers
+        uvicorn.run(app, host=host, port=port, access_log=False, server_header=False,
+                    log_level=settings.log_level.lower(), log_config=None)
 
 
 @main.command()

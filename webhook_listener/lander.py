@@ -49,7 +49,11 @@ class SegmentLander:
         self.max_age_s = max_age_s
         self._seq = 0
         self._segment: _Segment | None = None
-        self._queue: asyncio.Queue[tuple[bytes, Path, asyncio.Future[None]]] = asyncio.Queue()
+        # A plain list and one wake-up future: asyncio.Queue's bookkeeping per item showed
+        # up in the listener's profile, and the writer always takes everything at once.
+        self._pending: list[tuple[bytes, Path, asyncio.Future[None]]] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.landed = 0
         self.groups = 0
@@ -62,12 +66,9 @@ class SegmentLander:
     async def close(self) -> None:
         """Finish queued work, then seal the open segment (graceful shutdown)."""
         if self._task is not None:
-            await self._queue.join()
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._closing = True
+            self._wake_writer()
+            await self._task
             self._task = None
         self._seal()
 
@@ -75,27 +76,37 @@ class SegmentLander:
     async def land(self, line: bytes, received_at: datetime) -> None:
         """Return once `line` is fsynced; raise OSError if it could not be written."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((line, partition_dir(self.landing_dir, received_at), fut))
+        self._pending.append((line, partition_dir(self.landing_dir, received_at), fut))
+        self._wake_writer()
         await fut
+
+    def _wake_writer(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     # --- the writer task --------------------------------------------------------------
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            if self._queue.empty() and self._segment is not None:
-                timeout = max(0.0, self._segment.opened_at + self.max_age_s - time.monotonic())
+            if not self._pending:
+                if self._closing:
+                    return
+                # Idle: sleep until a request arrives, or until the open segment is due to
+                # rotate by age (busy, age is checked on each write instead).
+                timeout = (None if self._segment is None
+                           else max(0.0, self._segment.opened_at + self.max_age_s - time.monotonic()))
+                self._wake = loop.create_future()
                 try:
-                    first = await asyncio.wait_for(self._queue.get(), timeout)
+                    await asyncio.wait_for(self._wake, timeout)
                 except TimeoutError:
-                    self._seal()  # rotate by age when idle
+                    self._seal()
                     continue
-            else:
-                first = await self._queue.get()  # busy: no timer per group (age is checked on write)
+                finally:
+                    self._wake = None
             # Let every handler that is already runnable reach land() before the group closes:
             # one loop turn makes groups several times larger at no cost in latency.
             await asyncio.sleep(0)
-            batch = [first]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch, self._pending = self._pending, []
             try:
                 # In a worker thread: the event loop keeps parsing requests (the next group)
                 # while this group's fdatasync waits on the disk.
@@ -108,7 +119,6 @@ class SegmentLander:
                         fut.set_result(None)
                     else:
                         fut.set_exception(err)
-                self._queue.task_done()
 
     def _write_group(self, batch: list[tuple[bytes, Path, asyncio.Future[None]]]) -> list[BaseException | None]:
         """Runs in a worker thread. Lines of one partition are written and synced together."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import time
@@ -24,8 +23,8 @@ class SignatureError(Exception):
 
 
 def compute_signature(body: bytes, secret: str, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return mac.hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, a few times cheaper than building an hmac.HMAC
+    return hmac.digest(secret.encode(), b"%d.%b" % (timestamp, body), "sha256").hex()
 
 
 def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
