@@ -5,7 +5,10 @@
 (a) DuckDB alone: read_ndjson_objects into a table (the engine's floor);
 (b) the raw_layercode_events asset's full ingest (dg.materialize);
 (c) an incremental run after adding 1% more events.
-Prints times, ratios and each step's peak RSS (each step runs in its own process).
+Each step runs in its own process. Segments are generated in a staging area; an ingest
+process first runs once with nothing new (Dagster's one-off start-up, printed apart), then
+the segments are renamed into the landing area as a listener seals them and the measured
+run starts. Prints times, ratios and each step's peak RSS.
 """
 
 from __future__ import annotations
@@ -26,28 +29,42 @@ from layercode_pipeline.contract.landing import build_envelope
 from layercode_pipeline.simulator import generate_batch
 
 STEP = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
-step, data, files = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+step, data, files = sys.argv[1], Path(sys.argv[2]), [Path(f) for f in sys.argv[3:]]
 t0 = time.perf_counter()
 if step == "floor":
     import duckdb
     con = duckdb.connect(str(data / "floor.duckdb"))
-    con.execute("create table t as select * from read_ndjson_objects(?)", [files])
+    con.execute("create table t as select * from read_ndjson_objects(?)", [[str(f) for f in files]])
     rows = con.execute("select count(*) from t").fetchone()[0]
     con.close()
+    out = {"seconds": time.perf_counter() - t0, "rows": rows}
 else:
     import dagster as dg
     from layercode_pipeline.defs.ingest.assets import raw_layercode_events
     from layercode_pipeline.defs.resources import StorageResource
-    r = dg.materialize([raw_layercode_events], resources={"storage": StorageResource(data_dir=str(data))},
-                       run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    storage = StorageResource(data_dir=str(data))
+    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # one instance for both runs, as a deployment has; in memory, so its sqlite is not measured
+    instance = dg.DagsterInstance.ephemeral()
+    imported = time.perf_counter()
+    dg.materialize([raw_layercode_events], resources={"storage": storage}, run_config=config,
+                   instance=instance)  # nothing new yet
+    warmed = time.perf_counter()
+    # the staged segments appear in the landing area the way a listener seals them: by rename
+    for f in files:
+        target = storage.paths.landing / f.relative_to(data / "staged")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(f, target)
+    t1 = time.perf_counter()
+    r = dg.materialize([raw_layercode_events], resources={"storage": storage}, run_config=config, instance=instance)
+    run = time.perf_counter() - t1
     mat = r.asset_materializations_for_node("raw_layercode_events")[0]
-    rows = mat.metadata["rows_inserted"].value
-    in_asset = mat.metadata["ingest_seconds"].value
-elapsed = time.perf_counter() - t0
-print(json.dumps({"seconds": elapsed, "rows": rows, "in_asset": in_asset if step != "floor" else elapsed,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    out = {"run": run, "rows": mat.metadata["rows_inserted"].value, "in_asset": mat.metadata["ingest_seconds"].value,
+           "imports": imported - t0, "first_run": warmed - imported}
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
 """
 
 
@@ -94,23 +111,29 @@ def main() -> None:
         for e in [s.session_start(), *s.messages(), s.session_end()] + ([s.session_update()] if s.session_update() else []):
             templates.append((e["type"], orjson.dumps(e), s.session_id))
     t0 = time.perf_counter()
-    files = write_segments(data / "landing", 0, args.events, args.per_file, templates, "w1")
+    files = write_segments(data / "staged", 0, args.events, args.per_file, templates, "w1")
     size = sum(f.stat().st_size for f in files)
     print(f"generated {args.events:,} events in {len(files)} segments, {size / 1e6:.0f} MB "
           f"({time.perf_counter() - t0:.1f} s)")
 
     a = run_step("floor", data, files)
     b = run_step("ingest", data, files)
-    more = write_segments(data / "landing", args.events, args.events // 100, args.per_file, templates, "w2")
+    more = write_segments(data / "staged", args.events, args.events // 100, args.per_file, templates, "w2")
     c = run_step("ingest", data, more)
-    print("step                                     process wall   in asset      rows   peak RSS")
-    print(f"(a) DuckDB read_ndjson_objects -> table : {a['seconds']:9.2f} s {'':>10} {a['rows']:>9,} {a['peak_rss_mb']:7.0f} MB")
-    print(f"(b) raw_layercode_events full ingest    : {b['seconds']:9.2f} s {b['in_asset']:8.2f} s {b['rows']:>9,} {b['peak_rss_mb']:7.0f} MB")
-    print(f"(c) incremental run, +1% events         : {c['seconds']:9.2f} s {c['in_asset']:8.2f} s {c['rows']:>9,} {c['peak_rss_mb']:7.0f} MB")
-    print(f"ratio (b)/(a): {b['seconds'] / a['seconds']:.2f}x with the Dagster run around it, "
-          f"{b['in_asset'] / a['seconds']:.2f}x for the ingest itself (target <= 1.5x)")
-    print(f"(c)/(b): {100 * c['seconds'] / b['seconds']:.1f}% with the Dagster run, "
-          f"{100 * c['in_asset'] / b['in_asset']:.1f}% for the ingest itself (target <= 5%)")
+    print("step                                      Dagster run   in asset      rows   peak RSS")
+    print(f"(a) DuckDB read_ndjson_objects -> table : {a['seconds']:9.2f} s {a['seconds']:8.2f} s "
+          f"{a['rows']:>9,} {a['peak_rss_mb']:7.0f} MB")
+    for label, r in (("(b) raw_layercode_events full ingest    ", b), ("(c) incremental run, +1% events         ", c)):
+        print(f"{label}: {r['run']:9.2f} s {r['in_asset']:8.2f} s {r['rows']:>9,} {r['peak_rss_mb']:7.0f} MB")
+    fixed = c["imports"] + c["first_run"]
+    print(f"Dagster run = the dg.materialize call (in-process executor, in-memory instance) in a process that "
+          f"has run once; in asset = the asset's own "
+          f"timing. A fresh process first pays a fixed {fixed:.2f} s (imports {c['imports']:.2f} s, first "
+          f"run with nothing new {c['first_run']:.2f} s) whatever the data.")
+    print(f"(b)/(a): Dagster run {b['run'] / a['seconds']:.2f}x, in asset {b['in_asset'] / a['seconds']:.2f}x, "
+          f"fresh process {(b['run'] + fixed) / a['seconds']:.2f}x (target <= 1.5x)")
+    print(f"(c)/(b): Dagster run {100 * c['run'] / b['run']:.1f}%, in asset {100 * c['in_asset'] / b['in_asset']:.1f}%, "
+          f"fresh process {100 * (c['run'] + fixed) / (b['run'] + fixed):.1f}% (target <= 5%)")
     print(f"peak RSS of the ingest processes: {max(b['peak_rss_mb'], c['peak_rss_mb']):.0f} MB (target <= 1536 MB)")
 
 

@@ -124,6 +124,26 @@ def test_duplicates_by_hash_and_by_identity(storage):
         .startswith("2026-11-21 10:00:00")
 
 
+def test_warehouse_from_before_event_key_md5_is_migrated_and_still_dedupes(storage):
+    """A warehouse written before raw.layercode_events.event_key_md5 existed: the column is
+    added and filled when the warehouse is opened, and redeliveries of its old rows are still
+    recognised."""
+    land = storage.paths.landing
+    message = {"type": "message", "session_id": "sess_a", "turn_id": "t1", "text": "hi"}
+    write_segment(land, "w1-000001.jsonl", [envelope(END), envelope(message)])
+    assert materialize(storage)["rows_inserted"] == 2
+    con = duckdb.connect(str(storage.paths.warehouse))
+    con.execute("alter table raw.layercode_events drop column event_key_md5")
+    con.close()
+
+    write_segment(land, "w2-000001.jsonl", [envelope(END, "2026-11-21T10:00:09.000000+00:00"),
+                                            envelope({**message, "turn_id": "t2"})])
+    meta = materialize(storage)
+    assert (meta["rows_inserted"], meta["duplicates_dropped"], meta["dagster/row_count"]) == (1, 1, 3)
+    assert query(storage, "select count(*) from raw.layercode_events where event_key_md5 = md5_number(event_key)") \
+        == [(3,)]
+
+
 def test_corrupt_lines_are_rejected_and_the_rest_ingested(storage):
     land = storage.paths.landing
     good = [envelope({**END, "session_id": f"sess_{i}"}) for i in range(4)]

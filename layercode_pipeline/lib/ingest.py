@@ -50,18 +50,21 @@ PARSE_SQL = """
                    f[6] as validation_error, f[7] as writer_id, ids is not null as body_ok,
                    ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status
             from ids
+        ), keyed as (
+            select * exclude (line, line_ok, body_ok),
+                   case
+                       when not line_ok then 'line is not valid JSON'
+                       when received_at is null then 'envelope has no valid received_at'
+                       when event_type is null or content_sha256 is null then 'envelope lacks event_type or content_sha256'
+                       when not body_ok then 'body is not valid JSON'
+                   end as reject_reason,
+                   case when not line_ok or received_at is null or event_type is null or content_sha256 is null
+                             or not body_ok then line end as bad_line,
+                   {event_key} as event_key
+            from typed
         )
-        select * exclude (line, line_ok, body_ok),
-               case
-                   when not line_ok then 'line is not valid JSON'
-                   when received_at is null then 'envelope has no valid received_at'
-                   when event_type is null or content_sha256 is null then 'envelope lacks event_type or content_sha256'
-                   when not body_ok then 'body is not valid JSON'
-               end as reject_reason,
-               case when not line_ok or received_at is null or event_type is null or content_sha256 is null
-                         or not body_ok then line end as bad_line,
-               {event_key} as event_key
-        from typed
+        -- the 16-byte hash redeliveries are matched on (see raw.layercode_events.event_key_md5)
+        select *, md5_number(event_key) as event_key_md5 from keyed
 """
 
 
@@ -166,29 +169,34 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     con.execute("begin transaction")
     try:
         # Deduplicate without sorting the batch: only keys seen twice (in the batch) need a
-        # window; a key already in the table is a redelivery of an ingested event.
+        # window. Then one anti-join against the table drops redeliveries of ingested events:
+        # DuckDB builds its hash table on the batch's side and streams the 16-byte key hashes
+        # of the history once.
         con.execute("""
             create or replace temp table _dup as
             select event_key from _parsed where reject_reason is null group by 1 having count(*) > 1
         """)
         con.execute("""
             create or replace temp table _chosen as
-            select rowid as id from _parsed p
-            where reject_reason is null
-              and event_key not in (select event_key from _dup)
-              and not exists (select 1 from raw.layercode_events e where e.event_key = p.event_key)
-            union all
-            select id from (
-                select rowid as id, event_key, received_at, source_file from _parsed
-                where reject_reason is null and event_key in (select event_key from _dup)
-                qualify row_number() over (partition by event_key order by received_at, source_file) = 1
-            ) d
-            where not exists (select 1 from raw.layercode_events e where e.event_key = d.event_key)
+            with candidates as (
+                select rowid as id, event_key_md5 from _parsed
+                where reject_reason is null and event_key not in (select event_key from _dup)
+                union all
+                select id, event_key_md5 from (
+                    select rowid as id, event_key, event_key_md5, received_at, source_file from _parsed
+                    where reject_reason is null and event_key in (select event_key from _dup)
+                    qualify row_number() over (partition by event_key order by received_at, source_file) = 1
+                ) d
+            )
+            select id from candidates c
+            where not exists (select 1 from raw.layercode_events e where e.event_key_md5 = c.event_key_md5)
         """)
         con.execute("""
-            insert into raw.layercode_events
+            insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
+                   session_id, conversation_id, turn_id, body, validation_error, writer_id, source, source_file,
+                   ingested_at, event_key_md5)
             select event_key, received_at, agent_id, event_type, content_sha256, session_id, conversation_id,
-                   turn_id, body, validation_error, writer_id, 'webhook', source_file, now()
+                   turn_id, body, validation_error, writer_id, 'webhook', source_file, now(), event_key_md5
             from _parsed where rowid in (select id from _chosen)
         """)
         con.execute("create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)")

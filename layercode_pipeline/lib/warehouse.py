@@ -27,13 +27,18 @@ create table if not exists raw.layercode_events (
     session_id       varchar,
     conversation_id  varchar,
     turn_id          varchar,
-    body             varchar not null,   -- the exact raw body Layercode sent: JSON text, checked at ingest
-                                         -- (a VARCHAR: a JSON column would parse every body once more)
+    -- the exact raw body Layercode sent: JSON text, checked at ingest (a VARCHAR: a JSON column
+    -- would parse every body once more). ZSTD: most of the table's bytes; DuckDB's default
+    -- string analysis (dictionary/FSST) took 2.7x as long to write it (bench/ingest_bench.py).
+    body             varchar not null using compression zstd,
     validation_error varchar,            -- set when the listener kept a malformed known type
     writer_id        varchar,
     source           varchar not null,   -- 'webhook'
     source_file      varchar not null,
-    ingested_at      timestamptz not null
+    ingested_at      timestamptz not null,
+    -- md5_number(event_key): redeliveries of ingested events are found by this 16-byte column,
+    -- a scan about 6x cheaper per million events of history than comparing the key strings
+    event_key_md5    uhugeint not null
 );
 create table if not exists raw.layercode_rejects (
     source_file  varchar not null,
@@ -105,6 +110,12 @@ create table if not exists enrichment.session_enrichments (
 
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(RAW_DDL)
+    # Warehouses created before event_key_md5 existed: add it and fill it once.
+    has_md5 = con.execute("""select count(*) from information_schema.columns where table_schema = 'raw'
+                             and table_name = 'layercode_events' and column_name = 'event_key_md5'""").fetchone()[0]
+    if not has_md5:
+        con.execute("alter table raw.layercode_events add column event_key_md5 uhugeint")
+        con.execute("update raw.layercode_events set event_key_md5 = md5_number(event_key)")
 
 
 @contextlib.contextmanager
