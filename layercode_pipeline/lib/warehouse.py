@@ -111,9 +111,10 @@ create table if not exists enrichment.session_enrichments (
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(RAW_DDL)
     # Warehouses created before event_key_md5 existed: add it and fill it once.
-    has_md5 = con.execute("""select count(*) from information_schema.columns where table_schema = 'raw'
-                             and table_name = 'layercode_events' and column_name = 'event_key_md5'""").fetchone()[0]
-    if not has_md5:
+    # (A bind check, not information_schema: that query cost more than the rest of the set-up.)
+    try:
+        con.execute("select event_key_md5 from raw.layercode_events limit 0")
+    except duckdb.BinderException:
         con.execute("alter table raw.layercode_events add column event_key_md5 uhugeint")
         con.execute("update raw.layercode_events set event_key_md5 = md5_number(event_key)")
 
