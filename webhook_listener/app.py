@@ -253,7 +253,9 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
 
     async def healthz(request: Request) -> Response:
         return Response(orjson.dumps({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed,
-                                      "fsync_groups": lander.groups}), media_type="application/json")
+                                      "fsync_groups": lander.groups, "fsync_groups_in_thread": lander.threaded_groups,
+                                      "fsync_ms_avg": round(lander.sync_seconds_avg * 1000, 3)}),
+                        media_type="application/json")
 
     async def flush_access_log_periodically(every_s: float = 1.0) -> None:
         while True:

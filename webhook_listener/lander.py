@@ -42,7 +42,7 @@ class _Segment:
 
 class SegmentLander:
     def __init__(self, landing_dir: Path, *, writer_id: str | None = None,
-                 max_bytes: int = 64 * 1024 * 1024, max_age_s: float = 60.0):
+                 max_bytes: int = 64 * 1024 * 1024, max_age_s: float = 60.0, inline_sync_below_s: float = 0.002):
         self.landing_dir = landing_dir
         self.writer_id = writer_id or new_writer_id()
         self.max_bytes = max_bytes
@@ -55,8 +55,16 @@ class SegmentLander:
         self._wake: asyncio.Future[None] | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        # Where a group's write+fdatasync runs. A worker thread lets the loop parse the next
+        # group meanwhile, but each hand-off contends for the GIL with the busy loop: on a disk
+        # that syncs in ~0.3 ms that cost the listener a fifth of its throughput
+        # (bench/listener_bench.py), more than the sync itself. So groups are synced on the loop
+        # while a sync takes less than `inline_sync_below_s` on average, in the thread otherwise.
+        self.inline_sync_below_s = inline_sync_below_s
+        self.sync_seconds_avg = 0.0  # exponentially weighted, over recent groups
         self.landed = 0
         self.groups = 0
+        self.threaded_groups = 0
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,9 +116,11 @@ class SegmentLander:
             await asyncio.sleep(0)
             batch, self._pending = self._pending, []
             try:
-                # In a worker thread: the event loop keeps parsing requests (the next group)
-                # while this group's fdatasync waits on the disk.
-                errors = await asyncio.to_thread(self._write_group, batch)
+                if self.sync_seconds_avg < self.inline_sync_below_s:
+                    errors = self._write_group(batch)
+                else:
+                    self.threaded_groups += 1
+                    errors = await asyncio.to_thread(self._write_group, batch)
             except BaseException as exc:  # never leave a request hanging
                 errors = [exc] * len(batch)
             for (_, _, fut), err in zip(batch, errors, strict=True):
@@ -121,7 +131,8 @@ class SegmentLander:
                         fut.set_exception(err)
 
     def _write_group(self, batch: list[tuple[bytes, Path, asyncio.Future[None]]]) -> list[BaseException | None]:
-        """Runs in a worker thread. Lines of one partition are written and synced together."""
+        """Lines of one partition are written and synced together (on the loop or in a thread)."""
+        started = time.perf_counter()
         errors: list[BaseException | None] = [None] * len(batch)
         i = 0
         while i < len(batch):
@@ -137,6 +148,7 @@ class SegmentLander:
                     errors[k] = exc
             i = j
         self.groups += 1
+        self.sync_seconds_avg = 0.8 * self.sync_seconds_avg + 0.2 * (time.perf_counter() - started)
         return errors
 
     def _append(self, partition: Path, data: bytes) -> None:
