@@ -55,6 +55,7 @@ class SegmentLander:
         self._wake: asyncio.Future[None] | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Where a group's write+fdatasync runs. A worker thread lets the loop parse the next
         # group meanwhile, but each hand-off contends for the GIL with the busy loop: on a disk
         # that syncs in ~0.3 ms that cost the listener a fifth of its throughput
@@ -69,6 +70,8 @@ class SegmentLander:
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         self.landing_dir.mkdir(parents=True, exist_ok=True)
+        # Kept: asyncio.get_running_loop() makes a getpid() system call on every request.
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="segment-lander")
 
     async def close(self) -> None:
@@ -83,7 +86,7 @@ class SegmentLander:
     # --- the request side -------------------------------------------------------------
     async def land(self, line: bytes, received_at: datetime) -> None:
         """Return once `line` is fsynced; raise OSError if it could not be written."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
         self._pending.append((line, partition_dir(self.landing_dir, received_at), fut))
         self._wake_writer()
         await fut
