@@ -219,6 +219,56 @@ def test_landing_sensor_requests_runs_for_new_segments(storage):
     assert result2.run_requests[0].run_key != result.run_requests[0].run_key
 
 
+def age(directory: Path, seconds: float = 60) -> None:
+    """Stand-in for time passing: the partition directory was last changed `seconds` ago."""
+    old = time.time_ns() - int(seconds * 1e9)
+    os.utime(directory, ns=(old, old))
+
+
+def test_fully_ingested_partitions_are_not_listed_again_until_they_change(storage):
+    land = storage.paths.landing
+    a = write_segment(land, "w1-000001.jsonl", [envelope(END)]).parent
+    b_dir = land / "dt=2026-11-21" / "hour=11"
+    b_dir.mkdir(parents=True)
+    (b_dir / "w1-000001.jsonl").write_bytes(envelope({**END, "session_id": "sess_b"}))
+    age(a), age(b_dir)
+    meta = materialize(storage)
+    assert (meta["partitions_listed"], meta["rows_inserted"]) == (2, 2)
+    assert materialize(storage)["partitions_listed"] == 0
+
+    # a segment sealed late into an old partition by a slow (live: it holds the lock) writer
+    late = a / "w9-000001.jsonl.open"
+    late.write_bytes(envelope({**END, "session_id": "sess_late"}))
+    with open(late, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        age(a)
+        meta = materialize(storage)
+        assert (meta["partitions_listed"], meta["rows_inserted"]) == (1, 0)
+        age(a)
+        assert materialize(storage)["partitions_listed"] == 1  # an open segment keeps it listed
+        os.rename(late, a / "w9-000001.jsonl")
+    meta = materialize(storage)
+    assert (meta["partitions_listed"], meta["rows_inserted"]) == (1, 1)
+    # changed moments ago: listed once more, in case another change shares its timestamp
+    assert materialize(storage)["partitions_listed"] == 1
+    age(a)
+    meta = materialize(storage)
+    assert (meta["partitions_listed"], meta["rows_inserted"], meta["dagster/row_count"]) == (1, 0, 3)
+    assert materialize(storage)["partitions_listed"] == 0
+
+
+def test_landing_sensor_sees_a_late_seal_in_an_old_partition(storage):
+    land = storage.paths.landing
+    part = write_segment(land, "w1-000001.jsonl", [envelope(END)]).parent
+    result = landing_sensor(dg.build_sensor_context(resources={"storage": storage}))
+    age(part, 3600)
+    (part / "w2-000001.jsonl.open").write_bytes(envelope({**END, "session_id": "sess_late"}))
+    ctx = dg.build_sensor_context(resources={"storage": storage}, cursor=result.cursor)
+    assert isinstance(landing_sensor(ctx), dg.SkipReason)  # still open: nothing to ingest yet
+    os.rename(part / "w2-000001.jsonl.open", part / "w2-000001.jsonl")
+    assert len(landing_sensor(ctx).run_requests) == 1
+
+
 def test_definitions_load():
     from layercode_pipeline.definitions import defs
 

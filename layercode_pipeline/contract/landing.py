@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,15 +88,26 @@ def seal_path(open_path: Path) -> Path:
     return open_path.with_name(open_path.name[: -len(".open")])
 
 
-def iter_sealed_segments(landing_dir: Path) -> Iterator[Path]:
-    """Sealed segments in path order (date, hour, writer, sequence)."""
+def partition_dirs(landing_dir: Path) -> list[Path]:
+    """Every `dt=*/hour=*` directory, in date and hour order."""
     if not landing_dir.exists():
-        return
-    for dt_dir in sorted(p for p in landing_dir.iterdir() if p.name.startswith("dt=")):
-        for hour_dir in sorted(p for p in dt_dir.iterdir() if p.name.startswith("hour=")):
-            for entry in sorted(os.scandir(hour_dir), key=lambda e: e.name):
-                if entry.name.endswith(SEALED_SUFFIX) and entry.is_file():
-                    yield Path(entry.path)
+        return []
+    return [hour_dir
+            for dt_dir in sorted(p for p in landing_dir.iterdir() if p.name.startswith("dt="))
+            for hour_dir in sorted(p for p in dt_dir.iterdir() if p.name.startswith("hour="))]
+
+
+def iter_sealed_segments(landing_dir: Path, partitions: Iterable[Path] | None = None) -> Iterator[Path]:
+    """Sealed segments in path order (date, hour, writer, sequence), of every partition or
+    of the given ones."""
+    for hour_dir in partition_dirs(landing_dir) if partitions is None else partitions:
+        try:
+            entries = sorted(os.scandir(hour_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(SEALED_SUFFIX) and entry.is_file():
+                yield Path(entry.path)
 
 
 @dataclass
@@ -105,12 +116,12 @@ class RecoveredSegment:
     trimmed_bytes: int
 
 
-def recover_orphan_segments(landing_dir: Path) -> list[RecoveredSegment]:
-    """Seal `.open` segments whose writer is gone (no one holds their lock)."""
+def recover_orphan_segments(landing_dir: Path, partitions: Iterable[Path] | None = None) -> list[RecoveredSegment]:
+    """Seal `.open` segments whose writer is gone (no one holds their lock), in every
+    partition or in the given ones."""
     recovered: list[RecoveredSegment] = []
-    if not landing_dir.exists():
-        return recovered
-    for open_path in sorted(landing_dir.glob(f"dt=*/hour=*/*{OPEN_SUFFIX}")):
+    for open_path in sorted(p for hour_dir in (partition_dirs(landing_dir) if partitions is None else partitions)
+                            for p in hour_dir.glob(f"*{OPEN_SUFFIX}")):
         try:
             fd = os.open(open_path, os.O_RDWR)
         except FileNotFoundError:  # sealed by its writer meanwhile

@@ -9,13 +9,19 @@ manifest says. Duplicate deliveries collapse on `event_key`.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import orjson
 
-from layercode_pipeline.contract.landing import iter_sealed_segments, recover_orphan_segments
+from layercode_pipeline.contract.landing import (
+    OPEN_SUFFIX,
+    iter_sealed_segments,
+    partition_dirs,
+    recover_orphan_segments,
+)
 
 # The identity of an event: a redelivery of the same event has the same key even when its
 # bytes differ (Layercode may re-serialise); unknown types fall back to the content hash.
@@ -77,11 +83,58 @@ class IngestResult:
     duplicates: int = 0
     rejects: int = 0
     recovered_segments: int = 0
+    partitions_listed: int = 0
 
 
-def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> list[Path]:
-    done = {row[0] for row in con.execute("select path from raw.layercode_ingested_files").fetchall()}
-    return [p for p in iter_sealed_segments(landing_dir) if str(p) not in done]
+# A partition is remembered as clean only if its directory has not changed for this long
+# before the run started: a change within the same timestamp tick as the previous one
+# could otherwise leave the mtime as it was.
+CLEAN_SETTLE_NS = 2_000_000_000
+
+
+def dirty_partitions(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> list[Path]:
+    """Partitions not known to be fully ingested at their current mtime (one stat each)."""
+    clean = dict(con.execute("select partition, mtime_ns from raw.layercode_clean_partitions").fetchall())
+    dirty = []
+    for hour_dir in partition_dirs(landing_dir):
+        try:
+            if clean.get(str(hour_dir)) != hour_dir.stat().st_mtime_ns:
+                dirty.append(hour_dir)
+        except FileNotFoundError:
+            continue
+    return dirty
+
+
+def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path,
+                     partitions: list[Path] | None = None) -> list[Path]:
+    """Sealed segments (of every partition, or of `partitions`) not yet in the manifest."""
+    sealed = list(iter_sealed_segments(landing_dir, partitions))
+    if not sealed:
+        return []
+    done = {row[0] for row in con.execute(
+        "select path from raw.layercode_ingested_files where path in (select unnest(?::varchar[]))",
+        [[str(p) for p in sealed]]).fetchall()}
+    return [p for p in sealed if str(p) not in done]
+
+
+def remember_clean_partitions(con: duckdb.DuckDBPyConnection, partitions: list[Path], scan_started_ns: int) -> int:
+    """After a run's commits: partitions listed in this run, with nothing left to ingest, no
+    segment still open and no change since well before the run started, are skipped until
+    their directory changes."""
+    rows = []
+    for hour_dir in partitions:
+        try:
+            mtime_ns = hour_dir.stat().st_mtime_ns
+            if mtime_ns >= scan_started_ns - CLEAN_SETTLE_NS:
+                continue  # changed lately: list it again next run
+            if any(name.endswith(OPEN_SUFFIX) for name in os.listdir(hour_dir)):
+                continue  # a live writer may still seal a segment here
+        except FileNotFoundError:
+            continue
+        rows.append((str(hour_dir), mtime_ns))
+    if rows:
+        con.executemany("insert or replace into raw.layercode_clean_partitions values (?, ?, now())", rows)
+    return len(rows)
 
 
 def _read_lines_sql(files: list[str]) -> str:
@@ -250,8 +303,12 @@ def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_b
 def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int,
                     scratch_dir: Path | None, max_files: int | None) -> IngestResult:
     total = IngestResult()
-    total.recovered_segments = len(recover_orphan_segments(landing_dir))
-    files = pending_segments(con, landing_dir)
+    scan_started_ns = time.time_ns()
+    dirty = dirty_partitions(con, landing_dir)
+    total.partitions_listed = len(dirty)
+    total.recovered_segments = len(recover_orphan_segments(landing_dir, dirty))
+    files = pending_segments(con, landing_dir, dirty)
+    left_for_later = files[max_files:] if max_files is not None else []
     if max_files is not None:
         files = files[:max_files]
     scratch = scratch_dir or landing_dir.parent / ".ingest-scratch"
@@ -272,6 +329,8 @@ def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_
             flush()
     if batch:
         flush()
+    unfinished = {f.parent for f in left_for_later}
+    remember_clean_partitions(con, [p for p in dirty if p not in unfinished], scan_started_ns)
     if scratch.exists():
         for leftover in scratch.glob("*.clean"):
             os.unlink(leftover)

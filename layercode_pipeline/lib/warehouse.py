@@ -56,6 +56,14 @@ create table if not exists raw.layercode_ingested_files (
     rejects     bigint not null,
     ingested_at timestamptz not null
 );
+-- Landing partitions whose every sealed segment is ingested, as of the directory's mtime
+-- (any file created, sealed or removed in it changes that): later runs do not list them
+-- again, so a run's cost follows the new data, not the number of partitions in history.
+create table if not exists raw.layercode_clean_partitions (
+    partition   varchar primary key,
+    mtime_ns    bigint not null,
+    checked_at  timestamptz not null
+);
 create table if not exists raw.layercode_session_details (
     agent_id     varchar not null,
     session_id   varchar not null,

@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from layercode_pipeline.contract.landing import iter_sealed_segments
+from layercode_pipeline.contract.landing import iter_sealed_segments, partition_dirs
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.ingest import ingest_landing
 
@@ -48,17 +48,30 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
         "duplicates_dropped": result.duplicates,
         "rejects": result.rejects,
         "orphan_segments_sealed": result.recovered_segments,
+        "partitions_listed": result.partitions_listed,
         "dagster/row_count": total,
         "rejects_total": rejects_total,
         "preview": preview,
     })
 
 
-def newest_sealed_ctime(storage: StorageResource) -> tuple[int, int]:
-    """(count, max ctime_ns) of sealed segments. The seal is a rename, which sets ctime, so
-    a segment sealed late by a slow writer still looks new."""
-    count, newest = 0, 0
-    for path in iter_sealed_segments(storage.paths.landing):
-        count += 1
-        newest = max(newest, os.stat(path).st_ctime_ns)
-    return count, newest
+def newest_sealed_ctime(storage: StorageResource, since_ns: int = 0) -> int:
+    """The newest ctime of a sealed segment, looking only in partitions changed since
+    `since_ns`; `since_ns` if none is newer. The seal is a rename, which sets the segment's
+    ctime and its directory's mtime together, so a segment sealed late (by a slow writer or
+    by orphan recovery) still looks new, and a directory untouched since `since_ns` cannot
+    hold one: a tick costs one stat per partition plus a listing of the changed ones."""
+    changed = []
+    for hour_dir in partition_dirs(storage.paths.landing):
+        try:
+            if hour_dir.stat().st_mtime_ns >= since_ns:
+                changed.append(hour_dir)
+        except FileNotFoundError:
+            continue
+    newest = since_ns
+    for path in iter_sealed_segments(storage.paths.landing, changed):
+        try:
+            newest = max(newest, os.stat(path).st_ctime_ns)
+        except FileNotFoundError:
+            continue
+    return newest

@@ -20,8 +20,8 @@ ingest_job = dg.define_asset_job(
            description="Requests an ingest run when a landing segment was sealed since the last request. "
                        "The cursor is the newest seal time seen, not a run key per file.")
 def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult | dg.SkipReason:
-    count, newest = newest_sealed_ctime(storage)
     last = int(context.cursor) if context.cursor else 0
+    newest = newest_sealed_ctime(storage, since_ns=last)
     if newest <= last:
-        return dg.SkipReason(f"no segment sealed since the last request ({count} sealed in total)")
+        return dg.SkipReason("no segment sealed since the last request")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"landing-{newest}")], cursor=str(newest))
