@@ -54,9 +54,13 @@ def seed_warehouse(path: Path, n: int) -> None:
         body["transcript"][-1]["text"] += f" (ref {i})"  # distinct: the cache is content-addressed
         raw = orjson.dumps(body)
         rows.append((f"k{i}", datetime.now(UTC), s.agent_id, "session.end", hashlib.sha256(raw).hexdigest(),
-                     s.session_id, s.conversation_id, None, raw.decode(), None, "bench", "webhook", "bench", datetime.now(UTC)))
+                     s.session_id, s.conversation_id, None, raw.decode(), None, "bench", "webhook", "bench", datetime.now(UTC),
+                     f"k{i}"))
     with open_warehouse(path) as con:
-        con.executemany("insert into raw.layercode_events values (?, ?, ?, ?, ?, ?, ?, ?, ?::json, ?, ?, ?, ?, ?)", rows)
+        con.executemany("""insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
+                               session_id, conversation_id, turn_id, body, validation_error, writer_id, source,
+                               source_file, ingested_at, event_key_md5)
+                           values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, md5_number(?))""", rows)
 
 
 async def run(base: str, path: Path, concurrency: int):

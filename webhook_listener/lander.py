@@ -97,7 +97,7 @@ class SegmentLander:
 
     # --- the writer task --------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         while True:
             if not self._pending:
                 if self._closing:
