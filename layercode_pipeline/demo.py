@@ -65,10 +65,11 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
         if stage == "backfill":
             run_config["ops"] = {"layercode_session_details": {"config": {"grace_minutes": grace_minutes}}}
-        # dagster-dbt echoes every dbt log line to stdout (Dagster keeps them in the run's logs);
-        # on a terminal the progress lines say enough, unless the stage fails.
+        # dagster-dbt echoes every dbt log line to stdout (Dagster keeps them in the run's logs),
+        # in the dbt stage and in the ingest stage too (the dbt source tests are checks on the
+        # raw assets); on a terminal the progress lines say enough, unless the stage fails.
         captured = io.StringIO()
-        with contextlib.redirect_stdout(captured) if quiet_dbt and stage == "dbt" else contextlib.nullcontext():
+        with contextlib.redirect_stdout(captured) if quiet_dbt else contextlib.nullcontext():
             result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
                                     run_config=run_config, raise_on_error=False)
         if not result.success:
