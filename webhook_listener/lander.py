@@ -97,7 +97,7 @@ class SegmentLander:
 
     # --- the writer task --------------------------------------------------------------
     async def _run(self) -> None:
-        loop = self._loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()  # once per writer task, not per request
         while True:
             if not self._pending:
                 if self._closing:

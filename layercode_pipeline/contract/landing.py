@@ -97,6 +97,16 @@ def partition_dirs(landing_dir: Path) -> list[Path]:
             for hour_dir in sorted(p for p in dt_dir.iterdir() if p.name.startswith("hour="))]
 
 
+def partition_mtimes(landing_dir: Path) -> Iterator[tuple[Path, int]]:
+    """(directory, mtime_ns) of every partition. Creating, sealing (a rename) or removing a
+    segment changes its partition's mtime, so an unchanged mtime means unchanged contents."""
+    for hour_dir in partition_dirs(landing_dir):
+        try:
+            yield hour_dir, hour_dir.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+
+
 def iter_sealed_segments(landing_dir: Path, partitions: Iterable[Path] | None = None) -> Iterator[Path]:
     """Sealed segments in path order (date, hour, writer, sequence), of every partition or
     of the given ones."""

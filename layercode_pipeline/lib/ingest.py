@@ -19,7 +19,7 @@ import orjson
 from layercode_pipeline.contract.landing import (
     OPEN_SUFFIX,
     iter_sealed_segments,
-    partition_dirs,
+    partition_mtimes,
     recover_orphan_segments,
 )
 
@@ -95,14 +95,7 @@ CLEAN_SETTLE_NS = 2_000_000_000
 def dirty_partitions(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> list[Path]:
     """Partitions not known to be fully ingested at their current mtime (one stat each)."""
     clean = dict(con.execute("select partition, mtime_ns from raw.layercode_clean_partitions").fetchall())
-    dirty = []
-    for hour_dir in partition_dirs(landing_dir):
-        try:
-            if clean.get(str(hour_dir)) != hour_dir.stat().st_mtime_ns:
-                dirty.append(hour_dir)
-        except FileNotFoundError:
-            continue
-    return dirty
+    return [hour_dir for hour_dir, mtime_ns in partition_mtimes(landing_dir) if clean.get(str(hour_dir)) != mtime_ns]
 
 
 def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path,
@@ -117,7 +110,7 @@ def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path,
     return [p for p in sealed if str(p) not in done]
 
 
-def remember_clean_partitions(con: duckdb.DuckDBPyConnection, partitions: list[Path], scan_started_ns: int) -> int:
+def remember_clean_partitions(con: duckdb.DuckDBPyConnection, partitions: list[Path], scan_started_ns: int) -> None:
     """After a run's commits: partitions listed in this run, with nothing left to ingest, no
     segment still open and no change since well before the run started, are skipped until
     their directory changes."""
@@ -134,7 +127,6 @@ def remember_clean_partitions(con: duckdb.DuckDBPyConnection, partitions: list[P
         rows.append((str(hour_dir), mtime_ns))
     if rows:
         con.executemany("insert or replace into raw.layercode_clean_partitions values (?, ?, now())", rows)
-    return len(rows)
 
 
 def _read_lines_sql(files: list[str]) -> str:

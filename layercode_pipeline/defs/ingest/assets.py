@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from layercode_pipeline.contract.landing import iter_sealed_segments, partition_dirs
+from layercode_pipeline.contract.landing import iter_sealed_segments, partition_mtimes
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.ingest import ingest_landing
 
@@ -61,13 +61,7 @@ def newest_sealed_ctime(storage: StorageResource, since_ns: int = 0) -> int:
     ctime and its directory's mtime together, so a segment sealed late (by a slow writer or
     by orphan recovery) still looks new, and a directory untouched since `since_ns` cannot
     hold one: a tick costs one stat per partition plus a listing of the changed ones."""
-    changed = []
-    for hour_dir in partition_dirs(storage.paths.landing):
-        try:
-            if hour_dir.stat().st_mtime_ns >= since_ns:
-                changed.append(hour_dir)
-        except FileNotFoundError:
-            continue
+    changed = [hour_dir for hour_dir, mtime_ns in partition_mtimes(storage.paths.landing) if mtime_ns >= since_ns]
     newest = since_ns
     for path in iter_sealed_segments(storage.paths.landing, changed):
         try:
