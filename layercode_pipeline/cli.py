@@ -56,6 +56,7 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 
     from layercode_pipeline.config import Settings
     from webhook_listener.app import create_app, tune_gc_for_serving
+    from webhook_listener.slow_clients import HeaderTimeoutProtocol
 
     settings = Settings()
     _configure_logging(settings.log_level)
@@ -66,16 +67,19 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
             "LAYERCODE_WEBHOOK_SECRETS (JSON agent_id -> secret), or pass --insecure-skip-verify")
     if insecure_skip_verify:
         click.secho("WARNING: signature verification is disabled; anyone can post events.", fg="red", err=True)
+    # the httptools protocol with a deadline for request headers (slow clients are cut off)
+    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     if workers > 1:
         os.environ["LAYERCODE_INSECURE_SKIP_VERIFY"] = "1" if insecure_skip_verify else "0"
         uvicorn.run("webhook_listener.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    access_log=False, server_header=False, log_level=settings.log_level.lower(), log_config=None)
+                    http=HeaderTimeoutProtocol, access_log=False, server_header=False,
+                    log_level=settings.log_level.lower(), log_config=None)
     else:
         app = create_app(settings, insecure_skip_verify=insecure_skip_verify)
         tune_gc_for_serving()
         # log_config=None: uvicorn's dictConfig would close the handlers configured above
         # server_header=False: no need to tell the internet which server answers
-        uvicorn.run(app, host=host, port=port, access_log=False, server_header=False,
+        uvicorn.run(app, host=host, port=port, http=HeaderTimeoutProtocol, access_log=False, server_header=False,
                     log_level=settings.log_level.lower(), log_config=None)
 
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     warehouse_path: Path | None = None
     recordings_dir: Path | None = None
     serving_dir: Path | None = None
+    # How long a pipeline writer waits for a process outside the pipeline (a BI tool, a
+    # notebook) that holds warehouse.duckdb before failing with a message naming it.
+    warehouse_open_timeout_s: float = 60.0
 
     # --- webhook listener --------------------------------------------------------------
     agent_id: str = DEFAULT_AGENT_ID
@@ -61,6 +64,11 @@ class Settings(BaseSettings):
     webhook_secrets: str | None = None
     signature_tolerance_s: int = 300
     max_body_bytes: int = 10 * 1024 * 1024
+    # A client gets this long to send its headers (from its first byte, or from connecting) and
+    # then its body; a slow or stalled one is answered 408 and cut off, so it cannot hold a
+    # descriptor that a healthy delivery needs.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     segment_max_bytes: int = 64 * 1024 * 1024
     segment_max_age_s: float = 60.0
     responder: str = "webhook_listener.responder:default_responder"

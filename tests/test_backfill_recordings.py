@@ -163,9 +163,14 @@ def test_500_then_success_and_slow_answer_past_timeout(env):
 def test_persistent_failure_is_isolated_and_retried_next_run(env):
     sid = a_gap_session(env)
     env["api"].script(sid, *["server_error"] * 4)
-    _, meta = run(env, *ALL, config=GRACE0)
+    result, meta = run(env, *ALL, config=GRACE0)
     assert meta["layercode_session_details"]["errors"] == 1 and meta["layercode_session_details"]["found"] > 1
     assert query(env, f"select count(*) from raw.layercode_session_details where session_id = '{sid}'") == [(0,)]
+    # the failure is a row of its own, and a warning check on the asset says so
+    errors = query(env, "select session_id, endpoint, error from raw.layercode_api_errors")
+    assert [(e[0], e[1]) for e in errors] == [(sid, "session_details")] and "500" in errors[0][2]
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_api_errors"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     run(env, *ALL, config=GRACE0)
     assert query(env, f"select http_status from raw.layercode_session_details where session_id = '{sid}'") == [(200,)]
 

@@ -279,7 +279,8 @@ def test_definitions_load():
             "analytics_serving"} <= keys
     # one lineage: the marts sit downstream of the raw events, and dbt tests are asset checks
     upstream = graph.get(dg.AssetKey(["marts", "fct_sessions"])).parent_keys
-    assert dg.AssetKey("raw_layercode_events") in upstream
+    assert dg.AssetKey(["staging", "stg_webhook_events"]) in upstream  # valid events only
+    assert dg.AssetKey("raw_layercode_events") in graph.get(dg.AssetKey(["staging", "stg_webhook_events"])).parent_keys
     checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
     assert {"marts/fct_sessions", "marts/fct_turns", "raw_layercode_events"} <= checked
     assert defs.get_sensor_def("landing_sensor")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import hashlib
 import inspect
@@ -53,6 +54,7 @@ from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError
 from .access_log import AccessLog
 from .lander import SegmentLander
 from .responder import Data, Responder, load_responder
+from .slow_clients import HeaderTimeoutProtocol
 
 log = logging.getLogger("webhook_listener")
 
@@ -70,6 +72,17 @@ class ClientGone(Exception):
     pass
 
 
+def _write_whole(fd: int, data: bytes) -> None:
+    """Write all of `data` or raise: a short write (a disk filling up, a file size limit) is
+    continued, and an error is never taken for a complete file."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[written:]
+
+
 def _sse(event: BaseModel) -> bytes:
     return b"data: " + orjson.dumps(event.model_dump()) + b"\n\n"
 
@@ -79,10 +92,12 @@ def _sse_item(item: Any, turn_id: str) -> bytes:
                 else ResponseTTS(content=str(item), turn_id=turn_id))
 
 
-async def _send_json(send: Send, status: int, content: object) -> None:
+async def _send_json(send: Send, status: int, content: object, *, close: bool = False) -> None:
     body = orjson.dumps(content)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if close:  # the request was not read to its end: the connection cannot be reused
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -106,21 +121,39 @@ async def _read_body(receive: Receive, declared: int | None, limit: int) -> byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _utf8_problem(body: bytes) -> str | None:
+    """Where a body stops being UTF-8, in words (orjson's own text for it speaks of surrogates)."""
+    try:
+        body.decode("utf-8")
+        return None
+    except UnicodeDecodeError as exc:
+        return f"body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})"
+
+
 def quarantine(quarantine_dir: Path, *, agent_id: str, reason: str, body: bytes, received_at: datetime) -> Path:
-    """Keep a signed but unusable body, byte for byte, with why it was refused."""
+    """Keep a signed but unusable body, byte for byte, with why it was refused. Both files are
+    written whole and fsynced, or neither is left behind (the caller answers 503)."""
     day = quarantine_dir / f"dt={received_at:%Y-%m-%d}"
     day.mkdir(parents=True, exist_ok=True)
     stem = f"{received_at:%H%M%S}-{uuid.uuid4().hex}"
     meta = orjson.dumps({"received_at": received_at.isoformat(), "agent_id": agent_id, "reason": reason,
                          "content_sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)})
-    for name, data in ((f"{stem}.body", body), (f"{stem}.meta.json", meta)):
-        fd = os.open(day / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(day)
+    written: list[Path] = []
+    try:
+        for name, data in ((f"{stem}.body", body), (f"{stem}.meta.json", meta)):
+            fd = os.open(day / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            written.append(day / name)
+            try:
+                _write_whole(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(day)
+    except OSError:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
     return day / f"{stem}.body"
 
 
@@ -154,7 +187,13 @@ class WebhookEndpoint:
             elif name == _SIGNATURE_HEADER:
                 signature = value.decode("latin-1")
         try:
-            body = await _read_body(receive, declared, self.settings.max_body_bytes)
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                body = await _read_body(receive, declared, self.settings.max_body_bytes)
+        except TimeoutError:
+            record(started, agent_id, None, None, 408, "body_timeout")
+            return await _send_json(send, 408, {"error": "request_timeout",
+                                                "detail": f"body not received within {self.settings.body_timeout_s:g} s"},
+                                    close=True)
         except BodyTooLarge as exc:
             record(started, agent_id, None, None, 413, "body_too_large")
             return await _send_json(send, 413, {"error": "body_too_large", "detail": str(exc)})
@@ -172,9 +211,8 @@ class WebhookEndpoint:
             payload = orjson.loads(body)
             if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
                 raise ValueError("body must be a JSON object with a string 'type'")
-            body.decode("utf-8")
         except (orjson.JSONDecodeError, ValueError) as exc:
-            reason = f"invalid JSON: {exc}"
+            reason = f"invalid JSON: {_utf8_problem(body) or exc}"
             try:
                 quarantine(self.quarantine_dir, agent_id=agent_id, reason=reason, body=body, received_at=received_at)
             except OSError as os_exc:
@@ -253,6 +291,7 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
 
     async def healthz(request: Request) -> Response:
         return Response(orjson.dumps({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed,
+                                      "failed_writes": lander.failed_writes,
                                       "fsync_groups": lander.groups, "fsync_groups_in_thread": lander.threaded_groups,
                                       "fsync_ms_avg": round(lander.sync_seconds_avg * 1000, 3)}),
                         media_type="application/json")
@@ -301,6 +340,9 @@ def tune_gc_for_serving() -> None:
 
 
 def app_from_env() -> Router:
-    """uvicorn factory: `uvicorn --factory webhook_listener.app:app_from_env`."""
+    """uvicorn factory: `uvicorn --factory webhook_listener.app:app_from_env --http
+    webhook_listener.slow_clients:HeaderTimeoutProtocol` (what `listen --workers N` runs)."""
     tune_gc_for_serving()
-    return create_app(Settings(), insecure_skip_verify=os.environ.get("LAYERCODE_INSECURE_SKIP_VERIFY") == "1")
+    settings = Settings()
+    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s  # this worker's protocol
+    return create_app(settings, insecure_skip_verify=os.environ.get("LAYERCODE_INSECURE_SKIP_VERIFY") == "1")

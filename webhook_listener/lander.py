@@ -25,6 +25,28 @@ from layercode_pipeline.contract.landing import OPEN_SUFFIX, fsync_dir, partitio
 log = logging.getLogger("webhook_listener.lander")
 
 
+class RateLimitedErrorLog:
+    """One ERROR line per `every_s` for a failing disk, with how many writes failed since the
+    last line: a full disk under load fails every group, and a line per group (thousands a
+    second) would fill the next disk with logs."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self.failed_events = 0
+        self._suppressed = 0
+        self._last_logged = -float("inf")
+
+    def report(self, exc: OSError, events: int) -> None:
+        self.failed_events += events
+        self._suppressed += events
+        now = time.monotonic()
+        if now - self._last_logged >= self.every_s:
+            log.error("landing write failed (%s): %d events answered 503 since the last report, %d in all",
+                      exc, self._suppressed, self.failed_events)
+            self._last_logged = now
+            self._suppressed = 0
+
+
 def new_writer_id() -> str:
     """Unique per process, so several listeners can share one landing directory."""
     host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:32] or "host"
@@ -64,8 +86,14 @@ class SegmentLander:
         self.inline_sync_below_s = inline_sync_below_s
         self.sync_seconds_avg = 0.0  # exponentially weighted, over recent groups
         self.landed = 0
+        self._write_errors = RateLimitedErrorLog()
         self.groups = 0
         self.threaded_groups = 0
+
+    @property
+    def failed_writes(self) -> int:
+        """Events answered 503 because their write failed (a full disk), since start."""
+        return self._write_errors.failed_events
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,7 +174,7 @@ class SegmentLander:
             try:
                 self._append(partition, b"".join(item[0] for item in batch[i:j]))
             except OSError as exc:
-                log.error("landing write failed: %s", exc)
+                self._write_errors.report(exc, j - i)
                 for k in range(i, j):
                     errors[k] = exc
             i = j
@@ -171,7 +199,7 @@ class SegmentLander:
             os.fdatasync(seg.fd)
         except OSError:
             # Take the torn group back out so the file stays whole lines, then start a
-            # fresh segment; the callers get the error and answer 503 (Layercode retries).
+            # fresh segment; the callers get the error and answer 503.
             try:
                 os.ftruncate(seg.fd, start)
                 os.fsync(seg.fd)

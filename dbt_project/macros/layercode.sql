@@ -1,11 +1,12 @@
 {# A transcript timestamp as a timestamptz: webhooks send numbers (epoch ms, or seconds),
    the REST API sends ISO strings. #}
 {% macro transcript_ts(json_value) -%}
+    {#- try(): an absurd number (1e300, a negative epoch) is no timestamp, never an error -#}
     case
         when json_type({{ json_value }}) in ('UBIGINT', 'BIGINT', 'DOUBLE')
             then case when ({{ json_value }})::double > 100000000000
-                      then make_timestamptz((({{ json_value }})::double * 1000)::bigint)
-                      else make_timestamptz((({{ json_value }})::double * 1000000)::bigint) end
+                      then try(make_timestamptz(try_cast(({{ json_value }})::double * 1000 as bigint)))
+                      else try(make_timestamptz(try_cast(({{ json_value }})::double * 1000000 as bigint))) end
         when json_type({{ json_value }}) = 'VARCHAR' then try_cast(({{ json_value }})->>'$' as timestamptz)
     end
 {%- endmacro %}
@@ -23,4 +24,13 @@
     {% else %}
     select session_id from {{ ref('int_session_sources') }}
     {% endif %}
+{%- endmacro %}
+
+{# A duration or latency from a payload, or null when it is not a number in [0, upper]:
+   a negative, infinite or absurd value (1e300 ms) is no measurement, and must neither fail a
+   test that guards the marts nor poison an average. `payload_number_out_of_range` (a warning
+   test) counts what was set aside. #}
+{% macro measure(json_text, upper) -%}
+    case when try_cast({{ json_text }} as double) between 0 and {{ upper }}
+         then try_cast({{ json_text }} as double) end
 {%- endmacro %}

@@ -1,32 +1,43 @@
 {# One row per transcript turn from either transcript form; see int_transcript_turns.sql. #}
 {% macro transcript_turns(session_filter=none) %}
-with webhook_items as (
-    select e.session_id, e.started_at, t.pos as item_pos, t.item
-    from {{ ref('stg_webhook_session_ends') }} e,
-         unnest(json_extract(e.transcript, '$[*]')) with ordinality as t(item, pos)
+{# The items are unnested in the select list, zipped with their positions: linear in the
+   number of turns. A lateral `from t, unnest(...)` re-extracted the array per row (turns x
+   transcript size: 50,000 turns ran out of disk). #}
+with webhook_lists as (
+    select e.session_id, e.started_at, json_extract(e.transcript, '$[*]') as items
+    from {{ ref('stg_webhook_session_ends') }} e
     where json_type(e.transcript) = 'ARRAY'
     {% if session_filter %}and e.session_id in ({{ session_filter }}){% endif %}
+),
+webhook_items as (
+    select session_id, started_at, unnest(range(1, len(items) + 1)) as item_pos, unnest(items) as item
+    from webhook_lists
 ),
 webhook_turns as (
     select
         session_id,
         item_pos as sort_1,
         0 as sort_2,
-        coalesce(item->>'$.role', 'unknown') as role,
+        -- one role vocabulary: anything but user/assistant (a missing role, a "system" or
+        -- "tool" item) is 'unknown', so a new role never fails the accepted-values test
+        case when item->>'$.role' in ('user', 'assistant') then item->>'$.role' else 'unknown' end as role,
         item->>'$.text' as text,
         {{ transcript_ts("item->'$.timestamp'") }} as spoken_at,
         started_at,
         'webhook' as transcript_source
     from webhook_items
 ),
-rest_items as (
-    select r.session_id, r.started_at, t.pos as item_pos, t.item
-    from {{ ref('stg_rest_sessions') }} r,
-         unnest(json_extract(r.transcript, '$[*]')) with ordinality as t(item, pos)
+rest_lists as (
+    select r.session_id, r.started_at, json_extract(r.transcript, '$[*]') as items
+    from {{ ref('stg_rest_sessions') }} r
     where json_type(r.transcript) = 'ARRAY'
       and r.session_id not in (select session_id from {{ ref('stg_webhook_session_ends') }}
                                where json_type(transcript) = 'ARRAY')
       {% if session_filter %}and r.session_id in ({{ session_filter }}){% endif %}
+),
+rest_items as (
+    select session_id, started_at, unnest(range(1, len(items) + 1)) as item_pos, unnest(items) as item
+    from rest_lists
 ),
 rest_turns as (
     select session_id, item_pos as sort_1, 0 as sort_2, 'user' as role, item->>'$.user_message' as text,
@@ -36,7 +47,8 @@ rest_turns as (
     select session_id, item_pos, 1, 'assistant', item->>'$.assistant_message',
            {{ transcript_ts("item->'$.timestamp'") }}
                + case when coalesce(item->>'$.user_message', '') <> ''
-                      then to_milliseconds(coalesce(try_cast(item->>'$.latency_ms' as double), 0)::bigint)
+                      then coalesce(try(to_milliseconds(try_cast(item->>'$.latency_ms' as double)::bigint)),
+                                    interval 0 second)
                       else interval 0 second end,
            started_at, 'rest'
     from rest_items where coalesce(item->>'$.assistant_message', '') <> ''
@@ -47,7 +59,7 @@ turns as (
     select * from rest_turns
 )
 select
-    session_id || ':' || lpad(cast(row_number() over (partition by session_id order by sort_1, sort_2) as varchar), 4, '0') as turn_key,
+    session_id || ':' || lpad(cast(row_number() over (partition by session_id order by sort_1, sort_2) as varchar), 6, '0') as turn_key,
     session_id,
     row_number() over (partition by session_id order by sort_1, sort_2) as position,
     role,

@@ -45,7 +45,7 @@ class MessageEvent(_Event):
 class TranscriptItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["user", "assistant"] | str
+    role: Literal["user", "assistant"] | str | None = None  # another role (or none) reads as "unknown"
     text: str | None = None
     timestamp: Timestamp = None
 

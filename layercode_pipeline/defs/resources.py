@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.config import DataPaths
+from layercode_pipeline.config import DataPaths, Settings
 from layercode_pipeline.lib.warehouse import open_warehouse
 
 # Every asset that writes the warehouse runs in this pool; give it a limit of 1 in the
@@ -30,6 +30,8 @@ class StorageResource(dg.ConfigurableResource):
     warehouse_path: str | None = None
     recordings_dir: str | None = None
     serving_dir: str | None = None
+    # how long to wait for a process outside the pipeline (a BI tool) that holds the warehouse
+    open_timeout_s: float = 60.0
 
     @property
     def paths(self) -> DataPaths:
@@ -41,7 +43,7 @@ class StorageResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The warehouse for writing (waits for the single-writer lock)."""
-        with open_warehouse(self.paths.warehouse) as con:
+        with open_warehouse(self.paths.warehouse, open_timeout_s=self.open_timeout_s) as con:
             yield con
 
 
@@ -52,6 +54,7 @@ def storage_from_env() -> StorageResource:
         warehouse_path=env_or("LAYERCODE_WAREHOUSE_PATH"),
         recordings_dir=env_or("LAYERCODE_RECORDINGS_DIR"),
         serving_dir=env_or("LAYERCODE_SERVING_DIR"),
+        open_timeout_s=Settings().warehouse_open_timeout_s,
     )
 
 

@@ -19,7 +19,7 @@ with seen as (
            max(case when event_type = 'session.end' then body->>'$.recording_status' end) as end_recording,
            bool_or(event_type = 'session.update' and body->>'$.recording_status' in ('completed', 'failed')) as has_update
     from raw.layercode_events
-    where session_id is not null and agent_id is not null
+    where session_id is not null and agent_id is not null and validation_error is null
     group by all
 ), latest as (
     select agent_id, session_id, http_status, record->>'$.recording_status' as rest_recording,
@@ -84,11 +84,16 @@ async def fetch_details(client: LayercodeClient, requests: Iterable[DetailReques
 
 
 def store_details(con: duckdb.DuckDBPyConnection, outcomes: list[DetailOutcome]) -> tuple[int, int]:
-    """Append each answer (200 with its record, or 404) with its fetch time; errors are not
-    stored (the session stays pending). Returns (found, not_found)."""
+    """Append each answer (200 with its record, or 404) with its fetch time, and each failure
+    to raw.layercode_api_errors (the session stays pending and is asked again next run).
+    Returns (found, not_found)."""
     rows = [(o.request.agent_id, o.request.session_id, o.fetch.status,
              json.dumps(o.fetch.record) if o.fetch.record is not None else None, o.request.reason)
             for o in outcomes if o.fetch is not None]
+    errors = [(o.request.agent_id, o.request.session_id, "session_details", o.request.reason, o.error)
+              for o in outcomes if o.fetch is None and o.error]
     if rows:
         con.executemany("insert into raw.layercode_session_details values (?, ?, ?, ?::json, ?, now())", rows)
+    if errors:
+        con.executemany("insert into raw.layercode_api_errors values (?, ?, ?, ?, ?, now())", errors)
     return sum(1 for r in rows if r[2] == 200), sum(1 for r in rows if r[2] == 404)

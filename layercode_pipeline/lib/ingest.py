@@ -46,15 +46,20 @@ PARSE_SQL = """
                    line
             from ({lines_sql}) lines
         ), ids as (
+            -- as JSON values, not strings: an identifier that is a number or an object in the
+            -- body is no identifier (json_extract_string would turn 42 into '42')
             select source_file, f, line,
-                   try(json_extract_string(f[5], ['$.session_id', '$.conversation_id', '$.turn_id',
+                   try(json_extract(f[5], ['$.session_id', '$.conversation_id', '$.turn_id',
                        '$.recording_status'])) as ids
             from envelope
         ), typed as (
             select source_file, line, f is not null as line_ok, try_cast(f[1] as timestamptz) as received_at,
                    f[2] as agent_id, f[3] as event_type, f[4] as content_sha256, f[5] as body,
                    f[6] as validation_error, f[7] as writer_id, ids is not null as body_ok,
-                   ids[1] as session_id, ids[2] as conversation_id, ids[3] as turn_id, ids[4] as recording_status
+                   case when json_type(ids[1]) = 'VARCHAR' then ids[1]->>'$' end as session_id,
+                   case when json_type(ids[2]) = 'VARCHAR' then ids[2]->>'$' end as conversation_id,
+                   case when json_type(ids[3]) = 'VARCHAR' then ids[3]->>'$' end as turn_id,
+                   case when json_type(ids[4]) = 'VARCHAR' then ids[4]->>'$' end as recording_status
             from ids
         ), keyed as (
             select * exclude (line, line_ok, body_ok),
@@ -130,10 +135,16 @@ def remember_clean_partitions(con: duckdb.DuckDBPyConnection, partitions: list[P
 
 
 def _read_lines_sql(files: list[str]) -> str:
-    # One VARCHAR column per line: a corrupt line cannot abort the scan, json_valid sorts it out.
+    # One VARCHAR column per line: a corrupt line cannot abort the scan, try() sorts it out.
+    # Segments can come from other writers (a restored backup, a copy made on another OS), so
+    # the reader must not trust them: strict_mode off, and DuckDB's reader ends a line at \n
+    # and at \r alike, so a CRLF file reads as its lines with an empty line after each. Empty
+    # lines carry no event and are dropped here (JSON never holds a raw CR inside a string, so
+    # no real line is split by this).
     return ("select filename as source_file, line from read_csv({files}, columns={{'line': 'VARCHAR'}}, "
             "header=false, delim=chr(1), quote='', escape='', auto_detect=false, filename=true, "
-            "max_line_size=33554432, parallel=true)").format(files=files)
+            "new_line='\\n', strict_mode=false, max_line_size=33554432, parallel=true) "
+            "where line is not null and trim(line) <> ''").format(files=files)
 
 
 def _sanitise(path: Path, out_dir: Path) -> tuple[Path, list[tuple[int, str, str]]]:
@@ -143,6 +154,9 @@ def _sanitise(path: Path, out_dir: Path) -> tuple[Path, list[tuple[int, str, str
     clean = out_dir / (path.name + ".clean")
     with path.open("rb") as src, clean.open("wb") as dst:
         for number, raw in enumerate(src, start=1):
+            if not raw.strip():
+                continue  # an empty line carries no event
+            raw = raw.rstrip(b"\r\n") + b"\n"
             try:
                 text = raw.decode("utf-8")
                 orjson.loads(raw)
@@ -159,27 +173,47 @@ def _line_numbers(path: Path, bad_lines: set[str]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
-            line = wanted.get(raw.rstrip(b"\n"))
+            line = wanted.get(raw.rstrip(b"\r\n"))
             if line is not None:
                 found.setdefault(line, []).append(number)
     return found
 
 
-def _fallback_lines_source(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> tuple[str, list[tuple[str, int, str, str]]]:
+def _readable(con: duckdb.DuckDBPyConnection, path: str) -> str | None:
+    """None if DuckDB reads every line of `path`, else its error (the lines are read, not counted:
+    a count alone can skip the parse that fails)."""
+    try:
+        con.execute("select sum(length(line)) from (" + _read_lines_sql([path]) + ")").fetchall()
+        return None
+    except duckdb.Error as exc:
+        return str(exc).splitlines()[0]
+
+
+def _fallback_lines_source(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> tuple[str, list[tuple[str, int | None, str, str | None]]]:
     """The slow path, for a batch DuckDB could not scan (bad UTF-8, stray control bytes): a
     SELECT of (source_file, line) over the files, each cleaned where needed, and the rejects
-    found while cleaning."""
+    found while cleaning. A file that cannot be read even then is rejected whole (one reject
+    row naming it), so one bad segment never holds back the others."""
     scratch_dir.mkdir(parents=True, exist_ok=True)
-    python_rejects: list[tuple[str, int, str, str]] = []
+    python_rejects: list[tuple[str, int | None, str, str | None]] = []
     read_as: dict[str, str] = {}
     for f in files:
-        try:
-            con.execute("select count(*) from (" + _read_lines_sql([str(f)]) + ")").fetchall()
+        if _readable(con, str(f)) is None:
             read_as[str(f)] = str(f)
-        except duckdb.Error:
+            continue
+        try:
             clean, rejects = _sanitise(f, scratch_dir)
+        except OSError as exc:
+            python_rejects.append((str(f), None, f"segment unreadable: {exc}", None))
+            continue
+        python_rejects += [(str(f), n, reason, raw) for n, reason, raw in rejects]
+        error = _readable(con, str(clean))
+        if error is None:
             read_as[str(clean)] = str(f)
-            python_rejects += [(str(f), n, reason, raw) for n, reason, raw in rejects]
+        else:
+            python_rejects.append((str(f), None, f"segment unreadable after cleaning: {error}", None))
+    if not read_as:
+        return "select null::varchar as source_file, null::varchar as line where false", python_rejects
     con.execute("create or replace temp table _names as select unnest(?) as read_as, unnest(?) as original",
                 [list(read_as), list(read_as.values())])
     sql = ("select n.original as source_file, l.line from (" + _read_lines_sql(list(read_as)) + ") l "
@@ -194,7 +228,7 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
         return result
     # One parse per line and one per body: try() turns a parse error into NULL, which marks
     # the line as a reject instead of failing the batch. The lines stream from the files.
-    python_rejects: list[tuple[str, int, str, str]] = []
+    python_rejects: list[tuple[str, int | None, str, str | None]] = []
     try:
         con.execute(PARSE_SQL.format(lines_sql=_read_lines_sql([str(f) for f in files]), event_key=EVENT_KEY_SQL))
     except duckdb.Error:

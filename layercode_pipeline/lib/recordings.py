@@ -24,7 +24,8 @@ with updates as (
            arg_max(body->>'$.recording_status', received_at) as webhook_status,
            arg_max(body->>'$.error_message', received_at) as webhook_error
     from raw.layercode_events
-    where event_type = 'session.update' and body->>'$.recording_status' in ('completed', 'failed')
+    where event_type = 'session.update' and validation_error is null
+      and body->>'$.recording_status' in ('completed', 'failed')
     group by all
 ), rest as (
     select agent_id, session_id, record->>'$.recording_status' as rest_status
@@ -34,7 +35,7 @@ with updates as (
     select agent_id, session_id, coalesce(min(started_at), min(received_at)) as started_at
     from (
         select agent_id, session_id, try_cast(body->>'$.started_at' as timestamptz) as started_at, received_at
-        from raw.layercode_events where session_id is not null
+        from raw.layercode_events where session_id is not null and validation_error is null
         union all
         select agent_id, session_id, try_cast(record->>'$.started_at' as timestamptz), null
         from raw.layercode_session_details where http_status = 200

@@ -13,11 +13,13 @@ from pathlib import Path
 import duckdb
 
 from layercode_pipeline.contract.landing import fsync_dir
+from layercode_pipeline.lib.warehouse import DEFAULT_OPEN_TIMEOUT_S, retry_while_locked
 
 SERVING_FILE = "analytics.duckdb"
 
 
-def publish_marts(warehouse: Path, serving_dir: Path, schema: str = "marts") -> dict[str, int]:
+def publish_marts(warehouse: Path, serving_dir: Path, schema: str = "marts", *,
+                 open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> dict[str, int]:
     serving_dir.mkdir(parents=True, exist_ok=True)
     final = serving_dir / SERVING_FILE
     tmp = serving_dir / f".{SERVING_FILE}.{os.getpid()}.tmp"
@@ -26,7 +28,8 @@ def publish_marts(warehouse: Path, serving_dir: Path, schema: str = "marts") -> 
     counts: dict[str, int] = {}
     con = duckdb.connect(str(tmp))
     try:
-        con.execute(f"attach '{warehouse}' as wh (read_only)")
+        retry_while_locked(lambda: con.execute(f"attach '{warehouse}' as wh (read_only)"), warehouse,
+                           timeout_s=open_timeout_s)
         tables = [r[0] for r in con.execute(
             "select table_name from duckdb_tables() where database_name = 'wh' and schema_name = ? order by 1",
             [schema]).fetchall()]

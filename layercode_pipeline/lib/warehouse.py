@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -71,6 +73,17 @@ create table if not exists raw.layercode_session_details (
     record       json,                  -- the REST record as it came
     reason       varchar,               -- why it was fetched: no_session_end, recording_unresolved, requested
     fetched_at   timestamptz not null
+);
+-- REST calls that still failed after their retries (a 5xx that never cleared, a timeout, an
+-- answer that was not JSON): one row per failure, so they can be queried, not only read in
+-- run logs. The session is asked again on the next run.
+create table if not exists raw.layercode_api_errors (
+    agent_id     varchar not null,
+    session_id   varchar not null,
+    endpoint     varchar not null,      -- session_details
+    reason       varchar,               -- why it was asked: no_session_end, recording_unresolved, requested
+    error        varchar not null,
+    failed_at    timestamptz not null
 );
 create table if not exists raw.layercode_recordings (
     session_id   varchar not null,
@@ -146,11 +159,56 @@ def warehouse_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# Long enough for a BI tool that opens and closes the file to let go; short enough that a tool
+# holding it for good fails the run with a message that says what to do.
+DEFAULT_OPEN_TIMEOUT_S = 60.0
+T = TypeVar("T")
+_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process (not a pipeline writer: those queue on the writer lock) holds the file."""
+
+
+def _holder(error: str) -> str:
+    match = _HOLDER.search(error)
+    if match is None:
+        return "another process"
+    return f"PID {match['pid']} ({match['program']})"
+
+
+def retry_while_locked(action: Callable[[], T], path: Path, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
+                       poll_s: float = 0.25) -> T:
+    """Run `action` (a connect or an attach of `path`), again while another process holds the
+    file's lock (a BI tool or a notebook opened the warehouse itself), for up to `timeout_s`;
+    then `WarehouseBusy`, naming the holder and what to do."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(
+                    f"{path} has been held open by {_holder(str(exc))} for {timeout_s:.0f} s, so the pipeline "
+                    f"cannot use it. That is not a pipeline writer (they queue): close it, and point BI tools "
+                    f"and notebooks at serving/analytics.duckdb, the copy published for readers. "
+                    f"(LAYERCODE_WAREHOUSE_OPEN_TIMEOUT_S sets the wait.)") from None
+            time.sleep(poll_s)
+
+
+def connect_waiting(path: Path, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
+                    read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """`duckdb.connect(path)`, waiting while another process holds the file (see above)."""
+    return retry_while_locked(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout_s=timeout_s)
+
+
 @contextlib.contextmanager
-def open_warehouse(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_warehouse(path: Path, *, open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
     """The warehouse for writing, after the writer lock; raw schema ensured."""
     with warehouse_lock(path):
-        con = duckdb.connect(str(path))
+        con = connect_waiting(path, timeout_s=open_timeout_s)
         try:
             ensure_raw_schema(con)
             yield con

@@ -31,5 +31,5 @@ select
     coalesce(sum(enrichment_cost_usd), 0) as estimated_cost_usd,
     count(*) filter (where ended_by = 'backfill') as sessions_completed_by_backfill
 from {{ ref('fct_sessions') }}
-where agent_id is not null
+where agent_id is not null and session_date_at is not null  -- a session known by no dated source has no day
 group by all

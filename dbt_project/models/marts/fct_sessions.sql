@@ -14,7 +14,7 @@ starts as (
 ),
 any_events as (
     select session_id, min(body->>'$.conversation_id') as conversation_id, min(received_at) as first_seen_at
-    from {{ source('raw', 'layercode_events') }} where session_id in (select session_id from touched) group by 1
+    from {{ ref('stg_webhook_events') }} where session_id in (select session_id from touched) group by 1
 ),
 ends as (select * from {{ ref('stg_webhook_session_ends') }} where session_id in (select session_id from touched)),
 updates as (select * from {{ ref('stg_webhook_session_updates') }} where session_id in (select session_id from touched)),
@@ -39,7 +39,9 @@ merged as (
         coalesce(rest.started_at, ends.started_at) as started_at,
         coalesce(rest.ended_at, ends.ended_at) as ended_at,
         coalesce(rest.duration_ms, ends.duration_ms,
-                 epoch_ms(coalesce(rest.ended_at, ends.ended_at)) - epoch_ms(coalesce(rest.started_at, ends.started_at))) as duration_ms,
+                 -- from the timestamps only when they are in order (a clock-skewed payload gives null)
+                 nullif(greatest(epoch_ms(coalesce(rest.ended_at, ends.ended_at))
+                                 - epoch_ms(coalesce(rest.started_at, ends.started_at)), -1), -1)) as duration_ms,
         coalesce(rest.latency_ms, ends.latency_ms) as latency_ms,
         coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds) as transcription_duration_seconds,
         coalesce(rest.tts_duration_seconds, ends.tts_duration_seconds) as tts_duration_seconds,

@@ -6,5 +6,5 @@ select
     body->>'$.text' as text,
     received_at,
     ingested_at
-from {{ source('raw', 'layercode_events') }}
-where event_type = 'message' and session_id is not null
+from {{ ref('stg_webhook_events') }}
+where event_type = 'message'

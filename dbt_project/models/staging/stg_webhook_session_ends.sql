@@ -6,10 +6,10 @@ select
     body->>'$.conversation_id' as conversation_id,
     try_cast(body->>'$.started_at' as timestamptz) as started_at,
     try_cast(body->>'$.ended_at' as timestamptz) as ended_at,
-    try_cast(body->>'$.duration' as double) as duration_ms,
-    try_cast(body->>'$.latency' as double) as latency_ms,
-    try_cast(body->>'$.transcription_duration_seconds' as double) as transcription_duration_seconds,
-    try_cast(body->>'$.tts_duration_seconds' as double) as tts_duration_seconds,
+    {{ measure("body->>'$.duration'", 604800000) }} as duration_ms,
+    {{ measure("body->>'$.latency'", 600000) }} as latency_ms,
+    {{ measure("body->>'$.transcription_duration_seconds'", 604800) }} as transcription_duration_seconds,
+    {{ measure("body->>'$.tts_duration_seconds'", 604800) }} as tts_duration_seconds,
     body->>'$.ip_address' as ip_address,
     body->>'$.country_code' as country_code,
     body->>'$.from_phone_number' as from_phone_number,
@@ -19,6 +19,6 @@ select
     body->'$.metadata' as metadata,
     received_at,
     ingested_at
-from {{ source('raw', 'layercode_events') }}
-where event_type = 'session.end' and session_id is not null
+from {{ ref('stg_webhook_events') }}
+where event_type = 'session.end'
 qualify row_number() over (partition by session_id order by received_at desc) = 1

@@ -8,5 +8,5 @@ select
     body->'$.metadata' as metadata,
     received_at,
     ingested_at
-from {{ source('raw', 'layercode_events') }}
-where event_type = 'session.start' and session_id is not null
+from {{ ref('stg_webhook_events') }}
+where event_type = 'session.start'

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from layercode_pipeline.config import Settings
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
-from layercode_pipeline.lib.warehouse import open_warehouse, warehouse_lock
+from layercode_pipeline.lib.warehouse import connect_waiting, open_warehouse, warehouse_lock
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 
@@ -43,10 +42,21 @@ def warehouse_env(path: Path) -> Iterator[None]:
             os.environ["LAYERCODE_WAREHOUSE_PATH"] = before
 
 
+def _manifest_is_stale(manifest: Path) -> bool:
+    """No manifest, or a model, macro, test or YAML file newer than it: an upgraded checkout
+    would otherwise run with the lineage of the old models (a new model never selected)."""
+    if not manifest.exists():
+        return True
+    built = manifest.stat().st_mtime
+    return any(p.stat().st_mtime > built for folder in ("models", "macros", "tests")
+               for p in (DBT_PROJECT_DIR / folder).rglob("*") if p.is_file()) \
+        or (DBT_PROJECT_DIR / "dbt_project.yml").stat().st_mtime > built
+
+
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 with warehouse_env(Settings().paths.warehouse):  # parsing needs a value, not the file
     dbt_project.prepare_if_dev()
-    if not dbt_project.manifest_path.exists():  # a fresh clone outside `dagster dev`: parse once
+    if _manifest_is_stale(dbt_project.manifest_path):  # a fresh clone or an upgrade outside `dagster dev`
         dbt_project.preparer.prepare(dbt_project)
 
 
@@ -66,22 +76,25 @@ TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
             dagster_dbt_translator=TRANSLATOR)
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
     warehouse = storage.paths.warehouse
-    with open_warehouse(warehouse):
-        pass  # creates the raw and enrichment tables, so the models build before any data arrives
+    with open_warehouse(warehouse, open_timeout_s=storage.open_timeout_s):
+        # creates the raw and enrichment tables, so the models build before any data arrives;
+        # waits (bounded) for a process outside the pipeline that holds the file, and dbt's own
+        # connect retries (profiles.yml) cover one that grabs it again in between
+        pass
     with warehouse_lock(warehouse), warehouse_env(warehouse):
         # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
         # open in this process, which would lock the warehouse against every other process.
         events = list(dbt.cli(["build"], context=context).stream())
-        yield from with_row_counts(events, warehouse)
+        yield from with_row_counts(events, warehouse, storage.open_timeout_s)
 
 
-def with_row_counts(events: list, warehouse: Path) -> Iterator:
+def with_row_counts(events: list, warehouse: Path, open_timeout_s: float) -> Iterator:
     # schema.alias, not the manifest's relation_name: that one names the database after the
     # file dbt parsed with, which need not be the warehouse this run builds
     relations = {uid: f'"{node["schema"]}"."{node.get("alias") or node["name"]}"' for uid, node in
                  json.loads(dbt_project.manifest_path.read_text())["nodes"].items()
                  if node.get("config", {}).get("materialized") in ("table", "incremental")}
-    con = duckdb.connect(str(warehouse), read_only=False)
+    con = connect_waiting(warehouse, timeout_s=open_timeout_s)
     try:
         for event in events:
             uid = event.metadata.get("unique_id") if isinstance(event, (dg.Output, dg.AssetMaterialization)) else None

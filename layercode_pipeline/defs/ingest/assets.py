@@ -21,25 +21,57 @@ def _preview(con) -> dg.MetadataValue:
     return dg.MetadataValue.md(header + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in rows))
 
 
+# Bad input is isolated, never fatal: the run goes on, and these checks (warnings) say what
+# was set aside in this run, with examples, where the UI shows it beside the asset.
+CHECK_NO_REJECTS = dg.AssetCheckSpec(
+    "no_rejected_lines", asset=RAW_EVENTS,
+    description="Every line of the segments ingested in this run was a valid envelope (the others are in "
+                "raw.layercode_rejects with file, line number and reason).")
+CHECK_NO_INVALID = dg.AssetCheckSpec(
+    "no_invalid_events", asset=RAW_EVENTS,
+    description="No event ingested in this run failed validation (those stay in raw.layercode_events with "
+                "validation_error set, and are kept out of the marts).")
+
+
+def _examples(con, sql: str, params: list) -> dg.MetadataValue:
+    return dg.MetadataValue.json([dict(zip(("what", "why"), map(str, row))) for row in con.execute(sql, params).fetchall()])
+
+
 @dg.asset(
     key=RAW_EVENTS,
     group_name="ingest",
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
+    check_specs=[CHECK_NO_REJECTS, CHECK_NO_INVALID],
     description="Every distinct webhook event the listener landed (table raw.layercode_events). Reads only "
                 "sealed segments not yet in raw.layercode_ingested_files; rows and manifest commit together.",
 )
 def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     with storage.connect() as con:
+        run_started = con.execute("select now()").fetchone()[0]
         started = time.perf_counter()
         result = ingest_landing(con, storage.paths.landing)
         seconds = time.perf_counter() - started
         total = con.execute("select count(*) from raw.layercode_events").fetchone()[0]
         rejects_total = con.execute("select count(*) from raw.layercode_rejects").fetchone()[0]
+        invalid = con.execute("select count(*) from raw.layercode_events where ingested_at >= ? "
+                              "and validation_error is not null", [run_started]).fetchone()[0]
+        reject_examples = _examples(con, "select source_file || ':' || coalesce(line_number::varchar, '-'), reason "
+                                         "from raw.layercode_rejects where rejected_at >= ? limit 5", [run_started])
+        invalid_examples = _examples(con, "select event_type || ' ' || coalesce(session_id, '?'), validation_error "
+                                          "from raw.layercode_events where ingested_at >= ? and validation_error "
+                                          "is not null limit 5", [run_started])
         preview = _preview(con)
     if result.rejects:
         context.log.warning(f"{result.rejects} unparseable lines recorded in raw.layercode_rejects")
-    return dg.MaterializeResult(metadata={
+    checks = [
+        dg.AssetCheckResult(check_name=CHECK_NO_REJECTS.name, passed=result.rejects == 0,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"rejects": result.rejects, "examples": reject_examples}),
+        dg.AssetCheckResult(check_name=CHECK_NO_INVALID.name, passed=invalid == 0, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"invalid_events": invalid, "examples": invalid_examples}),
+    ]
+    return dg.MaterializeResult(check_results=checks, metadata={
         "new_files": result.files,
         "ingest_seconds": round(seconds, 3),
         "new_bytes": dg.MetadataValue.int(result.bytes),

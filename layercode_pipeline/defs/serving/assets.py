@@ -19,7 +19,7 @@ MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", 
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     with warehouse_lock(storage.paths.warehouse):
-        counts = publish_marts(storage.paths.warehouse, storage.paths.serving)
+        counts = publish_marts(storage.paths.warehouse, storage.paths.serving, open_timeout_s=storage.open_timeout_s)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
         "tables": dg.MetadataValue.json(counts),

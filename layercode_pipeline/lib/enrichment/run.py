@@ -25,7 +25,7 @@ from layercode_pipeline.lib.transcripts import (TurnText, render, transcript_sha
 TRANSCRIPTS_SQL = """
 with ends as (
     select session_id, agent_id, body->'$.transcript' as transcript
-    from raw.layercode_events where event_type = 'session.end' and session_id is not null
+    from raw.layercode_events where event_type = 'session.end' and session_id is not null and validation_error is null
     qualify row_number() over (partition by session_id order by received_at desc) = 1
 ), rest as (
     select session_id, agent_id, record->'$.transcript' as transcript
