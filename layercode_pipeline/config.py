@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS  # noqa: E402
+
 DEFAULT_AGENT_ID = "default"
 
 
@@ -71,6 +73,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = 30.0
     segment_max_bytes: int = 64 * 1024 * 1024
     segment_max_age_s: float = 60.0
+    # Request headers landed with each event: exact names or `prefix*`. Layercode appends the
+    # customer's custom headers (`x-tenant-id`, ...) to every webhook; the signature,
+    # `authorization` and `cookie` are never kept, whatever this says.
+    kept_headers: list[str] = list(DEFAULT_KEPT_HEADERS)
     responder: str = "webhook_listener.responder:default_responder"
     welcome_message: str = "Hi, thanks for calling. How can I help you today?"
     ack_message: str = "Thanks, let me look into that."

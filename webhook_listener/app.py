@@ -48,7 +48,7 @@ from layercode_pipeline.contract.events import (
     parse_event_json,
     validation_reason,
 )
-from layercode_pipeline.contract.landing import build_envelope, fsync_dir, recover_orphan_segments
+from layercode_pipeline.contract.landing import build_envelope, fsync_dir, header_allow_list, recover_orphan_segments
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError, verify_signature
 
 from .access_log import AccessLog
@@ -60,8 +60,10 @@ log = logging.getLogger("webhook_listener")
 
 _SIGNATURE_HEADER = SIGNATURE_HEADER.lower().encode()
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# As the official SDK sends them; `content-encoding: none` keeps proxies from buffering the stream.
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-               (b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
+               (b"cache-control", b"no-cache, no-transform"), (b"content-encoding", b"none"),
+               (b"x-accel-buffering", b"no")]
 
 
 class BodyTooLarge(Exception):
@@ -70,6 +72,10 @@ class BodyTooLarge(Exception):
 
 class ClientGone(Exception):
     pass
+
+
+class ReplyCancelled(Exception):
+    """The caller barged in and Layercode cancelled the request mid-reply."""
 
 
 def _write_whole(fd: int, data: bytes) -> None:
@@ -169,6 +175,12 @@ class WebhookEndpoint:
         self.access_log = access_log
         self.insecure_skip_verify = insecure_skip_verify
         self.quarantine_dir = settings.paths.quarantine
+        self.keep_header = header_allow_list(settings.kept_headers)
+
+    def kept_headers(self, raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+        """The request headers the operator allows (`LAYERCODE_KEPT_HEADERS`): customer data such
+        as Layercode's custom headers (`x-tenant-id`), never a credential."""
+        return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw if self.keep_header(name)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -181,11 +193,17 @@ class WebhookEndpoint:
                                                 "detail": f"no webhook secret configured for agent {agent_id!r}"})
         declared: int | None = None
         signature: str | None = None
+        signatures = 0
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = int(value) if value.isdigit() else None
             elif name == _SIGNATURE_HEADER:
                 signature = value.decode("latin-1")
+                signatures += 1
+        if signatures > 1 and not self.insecure_skip_verify:
+            record(started, agent_id, None, None, 401, "ambiguous_signature")
+            return await _send_json(send, 401, {"error": "ambiguous_signature",
+                                                "detail": f"{signatures} {SIGNATURE_HEADER} headers; send one"})
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
                 body = await _read_body(receive, declared, self.settings.max_body_bytes)
@@ -235,7 +253,8 @@ class WebhookEndpoint:
 
         line = build_envelope(received_at=received_at, agent_id=agent_id, event_type=event_type,
                               content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                              headers=scope["headers"], writer_id=self.lander.writer_id, error=error)
+                              headers=self.kept_headers(scope["headers"]), writer_id=self.lander.writer_id,
+                              error=error)
         try:
             await self.lander.land(line, received_at)
         except OSError as exc:
@@ -246,12 +265,43 @@ class WebhookEndpoint:
         if error is not None:  # kept, but we cannot answer it as the type requires
             record(started, agent_id, event_type, session_id, 422, "invalid_event")
             return await _send_json(send, 422, {"error": "invalid_event", "detail": error})
-        record(started, agent_id, event_type, session_id, 200)
         if event_type in SSE_EVENT_TYPES:
-            return await self.stream_reply(send, event)  # type: ignore[arg-type]
+            try:
+                await self.stream_reply(receive, send, event)  # type: ignore[arg-type]
+            except (ReplyCancelled, OSError):
+                # A barge-in: Layercode cancels the request that streams the reply when the
+                # caller interrupts (contract section 5). The event was landed before the first
+                # byte, so nothing is lost: a cancelled reply, not a server error.
+                record(started, agent_id, event_type, session_id, 200, "reply_cancelled")
+                return
+            record(started, agent_id, event_type, session_id, 200)
+            return
+        record(started, agent_id, event_type, session_id, 200)
         await _send_json(send, 200, {"status": "ok", "type": event_type})
 
-    async def stream_reply(self, send: Send, event: SessionStartEvent | MessageEvent) -> None:
+    async def _stream_until_cancelled(self, receive: Receive, send: Send, produced: Any, turn_id: str) -> bool:
+        """Send an async responder's items as they come, while watching for the caller's
+        barge-in (Layercode tears the connection down): then the responder is stopped, since
+        nobody will hear the rest. False if the reply was cancelled."""
+        async def stream() -> None:
+            async for item in produced:
+                await send({"type": "http.response.body", "body": _sse_item(item, turn_id), "more_body": True})
+
+        streaming = asyncio.ensure_future(stream())
+        watching = asyncio.ensure_future(receive())  # answers http.disconnect when the client leaves
+        try:
+            await asyncio.wait((streaming, watching), return_when=asyncio.FIRST_COMPLETED)
+            if not streaming.done():
+                streaming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await streaming
+                return False
+            streaming.result()  # the responder's own error, if it raised
+            return True
+        finally:
+            watching.cancel()
+
+    async def stream_reply(self, receive: Receive, send: Send, event: SessionStartEvent | MessageEvent) -> None:
         """The SSE reply: the responder's items, then `response.end` (after `response.error` if it raised).
 
         An async responder's items go out as they come (an LLM's sentences); a sync one's are
@@ -264,11 +314,13 @@ class WebhookEndpoint:
             if inspect.isawaitable(produced):
                 produced = await produced
             if hasattr(produced, "__aiter__"):
-                async for item in produced:  # type: ignore[union-attr]
-                    await send({"type": "http.response.body", "body": _sse_item(item, turn_id), "more_body": True})
+                if not await self._stream_until_cancelled(receive, send, produced, turn_id):
+                    raise ReplyCancelled
             else:
                 for item in produced:  # type: ignore[union-attr]
                     pending.append(_sse_item(item, turn_id))
+        except ReplyCancelled:
+            raise
         except Exception as exc:  # the event is landed already; tell Layercode and close the turn
             log.exception("responder failed for session %s", event.session_id)
             pending.append(_sse(ResponseError(error=f"responder failed: {type(exc).__name__}", turn_id=turn_id)))

@@ -7,6 +7,7 @@ reply cannot do without are required.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -15,7 +16,7 @@ SESSION_START = "session.start"
 MESSAGE = "message"
 SESSION_END = "session.end"
 SESSION_UPDATE = "session.update"
-SSE_EVENT_TYPES = (SESSION_START, MESSAGE)
+DATA = "data"
 
 Timestamp = float | int | str | None
 
@@ -28,6 +29,9 @@ class _Event(BaseModel):
     conversation_id: str | None = None
     from_phone_number: str | None = None
     to_phone_number: str | None = None
+    # The metadata the customer's backend gave at session authorisation: `custom_metadata` on
+    # every request in the newer docs, `metadata` in older payloads; read both, prefer the first.
+    custom_metadata: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -36,10 +40,32 @@ class SessionStartEvent(_Event):
     turn_id: str
 
 
+class InterruptionContext(BaseModel):
+    """On `message`: what happened to the immediately previous assistant turn (the platform's
+    only barge-in signal)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    previous_turn_interrupted: bool | None = None
+    words_heard: float | None = None
+    text_heard: str | None = None
+    assistant_turn_id: str | None = None
+
+
 class MessageEvent(_Event):
     type: Literal["message"]
     turn_id: str
     text: str | None = None
+    interruption_context: InterruptionContext | None = None
+
+
+class DataEvent(_Event):
+    """Structured JSON the caller's client sent (`client.response.data`); it does not interrupt
+    speech and is answered with a plain JSON 2xx."""
+
+    type: Literal["data"]
+    turn_id: str | None = None
+    data: dict[str, Any] | None = None
 
 
 class TranscriptItem(BaseModel):
@@ -73,16 +99,51 @@ class SessionUpdateEvent(_Event):
     error_message: str | None = None
 
 
-WebhookEvent = SessionStartEvent | MessageEvent | SessionEndEvent | SessionUpdateEvent
-_MODELS: dict[str, type[_Event]] = {
-    SESSION_START: SessionStartEvent,
-    MESSAGE: MessageEvent,
-    SESSION_END: SessionEndEvent,
-    SESSION_UPDATE: SessionUpdateEvent,
-}
+@dataclass(frozen=True)
+class EventType:
+    """One webhook event type: its model, the body fields that (with agent, type and session)
+    identify a redelivery of the same event, and whether Layercode waits for an SSE reply.
+    `identity=None`: only the same bytes are the same event (content hash)."""
+
+    name: str
+    model: type[_Event]
+    identity: tuple[str, ...] | None
+    sse_reply: bool
+
+
+# The registry: the listener, the ingest's identity SQL and the simulator read it from here.
+EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
+    EventType(SESSION_START, SessionStartEvent, ("turn_id",), sse_reply=True),
+    EventType(MESSAGE, MessageEvent, ("turn_id",), sse_reply=True),
+    EventType(SESSION_END, SessionEndEvent, (), sse_reply=False),
+    EventType(SESSION_UPDATE, SessionUpdateEvent, ("recording_status",), sse_reply=False),
+    # several data events may share a turn: only identical bodies are redeliveries
+    EventType(DATA, DataEvent, None, sse_reply=False),
+)}
+SSE_EVENT_TYPES = tuple(t.name for t in EVENT_TYPES.values() if t.sse_reply)
+IDENTITY_FIELDS = ("turn_id", "recording_status")  # the body fields the ingest extracts for identities
+assert all(f in IDENTITY_FIELDS for t in EVENT_TYPES.values() for f in t.identity or ())
+
+WebhookEvent = SessionStartEvent | MessageEvent | SessionEndEvent | SessionUpdateEvent | DataEvent
+_MODELS: dict[str, type[_Event]] = {name: t.model for name, t in EVENT_TYPES.items()}
 
 
 _KNOWN_JSON = TypeAdapter(Annotated[WebhookEvent, Field(discriminator="type")])
+
+
+def event_key_sql() -> str:
+    """The ingest's SQL for an event's identity (`event_key`), from the registry: a redelivery
+    has the same key even when its bytes differ (Layercode may re-serialise); an event with no
+    session, or a type without identity fields (unknown types included), keys on its content."""
+    whens = []
+    for t in EVENT_TYPES.values():
+        if t.identity is None:
+            continue
+        parts = ", ".join(["agent_id", "event_type", "session_id", *(f"coalesce({f}, '')" for f in t.identity)])
+        required = " and ".join(f"{f} is not null" for f in t.identity if f == "turn_id") or "true"
+        whens.append(f"    when event_type = '{t.name}' and {required} then concat_ws('|', {parts})")
+    return ("case\n    when session_id is null then 'sha256:' || content_sha256\n" + "\n".join(whens)
+            + "\n    else 'sha256:' || content_sha256\nend")
 
 
 def parse_event_json(body: bytes, event_type: str) -> WebhookEvent | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +25,26 @@ import orjson
 ENVELOPE_VERSION = 1
 SEALED_SUFFIX = ".jsonl"
 OPEN_SUFFIX = ".jsonl.open"
-# Request headers worth keeping; the signature is a credential-derived value and is not.
-KEPT_HEADERS = ("user-agent", "content-type", "x-forwarded-for", "x-request-id", "traceparent")
+# Request headers worth keeping by default: the client and tracing headers, and every `x-`
+# header (Layercode appends the customer's custom headers, e.g. `x-tenant-id`, to each webhook).
+DEFAULT_KEPT_HEADERS = ("user-agent", "content-type", "x-*", "traceparent")
+# Credentials and credential-derived values, never kept whatever the allow-list says.
+NEVER_KEPT_HEADERS = frozenset({"layercode-signature", "authorization", "proxy-authorization", "cookie",
+                                "set-cookie", "x-api-key", "x-amz-security-token"})
+
+
+def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:
+    """A predicate on raw (lower-case) header names: exact names, or prefixes ending in `*`.
+    Answers are cached per name: the listener asks for every header of every request."""
+    exact = {p.lower() for p in patterns if not p.endswith("*")}
+    prefixes = tuple(p.lower()[:-1] for p in patterns if p.endswith("*"))
+
+    @functools.lru_cache(maxsize=1024)
+    def keep(name: bytes) -> bool:
+        text = name.decode("latin-1").lower()
+        return text not in NEVER_KEPT_HEADERS and (text in exact or text.startswith(prefixes))
+
+    return keep
 
 
 def build_envelope(
@@ -62,13 +80,13 @@ def _partition(landing_dir: Path, day: tuple[int, int, int], hour: int) -> Path:
     return landing_dir / f"dt={day[0]:04d}-{day[1]:02d}-{day[2]:02d}" / f"hour={hour:02d}"
 
 
-_KEPT_RAW = {k.encode() for k in KEPT_HEADERS}
+_DEFAULT_KEEP = header_allow_list(DEFAULT_KEPT_HEADERS)
 
 
 def _kept_headers(headers: Mapping[str, str] | list[tuple[bytes, bytes]]) -> dict[str, str]:
-    if isinstance(headers, list):  # raw ASGI headers: lower-case names, one pass
-        return {k.decode(): v.decode("latin-1") for k, v in headers if k in _KEPT_RAW}
-    return {k: headers[k] for k in KEPT_HEADERS if k in headers}
+    if isinstance(headers, list):  # raw ASGI headers: the default allow-list
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if _DEFAULT_KEEP(k)}
+    return dict(headers)  # already chosen by the caller (the listener applies its allow-list)
 
 
 def partition_dir(landing_dir: Path, received_at: datetime) -> Path:

@@ -1,14 +1,16 @@
-"""`layercode-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`."""
+"""`layercode-signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.
+
+Parsed as comma-separated pairs; any `v1` that matches any current secret of the agent is
+accepted. Two `layercode-signature` headers on one request are refused by the listener as
+ambiguous (which one did the sender mean?).
+"""
 
 from __future__ import annotations
 
 import hmac
-import re
 import time
 from collections.abc import Iterable
 
-# The official SDK's pattern; anchored so trailing junk is "malformed", not ignored.
-SIGNATURE_RE = re.compile(r"^t=(\d+),v1=([a-fA-F0-9]+)$")
 SIGNATURE_HEADER = "layercode-signature"
 DEFAULT_TOLERANCE_S = 300
 
@@ -33,6 +35,32 @@ def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
     return f"t={ts},v1={compute_signature(body, secret, ts)}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_signature_header(header: str) -> tuple[int, list[str]]:
+    """`t=<unix seconds>,v1=<hex>[,v1=<hex>...]` as comma-separated `key=value` pairs (contract
+    section 5): the timestamp and every `v1` (a secret rotation may send several). Pairs of
+    other schemes (`v0=...`) are ignored, as the SDK's unanchored pattern ignores them."""
+    ts: int | None = None
+    candidates: list[str] = []
+    for pair in header.split(","):
+        key, sep, value = pair.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            if not value.isdigit() or ts is not None:
+                raise SignatureError("malformed_signature", "expected one 't=<unix seconds>'")
+            ts = int(value)
+        elif key == "v1":
+            value = value.lower()
+            if value and set(value) <= _HEX:
+                candidates.append(value)
+    if ts is None or not candidates:
+        raise SignatureError("malformed_signature", "expected 't=<unix seconds>,v1=<hex>'")
+    return ts, candidates
+
+
 def verify_signature(
     body: bytes,
     header: str | None,
@@ -48,17 +76,16 @@ def verify_signature(
     """
     if not header:
         raise SignatureError("missing_signature", f"missing {SIGNATURE_HEADER} header")
-    match = SIGNATURE_RE.match(header.strip())
-    if match is None:
-        raise SignatureError("malformed_signature", "expected 't=<unix seconds>,v1=<hex>'")
-    ts, given = int(match.group(1)), match.group(2).lower()
+    ts, candidates = parse_signature_header(header)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
         raise SignatureError("stale_timestamp", f"timestamp is {int(current - ts)} s away from now (tolerance {tolerance_s} s)")
     ok = False
     for secret in secrets:
-        # no early exit: the time taken does not tell which secret matched
-        ok |= hmac.compare_digest(compute_signature(body, secret, ts), given)
+        expected = compute_signature(body, secret, ts)
+        for given in candidates:
+            # no early exit: the time taken does not tell which secret or signature matched
+            ok |= hmac.compare_digest(expected, given)
     if not ok:
         raise SignatureError("invalid_signature", "signature does not match the body")
     return ts

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from layercode_pipeline.contract.events import event_key_sql
 from layercode_pipeline.contract.landing import (
     OPEN_SUFFIX,
     iter_sealed_segments,
@@ -23,18 +24,8 @@ from layercode_pipeline.contract.landing import (
     recover_orphan_segments,
 )
 
-# The identity of an event: a redelivery of the same event has the same key even when its
-# bytes differ (Layercode may re-serialise); unknown types fall back to the content hash.
-EVENT_KEY_SQL = """
-case
-    when session_id is null then 'sha256:' || content_sha256
-    when event_type in ('session.start', 'message') and turn_id is not null
-        then concat_ws('|', agent_id, event_type, session_id, turn_id)
-    when event_type = 'session.end' then concat_ws('|', agent_id, event_type, session_id)
-    when event_type = 'session.update' then concat_ws('|', agent_id, event_type, session_id, coalesce(recording_status, ''))
-    else 'sha256:' || content_sha256
-end
-"""
+# The identity of an event, from the event registry (see contract.events.event_key_sql).
+EVENT_KEY_SQL = event_key_sql()
 
 
 PARSE_SQL = """
@@ -42,7 +33,7 @@ PARSE_SQL = """
         with envelope as (
             select source_file,
                    try(json_extract_string(line, ['$.received_at', '$.agent_id', '$.event_type',
-                       '$.content_sha256', '$.body', '$.error', '$.writer_id'])) as f,
+                       '$.content_sha256', '$.body', '$.error', '$.writer_id', '$.headers'])) as f,
                    line
             from ({lines_sql}) lines
         ), ids as (
@@ -55,7 +46,7 @@ PARSE_SQL = """
         ), typed as (
             select source_file, line, f is not null as line_ok, try_cast(f[1] as timestamptz) as received_at,
                    f[2] as agent_id, f[3] as event_type, f[4] as content_sha256, f[5] as body,
-                   f[6] as validation_error, f[7] as writer_id, ids is not null as body_ok,
+                   f[6] as validation_error, f[7] as writer_id, f[8] as headers, ids is not null as body_ok,
                    case when json_type(ids[1]) = 'VARCHAR' then ids[1]->>'$' end as session_id,
                    case when json_type(ids[2]) = 'VARCHAR' then ids[2]->>'$' end as conversation_id,
                    case when json_type(ids[3]) = 'VARCHAR' then ids[3]->>'$' end as turn_id,
@@ -273,9 +264,10 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
         con.execute("""
             insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
                    session_id, conversation_id, turn_id, body, validation_error, writer_id, source, source_file,
-                   ingested_at, event_key_md5)
+                   ingested_at, event_key_md5, headers)
             select event_key, received_at, agent_id, event_type, content_sha256, session_id, conversation_id,
-                   turn_id, body, validation_error, writer_id, 'webhook', source_file, now(), event_key_md5
+                   turn_id, body, validation_error, writer_id, 'webhook', source_file, now(), event_key_md5,
+                   case when json_type(headers) = 'OBJECT' then headers end
             from _parsed where rowid in (select id from _chosen)
         """)
         con.execute("create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)")

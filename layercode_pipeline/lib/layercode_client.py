@@ -30,7 +30,19 @@ class LayercodeAPIError(RuntimeError):
 
 
 class LayercodeAuthError(LayercodeAPIError):
-    """401: the key is wrong or the org does not own the agent. Retrying will not help."""
+    """400/401/402/403: the key, the org or its balance must be fixed. Retrying will not help,
+    and every other call of the run would fail the same way, so the run stops at once."""
+
+
+# What to fix for each answer that no retry can change (contract section 5).
+FATAL_STATUS = {
+    400: "Layercode API answered 400 Bad Request (an invalid or missing bearer token): check LAYERCODE_API_KEY",
+    401: "Layercode API answered 401 Unauthorized: check LAYERCODE_API_KEY and that the key's org owns the agent",
+    402: "Layercode API answered 402 Payment Required: the org's balance is insufficient; top it up in the "
+         "Layercode dashboard",
+    403: "Layercode API answered 403 Forbidden: the key may not read this agent's sessions; use an org key of "
+         "the org that owns the agent",
+}
 
 
 class RetryableHTTPError(LayercodeAPIError):
@@ -125,11 +137,28 @@ class LayercodeClient:
 
     @staticmethod
     def _check(response: httpx.Response) -> None:
-        if response.status_code == 401:
-            raise LayercodeAuthError("Layercode API answered 401 Unauthorized: check LAYERCODE_API_KEY and that "
-                                     "the key's org owns the agent")
+        if response.status_code in FATAL_STATUS:
+            raise LayercodeAuthError(FATAL_STATUS[response.status_code])
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableHTTPError(response.status_code, _retry_after(response))
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        """`GET /v1/agents`: the org's agents (id, name, type, phone numbers), as they came."""
+        assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"
+        async with self._sem:
+            async for attempt in self._retrying():
+                with attempt:
+                    response = await self._client.get("/agents")
+                    self._check(response)
+        if response.status_code != 200:
+            raise LayercodeAPIError(f"unexpected HTTP {response.status_code} for the agents list")
+        try:
+            agents = response.json().get("agents")
+        except (ValueError, AttributeError) as exc:
+            raise LayercodeAPIError("agents list is not a JSON object") from exc
+        if not isinstance(agents, list):
+            raise LayercodeAPIError("agents list has no 'agents' array")
+        return [a for a in agents if isinstance(a, dict) and isinstance(a.get("id"), str)]
 
     async def get_session(self, agent_id: str, session_id: str) -> SessionFetch:
         assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"
@@ -163,7 +192,11 @@ class LayercodeClient:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(dest):x}.part")
         try:
-            async with self._client.stream("GET", self.session_path(agent_id, session_id) + "/recording") as response:
+            # The WAV may be served from signed storage on another host (the docs' example is
+            # `curl -L`): follow redirects. httpx drops the Authorization header when a redirect
+            # leaves the API's origin, so the key never reaches that host.
+            async with self._client.stream("GET", self.session_path(agent_id, session_id) + "/recording",
+                                           follow_redirects=True) as response:
                 self._check(response)
                 ctype = response.headers.get("content-type", "")
                 if response.status_code == 404:

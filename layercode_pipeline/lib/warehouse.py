@@ -40,7 +40,9 @@ create table if not exists raw.layercode_events (
     ingested_at      timestamptz not null,
     -- md5_number(event_key): redeliveries of ingested events are found by this 16-byte column,
     -- a scan about 6x cheaper per million events of history than comparing the key strings
-    event_key_md5    uhugeint not null
+    event_key_md5    uhugeint not null,
+    -- the request headers the listener's allow-list kept (Layercode's custom headers among them)
+    headers          json
 );
 create table if not exists raw.layercode_rejects (
     source_file  varchar not null,
@@ -138,6 +140,10 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     except duckdb.BinderException:
         con.execute("alter table raw.layercode_events add column event_key_md5 uhugeint")
         con.execute("update raw.layercode_events set event_key_md5 = md5_number(event_key)")
+    try:  # and before headers were kept
+        con.execute("select headers from raw.layercode_events limit 0")
+    except duckdb.BinderException:
+        con.execute("alter table raw.layercode_events add column headers json")
 
 
 @contextlib.contextmanager

@@ -1,4 +1,13 @@
-"""WAV (RIFF/WAVE, PCM) headers: write them for the simulator, check them for downloads."""
+"""WAV (RIFF/WAVE) headers: write them for the simulator, check them for downloads.
+
+Layercode does not document its recording format (contract section 5): expect 16-bit PCM at
+8 kHz (telephony) or 16 kHz (web), possibly 8-bit mu-law, and a streamed file whose RIFF or
+data size is a placeholder (0 or 0xFFFFFFFF) because the writer did not know the length when
+it sent the header. What can be checked is checked: the chunk layout, the format, and the
+declared sizes against the bytes received when they are real sizes. A placeholder data size
+means "runs to the end of the file", which is complete by construction (the download itself
+checks the transfer's own length).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+PCM = 1
+MU_LAW = 7
+A_LAW = 6
+EXTENSIBLE = 0xFFFE
+PLACEHOLDER_SIZES = (0, 0xFFFFFFFF)
+FORMAT_NAMES = {PCM: "pcm", MU_LAW: "mulaw", A_LAW: "alaw", EXTENSIBLE: "extensible"}
 
 
 class InvalidWav(ValueError):
@@ -19,6 +35,12 @@ class WavInfo:
     bits_per_sample: int
     data_bytes: int
     file_bytes: int
+    format_tag: int = PCM
+    size_placeholder: bool = False  # the header carried 0 / 0xFFFFFFFF for a length it did not know
+
+    @property
+    def encoding(self) -> str:
+        return FORMAT_NAMES.get(self.format_tag, f"format-{self.format_tag}")
 
     @property
     def duration_s(self) -> float:
@@ -26,21 +48,27 @@ class WavInfo:
         return self.data_bytes / frame / self.sample_rate if frame and self.sample_rate else 0.0
 
 
-def wav_header(data_bytes: int, sample_rate: int = 8000, channels: int = 1, bits: int = 16) -> bytes:
+def wav_header(data_bytes: int, sample_rate: int = 8000, channels: int = 1, bits: int = 16, *,
+               format_tag: int = PCM, placeholder: int | None = None) -> bytes:
+    """A canonical 44-byte header; `placeholder` (0 or 0xFFFFFFFF) replaces both sizes, as a
+    streaming writer that does not know the length yet would."""
     block_align = channels * bits // 8
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block_align,
+    riff_size = 36 + data_bytes if placeholder is None else placeholder
+    data_size = data_bytes if placeholder is None else placeholder
+    return (b"RIFF" + struct.pack("<I", riff_size) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, format_tag, channels, sample_rate, sample_rate * block_align,
                                     block_align, bits)
-            + b"data" + struct.pack("<I", data_bytes))
+            + b"data" + struct.pack("<I", data_size))
 
 
 def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
-    """Check that the RIFF header, the chunk sizes and the file size agree."""
+    """Check the RIFF layout, the format, and the declared sizes against the file's size."""
     head = fh.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         raise InvalidWav("not a RIFF/WAVE file")
     riff_size = struct.unpack("<I", head[4:8])[0]
-    if riff_size + 8 != file_bytes:
+    riff_placeholder = riff_size in PLACEHOLDER_SIZES
+    if not riff_placeholder and riff_size + 8 != file_bytes:
         raise InvalidWav(f"RIFF header says {riff_size + 8} bytes, file has {file_bytes} (truncated?)")
     fmt: tuple[int, ...] | None = None
     pos = 12
@@ -54,12 +82,25 @@ def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
         elif chunk_id == b"data":
             if fmt is None:
                 raise InvalidWav("data chunk before fmt chunk")
-            if pos + 8 + chunk_size > file_bytes:
-                raise InvalidWav(f"data chunk claims {chunk_size} bytes, only {file_bytes - pos - 8} present")
-            _, channels, sample_rate, _, _, bits = fmt
+            available = file_bytes - pos - 8
+            data_placeholder = chunk_size in PLACEHOLDER_SIZES
+            if data_placeholder:
+                chunk_size = available  # "runs to the end of the file"
+            elif chunk_size > available:
+                raise InvalidWav(f"data chunk claims {chunk_size} bytes, only {available} present")
+            format_tag, channels, sample_rate, _, block_align, bits = fmt
+            if format_tag not in FORMAT_NAMES:
+                raise InvalidWav(f"unsupported encoding (format tag {format_tag})")
             if channels < 1 or sample_rate < 1 or bits not in (8, 16, 24, 32):
                 raise InvalidWav(f"unsupported format: {channels} ch, {sample_rate} Hz, {bits} bit")
-            return WavInfo(sample_rate, channels, bits, chunk_size, file_bytes)
+            if format_tag in (MU_LAW, A_LAW) and bits != 8:
+                raise InvalidWav(f"{FORMAT_NAMES[format_tag]} must be 8 bit, header says {bits}")
+            if block_align and chunk_size % block_align and not data_placeholder:
+                raise InvalidWav(f"data size {chunk_size} is not a whole number of {block_align}-byte frames")
+            return WavInfo(sample_rate, channels, bits, chunk_size, file_bytes, format_tag,
+                           riff_placeholder or data_placeholder)
+        if chunk_size in PLACEHOLDER_SIZES and chunk_id != b"data":
+            raise InvalidWav(f"chunk {chunk_id!r} has a placeholder size before the data chunk")
         pos += 8 + chunk_size + (chunk_size & 1)
     raise InvalidWav("no data chunk")
 

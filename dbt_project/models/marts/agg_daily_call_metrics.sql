@@ -29,6 +29,9 @@ select
     count(*) filter (where outcome = 'voicemail') as outcome_voicemail,
     avg(quality_score) as quality_score_avg,
     coalesce(sum(enrichment_cost_usd), 0) as estimated_cost_usd,
+    sum(interruptions) as interruptions,
+    -- interrupted assistant turns over assistant turns (barge-ins the platform reported)
+    sum(interruptions) / nullif(sum(assistant_turns), 0) as interruption_rate,
     count(*) filter (where ended_by = 'backfill') as sessions_completed_by_backfill
 from {{ ref('fct_sessions') }}
 where agent_id is not null and session_date_at is not null  -- a session known by no dated source has no day

@@ -1,4 +1,5 @@
-{{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert') }}
+{{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert',
+          on_schema_change='append_new_columns') }}
 -- One row per session (connection), merging session.end, session.update, the REST record,
 -- the downloaded recording and the latest enrichment. Where sources disagree the REST record
 -- (the platform's authoritative copy) wins over the session.end webhook; *_source columns
@@ -13,7 +14,11 @@ starts as (
     from {{ ref('stg_webhook_session_starts') }} where session_id in (select session_id from touched) group by 1
 ),
 any_events as (
-    select session_id, min(body->>'$.conversation_id') as conversation_id, min(received_at) as first_seen_at
+    select session_id, min(body->>'$.conversation_id') as conversation_id, min(received_at) as first_seen_at,
+           -- the session's metadata from whichever payloads carry it, custom_metadata first
+           first(metadata order by metadata_field = 'custom_metadata' desc, received_at)
+               filter (where metadata is not null) as metadata,
+           first(headers order by received_at) filter (where headers is not null) as request_headers
     from {{ ref('stg_webhook_events') }} where session_id in (select session_id from touched) group by 1
 ),
 ends as (select * from {{ ref('stg_webhook_session_ends') }} where session_id in (select session_id from touched)),
@@ -28,6 +33,7 @@ turn_stats as (
            count(*) filter (where role = 'assistant') as assistant_turns,
            coalesce(sum(words) filter (where role = 'user'), 0) as user_words,
            coalesce(sum(words) filter (where role = 'assistant'), 0) as assistant_words,
+           count(*) filter (where interrupted) as interruptions,
            min(transcript_source) as transcript_source
     from {{ ref('fct_turns') }} where session_id in (select session_id from touched) group by 1
 ),
@@ -51,7 +57,8 @@ merged as (
         rest.to_phone_country,
         coalesce(rest.country_code, ends.country_code) as country_code,
         coalesce(rest.ip_address, ends.ip_address) as ip_address,
-        coalesce(rest.metadata, ends.metadata, starts.metadata) as metadata,
+        coalesce(any_events.metadata, rest.metadata) as metadata,
+        any_events.request_headers,
         case when rest.session_id is not null then 'rest' when ends.session_id is not null then 'webhook'
              else 'events_only' end as session_source,
         case when ends.session_id is not null then 'webhook'
@@ -84,6 +91,7 @@ merged as (
         coalesce(ts.assistant_turns, 0) as assistant_turns,
         coalesce(ts.user_words, 0) as user_words,
         coalesce(ts.assistant_words, 0) as assistant_words,
+        coalesce(ts.interruptions, 0) as interruptions,
         ts.transcript_source,
         enr.summary,
         enr.caller_name,
@@ -114,6 +122,14 @@ merged as (
 )
 select
     *,
+    {#- keys an operator promotes to columns (LAYERCODE_PROMOTED_METADATA_KEYS=tenant_id,crm_id) #}
+    {%- for key in var('promoted_metadata_keys', '').split(',') if key.strip() %}
+    {%- set key = key.strip() | lower %}
+    {%- if not modules.re.fullmatch('[a-z][a-z0-9_]{0,62}', key) %}
+    {{ exceptions.raise_compiler_error("promoted metadata key " ~ key ~ " must be a lower-case identifier") }}
+    {%- endif %}
+    metadata->>'$.{{ key }}' as metadata_{{ key }},
+    {%- endfor %}
     case when from_phone_number is not null then 'phone' else 'web' end as channel,
     coalesce(started_at, first_seen_at) as session_date_at,
     ended_by is not null as is_complete

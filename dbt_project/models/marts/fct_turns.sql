@@ -1,8 +1,30 @@
-{{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert') }}
+{{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert',
+          on_schema_change='append_new_columns') }}
 -- One row per transcript turn. Incremental by session: a session whose sources changed gets
 -- all its turns rebuilt (its transcript may have come from REST first, from session.end later).
 -- depends_on: {{ ref('int_transcript_turns') }}
-with touched as ({{ touched_sessions() }})
+with touched as ({{ touched_sessions() }}),
+turns as (
+    select *,
+           -- caller turns numbered in order, and the assistant turn each one follows
+           case when role = 'user' then count(*) filter (where role = 'user')
+                over (partition by session_id order by position rows unbounded preceding) end as user_ordinal,
+           max(case when role = 'assistant' then position end)
+               over (partition by session_id order by position rows between unbounded preceding and 1 preceding)
+               as previous_assistant_position
+    from ({{ transcript_turns("select session_id from touched") }}) t
+),
+messages as (  -- the k-th message of a session is its k-th caller turn
+    select session_id, previous_turn_interrupted, words_heard, text_heard,
+           row_number() over (partition by session_id order by received_at, turn_id) as user_ordinal
+    from {{ ref('stg_webhook_messages') }} where session_id in (select session_id from touched)
+),
+barge_ins as (  -- interruption_context describes the assistant turn just before that caller turn
+    select u.session_id, u.previous_assistant_position as position, m.previous_turn_interrupted,
+           m.words_heard, m.text_heard
+    from turns u join messages m using (session_id, user_ordinal)
+    where u.previous_assistant_position is not null
+)
 select
     t.turn_key,
     t.session_id,
@@ -14,6 +36,10 @@ select
     t.spoken_at,
     t.offset_ms,
     t.transcript_source,
+    case when t.role = 'assistant' then coalesce(b.previous_turn_interrupted, false) end as interrupted,
+    case when b.previous_turn_interrupted then b.words_heard end as words_heard,
+    case when b.previous_turn_interrupted then b.text_heard end as text_heard,
     s.source_loaded_at
-from ({{ transcript_turns("select session_id from touched") }}) t
+from turns t
 join {{ ref('int_session_sources') }} s using (session_id)
+left join barge_ins b on b.session_id = t.session_id and b.position = t.position

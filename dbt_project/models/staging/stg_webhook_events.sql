@@ -10,6 +10,13 @@ select
     session_id,
     turn_id,
     body,
+    -- the customer's session metadata: `custom_metadata` (newer payloads, every type) wins over
+    -- the legacy `metadata`; only a JSON object counts
+    case when json_type(body->'$.custom_metadata') = 'OBJECT' then body->'$.custom_metadata'
+         when json_type(body->'$.metadata') = 'OBJECT' then body->'$.metadata' end as metadata,
+    case when json_type(body->'$.custom_metadata') = 'OBJECT' then 'custom_metadata'
+         when json_type(body->'$.metadata') = 'OBJECT' then 'metadata' end as metadata_field,
+    headers,
     ingested_at
 from {{ source('raw', 'layercode_events') }}
 where validation_error is null and session_id is not null

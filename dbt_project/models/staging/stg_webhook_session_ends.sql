@@ -16,7 +16,7 @@ select
     body->>'$.to_phone_number' as to_phone_number,
     body->>'$.recording_status' as recording_setting,
     body->'$.transcript' as transcript,
-    body->'$.metadata' as metadata,
+    metadata,
     received_at,
     ingested_at
 from {{ ref('stg_webhook_events') }}

@@ -5,7 +5,7 @@ select
     turn_id,
     body->>'$.from_phone_number' as from_phone_number,
     body->>'$.to_phone_number' as to_phone_number,
-    body->'$.metadata' as metadata,
+    metadata,
     received_at,
     ingested_at
 from {{ ref('stg_webhook_events') }}
