@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS  # noqa: E402
+from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
 
 DEFAULT_AGENT_ID = "default"
 

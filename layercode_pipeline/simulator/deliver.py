@@ -198,6 +198,11 @@ class Deliverer:
                     else:
                         await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Ctrl-C cancelled this request, and aiohttp may report a cancellation as a
+                    # timeout: that is an interrupt, not a failed delivery to retry
+                    raise asyncio.CancelledError from exc
                 rec.error = f"{type(exc).__name__}: {exc}"
             self.report.log.append(rec)
             if self.on_event is not None:
