@@ -41,9 +41,12 @@ def test_ctrl_c_stops_cleanly(tmp_path):
 
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_HOME"))}
+    # As from a terminal: SIGINT at its default. A child inherits an ignored SIGINT, and the test
+    # process may have one (something earlier in the session, e.g. a first `dbt parse`, left it so).
     proc = subprocess.Popen([sys.executable, "-m", "layercode_pipeline.cli", "demo", "--calls", "400",
                              "--data-dir", str(data)], env={**env, "COLUMNS": "160"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # interrupt once the listener is up and calls are flowing
         line = proc.stdout.readline()
