@@ -105,6 +105,7 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     def say(msg: str) -> None:
         if console is not None:
             console.print(msg)
+            console.file.flush()  # shown as it happens when the output is a pipe (tee, a log, a test)
 
     api = SimulatorAPI(api_key=DEMO_API_KEY, seed=run_seed, processing_delay_s=processing_delay_s,
                        faults=DEMO_API_FAULTS if api_faults is None else api_faults, retry_after_s=1)
