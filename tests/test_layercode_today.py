@@ -71,12 +71,12 @@ def test_data_events_json_reply_and_custom_headers_landed_without_credentials(li
                    "custom_metadata": {"tenant_id": "acme"}},
              headers={"x-tenant-id": "acme", "authorization": "Bearer secret-token", "cookie": "sid=1"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    [env] = [e for e in landed_envelopes_after_stop(url, data) if e["event_type"] == "data"]
+    [env] = [e for e in landed_envelopes_so_far(data) if e["event_type"] == "data"]
     assert env["headers"]["x-tenant-id"] == "acme"
     assert not {"authorization", "cookie", "layercode-signature"} & set(env["headers"])
 
 
-def landed_envelopes_after_stop(url: str, data: Path) -> list[dict]:
+def landed_envelopes_so_far(data: Path) -> list[dict]:
     """Every envelope landed so far, sealed or in the open segment (acknowledged = fsynced)."""
     out = []
     for path in (data / "landing").rglob("*.jsonl*"):
@@ -99,7 +99,7 @@ def test_barge_in_tears_the_sse_reply_and_is_logged_as_cancelled(listener, caplo
     while time.monotonic() < deadline and "reply_cancelled" not in caplog.text:
         time.sleep(0.1)
     assert "reply_cancelled" in caplog.text
-    assert any(e["event_type"] == "message" for e in landed_envelopes_after_stop(url, data))
+    assert any(e["event_type"] == "message" for e in landed_envelopes_so_far(data))
     assert "Traceback" not in caplog.text and " 500" not in caplog.text
 
 

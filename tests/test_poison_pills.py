@@ -8,6 +8,7 @@ run with good data is unaffected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +26,7 @@ import orjson
 import pytest
 
 from layercode_pipeline.config import Settings
+from layercode_pipeline.contract.landing import build_envelope
 from layercode_pipeline.contract.signing import sign
 from layercode_pipeline.demo import materialize_all
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
@@ -174,13 +177,26 @@ def test_bad_lines_are_rejects_with_file_and_line_and_the_good_lines_are_kept(po
     assert meta["raw_layercode_events"]["rejects"] == 3
 
 
-def test_warning_checks_name_what_was_set_aside(poisoned):
-    """The checks ran in the same run; read them back from the asset's own results."""
+def test_warning_checks_name_what_was_set_aside_and_describe_the_run(poisoned):
     data = poisoned["data"]
-    # a second ingest with nothing new: both checks pass again (they describe the run, not history)
-    result = dg.materialize([raw_layercode_events], resources={"storage": StorageResource(data_dir=str(data))})
+    storage = {"storage": StorageResource(data_dir=str(data))}
+    body = orjson.dumps({"type": "message", "session_id": 7, "turn_id": "t"})
+    invalid = build_envelope(received_at=datetime.now(UTC), agent_id="ag", event_type="message",
+                             content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={},
+                             writer_id="restored", error="session_id: Input should be a valid string")
+    part = data / "landing" / "dt=2026-11-20" / "hour=22"
+    part.mkdir(parents=True)
+    (part / "restored-bad.jsonl").write_bytes(invalid + b"not an envelope\n")
+    result = dg.materialize([raw_layercode_events], resources=storage)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks["no_rejected_lines"].passed and checks["no_invalid_events"].passed
+    for name, count_key in (("no_rejected_lines", "rejects"), ("no_invalid_events", "invalid_events")):
+        check = checks[name]
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN, name
+        assert check.metadata[count_key].value == 1 and check.metadata["examples"].value, name
+    assert "restored-bad.jsonl:2" in str(checks["no_rejected_lines"].metadata["examples"].value)
+    # a run with nothing new: both pass again (they describe the run, not the history)
+    result = dg.materialize([raw_layercode_events], resources=storage)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
 
 
 def test_next_run_with_good_data_is_unaffected(poisoned):

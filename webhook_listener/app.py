@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import hashlib
 import inspect
@@ -48,7 +47,8 @@ from layercode_pipeline.contract.events import (
     parse_event_json,
     validation_reason,
 )
-from layercode_pipeline.contract.landing import build_envelope, fsync_dir, header_allow_list, recover_orphan_segments
+from layercode_pipeline.contract.landing import (build_envelope, fsync_dir, header_allow_list,
+                                                 recover_orphan_segments, write_whole)
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError, verify_signature
 
 from .access_log import AccessLog
@@ -76,17 +76,6 @@ class ClientGone(Exception):
 
 class ReplyCancelled(Exception):
     """The caller barged in and Layercode cancelled the request mid-reply."""
-
-
-def _write_whole(fd: int, data: bytes) -> None:
-    """Write all of `data` or raise: a short write (a disk filling up, a file size limit) is
-    continued, and an error is never taken for a complete file."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "short write")
-        view = view[written:]
 
 
 def _sse(event: BaseModel) -> bytes:
@@ -150,7 +139,7 @@ def quarantine(quarantine_dir: Path, *, agent_id: str, reason: str, body: bytes,
             fd = os.open(day / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             written.append(day / name)
             try:
-                _write_whole(fd, data)
+                write_whole(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

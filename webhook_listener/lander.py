@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from layercode_pipeline.contract.landing import OPEN_SUFFIX, fsync_dir, partition_dir, seal_path
+from layercode_pipeline.contract.landing import OPEN_SUFFIX, fsync_dir, partition_dir, seal_path, write_whole
 
 log = logging.getLogger("webhook_listener.lander")
 
@@ -192,10 +192,7 @@ class SegmentLander:
             seg = self._segment = self._open(partition)
         start = seg.size
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(seg.fd, view)
-                view = view[written:]
+            write_whole(seg.fd, data)
             os.fdatasync(seg.fd)
         except OSError:
             # Take the torn group back out so the file stays whole lines, then start a

@@ -12,6 +12,7 @@ acknowledgement waits for the fsync of whole lines) and seals it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -92,6 +93,17 @@ def _kept_headers(headers: Mapping[str, str] | list[tuple[bytes, bytes]]) -> dic
 def partition_dir(landing_dir: Path, received_at: datetime) -> Path:
     """`<landing>/dt=YYYY-MM-DD/hour=HH` of the receive time (cached: it is on the request path)."""
     return _partition(landing_dir, (received_at.year, received_at.month, received_at.day), received_at.hour)
+
+
+def write_whole(fd: int, data: bytes) -> None:
+    """Write all of `data` or raise: a short write (a disk filling up, a file size limit) is
+    continued, so an error is never taken for a complete write."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[written:]
 
 
 def fsync_dir(path: Path) -> None:
