@@ -27,7 +27,7 @@ from layercode_pipeline.simulator import generate_batch  # noqa: E402
 
 KEY = "sk_bench"
 SERVER = r"""
-import sys, uvicorn
+import sys, threading
 from starlette.responses import Response
 from starlette.routing import Route
 from layercode_pipeline.simulator import SimulatorAPI, generate_batch
@@ -35,11 +35,12 @@ sessions, port, latency = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 batch = generate_batch(sessions, seed=9)
 big = batch.sessions[0]
 big.duration_ms = 200 * 1024 * 1024 // 16  # 16 bytes per ms at 8 kHz 16-bit: a 200 MB WAV
-big.recording_outcome = "completed"
+big.sample_rate, big.wav_format, big.recording_outcome = 8000, "pcm", "completed"
 api = SimulatorAPI(api_key="sk_bench", latency_s=latency)
 api.register(batch, ready_in_s=0)
 api.app.router.routes.append(Route("/healthz", lambda r: Response(b"ok")))
-uvicorn.run(api.app, port=port, log_level="warning", access_log=False)
+with api.serve(port=port):  # the REST API, and the storage host its recordings redirect to
+    threading.Event().wait()
 """
 DOWNLOAD_ONE = r"""
 import asyncio, json, resource, sys

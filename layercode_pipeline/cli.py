@@ -92,7 +92,9 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 @click.option("--api-key", envvar="LAYERCODE_API_KEY", default="sim_api_key", show_default=True)
 @click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
               help="Webhook: drop_session_end, drop_session_update, duplicate, out_of_order, burst. "
-                   "API: rate_limit, server_error, slow, truncated_wav.")
+                   "API: rate_limit, server_error, slow, truncated_wav, payment_required.")
+@click.option("--retries", default=0, show_default=True, type=click.IntRange(0, 10),
+              help="Retry a failed delivery this many times. Layercode documents no retries, so the default is none.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Write the ground truth here.")
 @click.option("--concurrency", default=32, show_default=True, type=int, help="Calls in flight at once.")
 @click.option("--pace", default=0.0, show_default=True, type=float, help="Seconds between a call's events (0: as fast as possible).")
@@ -101,9 +103,10 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 @click.option("--secret", default=None, help="Sign every agent's webhooks with this secret instead of the generated ones.")
 @click.option("--print-secrets", is_flag=True, help="Print LAYERCODE_WEBHOOK_SECRETS for these agents and exit.")
 def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_key: str, faults: tuple[str, ...],
-             manifest: str | None, concurrency: int, pace: float, update_delay: float, secret: str | None,
-             print_secrets: bool) -> None:
+             retries: int, manifest: str | None, concurrency: int, pace: float, update_delay: float,
+             secret: str | None, print_secrets: bool) -> None:
     """Send realistic signed Layercode webhooks to a listener (and serve the REST API)."""
+    import contextlib
     import json
     import time
     from pathlib import Path
@@ -111,7 +114,6 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
     from rich.console import Console
     from rich.table import Table
 
-    from layercode_pipeline.lib.serve import BackgroundServer
     from layercode_pipeline.simulator import (API_FAULTS, Deliverer, SimulatorAPI, generate_batch,
                                               listener_secrets_json, parse_fault_specs)
     from layercode_pipeline.simulator.deliver import deliver_with_progress
@@ -127,30 +129,30 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
         return
     if manifest:
         Path(manifest).write_text(json.dumps(batch.manifest(), indent=1))
-    server = None
-    api = None
-    if api_port is not None:
-        api = SimulatorAPI(api_key=api_key, seed=seed, processing_delay_s=update_delay,
-                           faults={k: v for k, v in fault_rates.items() if k in API_FAULTS})
-        api.register(batch)  # the platform knows every session, whatever the webhooks did
-        server = BackgroundServer(api.app, port=api_port).start()
-        console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key)")
-    deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
-                          pace_s=pace, update_delay_s=update_delay)
-    report = deliver_with_progress(deliverer, console)
-    table = Table(title="simulate")
-    for key, value in report.summary().items():
-        table.add_row(key, str(value))
-    console.print(table)
-    if report.failed:
-        console.print(f"[red]{report.failed} deliveries failed[/]; first: {next(a.error or a.status for a in report.log if a.status is None or a.status >= 300)}")
-    if server is not None:
-        console.print("Serving the REST API until Ctrl-C.")
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            server.stop()
+    with contextlib.ExitStack() as stack:
+        if api_port is not None:
+            api = SimulatorAPI(api_key=api_key, seed=seed, processing_delay_s=update_delay,
+                               faults={k: v for k, v in fault_rates.items() if k in API_FAULTS})
+            api.register(batch)  # the platform knows every session, whatever the webhooks did
+            server = stack.enter_context(api.serve(port=api_port))
+            console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key); "
+                          f"recordings redirect to {api.storage_url}")
+        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
+                              pace_s=pace, update_delay_s=update_delay, max_attempts=1 + retries)
+        report = deliver_with_progress(deliverer, console)
+        table = Table(title="simulate")
+        for key, value in report.summary().items():
+            table.add_row(key, str(value))
+        console.print(table)
+        if report.failed:
+            first = next(a.error or a.status for a in report.log if a.status is None or a.status >= 300)
+            console.print(f"[red]{report.failed} deliveries failed[/] (not retried unless --retries; the REST backfill "
+                          f"repairs what it can); first: {first}")
+        if api_port is not None:
+            console.print("Serving the REST API until Ctrl-C.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
 
 
 @main.command()

@@ -35,7 +35,9 @@ def _state(data_dir: Path) -> dict[str, Any]:
 
 def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None, grace_minutes: int = 15,
                     on_stage=None, instance=None, quiet_dbt: bool = True) -> dict[str, dict[str, Any]]:
-    """Materialise every asset in dependency order, stage by stage (so progress can be shown)."""
+    """Materialise every asset in dependency order, stage by stage (so progress can be shown).
+    Returns each materialised asset's metadata, and under `asset_checks` every check's outcome
+    (`"<asset>:<check>": {"passed", "severity"}`)."""
     import dagster as dg
 
     from layercode_pipeline.definitions import defs
@@ -52,7 +54,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     all_assets = [a for a in defs.assets or []]  # type: ignore[union-attr]
     groups = {
         "ingest": dg.AssetSelection.assets("raw_layercode_events"),
-        "backfill": dg.AssetSelection.groups("backfill", "recordings"),
+        "backfill": dg.AssetSelection.groups("agents", "backfill", "recordings"),
         "enrichment": dg.AssetSelection.groups("enrichment"),
         "dbt": dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"),
         "serving": dg.AssetSelection.groups("serving"),
@@ -78,6 +80,9 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        for check in result.get_asset_check_evaluations():  # warnings do not fail a stage; keep them to show
+            metadata.setdefault("asset_checks", {})[f"{check.asset_key.to_user_string()}:{check.check_name}"] = \
+                {"passed": check.passed, "severity": check.severity.value}
         if on_stage:
             on_stage(stage, "done")
     return metadata
@@ -113,10 +118,10 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, webhook_secret=None,
                         webhook_secrets=listener_secrets_json(batch), segment_max_age_s=5.0, log_level="WARNING")
     listener = BackgroundServer(create_app(settings), log_level="warning")
-    api_server = BackgroundServer(api.app, log_level="warning")
     listener.start()
-    api_server.start()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(listener.stop)
+        api_server = stack.enter_context(api.serve())
         say(f"listener on [bold]{listener.url}[/], simulated Layercode REST API on [bold]{api_server.url}/v1[/]")
         deliverer = Deliverer(batch, listener.url + "/agents/{agent_id}/webhook",
                               faults=DEFAULT_FAULTS if faults is None else faults, concurrency=32)
@@ -143,9 +148,6 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
         finally:
             if status is not None:
                 status.stop()
-    finally:
-        listener.stop()
-        api_server.stop()
     state["runs"] += 1
     state.setdefault("seeds", []).append(run_seed)
     (data_dir / ".demo_state.json").write_text(json.dumps(state))
@@ -168,10 +170,16 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
                    (select count(*) from marts.fct_sessions where ended_by = 'backfill')""").fetchone()
         providers = con.execute("select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions "
                                 "group by 1 order by 2 desc").fetchall()
+        interruptions, interrupted_sessions, data_events, formats = con.execute("""
+            select sum(interruptions), count(*) filter (where interruptions > 0), sum(data_events),
+                   string_agg(distinct recording_sample_rate // 1000 || ' kHz ' || recording_encoding, ', '
+                              order by recording_sample_rate // 1000 || ' kHz ' || recording_encoding)
+            from marts.fct_sessions""").fetchone()
         daily = con.execute("""
-            select call_date, agent_id, calls, sessions, round(duration_ms_p50 / 1000, 1), round(latency_ms_p95)::int,
-                   round(recording_coverage * 100), sentiment_positive || '/' || sentiment_neutral || '/' ||
-                   sentiment_negative || '/' || sentiment_mixed, round(quality_score_avg, 1)
+            select call_date, coalesce(agent_name, agent_id), calls, sessions, round(duration_ms_p50 / 1000, 1),
+                   round(latency_ms_p95)::int, round(interruption_rate * 100), round(recording_coverage * 100),
+                   sentiment_positive || '/' || sentiment_neutral || '/' || sentiment_negative || '/' ||
+                   sentiment_mixed, round(quality_score_avg, 1)
             from marts.agg_daily_call_metrics order by 1, 2""").fetchall()
     finally:
         con.close()
@@ -179,19 +187,23 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     meta = result.stage_metadata
     facts = Table.grid(padding=(0, 2))
     facts.add_row("webhooks", f"{rep['sent']} sent, {rep['acknowledged']} acknowledged, {rep['failed']} failed, "
-                              f"{rep['sse_complete']}/{rep['sse_replies']} SSE replies complete, "
+                              f"{rep['sse_complete']}/{rep['sse_replies']} SSE replies complete "
+                              f"({rep['sse_torn_by_barge_in']} torn by a barge-in), "
                               f"{rep['dropped_by_fault']} dropped on purpose")
     ing = meta.get("raw_layercode_events", {})
     facts.add_row("ingested", f"{ing.get('rows_inserted', 0)} new events, {ing.get('duplicates_dropped', 0)} duplicates "
                               f"dropped, {ing.get('rejects', 0)} rejects")
     facts.add_row("warehouse", f"{conversations} calls, {sessions} sessions, {turns} turns")
     facts.add_row("backfill", f"{backfilled} sessions completed from the REST API (their session.end never came)")
-    facts.add_row("recordings", f"{recordings} WAV files kept")
+    facts.add_row("barge-ins", f"{interruptions or 0} assistant turns interrupted, in {interrupted_sessions} sessions; "
+                               f"{data_events or 0} data events from web clients")
+    facts.add_row("recordings", f"{recordings} WAV files kept ({formats or 'none'}), fetched through redirects "
+                                "to signed storage")
     facts.add_row("enrichment", ", ".join(f"{n} by {p}" for p, n in providers))
     facts.add_row("time", f"{elapsed_s:.1f} s")
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
     table = Table(title="marts.agg_daily_call_metrics", box=None, padding=(0, 1), title_justify="left")
-    for col in ("date", "agent", "calls", "sess", "p50 s", "p95 ms", "rec %", "+/=/-/~", "qual"):
+    for col in ("date", "agent", "calls", "sess", "p50 s", "p95 ms", "barge %", "rec %", "+/=/-/~", "qual"):
         table.add_column(col, no_wrap=True)
     for row in daily:
         table.add_row(*("-" if v is None else str(v) for v in row))

@@ -19,7 +19,6 @@ from layercode_pipeline.defs.backfill.assets import layercode_session_details
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
 from layercode_pipeline.defs.recordings.assets import layercode_recordings
 from layercode_pipeline.defs.resources import LayercodeAPIResource, StorageResource
-from layercode_pipeline.lib.serve import BackgroundServer
 from layercode_pipeline.lib.wav import inspect_wav
 from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
 
@@ -48,12 +47,13 @@ def env(landed, tmp_path):
     shutil.copytree(landing, data / "landing")
     api = SimulatorAPI(api_key=KEY, seed=3, retry_after_s=1, slow_s=1.0)
     api.register(batch, ready_in_s=0)
-    server = BackgroundServer(api.app).start()
+    serving = api.serve()
+    server = serving.__enter__()
     storage = StorageResource(data_dir=str(data))
     rest = LayercodeAPIResource(base_url=server.url + "/v1", api_key=KEY, timeout_s=0.5, backoff_initial_s=0.05,
                                 backoff_max_s=2.0, max_attempts=4)
     yield {"batch": batch, "report": report, "api": api, "storage": storage, "rest": rest, "data": data}
-    server.stop()
+    serving.__exit__(None, None, None)
 
 
 def run(env, *assets, config: dict | None = None, rest: LayercodeAPIResource | None = None, raise_on_error=True):
@@ -108,7 +108,7 @@ def test_gaps_are_filled_and_every_completed_recording_kept(env):
         assert p.relative_to(env["data"] / "recordings").parts[:2] == (f"agent={s.agent_id}",
                                                                         f"dt={s.started_at:%Y-%m-%d}")
         info = inspect_wav(p)
-        assert (size, rate, channels) == (p.stat().st_size, 8000, 1)
+        assert (size, rate, channels) == (p.stat().st_size, s.sample_rate, 1)
         assert duration == pytest.approx(s.duration_ms / 1000, abs=0.001) == pytest.approx(info.duration_s, abs=0.001)
         assert hashlib.sha256(p.read_bytes()).hexdigest() == sha
     assert not list((env["data"] / "recordings").rglob("*.part"))
@@ -226,10 +226,15 @@ def test_truncated_wav_rejected_and_retried(env):
     completed = [s for s in env["batch"].sessions if s.recording_outcome == "completed"]
     once, always = completed[0], completed[1]
     env["api"].script(once.session_id, "ok", "truncated_wav")  # details ok (if asked), then a cut body
+    expired = completed[2]  # a signed URL that expired before use (a details request may take one)
+    env["api"].script(expired.session_id, "expired_url", "expired_url")
     env["api"].script(always.session_id, *["truncated_wav"] * 8)
     run(env, *ALL, config=GRACE0)
     rows = dict(query(env, "select session_id, status from raw.layercode_recordings"))
     assert rows[once.session_id] == "downloaded"
+    assert rows[expired.session_id] == "downloaded"  # retried with a freshly signed URL
+    storage = [st for kind, sid, st in env["api"].requests if kind == "storage" and sid == expired.session_id]
+    assert 403 in storage and storage[-1] == 200
     assert rows[always.session_id] == "error"
     assert "truncated" in query(env, f"select error from raw.layercode_recordings where session_id = '{always.session_id}'")[0][0]
     assert not list((env["data"] / "recordings").rglob(f"{always.session_id}*"))

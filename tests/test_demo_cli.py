@@ -22,6 +22,7 @@ def test_demo_twice_adds_calls_without_duplicating(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     assert "marts.agg_daily_call_metrics" in r.stdout and "dagster dev -w workspace.yaml" in r.stdout
     assert "by offline" in r.stdout and "serving" in r.stdout
+    assert "barge-ins" in r.stdout and "barge %" in r.stdout and "Acme Support" in r.stdout  # agent names
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     calls_1 = con.execute("select count(*) from marts.fct_conversations").fetchone()[0]
     con.close()

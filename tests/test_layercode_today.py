@@ -216,3 +216,62 @@ def test_a_truncated_wav_with_real_sizes_is_still_refused(tmp_path):
     path.write_bytes(wav_header(1000) + b"\x00" * 10)
     with pytest.raises(InvalidWav, match="truncated|claims"):
         inspect_wav(path)
+
+
+# --- over the simulator: agents, latency units, 402 ---------------------------------------------
+
+def test_agents_and_latency_units_over_the_simulator(tmp_path, capsys):
+    """Without a key the marts still build, agent names wait and a seconds latency is flagged, not
+    guessed; with a key the names arrive, the unit is learned from REST and a rename reaches old
+    sessions; a 402 stops the run with what to fix."""
+    from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
+
+    data = tmp_path / "data"
+    batch = generate_batch(16, seed=4242)
+    sales = next(a for a in batch.agents if a.latency_unit == "s")
+    settings = Settings(data_dir=data, webhook_secrets=listener_secrets_json(batch))
+    with BackgroundServer(create_app(settings)) as listener:
+        assert deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults={}).failed == 0
+
+    def sessions(sql: str):
+        con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    meta = materialize_all(data, api_url=None, api_key=None, grace_minutes=0)
+    checks = meta["asset_checks"]
+    assert checks["layercode_agents:agents_listed"] == {"passed": False, "severity": "WARN"}
+    assert checks["marts/fct_sessions:warn_latency_looks_like_seconds"]["passed"] is False
+    assert sessions(f"select count(*), count(agent_name), max(latency_ms) < 10 from marts.fct_sessions "
+                    f"where agent_id = '{sales.agent_id}'")[0][1:] == (0, True)  # as sent, flagged, not guessed
+
+    api = SimulatorAPI(api_key="sk_live", seed=1)
+    api.register(batch, ready_in_s=0)
+    with api.serve() as server:
+        meta = materialize_all(data, api_url=server.url + "/v1", api_key="sk_live", grace_minutes=0)
+        assert meta["asset_checks"]["layercode_agents:agents_listed"]["passed"] is True
+        assert meta["asset_checks"]["marts/fct_sessions:warn_latency_looks_like_seconds"]["passed"] is True
+        truth = {s.session_id: s.latency_ms for s in batch.sessions}
+        rows = sessions("select session_id, agent_name, latency_ms, latency_source, webhook_latency_unit "
+                        "from marts.fct_sessions")
+        assert {r[1] for r in rows} == {a.name for a in batch.agents}
+        assert all(r[2] == pytest.approx(truth[r[0]]) for r in rows)
+        assert any(r[3] == "session.end" and r[4] == "seconds" for r in rows)  # converted, from the learned unit
+
+        sales.name = "Acme Outbound Sales"  # renamed in Layercode: a new version of its record
+        materialize_all(data, api_url=server.url + "/v1", api_key="sk_live", grace_minutes=0)
+        assert sessions(f"select distinct agent_name from marts.fct_sessions where agent_id = '{sales.agent_id}'") == \
+            [("Acme Outbound Sales",)]
+        assert sessions(f"select distinct agent_name from marts.agg_daily_call_metrics "
+                        f"where agent_id = '{sales.agent_id}'") == [("Acme Outbound Sales",)]
+
+        api.faults = {"payment_required": 1.0}  # the org's balance ran out
+        con = duckdb.connect(str(data / "warehouse.duckdb"))
+        con.execute("delete from raw.layercode_session_details")  # so the backfill has work to ask for
+        con.close()
+        with pytest.raises(RuntimeError, match="backfill stage failed"):
+            materialize_all(data, api_url=server.url + "/v1", api_key="sk_live", grace_minutes=0)
+    logs = capsys.readouterr()
+    assert "402 Payment Required: the org's balance is insufficient" in logs.out + logs.err  # what to fix

@@ -94,7 +94,8 @@ def poisoned(tmp_path_factory):
     agent = batch.agents[0]
     api = SimulatorAPI(api_key=API_KEY, seed=1)
     api.register(batch, ready_in_s=0)
-    api_server = BackgroundServer(api.app).start()
+    serving = api.serve()
+    api_server = serving.__enter__()
     settings = Settings(data_dir=data, webhook_secrets=listener_secrets_json(batch), segment_max_age_s=60.0)
     listener = BackgroundServer(create_app(settings)).start()
     url = listener.url + f"/agents/{agent.agent_id}/webhook"
@@ -129,7 +130,7 @@ def poisoned(tmp_path_factory):
     (part / "garbage.jsonl").write_bytes(b"\xff\xfe not utf-8\n" + good[8] + b"\n\x00\x01\x02\n{\"torn\": ")
     result = materialize_all(data, api_url=api_server.url + "/v1", api_key=API_KEY, grace_minutes=0)
     yield {"data": data, "batch": batch, "api_url": api_server.url + "/v1", "agent": agent, "metadata": result}
-    api_server.stop()
+    serving.__exit__(None, None, None)
 
 
 def test_the_run_that_met_every_poison_pill_refreshed_the_marts_and_the_serving_copy(poisoned):

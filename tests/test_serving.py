@@ -9,7 +9,6 @@ import textwrap
 import duckdb
 
 from layercode_pipeline.demo import DEMO_API_KEY, materialize_all, run_demo
-from layercode_pipeline.lib.serve import BackgroundServer
 from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
 
 READER = textwrap.dedent("""
@@ -49,7 +48,7 @@ def test_reader_keeps_querying_during_a_full_materialisation(tmp_path, listener_
     listener.stop()
     api = SimulatorAPI(api_key=DEMO_API_KEY)
     api.register([*first.batch.sessions, *more.sessions], ready_in_s=0)
-    with BackgroundServer(api.app) as server:
+    with api.serve() as server:
         materialize_all(data, api_url=server.url + "/v1", api_key=DEMO_API_KEY, grace_minutes=0)
 
     stop.touch()

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from layercode_pipeline.contract.events import RestSession, SessionEndEvent, SessionUpdateEvent
 from layercode_pipeline.lib.serve import BackgroundServer
-from layercode_pipeline.lib.wav import InvalidWav, read_wav_info
+from layercode_pipeline.lib.wav import read_wav_info
 from layercode_pipeline.simulator import (SimulatorAPI, deliver, generate_batch, listener_secrets_json,
                                           parse_fault_specs)
 
@@ -96,15 +97,15 @@ def test_signature_verifies_with_independent_implementation():
 
 @pytest.fixture
 def api_server():
-    batch = generate_batch(10, seed=9)
+    batch = generate_batch(25, seed=9)
     api = SimulatorAPI(api_key=KEY, seed=1, processing_delay_s=3600, retry_after_s=2, slow_s=0.5)
     api.register(batch)
-    with BackgroundServer(api.app) as srv:
+    with api.serve() as srv:
         yield batch, api, srv.url + "/v1"
 
 
-def get(url: str, key: str = KEY) -> httpx.Response:
-    return httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+def get(url: str, key: str = KEY, follow: bool = True) -> httpx.Response:
+    return httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10, follow_redirects=follow)
 
 
 def test_rest_details_auth_and_404(api_server):
@@ -112,7 +113,9 @@ def test_rest_details_auth_and_404(api_server):
     s = batch.sessions[0]
     r = get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}")
     assert r.status_code == 200 and r.json() == json.loads(json.dumps(s.rest_record(recording_ready=False)))
+    assert "conversation_id" not in r.json()  # contract section 5: the REST record has none
     assert get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}", key="wrong").status_code == 401
+    assert httpx.get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}").status_code == 400  # no bearer token
     assert get(f"{base}/agents/{s.agent_id}/sessions/sess_nope").status_code == 404
     assert get(f"{base}/agents/ag_other/sessions/{s.session_id}").status_code == 404
 
@@ -124,10 +127,17 @@ def test_recording_not_ready_then_ready_is_a_valid_wav(api_server):
     r = get(url)
     assert r.status_code == 202 and r.json()["recording_status"] == "in_progress"
     api.make_ready(s.session_id)
-    r = get(url)
+    redirect = get(url, follow=False)
+    assert redirect.status_code == 302
+    storage = redirect.headers["location"]
+    assert httpx.URL(storage).host != httpx.URL(url).host  # signed storage is another host
+    # it refuses a request that still carries the API key, and an unsigned one
+    assert get(storage).status_code == 400
+    assert httpx.get(storage.split("?")[0]).status_code == 403
+    r = get(url)  # httpx drops Authorization on a redirect to another origin
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     info = read_wav_info(io.BytesIO(r.content), len(r.content))
-    assert (info.sample_rate, info.channels, info.bits_per_sample) == (8000, 1, 16)
+    assert (info.sample_rate, info.channels, info.bits_per_sample) == (s.sample_rate, 1, 8 * s.recording_bytes_per_sample)
     assert info.duration_s == pytest.approx(s.duration_ms / 1000, abs=0.001)
     assert get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}").json()["recording_status"] == "completed"
     failed = next(x for x in batch.sessions if x.recording_outcome != "completed")
@@ -139,15 +149,17 @@ def test_scripted_faults(api_server):
     s = next(x for x in batch.sessions if x.recording_outcome == "completed")
     api.make_ready(s.session_id)
     details = f"{base}/agents/{s.agent_id}/sessions/{s.session_id}"
-    api.script(s.session_id, "rate_limit", "server_error", "ok", "truncated_wav")
+    api.script(s.session_id, "rate_limit", "rate_limit_bare", "payment_required", "server_error", "ok", "truncated_wav")
     r = get(details)
     assert r.status_code == 429 and r.headers["retry-after"] == "2"
+    r = get(details)
+    assert r.status_code == 429 and "retry-after" not in r.headers
+    assert get(details).status_code == 402
     assert get(details).status_code == 500
     assert get(details).status_code == 200
-    r = get(details + "/recording")
-    assert r.status_code == 200
-    with pytest.raises(InvalidWav, match="truncated"):
-        read_wav_info(io.BytesIO(r.content), len(r.content))
+    # the storage host's body ends early while Content-Length claims it all: the client sees it
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(details + "/recording")
     api.script(s.session_id, "slow")
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(details, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.1)
@@ -166,7 +178,11 @@ def test_delivery_against_the_real_listener(listener_factory, tmp_path):
     faults = {"duplicate": 0.2, "out_of_order": 0.5, "drop_session_end": 0.1, "drop_session_update": 0.1, "burst": 0.3}
     report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults=faults, concurrency=16)
     listener.stop()
-    assert report.failed == 0 and report.sse_complete == report.sse_replies > 0
+    # every SSE reply is read to its end, except those a barge-in tore down mid-stream
+    assert report.failed == 0 and report.sse_torn > 0
+    assert report.sse_complete + report.sse_torn == report.sse_replies
+    assert {(a.session_id, a.turn_id) for a in report.log if a.sse_torn} == \
+        {(s.session_id, t) for s in batch.sessions for t in s.torn_replies()}
     assert {e for _, e in report.dropped} == {"session.end", "session.update"}
     landed = landed_envelopes(tmp_path / "data" / "landing")
     acked = sorted(a.content_sha256 for a in report.acknowledged)
@@ -174,6 +190,62 @@ def test_delivery_against_the_real_listener(listener_factory, tmp_path):
     assert len(acked) > len(set(acked))  # duplicates were delivered (and landed as delivered)
     sent_ids = {s.session_id for s in batch.sessions}
     assert {orjson.loads(e["body"])["session_id"] for e in landed} == sent_ids
+    # the customer's custom headers reach the landed envelope; the signature never does
+    by_session = {s.session_id: s.headers for s in batch.sessions}
+    for e in landed:
+        sid = orjson.loads(e["body"])["session_id"]
+        assert {k: v for k, v in e["headers"].items() if k.startswith("x-")} == by_session[sid]
+        assert "layercode-signature" not in e["headers"]
+
+
+def test_the_simulator_is_as_hard_as_the_platform():
+    """Contract section 5, case by case, in one seeded batch."""
+    batch = generate_batch(120, seed=21)
+    sessions = batch.sessions
+    ids = [x for s in sessions for x in (s.session_id, s.conversation_id, *(t.turn_id for t in s.turns))]
+    assert all(re.fullmatch(r"[a-z0-9]{24}", x) for x in ids)  # production-shaped, no prefixes
+    assert all(re.fullmatch(r"[a-z0-9]{8}", a.agent_id) for a in batch.agents)
+    assert all("conversation_id" not in s.rest_record(True) for s in sessions)
+    fields = {s.agent.metadata_field for s in sessions}
+    assert fields == {"custom_metadata", "metadata", "both"}
+    legacy = next(s for s in sessions if s.agent.metadata_field == "metadata")
+    assert "custom_metadata" not in legacy.session_start() and legacy.session_start()["metadata"] == legacy.metadata
+    assert all("metadata" not in m and "custom_metadata" not in m for m in legacy.messages())
+    both = next(s for s in sessions if s.agent.metadata_field == "both")
+    start = both.session_start()
+    assert start["custom_metadata"] == both.metadata != start["metadata"]  # custom_metadata must win
+    assert all(m["custom_metadata"] == both.metadata for m in both.messages())
+    assert any(s.headers for s in sessions) and any(not s.headers for s in sessions)
+    data = [d for s in sessions for d in s.data()]
+    assert data and all(d["type"] == "data" and isinstance(d["data"], dict) and d["turn_id"] for d in data)
+    contexts = [m["interruption_context"] for s in sessions for m in s.messages() if "interruption_context" in m]
+    barged = [c for c in contexts if c["previous_turn_interrupted"]]
+    assert barged and len(barged) < len(contexts)
+    assert all(0 < c["words_heard"] < len(c["text_heard"].split()) + 1 for c in barged)
+    assert all(s.torn_replies() for s in sessions if any(t.interrupted for t in s.turns))
+    assert {(s.sample_rate, s.wav_format) for s in sessions if s.recording_outcome == "completed"} >= \
+        {(8000, "pcm"), (8000, "mulaw"), (16000, "pcm")}
+    assert {s.wav_placeholder for s in sessions} == {None, 0, 0xFFFFFFFF}
+    seconds = [s for s in sessions if s.agent.latency_unit == "s"]
+    assert seconds and all(s.session_end()["latency"] == pytest.approx(s.latency_ms / 1000, abs=1e-4) for s in seconds)
+    assert all(s.rest_record(True)["latency_ms"] == s.latency_ms for s in seconds)
+    exchanges = [e["latency_ms"] for s in sessions for e in s.rest_record(True)["transcript"] if e["latency_ms"]]
+    assert len(set(exchanges)) > len(sessions)  # per exchange, not one figure per session
+    phone = [s for s in sessions if s.to_phone_number]
+    assert all(s.to_phone_number in s.agent.phone_numbers for s in phone)
+
+
+def test_agents_endpoint(api_server):
+    batch, api, base = api_server
+    r = get(f"{base}/agents")
+    assert r.status_code == 200
+    listed = r.json()["agents"]
+    assert [a["id"] for a in listed] == [a.agent_id for a in batch.agents]
+    assert all(a["name"] and a["assigned_phone_numbers"][0]["phone_number"].startswith("+") for a in listed)
+    one = batch.agents[1]
+    assert get(f"{base}/agents/{one.agent_id}").json() == listed[1]
+    assert get(f"{base}/agents/nope1234").status_code == 404
+    assert get(f"{base}/agents", key="wrong").status_code == 401
 
 
 def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):

@@ -27,7 +27,9 @@ def ts(iso: str) -> datetime:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     data = tmp_path_factory.mktemp("chain") / "data"
-    result = run_demo(data, 80, seed=77, faults=FAULTS, api_faults=API_FAULTS, processing_delay_s=0.0)
+    with pytest.MonkeyPatch.context() as mp:  # an operator promotes a metadata key to its own column
+        mp.setenv("LAYERCODE_PROMOTED_METADATA_KEYS", "tenant_id")
+        result = run_demo(data, 80, seed=77, faults=FAULTS, api_faults=API_FAULTS, processing_delay_s=0.0)
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     yield result, con
     con.close()
@@ -42,7 +44,9 @@ def q(con, sql):
 def test_every_acknowledged_webhook_is_in_the_raw_table_once(chain):
     result, _ = chain
     report = result.report
-    assert report.failed == 0 and report.sse_complete == report.sse_replies
+    # every SSE reply was read to its end, except those torn down by a barge-in (after landing)
+    assert report.failed == 0 and report.sse_torn > 0
+    assert report.sse_complete + report.sse_torn == report.sse_replies
     acked = {a.content_sha256 for a in report.acknowledged}
     assert len(report.acknowledged) > len(acked)  # duplicates were delivered
     wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
@@ -70,6 +74,14 @@ def test_fct_sessions_reproduce_the_ground_truth(chain):
     dropped = set(result.report.dropped)
     rows = {r["session_id"]: r for r in q(con, "select * from marts.fct_sessions")}
     assert set(rows) == set(truth)
+    wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        rest_fetched = {sid for (sid,) in wh.execute(
+            "select distinct session_id from raw.layercode_session_details where http_status = 200").fetchall()}
+    finally:
+        wh.close()
+    # the agent whose session.end latency is in seconds had sessions known only through the webhook
+    assert {truth[sid]["webhook_latency_unit"] for sid in set(truth) - rest_fetched} == {"s", "ms"}
     for sid, t in truth.items():
         r = rows[sid]
         end_dropped = (sid, "session.end") in dropped
@@ -88,6 +100,21 @@ def test_fct_sessions_reproduce_the_ground_truth(chain):
         assert r["ended_by"] == ("backfill" if end_dropped else "webhook")
         assert r["transcript_source"] == ("rest" if end_dropped else "webhook")
         assert r["enrichment_provider"] == "offline" and r["sentiment"] is not None
+        # contract section 5: agents, metadata, headers, barge-ins, data events, latency units
+        assert r["agent_name"] == t["agent_name"]
+        assert json.loads(r["metadata"]) == t["metadata"], (sid, t["metadata_field"])
+        assert r["metadata_tenant_id"] == t["metadata"]["tenant_id"]  # promoted by configuration
+        kept = {k: v for k, v in json.loads(r["request_headers"]).items() if k.startswith("x-")}
+        assert kept == t["custom_headers"]
+        assert r["interruptions"] == t["interruptions"] and r["data_events"] == len(t["data_events"])
+        assert r["latency_source"] == ("rest" if sid in rest_fetched else "session.end")
+        if r["webhook_latency_unit"] is not None:  # learned where a REST record and a session.end met
+            assert r["webhook_latency_unit"] == {"s": "seconds", "ms": "milliseconds"}[t["webhook_latency_unit"]]
+        if r["has_recording"]:
+            fmt = t["recording_format"]
+            assert (r["recording_sample_rate"], r["recording_encoding"]) == (fmt["sample_rate"], fmt["encoding"])
+    # the seconds were converted (latency_ms matched the truth above) for webhook-only sessions
+    assert any(r["latency_source"] == "session.end" and r["webhook_latency_unit"] == "seconds" for r in rows.values())
     backfilled = sum(1 for r in rows.values() if r["ended_by"] == "backfill")
     assert backfilled == sum(1 for _, e in dropped if e == "session.end") > 0
 
@@ -98,7 +125,11 @@ def test_fct_turns_and_conversations_reproduce_the_ground_truth(chain):
     turns: dict[str, list] = {}
     for r in q(con, "select session_id, position, role, text, words, offset_ms from marts.fct_turns order by 1, 2"):
         turns.setdefault(r["session_id"], []).append(r)
+    barge_ins = {(r["session_id"], r["position"]): [r["position"], r["words_heard"], r["text_heard"]]
+                 for r in q(con, "select * from marts.fct_turns where interrupted")}
+    assert len(barge_ins) == sum(t["interruptions"] for t in manifest["sessions"]) > 0
     for t in manifest["sessions"]:
+        assert [barge_ins[(t["session_id"], p)] for p, _, _ in t["interrupted_turns"]] == t["interrupted_turns"]
         got = turns.get(t["session_id"], [])
         assert [[x["role"], x["text"]] for x in got] == t["turn_texts"]
         assert [x["position"] for x in got] == list(range(1, len(got) + 1))
@@ -145,10 +176,29 @@ def test_every_completed_recording_is_on_disk_with_a_valid_header(chain):
     completed = [s for s in result.batch.sessions if s.recording_outcome == "completed"]
     paths = dict(con.execute("select session_id, recording_path from marts.fct_sessions where has_recording").fetchall())
     assert set(paths) == {s.session_id for s in completed}
-    for s in completed:
+    assert {(s.sample_rate, s.wav_format, s.wav_placeholder is not None) for s in completed} >= \
+        {(8000, "pcm", False), (8000, "mulaw", False), (16000, "pcm", False), (16000, "pcm", True)}
+    for s in completed:  # every variant was downloaded through the redirect to the storage host and kept
         info = inspect_wav(Path(paths[s.session_id]))
-        assert (info.sample_rate, info.channels, info.bits_per_sample) == (8000, 1, 16)
+        assert (info.sample_rate, info.channels, info.encoding) == (s.sample_rate, 1, s.wav_format)
+        assert info.size_placeholder == (s.wav_placeholder is not None)
         assert info.duration_s == pytest.approx(s.duration_ms / 1000, abs=0.001)
+
+
+def test_agents_and_data_events_reach_the_marts(chain):
+    result, con = chain
+    agents = {r["agent_id"]: r for r in q(con, "select * from marts.dim_agents")}
+    assert set(agents) == {a.agent_id for a in result.batch.agents}
+    for a in result.batch.agents:
+        r = agents[a.agent_id]
+        assert (r["agent_name"], r["phone_numbers"], r["known_to_api"]) == (a.name, a.phone_numbers, True)
+    daily = q(con, "select agent_id, agent_name from marts.agg_daily_call_metrics")
+    assert all(r["agent_name"] == agents[r["agent_id"]]["agent_name"] for r in daily)
+    events = q(con, "select session_id, turn_id, data from marts.fct_data_events")
+    expected = sorted((s.session_id, turn, json.dumps(d, sort_keys=True))
+                      for s in result.batch.sessions for turn, d in s.data_events)
+    assert expected and sorted((e["session_id"], e["turn_id"], json.dumps(json.loads(e["data"]), sort_keys=True))
+                               for e in events) == expected
 
 
 def test_python_and_dbt_transcript_normalisation_agree(chain):
@@ -179,12 +229,11 @@ def test_a_second_run_changes_nothing(chain):
     wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
     counts_before = wh.execute(wh_counts).fetchone()
     wh.close()
-    from layercode_pipeline.lib.serve import BackgroundServer
     from layercode_pipeline.simulator import SimulatorAPI
 
     api = SimulatorAPI(api_key=DEMO_API_KEY)
     api.register(result.batch, ready_in_s=0)
-    with BackgroundServer(api.app) as server:
+    with api.serve() as server:
         meta = materialize_all(result.data_dir, api_url=server.url + "/v1", api_key=DEMO_API_KEY, grace_minutes=0)
     assert api.count("recording") == 0  # nothing downloaded twice
     assert meta["raw_layercode_events"]["rows_inserted"] == 0

@@ -44,6 +44,31 @@ where s.last_seen <= now() - to_minutes(cast(? as bigint))
 order by s.agent_id, s.session_id
 """
 
+# One REST record per agent whose session.end `latency` was never compared with one: the unit of
+# that field is undocumented (contract section 5), and fct_sessions learns it from the pair.
+# An agent is probed once (a probe that answered, even 404, is not repeated; one that failed
+# is in raw.layercode_api_errors and asked again next run).
+LATENCY_UNIT_PROBE_SQL = """
+with ends as (
+    select agent_id, session_id, received_at
+    from raw.layercode_events
+    where event_type = 'session.end' and validation_error is null and session_id is not null
+      and agent_id is not null and try_cast(body->>'$.latency' as double) > 0
+), compared as (
+    select distinct agent_id
+    from ends join raw.layercode_session_details d using (agent_id, session_id)
+    where d.http_status = 200 and try_cast(d.record->>'$.latency_ms' as double) > 0
+), probed as (
+    select distinct agent_id from raw.layercode_session_details where reason = 'latency_unit'
+)
+select agent_id, arg_max(session_id, received_at) as session_id, 'latency_unit' as reason
+from ends
+where received_at <= now() - to_minutes(cast(? as bigint))
+  and agent_id not in (select agent_id from compared) and agent_id not in (select agent_id from probed)
+group by agent_id
+order by agent_id
+"""
+
 
 @dataclass(frozen=True)
 class DetailRequest:
@@ -60,7 +85,14 @@ class DetailOutcome:
 
 
 def sessions_needing_details(con: duckdb.DuckDBPyConnection, grace_minutes: int) -> list[DetailRequest]:
-    return [DetailRequest(*row) for row in con.execute(NEEDS_DETAILS_SQL, [grace_minutes]).fetchall()]
+    """Gaps (no session.end, an unresolved recording), then one latency-unit probe per agent
+    that has no session asked for already."""
+    gaps = [DetailRequest(*row) for row in con.execute(NEEDS_DETAILS_SQL, [grace_minutes]).fetchall()]
+    # an agent with a session.end whose record is fetched anyway is compared through it
+    agents_with_gaps = {r.agent_id for r in gaps if r.reason == "recording_unresolved"}
+    probes = [DetailRequest(*row) for row in con.execute(LATENCY_UNIT_PROBE_SQL, [grace_minutes]).fetchall()
+              if row[0] not in agents_with_gaps]
+    return gaps + probes
 
 
 async def fetch_details(client: LayercodeClient, requests: Iterable[DetailRequest],

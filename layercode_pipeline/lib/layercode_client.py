@@ -55,6 +55,10 @@ class RetryableHTTPError(LayercodeAPIError):
 RETRYABLE = (RetryableHTTPError, httpx.TimeoutException, httpx.TransportError, InvalidWav)
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -187,6 +191,17 @@ class LayercodeClient:
                     result = await self._download_once(agent_id, session_id, dest)
         return result
 
+    @staticmethod
+    async def _storage_refusal(response: httpx.Response) -> RecordingDownload:
+        """A non-200 from the signed-storage host the API redirected to. Not the API's own
+        answer, so not an API-key problem: 403 (an expired signature), 429 and 5xx are retried
+        (the next attempt gets a freshly signed URL); anything else is this recording's error."""
+        body = (await response.aread())[:200].decode("utf-8", "replace")
+        if response.status_code in (403, 429) or response.status_code >= 500:
+            raise RetryableHTTPError(response.status_code, _retry_after(response))
+        return RecordingDownload("error", detail=f"signed storage {response.url.host} answered HTTP "
+                                                 f"{response.status_code}: {body}")
+
     async def _download_once(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
         assert self._client is not None
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +212,9 @@ class LayercodeClient:
             # leaves the API's origin, so the key never reaches that host.
             async with self._client.stream("GET", self.session_path(agent_id, session_id) + "/recording",
                                            follow_redirects=True) as response:
+                redirected = _origin(response.url) != _origin(self._client.base_url)
+                if redirected and response.status_code != 200:
+                    return await self._storage_refusal(response)
                 self._check(response)
                 ctype = response.headers.get("content-type", "")
                 if response.status_code == 404:
@@ -208,10 +226,14 @@ class LayercodeClient:
                 digest = hashlib.sha256()
                 size = 0
                 with tmp.open("wb") as fh:
-                    async for chunk in response.aiter_bytes(256 * 1024):
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
+                    try:
+                        async for chunk in response.aiter_bytes(256 * 1024):
+                            fh.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
+                    except httpx.RemoteProtocolError as exc:  # the body ended before Content-Length
+                        expected = response.headers.get("content-length", "?")
+                        raise InvalidWav(f"truncated download: {size} of {expected} bytes received") from exc
                     fh.flush()
                     os.fsync(fh.fileno())
             with tmp.open("rb") as fh:

@@ -96,6 +96,7 @@ class RecordingRow:
     channels: int | None = None
     duration_s: float | None = None
     error: str | None = None
+    encoding: str | None = None  # pcm / mulaw / alaw, from the WAV header
 
 
 def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> tuple[list[tuple[str, str, Path]], list[RecordingRow], int]:
@@ -123,7 +124,8 @@ def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> tuple[list[tu
             try:
                 info = inspect_wav(path)
                 rows.append(RecordingRow(session_id, agent_id, "downloaded", str(path), info.file_bytes,
-                                         sha256_file(path), info.sample_rate, info.channels, round(info.duration_s, 3)))
+                                         sha256_file(path), info.sample_rate, info.channels, round(info.duration_s, 3),
+                                         encoding=info.encoding))
                 continue
             except InvalidWav:
                 path.unlink()
@@ -139,7 +141,8 @@ async def download_recordings(client: LayercodeClient, downloads: list[tuple[str
             if d.status == "downloaded":
                 assert d.wav is not None
                 row = RecordingRow(session_id, agent_id, "downloaded", str(d.path), d.bytes, d.sha256,
-                                   d.wav.sample_rate, d.wav.channels, round(d.wav.duration_s, 3))
+                                   d.wav.sample_rate, d.wav.channels, round(d.wav.duration_s, 3),
+                                   encoding=d.wav.encoding)
             elif d.status == "not_ready":
                 row = RecordingRow(session_id, agent_id, "not_ready", error=d.detail)
             else:
@@ -162,12 +165,14 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
     con.execute("begin transaction")
     try:
         con.execute("create or replace temp table _rec as select * from raw.layercode_recordings limit 0")
-        con.executemany("insert into _rec values (?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+        # by column name: a warehouse migrated in place has its added columns last
+        con.executemany("insert into _rec (session_id, agent_id, status, path, bytes, sha256, sample_rate, channels, "
+                        "duration_s, encoding, fetched_at, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
                         [(r.session_id, r.agent_id, r.status, r.path, r.bytes, r.sha256, r.sample_rate, r.channels,
-                          r.duration_s, r.error) for r in rows])
+                          r.duration_s, r.encoding, r.error) for r in rows])
         con.execute("delete from raw.layercode_recordings r using _rec t "
                     "where r.agent_id = t.agent_id and r.session_id = t.session_id")
-        con.execute("insert into raw.layercode_recordings select * from _rec")
+        con.execute("insert into raw.layercode_recordings by name select * from _rec")
         con.execute("drop table _rec")
         con.execute("commit")
     except BaseException:

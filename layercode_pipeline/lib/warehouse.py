@@ -98,7 +98,18 @@ create table if not exists raw.layercode_recordings (
     channels     integer,
     duration_s   double,
     fetched_at   timestamptz not null,
-    error        varchar
+    error        varchar,
+    encoding     varchar               -- pcm / mulaw / alaw (from the WAV header)
+);
+-- The org's agents from GET /v1/agents: one row per agent and version of its record (a new
+-- row only when the record changed), with when that version was first and last listed.
+create table if not exists raw.layercode_agents (
+    agent_id       varchar not null,
+    record         json not null,      -- the agent as the API listed it
+    record_sha256  varchar not null,
+    first_seen_at  timestamptz not null,
+    last_seen_at   timestamptz not null,
+    primary key (agent_id, record_sha256)
 );
 create schema if not exists enrichment;
 create table if not exists enrichment.session_enrichments (
@@ -140,10 +151,13 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     except duckdb.BinderException:
         con.execute("alter table raw.layercode_events add column event_key_md5 uhugeint")
         con.execute("update raw.layercode_events set event_key_md5 = md5_number(event_key)")
-    try:  # and before headers were kept
-        con.execute("select headers from raw.layercode_events limit 0")
-    except duckdb.BinderException:
-        con.execute("alter table raw.layercode_events add column headers json")
+    # columns added since the first release: (table, column, type), appended in place
+    for table, column, type_ in (("raw.layercode_events", "headers", "json"),
+                                 ("raw.layercode_recordings", "encoding", "varchar")):
+        try:
+            con.execute(f"select {column} from {table} limit 0")
+        except duckdb.BinderException:
+            con.execute(f"alter table {table} add column {column} {type_}")
 
 
 @contextlib.contextmanager

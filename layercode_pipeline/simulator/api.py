@@ -1,17 +1,25 @@
-"""The simulator's Layercode REST API: session records and WAV recordings, with faults.
+"""The simulator's Layercode REST API: agents, session records and WAV recordings, with faults.
 
-    GET /v1/agents/{agent_id}/sessions/{session_id}
-    GET /v1/agents/{agent_id}/sessions/{session_id}/recording
+    GET /v1/agents                                               the org's agents
+    GET /v1/agents/{agent_id}                                    one agent
+    GET /v1/agents/{agent_id}/sessions/{session_id}              the session record
+    GET /v1/agents/{agent_id}/sessions/{session_id}/recording    302 to signed storage
 
-Bearer auth. A recording becomes available `processing_delay_s` after its session is
-registered; before that the record says `in_progress` and the recording endpoint answers
-202 with JSON. Faults are drawn per request from a seeded generator (`faults`), or
-scripted per session for tests (`script`).
+Bearer auth (400 without a bearer token, 401 with a wrong one, as the docs list). A
+recording becomes available `processing_delay_s` after its session is registered; before
+that the record says `in_progress` and the recording endpoint answers 202 with JSON. When
+ready, the API redirects to a second host, the signed storage, which serves the WAV (8 or
+16 kHz, PCM or mu-law, some with placeholder sizes) and refuses any request that carries an
+`Authorization` header, as signed-URL object stores do. `serve()` starts both hosts.
+
+Faults are drawn per request from a seeded generator (`faults`), or scripted per session for
+tests (`script`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import random
@@ -19,34 +27,49 @@ import struct
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from layercode_pipeline.lib.wav import wav_header
+from layercode_pipeline.lib.serve import BackgroundServer
+from layercode_pipeline.lib.wav import MU_LAW, PCM, wav_header
 
-from .generate import SAMPLE_RATE, SimBatch, SimSession
+from .generate import SimAgent, SimBatch, SimSession
 
-API_FAULTS = ("rate_limit", "server_error", "slow", "truncated_wav")
+# payment_required: the org's balance ran out (402, not retryable)
+# expired_url: the redirect carries a signed URL that has already expired (storage answers 403)
+API_FAULTS = ("rate_limit", "server_error", "slow", "truncated_wav", "payment_required", "expired_url")
 CHUNK_SAMPLES = 32 * 1024
+URL_TTL_S = 300  # how long a signed storage URL stays valid
 
 
-def pcm_chunks(session_id: str, samples: int) -> AsyncIterator[bytes]:
-    """A deterministic tone per session, 16-bit little-endian mono, streamed in chunks."""
-    freq = 200 + int(hashlib.sha256(session_id.encode()).hexdigest()[:4], 16) % 600
-    period = max(2, SAMPLE_RATE // freq)
+def mu_law(sample: int) -> int:
+    """One 16-bit linear sample as G.711 mu-law (what telephony recordings may use)."""
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 132
+    exponent = max(0, magnitude.bit_length() - 8)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def pcm_chunks(session: SimSession, samples: int) -> AsyncIterator[bytes]:
+    """A deterministic tone per session at its rate and encoding, streamed in chunks."""
+    freq = 200 + int(hashlib.sha256(session.session_id.encode()).hexdigest()[:4], 16) % 600
+    period = max(2, session.sample_rate // freq)
     # a triangle wave: cheap to synthesise without numpy, and clearly not silence
     wave = [int(8000 * (1 - abs(2 * i / period - 1)) - 4000) for i in range(period)]
-    block = struct.pack(f"<{period}h", *wave)
+    width = session.recording_bytes_per_sample
+    block = bytes(mu_law(v) for v in wave) if session.wav_format == "mulaw" else struct.pack(f"<{period}h", *wave)
     reps = CHUNK_SAMPLES // period
     chunk = block * reps
 
     async def gen() -> AsyncIterator[bytes]:
-        remaining = samples * 2
+        remaining = samples * width
         while remaining > 0:
             piece = chunk if remaining >= len(chunk) else chunk[:remaining]
             remaining -= len(piece)
@@ -71,6 +94,7 @@ class SimulatorAPI:
     retry_after_s: int = 1
     slow_s: float = 5.0
     latency_s: float = 0.0  # added to every answer: the round trip to a real API
+    storage_url: str | None = None  # the signed-storage host recordings redirect to (`serve()` sets it)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(API_FAULTS)
@@ -80,19 +104,46 @@ class SimulatorAPI:
         self._rng = random.Random(f"api-{self.seed}")
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
-        self.requests: list[tuple[str, str, int]] = []  # (kind, session_id, status; 0 = slow answer begun)
+        self._agents: dict[str, SimAgent] = {}
+        self._truncate: set[str] = set()  # sessions whose next storage download ends early
+        self._url_key = hashlib.sha256(f"storage-{self.seed}-{self.api_key}".encode()).digest()
+        # (kind, session_id, status; 0 = slow answer begun). kind: details / recording (the API's
+        # answer, 302 when it redirects) / storage (the download itself) / agents
+        self.requests: list[tuple[str, str, int]] = []
         self.app = Starlette(routes=[
+            Route("/v1/agents", self._list_agents, methods=["GET"]),
+            Route("/v1/agents/{agent_id}", self._one_agent, methods=["GET"]),
             Route("/v1/agents/{agent_id}/sessions/{session_id}", self._details, methods=["GET"]),
             Route("/v1/agents/{agent_id}/sessions/{session_id}/recording", self._recording, methods=["GET"]),
         ])
+        self.storage_app = Starlette(routes=[Route("/o/{agent_id}/{session_id}.wav", self._storage, methods=["GET"])])
+
+    @contextlib.contextmanager
+    def serve(self, port: int | None = None, log_level: str = "warning") -> Iterator[BackgroundServer]:
+        """Serve the REST API and, on a second loopback host, its signed storage. Yields the API's
+        server (REST base: `server.url + "/v1"`)."""
+        storage_host = "127.0.0.2"  # a different host, as signed storage is; all of 127/8 is loopback on Linux
+        try:
+            storage = BackgroundServer(self.storage_app, host=storage_host, log_level=log_level).start()
+        except (OSError, RuntimeError):  # a loopback with only 127.0.0.1: another port is still another origin
+            storage = BackgroundServer(self.storage_app, log_level=log_level).start()
+        self.storage_url = storage.url
+        try:
+            with BackgroundServer(self.app, port=port, log_level=log_level) as api:
+                yield api
+        finally:
+            storage.stop()
 
     # --- state the simulator and tests drive -------------------------------------------
     def register(self, batch: SimBatch | list[SimSession], *, ready_in_s: float | None = None) -> None:
         sessions = batch.sessions if isinstance(batch, SimBatch) else batch
         delay = self.processing_delay_s if ready_in_s is None else ready_in_s
+        agents = batch.agents if isinstance(batch, SimBatch) else [s.agent for s in sessions]
         with self._lock:
             for s in sessions:
                 self._sessions[(s.agent_id, s.session_id)] = _Entry(s, time.monotonic() + delay)
+            for a in agents:
+                self._agents[a.agent_id] = a
 
     def make_ready(self, session_id: str | None = None) -> None:
         with self._lock:
@@ -101,7 +152,8 @@ class SimulatorAPI:
                     entry.ready_at = 0.0
 
     def script(self, session_id: str, *outcomes: str) -> None:
-        """Queue fixed answers ('rate_limit', 'server_error', 'slow', 'truncated_wav', 'ok')
+        """Queue fixed answers ('rate_limit', 'rate_limit_bare' (429 without Retry-After), 'server_error',
+        'slow', 'truncated_wav', 'payment_required', 'expired_url', 'ok')
         for the next requests about `session_id`, before random faults apply."""
         with self._lock:
             self._scripts[session_id].extend(outcomes)
@@ -119,24 +171,36 @@ class SimulatorAPI:
             for name in API_FAULTS:
                 rate = self.faults.get(name, 0.0)
                 if rate and self._rng.random() < rate:
-                    return name
+                    # the docs document no Retry-After for these endpoints: a 429 may come without it
+                    return "rate_limit_bare" if name == "rate_limit" and self._rng.random() < 0.5 else name
         return None
 
-    def _authorised(self, request: Request) -> bool:
+    def _refused(self, request: Request, kind: str, key: str) -> Response | None:
+        """400 without a bearer token, 401 with a wrong one (the docs list both)."""
         given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
+        if not given.startswith("Bearer "):
+            self.requests.append((kind, key, 400))
+            return JSONResponse({"error": "invalid_request", "message": "missing or malformed bearer token"}, 400)
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            self.requests.append((kind, key, 401))
+            return JSONResponse({"error": "unauthorized", "message": "invalid API key"}, 401)
+        return None
 
     async def _pre(self, request: Request, kind: str) -> tuple[Response | None, _Entry | None, str | None]:
         agent_id, session_id = request.path_params["agent_id"], request.path_params["session_id"]
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        if not self._authorised(request):
-            self.requests.append((kind, session_id, 401))
-            return JSONResponse({"error": "unauthorized", "message": "invalid API key"}, 401), None, None
+        refused = self._refused(request, kind, session_id)
+        if refused is not None:
+            return refused, None, None
         fault = self._fault(session_id)
-        if fault == "rate_limit":
+        if fault == "payment_required":
+            self.requests.append((kind, session_id, 402))
+            return JSONResponse({"error": "insufficient_balance", "message": "Insufficient balance"}, 402), None, None
+        if fault in ("rate_limit", "rate_limit_bare"):
+            retry_after = {"Retry-After": str(self.retry_after_s)} if fault == "rate_limit" else {}
             self.requests.append((kind, session_id, 429))
-            return JSONResponse({"error": "rate_limited"}, 429, headers={"Retry-After": str(self.retry_after_s)}), None, None
+            return JSONResponse({"error": "rate_limited"}, 429, headers=retry_after), None, None
         if fault == "server_error":
             self.requests.append((kind, session_id, 500))
             return JSONResponse({"error": "internal_error"}, 500), None, None
@@ -169,13 +233,51 @@ class SimulatorAPI:
         if time.monotonic() < entry.ready_at:
             self.requests.append(("recording", s.session_id, 202))
             return JSONResponse({"recording_status": "in_progress"}, 202)
-        data_bytes = s.recording_samples * 2
-        header = wav_header(data_bytes, SAMPLE_RATE)
+        if self.storage_url is None:
+            raise RuntimeError("the recording host is not running: start the simulator with SimulatorAPI.serve()")
+        if fault == "truncated_wav":
+            with self._lock:
+                self._truncate.add(s.session_id)
+        self.requests.append(("recording", s.session_id, 302))
+        return Response(status_code=302, headers={"Location": self.signed_url(s, -1 if fault == "expired_url" else URL_TTL_S)})
+
+    def signed_url(self, s: SimSession, ttl_s: int = URL_TTL_S) -> str:
+        expires = int(time.time()) + ttl_s
+        return (f"{self.storage_url}/o/{quote(s.agent_id)}/{quote(s.session_id)}.wav"
+                f"?expires={expires}&signature={self._signature(s.agent_id, s.session_id, expires)}")
+
+    def _signature(self, agent_id: str, session_id: str, expires: int) -> str:
+        return hmac.new(self._url_key, f"{agent_id}/{session_id}/{expires}".encode(), "sha256").hexdigest()
+
+    async def _storage(self, request: Request) -> Response:
+        agent_id, session_id = request.path_params["agent_id"], request.path_params["session_id"]
+        if "authorization" in request.headers:  # as S3 and GCS answer a signed URL that also carries a key
+            self.requests.append(("storage", session_id, 400))
+            return Response("<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed"
+                            "</Message></Error>", 400, media_type="application/xml")
+        try:
+            expires = int(request.query_params.get("expires", ""))
+        except ValueError:
+            expires = 0
+        given = request.query_params.get("signature", "")
+        if expires < time.time() or not hmac.compare_digest(given, self._signature(agent_id, session_id, expires)):
+            self.requests.append(("storage", session_id, 403))
+            return Response("<Error><Code>AccessDenied</Code></Error>", 403, media_type="application/xml")
+        entry = self._sessions.get((agent_id, session_id))
+        if entry is None:
+            self.requests.append(("storage", session_id, 404))
+            return Response("<Error><Code>NoSuchKey</Code></Error>", 404, media_type="application/xml")
+        s = entry.session
+        header = wav_header(s.recording_data_bytes, s.sample_rate, bits=8 * s.recording_bytes_per_sample,
+                            format_tag=MU_LAW if s.wav_format == "mulaw" else PCM, placeholder=s.wav_placeholder)
         samples = s.recording_samples
-        if fault == "truncated_wav":  # the connection's body ends early; the header still claims it all
+        with self._lock:
+            truncated = s.session_id in self._truncate
+            self._truncate.discard(s.session_id)
+        if truncated:  # the connection's body ends early; Content-Length still claims it all
             samples = samples // 3
-        self.requests.append(("recording", s.session_id, 200))
-        pcm = pcm_chunks(s.session_id, samples)
+        self.requests.append(("storage", s.session_id, 200))
+        pcm = pcm_chunks(s, samples)
 
         async def body() -> AsyncIterator[bytes]:
             yield header
@@ -183,4 +285,23 @@ class SimulatorAPI:
                 yield chunk
 
         return StreamingResponse(body(), media_type="audio/wav",
-                                 headers={"Content-Length": str(len(header) + samples * 2)})
+                                 headers={"Content-Length": str(len(header) + s.recording_data_bytes)})
+
+    async def _list_agents(self, request: Request) -> Response:
+        refused = self._refused(request, "agents", "")
+        if refused is not None:
+            return refused
+        self.requests.append(("agents", "", 200))
+        return JSONResponse({"agents": [a.api_record() for a in self._agents.values()]})
+
+    async def _one_agent(self, request: Request) -> Response:
+        agent_id = request.path_params["agent_id"]
+        refused = self._refused(request, "agents", agent_id)
+        if refused is not None:
+            return refused
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            self.requests.append(("agents", agent_id, 404))
+            return JSONResponse({"error": "not_found", "message": "agent not found"}, 404)
+        self.requests.append(("agents", agent_id, 200))
+        return JSONResponse(agent.api_record())

@@ -1,9 +1,16 @@
 """Deliver a batch's webhooks to a listener the way Layercode does, with faults.
 
-Per session, in order: `session.start`, one `message` per caller turn (each SSE reply read
-to its end), `session.end`, and later `session.update` once the recording is "ready".
-Many sessions are in flight at once. Every attempt is recorded in `Delivery.log` so tests
-can check that every acknowledged event was landed.
+Per session, in order: `session.start`, one `message` per caller turn (each followed by the
+`data` events the caller's client sent during it), `session.end`, and later `session.update`
+once the recording is "ready". Every request carries the session's custom headers. An SSE
+reply is read to its end, except where the caller barged in: Layercode tears that reply down
+mid-stream (contract section 5), and so does this deliverer. Many sessions are in flight at
+once.
+
+One attempt per event by default: Layercode documents no webhook retries, so a failed
+delivery is lost unless the REST backfill repairs it. `max_attempts > 1` is an opt-in for
+load tests. Every attempt is recorded in `DeliveryReport.log` so tests can check that every
+acknowledged event was landed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from layercode_pipeline.contract.events import EVENT_TYPES, SESSION_END, SESSION_UPDATE
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, sign
 
 from .generate import SimBatch, SimSession
@@ -37,6 +45,7 @@ class Attempt:
     status: int | None
     error: str | None = None
     sse_complete: bool | None = None
+    sse_torn: bool = False  # the deliverer tore the reply down mid-stream (a barge-in)
 
 
 @dataclass
@@ -65,9 +74,13 @@ class DeliveryReport:
     def sse_complete(self) -> int:
         return sum(1 for a in self.log if a.sse_complete)
 
+    @property
+    def sse_torn(self) -> int:
+        return sum(1 for a in self.log if a.sse_torn)
+
     def summary(self) -> dict[str, Any]:
         return {"sent": self.sent, "acknowledged": len(self.acknowledged), "failed": self.failed,
-                "sse_replies": self.sse_replies, "sse_complete": self.sse_complete,
+                "sse_replies": self.sse_replies, "sse_complete": self.sse_complete, "sse_torn_by_barge_in": self.sse_torn,
                 "dropped_by_fault": len(self.dropped), "elapsed_s": round(self.elapsed_s, 3),
                 "events_per_s": round(self.sent / self.elapsed_s, 1) if self.elapsed_s else None}
 
@@ -90,7 +103,7 @@ def parse_fault_specs(specs: list[str] | tuple[str, ...]) -> dict[str, float]:
 
 def plan_session(session: SimSession, faults: dict[str, float], r: random.Random) -> tuple[list[dict[str, Any]], list[str]]:
     """The bodies to post for one session, in delivery order, and the event types dropped."""
-    events: list[dict[str, Any]] = [session.session_start(), *session.messages()]
+    events: list[dict[str, Any]] = session.conversation_events()
     dropped: list[str] = []
     tail: list[dict[str, Any]] = []
     if r.random() < faults.get("drop_session_end", 0.0):
@@ -117,7 +130,7 @@ def plan_session(session: SimSession, faults: dict[str, float], r: random.Random
 class Deliverer:
     def __init__(self, batch: SimBatch, webhook_url: str, *, faults: dict[str, float] | None = None,
                  concurrency: int = 32, pace_s: float = 0.0, update_delay_s: float = 0.0, seed: int | None = None,
-                 secret_override: str | None = None, timeout_s: float = 30.0, max_attempts: int = 3,
+                 secret_override: str | None = None, timeout_s: float = 30.0, max_attempts: int = 1,
                  on_session_end: Callable[[SimSession], None] | None = None,
                  on_event: Callable[[Attempt], None] | None = None):
         self.batch = batch
@@ -174,26 +187,33 @@ class Deliverer:
                                burst: bool) -> None:
         secret = self.secret_override or self.batch.agent(s.agent_id).secret
         url = self.url_for(s.agent_id)
+        torn = s.torn_replies()
         for event in events:
-            if event["type"] == "session.update" and self.update_delay_s and not burst:
+            if event["type"] == SESSION_UPDATE and self.update_delay_s and not burst:
                 await asyncio.sleep(self.update_delay_s)
             body = orjson.dumps(event)
-            await self._post(client, url, secret, s, event, body)
-            if event["type"] == "session.end" and self.on_session_end is not None:
+            tear = EVENT_TYPES[event["type"]].sse_reply and event.get("turn_id") in torn
+            await self._post(client, url, secret, s, event, body, tear)
+            if event["type"] == SESSION_END and self.on_session_end is not None:
                 self.on_session_end(s)
             if self.pace_s and not burst:
                 await asyncio.sleep(self.pace_s)
 
     async def _post(self, client: aiohttp.ClientSession, url: str, secret: str, s: SimSession,
-                    event: dict[str, Any], body: bytes) -> None:
+                    event: dict[str, Any], body: bytes, tear: bool = False) -> None:
         sha = hashlib.sha256(body).hexdigest()
         for attempt in range(1, self.max_attempts + 1):
             rec = Attempt(s.session_id, s.agent_id, event["type"], event.get("turn_id"), sha, None)
             try:
-                headers = {SIGNATURE_HEADER: sign(body, secret), "content-type": "application/json"}
+                headers = {**s.headers, SIGNATURE_HEADER: sign(body, secret), "content-type": "application/json",
+                           "user-agent": "layercode-simulator"}
                 async with client.post(url, data=body, headers=headers) as resp:
                     rec.status = resp.status
-                    if resp.status == 200 and resp.content_type == "text/event-stream":
+                    if resp.status == 200 and resp.content_type == "text/event-stream" and tear:
+                        await resp.content.readline()  # the caller spoke over the first words:
+                        resp.close()  # the platform tears the connection down mid-stream
+                        rec.sse_complete, rec.sse_torn = False, True
+                    elif resp.status == 200 and resp.content_type == "text/event-stream":
                         rec.sse_complete = await _read_sse(resp, event.get("turn_id"))
                     else:
                         await resp.read()

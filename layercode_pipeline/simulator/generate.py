@@ -13,11 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from layercode_pipeline.contract.events import DATA, MESSAGE, SESSION_END, SESSION_START, SESSION_UPDATE
+
 from .scenarios import pick_script
 
 COUNTRIES = [("US", "+1", 40), ("GB", "+44", 15), ("DE", "+49", 10), ("IN", "+91", 10), ("BR", "+55", 8),
              ("JP", "+81", 7), ("ES", "+34", 5), ("AU", "+61", 5)]
-SAMPLE_RATE = 8000  # telephony-grade mono 16-bit PCM
+PHONE_RATE = 8000  # telephony recordings
+WEB_RATE = 16000  # browser recordings
+PLACEHOLDERS = (0, 0xFFFFFFFF)  # what a streaming WAV writer puts where it does not know a size yet
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+DATA_EVENTS = [{"event": "form_submitted", "form": "contact", "fields": ["email"]},
+               {"event": "button_clicked", "button": "talk_to_human"},
+               {"event": "page_viewed", "path": "/pricing"},
+               {"event": "cart_updated", "items": 2, "total": 59.9}]
 
 
 @dataclass
@@ -25,6 +34,24 @@ class SimAgent:
     agent_id: str
     secret: str
     records_sessions: bool
+    name: str = "Agent"
+    agent_type: str = "voice"
+    template_id: str | None = None
+    created_at: str = "2026-01-15T10:00:00.000Z"
+    phone_numbers: list[str] = field(default_factory=list)
+    # Older agents' payloads call the customer's metadata `metadata`; newer ones `custom_metadata`
+    # (contract section 5). `both`: a newer payload that still carries a stale legacy field too.
+    metadata_field: str = "custom_metadata"
+    latency_unit: str = "ms"  # "s": this agent's session.end `latency` is in seconds (undocumented)
+    sends_custom_headers: bool = False
+
+    def api_record(self) -> dict[str, Any]:
+        """The agent as `GET /v1/agents` lists it (contract section 5)."""
+        return {"id": self.agent_id, "name": self.name, "type": self.agent_type,
+                "agent_template_id": self.template_id, "created_at": self.created_at, "updated_at": self.created_at,
+                "assigned_phone_numbers": [{"phone_number": n, "twilio_sid": "PN" + hashlib.sha256(n.encode()).hexdigest()[:32],
+                                            "friendly_name": f"{self.name} line {i + 1}", "assigned_at": self.created_at}
+                                           for i, n in enumerate(self.phone_numbers)]}
 
 
 @dataclass
@@ -33,13 +60,23 @@ class Turn:
     text: str
     offset_ms: int  # from session start
     turn_id: str
+    latency_ms: float | None = None  # assistant turns answering a caller: the platform's per-exchange latency
+    words_heard: int | None = None  # assistant turns the caller barged into: how many words were heard
+
+    @property
+    def interrupted(self) -> bool:
+        return self.words_heard is not None
+
+    @property
+    def text_heard(self) -> str | None:
+        return None if self.words_heard is None else " ".join(self.text.split()[: self.words_heard])
 
 
 @dataclass
 class SimSession:
     session_id: str
     conversation_id: str
-    agent_id: str
+    agent: SimAgent
     sequence: int  # position of this session within its conversation (0 = first)
     scenario: str
     started_at: datetime
@@ -61,6 +98,15 @@ class SimSession:
     expected_sentiment: str
     expected_outcome: str
     caller_name: str | None
+    headers: dict[str, str] = field(default_factory=dict)  # the customer's custom headers, on every request
+    data_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (user turn id, data)
+    sample_rate: int = PHONE_RATE
+    wav_format: str = "pcm"  # or "mulaw"
+    wav_placeholder: int | None = None  # a streamed WAV whose header sizes are placeholders
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent.agent_id
 
     @property
     def ended_at(self) -> datetime:
@@ -73,40 +119,88 @@ class SimSession:
     def iso(self, dt: datetime) -> str:
         return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    # --- webhook payloads (contract section 1) ----------------------------------------
-    def _common(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"session_id": self.session_id, "conversation_id": self.conversation_id}
+    # --- webhook payloads (contract sections 1 and 5) -----------------------------------
+    def _common(self, event_type: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": event_type, "session_id": self.session_id, "conversation_id": self.conversation_id}
         if self.from_phone_number:
             out["from_phone_number"] = self.from_phone_number
             out["to_phone_number"] = self.to_phone_number
+        field_ = self.agent.metadata_field
+        if field_ in ("custom_metadata", "both"):
+            out["custom_metadata"] = self.metadata  # on every request
+            if field_ == "both" and event_type in (SESSION_START, SESSION_END):
+                out["metadata"] = {"source": "legacy", "customer_tier": "unknown"}  # stale: custom_metadata wins
+        elif event_type in (SESSION_START, SESSION_END):
+            out["metadata"] = self.metadata  # older payloads: only on the session events
         return out
 
     def session_start(self) -> dict[str, Any]:
-        return {"type": "session.start", **self._common(), "turn_id": self.welcome_turn_id, "metadata": self.metadata}
+        return {**self._common(SESSION_START), "turn_id": self.welcome_turn_id}
 
     def messages(self) -> list[dict[str, Any]]:
-        return [{"type": "message", **self._common(), "turn_id": t.turn_id, "text": t.text}
-                for t in self.turns if t.role == "user"]
+        """One `message` per caller turn, with the previous assistant turn's `interruption_context`."""
+        out = []
+        for i, t in enumerate(self.turns):
+            if t.role != "user":
+                continue
+            body = {**self._common(MESSAGE), "turn_id": t.turn_id, "text": t.text}
+            prev = self.turns[i - 1] if i else None
+            if prev is not None and prev.role == "assistant":
+                heard = prev.words_heard if prev.interrupted else len(prev.text.split())
+                ctx: dict[str, Any] = {"previous_turn_interrupted": prev.interrupted, "words_heard": heard,
+                                       "text_heard": prev.text_heard if prev.interrupted else prev.text}
+                if self.agent.metadata_field != "metadata":  # newer payloads name the turn (optional field)
+                    ctx["assistant_turn_id"] = prev.turn_id
+                body["interruption_context"] = ctx
+            out.append(body)
+        return out
+
+    def data(self) -> list[dict[str, Any]]:
+        return [{**self._common(DATA), "turn_id": turn_id, "data": data} for turn_id, data in self.data_events]
+
+    def conversation_events(self) -> list[dict[str, Any]]:
+        """session.start, then each caller turn's `message` followed by its `data` events."""
+        data_by_turn: dict[str, list[dict[str, Any]]] = {}
+        for body in self.data():
+            data_by_turn.setdefault(body["turn_id"], []).append(body)
+        out = [self.session_start()]
+        for message in self.messages():
+            out += [message, *data_by_turn.get(message["turn_id"], [])]
+        return out
+
+    def torn_replies(self) -> set[str]:
+        """Turn ids of the events whose SSE reply the caller tore by barging in: the reply that
+        spoke an interrupted assistant turn (the welcome: session.start's; later: the message's)."""
+        out: set[str] = set()
+        trigger = self.welcome_turn_id
+        for t in self.turns:
+            if t.role == "user":
+                trigger = t.turn_id
+            elif t.interrupted:
+                out.add(trigger)
+        return out
+
+    @property
+    def webhook_latency(self) -> float:
+        return round(self.latency_ms / 1000, 4) if self.agent.latency_unit == "s" else self.latency_ms
 
     def session_end(self) -> dict[str, Any]:
         return {
-            "type": "session.end", **self._common(), "agent_id": self.agent_id,
+            **self._common(SESSION_END), "agent_id": self.agent_id,
             "started_at": self.iso(self.started_at), "ended_at": self.iso(self.ended_at),
             "duration": self.duration_ms, "transcription_duration_seconds": self.transcription_duration_seconds,
-            "tts_duration_seconds": self.tts_duration_seconds, "latency": self.latency_ms,
+            "tts_duration_seconds": self.tts_duration_seconds, "latency": self.webhook_latency,
             "ip_address": self.ip_address, "country_code": self.country_code,
             "recording_status": "enabled" if self.recording_enabled else "disabled",
             "transcript": [{"role": t.role, "text": t.text,
                             "timestamp": int(self.started_at.timestamp() * 1000) + t.offset_ms}
                            for t in self.turns],
-            "metadata": self.metadata,
         }
 
     def session_update(self) -> dict[str, Any] | None:
         if self.recording_outcome is None:
             return None
-        body: dict[str, Any] = {"type": "session.update", **self._common(), "recording_status": self.recording_outcome,
-                                "metadata": self.metadata}
+        body: dict[str, Any] = {**self._common(SESSION_UPDATE), "recording_status": self.recording_outcome}
         if self.recording_outcome == "completed":
             body["recording_url"] = f"https://api.layercode.com/v1/agents/{self.agent_id}/sessions/{self.session_id}/recording"
             body["recording_duration"] = round(self.duration_ms / 1000, 3)
@@ -114,7 +208,7 @@ class SimSession:
             body["error_message"] = "recording processing failed"
         return body
 
-    # --- REST record (contract section 3) ----------------------------------------------
+    # --- REST record (contract sections 3 and 5: no conversation_id) --------------------
     def rest_record(self, recording_ready: bool) -> dict[str, Any]:
         exchanges: list[dict[str, Any]] = []
         pending_user: Turn | None = None
@@ -135,7 +229,7 @@ class SimSession:
         else:
             status = "not_available"
         rec: dict[str, Any] = {
-            "session_id": self.session_id, "agent_id": self.agent_id, "conversation_id": self.conversation_id,
+            "session_id": self.session_id, "agent_id": self.agent_id,
             "started_at": self.iso(self.started_at), "ended_at": self.iso(self.ended_at),
             "duration_ms": self.duration_ms, "latency_ms": self.latency_ms,
             "transcription_duration_seconds": self.transcription_duration_seconds,
@@ -156,12 +250,20 @@ class SimSession:
         return {"timestamp": self.iso(self.started_at + timedelta(milliseconds=first.offset_ms)),
                 "user_message": user.text if user else None,
                 "assistant_message": assistant.text if assistant else None,
-                "latency_ms": round(self.latency_ms, 1) if user and assistant else None}
+                "latency_ms": assistant.latency_ms if user and assistant else None}
 
     # --- the recording -----------------------------------------------------------------
     @property
     def recording_samples(self) -> int:
-        return self.duration_ms * SAMPLE_RATE // 1000
+        return self.duration_ms * self.sample_rate // 1000
+
+    @property
+    def recording_bytes_per_sample(self) -> int:
+        return 1 if self.wav_format == "mulaw" else 2
+
+    @property
+    def recording_data_bytes(self) -> int:
+        return self.recording_samples * self.recording_bytes_per_sample
 
     # --- ground truth --------------------------------------------------------------------
     def truth(self) -> dict[str, Any]:
@@ -169,9 +271,10 @@ class SimSession:
         words = {r: sum(len(t.text.split()) for t in turns if t.role == r) for r in ("user", "assistant")}
         return {
             "session_id": self.session_id, "conversation_id": self.conversation_id, "agent_id": self.agent_id,
-            "scenario": self.scenario, "channel": self.channel,
+            "agent_name": self.agent.name, "scenario": self.scenario, "channel": self.channel,
             "started_at": self.iso(self.started_at), "ended_at": self.iso(self.ended_at),
             "duration_ms": self.duration_ms, "latency_ms": self.latency_ms,
+            "webhook_latency": self.webhook_latency, "webhook_latency_unit": self.agent.latency_unit,
             "transcription_duration_seconds": self.transcription_duration_seconds,
             "tts_duration_seconds": self.tts_duration_seconds,
             "country_code": self.country_code, "from_phone_number": self.from_phone_number,
@@ -180,8 +283,17 @@ class SimSession:
             "assistant_turns": sum(t.role == "assistant" for t in turns),
             "user_words": words["user"], "assistant_words": words["assistant"],
             "turn_texts": [[t.role, t.text] for t in turns],
+            "interruptions": sum(t.interrupted for t in turns),
+            # (position, words heard, text heard) of each assistant turn the caller barged into
+            "interrupted_turns": [[i + 1, t.words_heard, t.text_heard] for i, t in enumerate(turns) if t.interrupted],
+            "turn_latency_ms": [t.latency_ms for t in turns],
+            "data_events": [d for _, d in self.data_events],
+            "custom_headers": self.headers,
+            "metadata_field": self.agent.metadata_field,
             "recording_state": self.recording_outcome or ("disabled" if not self.recording_enabled else "in_progress"),
-            "recording_duration_s": round(self.recording_samples / SAMPLE_RATE, 3) if self.recording_outcome == "completed" else None,
+            "recording_duration_s": round(self.recording_samples / self.sample_rate, 3) if self.recording_outcome == "completed" else None,
+            "recording_format": {"sample_rate": self.sample_rate, "encoding": self.wav_format,
+                                 "placeholder_sizes": self.wav_placeholder is not None},
             "expected_sentiment": self.expected_sentiment, "expected_outcome": self.expected_outcome,
             "caller_name": self.caller_name, "metadata": self.metadata,
         }
@@ -208,23 +320,51 @@ class SimBatch:
             c["duration_ms"] += s.duration_ms
             c["turns"] += len(s.turns)
         return {"seed": self.seed,
-                "agents": [{"agent_id": a.agent_id, "records_sessions": a.records_sessions} for a in self.agents],
+                "agents": [{"agent_id": a.agent_id, "name": a.name, "records_sessions": a.records_sessions,
+                            "metadata_field": a.metadata_field, "latency_unit": a.latency_unit,
+                            "phone_numbers": a.phone_numbers} for a in self.agents],
                 "sessions": sessions, "conversations": list(conversations.values())}
 
 
-def _id(r: random.Random, prefix: str) -> str:
-    return f"{prefix}_{r.getrandbits(96):024x}"
+def _id(r: random.Random, length: int = 24) -> str:
+    """A production-shaped id: lower-case letters and digits, no type prefix (contract section 5)."""
+    return "".join(r.choice(ID_ALPHABET) for _ in range(length))
 
 
 def _phone(r: random.Random, prefix: str) -> str:
     return prefix + "".join(str(r.randint(0, 9)) for _ in range(10 if prefix == "+1" else 9))
 
 
+# (name, metadata field, latency unit of session.end, custom headers): the agents differ the way
+# an org's agents built at different times do.
+AGENT_STYLES = [("Acme Support", "custom_metadata", "ms", True), ("Acme Sales", "metadata", "s", False),
+                ("Acme Booking", "both", "ms", True), ("Acme Billing", "custom_metadata", "ms", False),
+                ("Acme Intake", "metadata", "ms", False)]
+
+
 def default_agents(seed: int, count: int = 3) -> list[SimAgent]:
     r = random.Random(f"agents-{seed}")
-    return [SimAgent(agent_id=f"ag_{name}", secret=hashlib.sha256(f"{seed}-{name}-{r.random()}".encode()).hexdigest()[:40],
-                     records_sessions=(i != count - 1))
-            for i, name in enumerate(["support", "sales", "booking", "billing", "intake"][:count])]
+    agents = []
+    for i, (name, metadata_field, latency_unit, headers) in enumerate(AGENT_STYLES[:count]):
+        agent_id = _id(r, 8)
+        agents.append(SimAgent(
+            agent_id=agent_id, secret=hashlib.sha256(f"{seed}-{name}-{r.random()}".encode()).hexdigest()[:40],
+            records_sessions=(i != count - 1), name=name, template_id=_id(r, 8) if i % 2 == 0 else None,
+            created_at=f"2026-0{1 + i}-1{i}T09:30:00.000Z", phone_numbers=[_phone(r, "+1") for _ in range(1 + i % 2)],
+            metadata_field=metadata_field, latency_unit=latency_unit, sends_custom_headers=headers))
+    return agents
+
+
+def _interrupt_and_time(r: random.Random, turns: list[Turn], latency_ms: float) -> None:
+    """Barge-ins (an assistant turn the caller spoke over) and per-exchange latencies."""
+    for i, t in enumerate(turns):
+        if t.role != "assistant":
+            continue
+        if i and turns[i - 1].role == "user":
+            t.latency_ms = round(math.exp(r.gauss(math.log(latency_ms), 0.25)), 1)
+        words = len(t.text.split())
+        if i + 1 < len(turns) and turns[i + 1].role == "user" and words > 2 and r.random() < 0.18:
+            t.words_heard = r.randint(1, words - 1)
 
 
 def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = None,
@@ -237,21 +377,24 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
     batch = SimBatch(seed=seed, agents=agents or default_agents(seed))
     for _ in range(calls):
         agent = r.choices(batch.agents, weights=[5, 3, 2, 2, 1][: len(batch.agents)])[0]
-        conversation_id = _id(r, "conv")
+        conversation_id = _id(r)
         start = base + timedelta(milliseconds=r.randint(0, 8 * 3600 * 1000))
         n_sessions = 2 if r.random() < reconnect_rate else 1
         telephony = r.random() < 0.55
         country, dial, _ = r.choices(COUNTRIES, weights=[c[2] for c in COUNTRIES])[0]
         from_phone = _phone(r, dial) if telephony else None
-        to_phone = _phone(r, "+1") if telephony else None
-        metadata = {"customer_tier": r.choice(["free", "pro", "enterprise"]), "campaign": r.choice(["organic", "spring_promo"])}
+        to_phone = (r.choice(agent.phone_numbers) if agent.phone_numbers else _phone(r, "+1")) if telephony else None
+        metadata = {"tenant_id": f"t-{r.randint(100, 999)}", "crm_id": f"crm_{r.getrandbits(32):08x}",
+                    "customer_tier": r.choice(["free", "pro", "enterprise"]), "campaign": r.choice(["organic", "spring_promo"])}
+        headers = {"x-tenant-id": metadata["tenant_id"], "x-request-source": r.choice(["ivr", "website"])} \
+            if agent.sends_custom_headers else {}
         for seq in range(n_sessions):
             welcome, script = pick_script(r)
             turns_spec = [("assistant", welcome if seq == 0 else "Welcome back. Let's continue."), *script.turns]
             offset = 0
             turns: list[Turn] = []
             for role, text in turns_spec:
-                turns.append(Turn(role, text, offset, _id(r, "turn")))
+                turns.append(Turn(role, text, offset, _id(r)))
                 offset += int(len(text.split()) / 2.6 * 1000) + r.randint(400, 2500)
             duration_ms = max(offset + r.randint(500, 4000), 1500)
             if script.scenario == "short_call":
@@ -259,16 +402,22 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
                 offset = 0
                 for t in turns:
                     t.offset_ms = min(t.offset_ms, duration_ms - 500)
+            session_latency = round(math.exp(r.gauss(math.log(650), 0.35)), 1)
+            _interrupt_and_time(r, turns, session_latency)
+            answered = [t.latency_ms for t in turns if t.latency_ms is not None]
+            if answered:  # the session's figure is the mean over its exchanges
+                session_latency = round(sum(answered) / len(answered), 1)
             user_words = sum(len(t.text.split()) for t in turns if t.role == "user")
             asst_words = sum(len(t.text.split()) for t in turns if t.role == "assistant")
             recorded = agent.records_sessions
             outcome = None
             if recorded:
                 outcome = "failed" if r.random() < recording_failure_rate else "completed"
+            data_events = [] if telephony else [
+                (t.turn_id, r.choice(DATA_EVENTS)) for t in turns if t.role == "user" and r.random() < 0.3]
             session = SimSession(
-                session_id=_id(r, "sess"), conversation_id=conversation_id, agent_id=agent.agent_id, sequence=seq,
-                scenario=script.scenario, started_at=start, duration_ms=duration_ms,
-                latency_ms=round(math.exp(r.gauss(math.log(650), 0.35)), 1),
+                session_id=_id(r), conversation_id=conversation_id, agent=agent, sequence=seq,
+                scenario=script.scenario, started_at=start, duration_ms=duration_ms, latency_ms=session_latency,
                 transcription_duration_seconds=round(user_words / 2.6 + r.uniform(0.2, 1.5), 2),
                 tts_duration_seconds=round(asst_words / 2.8, 2),
                 ip_address=None if telephony else f"203.0.113.{r.randint(1, 254)}",
@@ -276,7 +425,11 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
                 from_phone_country=country if telephony else None, to_phone_country="US" if telephony else None,
                 metadata=metadata, welcome_turn_id=turns[0].turn_id, turns=turns,
                 recording_enabled=recorded, recording_outcome=outcome,
-                expected_sentiment=script.sentiment, expected_outcome=script.outcome, caller_name=script.caller_name)
+                expected_sentiment=script.sentiment, expected_outcome=script.outcome, caller_name=script.caller_name,
+                headers=headers, data_events=data_events,
+                sample_rate=PHONE_RATE if telephony else WEB_RATE,
+                wav_format="mulaw" if telephony and r.random() < 0.4 else "pcm",
+                wav_placeholder=r.choice(PLACEHOLDERS) if r.random() < 0.25 else None)
             batch.sessions.append(session)
             start = session.ended_at + timedelta(milliseconds=r.randint(2000, 20000))
     return batch

@@ -3,6 +3,7 @@
 select
     cast(session_date_at at time zone 'UTC' as date) as call_date,
     agent_id,
+    any_value(agent_name) as agent_name,
     count(distinct conversation_id) as calls,
     count(*) as sessions,
     quantile_cont(duration_ms, 0.5) as duration_ms_p50,

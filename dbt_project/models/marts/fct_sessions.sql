@@ -4,7 +4,14 @@
 -- the downloaded recording and the latest enrichment. Where sources disagree the REST record
 -- (the platform's authoritative copy) wins over the session.end webhook; *_source columns
 -- say which one each value came from.
-with touched as ({{ touched_sessions() }}),
+with touched as (
+    {{ touched_sessions() }}
+    {% if is_incremental() and 'latency_source' in adapter.get_columns_in_relation(this) | map(attribute='name') | list %}
+    union  -- and sessions whose latency came from session.end in a unit that has since been learned
+    select t.session_id from {{ this }} t join {{ ref('int_webhook_latency_units') }} u using (agent_id)
+    where t.latency_source = 'session.end' and t.webhook_latency_unit is distinct from u.webhook_latency_unit
+    {% endif %}
+),
 src as (
     select * from {{ ref('int_session_sources') }} where session_id in (select session_id from touched)
 ),
@@ -25,6 +32,12 @@ ends as (select * from {{ ref('stg_webhook_session_ends') }} where session_id in
 updates as (select * from {{ ref('stg_webhook_session_updates') }} where session_id in (select session_id from touched)),
 rest as (select * from {{ ref('stg_rest_sessions') }} where session_id in (select session_id from touched)),
 recs as (select * from {{ ref('stg_recordings') }} where session_id in (select session_id from touched)),
+agents as (select agent_id, agent_name from {{ ref('stg_agents') }}),
+data_events as (
+    select session_id, count(*) as data_events from {{ ref('stg_webhook_data') }}
+    where session_id in (select session_id from touched) group by 1
+),
+latency_units as (select agent_id, webhook_latency_unit from {{ ref('int_webhook_latency_units') }}),
 enr as (select * from {{ ref('stg_session_enrichments') }} where is_latest and session_id in (select session_id from touched)),
 turn_stats as (
     select session_id,
@@ -48,7 +61,15 @@ merged as (
                  -- from the timestamps only when they are in order (a clock-skewed payload gives null)
                  nullif(greatest(epoch_ms(coalesce(rest.ended_at, ends.ended_at))
                                  - epoch_ms(coalesce(rest.started_at, ends.started_at)), -1), -1)) as duration_ms,
-        coalesce(rest.latency_ms, ends.latency_ms) as latency_ms,
+        -- milliseconds: the REST record's where there is one; else session.end's, converted when
+        -- this agent's webhooks were found to send seconds (see int_webhook_latency_units)
+        coalesce(rest.latency_ms,
+                 case when lu.webhook_latency_unit = 'seconds' then ends.latency_ms * 1000 else ends.latency_ms end)
+            as latency_ms,
+        case when rest.latency_ms is not null then 'rest' when ends.latency_ms is not null then 'session.end' end
+            as latency_source,
+        lu.webhook_latency_unit,
+        agents.agent_name,
         coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds) as transcription_duration_seconds,
         coalesce(rest.tts_duration_seconds, ends.tts_duration_seconds) as tts_duration_seconds,
         coalesce(rest.from_phone_number, ends.from_phone_number, starts.from_phone_number) as from_phone_number,
@@ -85,6 +106,8 @@ merged as (
         case when recs.download_status = 'downloaded' then recs.recording_path end as recording_path,
         case when recs.download_status = 'downloaded' then recs.recording_bytes end as recording_bytes,
         case when recs.download_status = 'downloaded' then recs.recording_duration_s end as recording_duration_s,
+        case when recs.download_status = 'downloaded' then recs.sample_rate end as recording_sample_rate,
+        case when recs.download_status = 'downloaded' then recs.encoding end as recording_encoding,
         coalesce(recs.download_status = 'downloaded', false) as has_recording,
         coalesce(ts.turns, 0) as turns,
         coalesce(ts.user_turns, 0) as user_turns,
@@ -92,6 +115,7 @@ merged as (
         coalesce(ts.user_words, 0) as user_words,
         coalesce(ts.assistant_words, 0) as assistant_words,
         coalesce(ts.interruptions, 0) as interruptions,
+        coalesce(data_events.data_events, 0) as data_events,
         ts.transcript_source,
         enr.summary,
         enr.caller_name,
@@ -119,6 +143,9 @@ merged as (
     left join recs using (session_id)
     left join enr using (session_id)
     left join turn_stats ts using (session_id)
+    left join data_events using (session_id)
+    left join agents on agents.agent_id = coalesce(rest.agent_id, src.agent_id)
+    left join latency_units lu on lu.agent_id = coalesce(rest.agent_id, src.agent_id)
 )
 select
     *,

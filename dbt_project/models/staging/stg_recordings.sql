@@ -7,6 +7,7 @@ select
     sha256 as recording_sha256,
     sample_rate,
     channels,
+    encoding,
     duration_s as recording_duration_s,
     error as recording_error,
     fetched_at

@@ -1,6 +1,7 @@
 -- `data` events (contract section 5): structured JSON the caller's web client sent, per
 -- session and turn, e.g. UI events. Kept as JSON; one row per distinct event.
 select
+    event_key,
     session_id,
     agent_id,
     turn_id,

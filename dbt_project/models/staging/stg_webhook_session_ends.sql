@@ -1,4 +1,5 @@
--- session.end: duration is in milliseconds, latency a number (ms); either may be null.
+-- session.end: duration is in milliseconds; latency is a number in an undocumented unit, kept
+-- as sent here (fct_sessions reconciles it with the REST record). Either may be null.
 select
     session_id,
     agent_id,
