@@ -93,7 +93,7 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
              instance=None) -> DemoResult:
     """Deliver `calls` simulated calls through a real listener and materialise every asset."""
     from layercode_pipeline.config import Settings
-    from layercode_pipeline.lib.serve import BackgroundServer
+    from layercode_pipeline.simulator.server import BackgroundServer
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
     from layercode_pipeline.simulator.deliver import deliver_with_progress
     from webhook_listener.app import create_app

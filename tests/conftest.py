@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from layercode_pipeline.contract.landing import iter_sealed_segments, recover_orphan_segments
-from layercode_pipeline.lib.serve import free_port
+from layercode_pipeline.simulator.server import free_port
 
 SECRET = "whsec_test_default"
 

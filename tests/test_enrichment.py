@@ -14,7 +14,7 @@ from layercode_pipeline.defs.enrichment.assets import session_enrichments
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
 from layercode_pipeline.defs.resources import OpenAIResource, StorageResource
 from layercode_pipeline.lib.enrichment.redact import redact
-from layercode_pipeline.lib.serve import BackgroundServer
+from layercode_pipeline.simulator.server import BackgroundServer
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 from layercode_pipeline.simulator.llm import OpenAIStub
 

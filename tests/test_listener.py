@@ -19,7 +19,7 @@ from httpx_sse import connect_sse
 
 from layercode_pipeline.config import Settings
 from layercode_pipeline.contract.signing import sign
-from layercode_pipeline.lib.serve import BackgroundServer
+from layercode_pipeline.simulator.server import BackgroundServer
 from webhook_listener.app import create_app
 
 from .conftest import SECRET, landed_envelopes

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import duckdb
+import pytest
 
 from layercode_pipeline.demo import DEMO_API_KEY, materialize_all, run_demo
 from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
@@ -59,3 +60,49 @@ def test_reader_keeps_querying_during_a_full_materialisation(tmp_path, listener_
     after = duckdb.connect(str(serving), read_only=True)
     assert after.execute("select count(*) from marts.fct_sessions").fetchone()[0] == before + len(more.sessions)
     assert not list(serving.parent.glob(".*.tmp*"))
+
+
+OLD_DUCKDB = "1.1.3"  # the oldest DuckDB the serving copy promises to open (SERVING_STORAGE_VERSION)
+OLD_READER = textwrap.dedent("""
+    import json, sys, duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)
+    out = {"version": duckdb.__version__, "marts": {}, "parquet": {}}
+    for (table,) in con.execute("select table_name from duckdb_tables() where schema_name = 'marts'").fetchall():
+        out["marts"][table] = len(con.execute(f'select * from marts."{table}"').fetchall())  # every column, typed
+        out["parquet"][table] = len(duckdb.connect().execute(
+            f"select * from read_parquet('{sys.argv[2]}/{table}.parquet')").fetchall())
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def old_duckdb(tmp_path_factory):
+    """A separate virtual environment with DuckDB 1.1 from the package registry, as a BI tool bundles it."""
+    venv = tmp_path_factory.mktemp("duckdb_1_1")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"duckdb=={OLD_DUCKDB}", "pytz"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"could not install duckdb=={OLD_DUCKDB} from the package registry: {pip.stderr[-500:]}")
+    return venv / "bin" / "python"
+
+
+def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duckdb):
+    import json
+
+    from layercode_pipeline.lib.serving_copy import publish_serving_copy
+
+    data = tmp_path / "data"
+    result = run_demo(data, 12, seed=31, processing_delay_s=0.0)
+    serving = data / "serving"
+    counts = publish_serving_copy(data / "warehouse.duckdb", serving)  # what the asset ran, once more: idempotent
+    assert {"fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics", "dim_agents",
+            "fct_data_events"} <= set(counts)
+    assert counts["fct_sessions"] == len(result.batch.sessions)
+    r = subprocess.run([str(old_duckdb), "-c", OLD_READER, str(serving / "analytics.duckdb"), str(serving / "parquet")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    read = json.loads(r.stdout)
+    assert read["version"] == OLD_DUCKDB
+    assert read["marts"] == counts and read["parquet"] == counts
+    assert sorted(p.stem for p in (serving / "parquet").glob("*.parquet")) == sorted(counts)

@@ -3,10 +3,11 @@
 import dagster as dg
 
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
-from layercode_pipeline.lib.serving import publish_marts
+from layercode_pipeline.lib.serving_copy import publish_serving_copy
 from layercode_pipeline.lib.warehouse import warehouse_lock
 
-MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics")]
+MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations",
+                                                      "agg_daily_call_metrics", "dim_agents", "fct_data_events")]
 
 
 @dg.asset(
@@ -14,13 +15,15 @@ MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", 
     group_name="serving",
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
-    description="Copies schema marts into serving/analytics.duckdb: written as a new file, then renamed over "
-                "the old one, so BI readers never block the pipeline and never see a half-written file.",
+    description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
+                "open) and serving/parquet/<mart>.parquet: written as new files, then renamed over the old ones, "
+                "so BI readers never block the pipeline and never see a half-written file.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     with warehouse_lock(storage.paths.warehouse):
-        counts = publish_marts(storage.paths.warehouse, storage.paths.serving, open_timeout_s=storage.open_timeout_s)
+        counts = publish_serving_copy(storage.paths.warehouse, storage.paths.serving, open_timeout_s=storage.open_timeout_s)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
+        "parquet_dir": dg.MetadataValue.path(str(storage.paths.serving / "parquet")),
         "tables": dg.MetadataValue.json(counts),
     })
