@@ -213,14 +213,14 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
     """Run the whole chain on the simulator: listener, webhooks with faults, ingest, backfill,
     recordings, enrichment, dbt, publish. No keys needed (OPENAI_API_KEY set: enrich with OpenAI)."""
     import logging
-    import os
     import time
     from pathlib import Path
 
     from rich.console import Console
 
-    os.environ.setdefault("DAGSTER_HOME", str(Path(data_dir).resolve() / "dagster_home"))
-    home = Path(os.environ["DAGSTER_HOME"])
+    from layercode_pipeline.config import Settings
+
+    home = Settings().dagster_home or Path(data_dir).resolve() / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():  # the warehouse pool limit, telemetry off
         (home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -233,7 +233,7 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
 
     try:
         # a persistent instance, so `dagster dev` with the same DAGSTER_HOME shows these runs
-        with dg.DagsterInstance.get() as instance:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
             result = run_demo(Path(data_dir), calls, seed, console=console, instance=instance)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted: servers stopped, landing segments sealed. Run again to continue.[/]")

@@ -1,7 +1,10 @@
-"""The one configuration module: every environment variable the project reads.
+"""The one configuration module: the only reader of the environment.
 
-The listener and the CLI read `Settings()`; the Dagster resources read the same variable
-names through `dagster.EnvVar` (see `defs/resources.py`), so both sides agree on paths.
+The listener, the CLI and the demo read `Settings()`; the Dagster resources are built from
+it (`defs/resources.py`), secrets as `dagster.EnvVar` of the variable they came from so
+their values never reach a run's configuration; dbt gets what it needs as `--vars`. Every
+default is written here once. The README's configuration table is tested against this model
+(`tests/test_config.py`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+import os
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
 
 DEFAULT_AGENT_ID = "default"
+DEFAULT_API_BASE_URL = "https://api.layercode.com/v1"
+DEFAULT_ENRICHMENT_MODEL = "gpt-5-mini"
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class DataPaths:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LAYERCODE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LAYERCODE_", extra="ignore", populate_by_name=True)
 
     # --- paths -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
@@ -55,6 +62,9 @@ class Settings(BaseSettings):
     warehouse_path: Path | None = None
     recordings_dir: Path | None = None
     serving_dir: Path | None = None
+    # Dagster's instance directory (runs, schedules, the pool limit); the demo defaults it to
+    # <data dir>/dagster_home
+    dagster_home: Path | None = Field(default=None, validation_alias=AliasChoices("dagster_home", "DAGSTER_HOME"))
     # How long a pipeline writer waits for a process outside the pipeline (a BI tool, a
     # notebook) that holds warehouse.duckdb before failing with a message naming it.
     warehouse_open_timeout_s: float = 60.0
@@ -82,9 +92,48 @@ class Settings(BaseSettings):
     ack_message: str = "Thanks, let me look into that."
     log_level: str = "INFO"
 
+    # Accept unsigned webhooks (local experiments only); `listen --insecure-skip-verify` sets it
+    # for its worker processes.
+    insecure_skip_verify: bool = False
+
     # --- REST API ----------------------------------------------------------------------
-    api_base_url: str = "https://api.layercode.com/v1"
+    api_base_url: str = DEFAULT_API_BASE_URL
     api_key: SecretStr | None = Field(default=None, repr=False)
+    api_timeout_s: float = 30.0
+    api_max_concurrency: int = 8
+    api_max_attempts: int = 5  # per request, then the failure is recorded and asked again next run
+    api_backoff_initial_s: float = 0.5
+    api_backoff_max_s: float = 30.0
+
+    # --- enrichment (any OpenAI-compatible server; without a key: the offline provider) ----
+    openai_api_key: SecretStr | None = Field(default=None, repr=False,
+                                             validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(default=None,
+                                        validation_alias=AliasChoices("openai_base_url", "OPENAI_BASE_URL"))
+    enrichment_model: str = DEFAULT_ENRICHMENT_MODEL
+    enrichment_config: Path | None = None  # a YAML file like lib/enrichment/default_config.yaml
+
+    # --- models ------------------------------------------------------------------------
+    # session metadata keys promoted to their own fct_sessions columns (metadata_<key>),
+    # comma-separated; passed to dbt as a variable
+    promoted_metadata_keys: str = ""
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable a field is read from."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[-1])
+        return f"LAYERCODE_{field.upper()}"
+
+    def secret_from_environment(self, field: str) -> str | None:
+        """The variable's name when this secret's value came from the environment (Dagster then
+        reads it as `EnvVar(name)`, so the value never enters a run's configuration)."""
+        value = getattr(self, field)
+        name = self.env_name(field)
+        if value is not None and os.environ.get(name) == value.get_secret_value():
+            return name
+        return None
 
     @field_validator("webhook_secrets")
     @classmethod

@@ -7,20 +7,14 @@ import warnings
 import dagster as dg
 
 import layercode_pipeline.defs
-from layercode_pipeline.defs.dbt.assets import dbt_resource
-from layercode_pipeline.defs.resources import layercode_api_from_env, openai_from_env, storage_from_env
+from layercode_pipeline.defs.resources import resources_from_settings
 
 
 def build_definitions() -> dg.Definitions:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
         loaded = dg.load_definitions_from_package_module(layercode_pipeline.defs)
-    return dg.Definitions.merge(loaded, dg.Definitions(resources={
-        "storage": storage_from_env(),
-        "layercode_api": layercode_api_from_env(),
-        "dbt": dbt_resource(),
-        "openai": openai_from_env(),
-    }))
+    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources_from_settings()))
 
 
 defs = build_definitions()

@@ -40,17 +40,16 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     (`"<asset>:<check>": {"passed", "severity"}`)."""
     import dagster as dg
 
+    from layercode_pipeline.config import Settings
     from layercode_pipeline.definitions import defs
-    from layercode_pipeline.defs.dbt.assets import dbt_resource
-    from layercode_pipeline.defs.resources import LayercodeAPIResource, StorageResource, openai_from_env
+    from layercode_pipeline.defs.resources import resources_from_settings
 
-    resources = {
-        "storage": StorageResource(data_dir=str(data_dir)),
-        "layercode_api": LayercodeAPIResource(base_url=api_url or "https://api.layercode.com/v1", api_key=api_key,
-                                              backoff_initial_s=0.2, backoff_max_s=5.0),
-        "dbt": dbt_resource(),
-        "openai": openai_from_env(),
-    }
+    # the definitions' own resources, from the environment's settings, with everything under
+    # this data directory and the given (simulated) REST API
+    settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, warehouse_path=None,
+                        recordings_dir=None, serving_dir=None, api_key=api_key, api_backoff_initial_s=0.2,
+                        api_backoff_max_s=5.0, **({"api_base_url": api_url} if api_url else {}))
+    resources = resources_from_settings(settings)
     all_assets = [a for a in defs.assets or []]  # type: ignore[union-attr]
     groups = {
         "ingest": dg.AssetSelection.assets("raw_layercode_events"),

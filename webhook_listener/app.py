@@ -386,4 +386,4 @@ def app_from_env() -> Router:
     tune_gc_for_serving()
     settings = Settings()
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s  # this worker's protocol
-    return create_app(settings, insecure_skip_verify=os.environ.get("LAYERCODE_INSECURE_SKIP_VERIFY") == "1")
+    return create_app(settings, insecure_skip_verify=settings.insecure_skip_verify)

@@ -1,9 +1,10 @@
-"""Resources, configured from the environment with `dg.EnvVar` (same names as `config.py`)."""
+"""Resources, built from the one settings module (`resources_from_settings`)."""
 
 
 import contextlib
-import os
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -17,9 +18,9 @@ from layercode_pipeline.lib.warehouse import open_warehouse
 WAREHOUSE_POOL = "layercode_warehouse"
 
 
-def env_or(name: str, default: str | None = None) -> dg.EnvVar | str | None:
-    """`EnvVar(name)` when the variable is set, else the default (EnvVar insists on a value)."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+def _default(field: str) -> Any:
+    """A resource field's default is the setting's (each default is written once, in config.py)."""
+    return Settings.model_fields[field].default
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -31,7 +32,8 @@ class StorageResource(dg.ConfigurableResource):
     recordings_dir: str | None = None
     serving_dir: str | None = None
     # how long to wait for a process outside the pipeline (a BI tool) that holds the warehouse
-    open_timeout_s: float = 60.0
+    open_timeout_s: float = _default("warehouse_open_timeout_s")
+    promoted_metadata_keys: str = _default("promoted_metadata_keys")
 
     @property
     def paths(self) -> DataPaths:
@@ -46,28 +48,23 @@ class StorageResource(dg.ConfigurableResource):
         with open_warehouse(self.paths.warehouse, open_timeout_s=self.open_timeout_s) as con:
             yield con
 
-
-def storage_from_env() -> StorageResource:
-    return StorageResource(
-        data_dir=env_or("LAYERCODE_DATA_DIR", "./data"),
-        landing_dir=env_or("LAYERCODE_LANDING_DIR"),
-        warehouse_path=env_or("LAYERCODE_WAREHOUSE_PATH"),
-        recordings_dir=env_or("LAYERCODE_RECORDINGS_DIR"),
-        serving_dir=env_or("LAYERCODE_SERVING_DIR"),
-        open_timeout_s=Settings().warehouse_open_timeout_s,
-    )
+    def dbt_vars(self) -> str:
+        """What dbt needs, as `--vars` (profiles.yml and the models read them): no process
+        environment is changed for a dbt call."""
+        return json.dumps({"warehouse_path": str(self.paths.warehouse),
+                           "promoted_metadata_keys": self.promoted_metadata_keys})
 
 
 class LayercodeAPIResource(dg.ConfigurableResource):
-    """The Layercode REST API. `api_key` comes from `EnvVar("LAYERCODE_API_KEY")`."""
+    """The Layercode REST API (built by `resources_from_settings`; the key as an `EnvVar`)."""
 
-    base_url: str = "https://api.layercode.com/v1"
+    base_url: str = _default("api_base_url")
     api_key: str | None = None
-    timeout_s: float = 30.0
-    max_concurrency: int = 8
-    max_attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    timeout_s: float = _default("api_timeout_s")
+    max_concurrency: int = _default("api_max_concurrency")
+    max_attempts: int = _default("api_max_attempts")
+    backoff_initial_s: float = _default("api_backoff_initial_s")
+    backoff_max_s: float = _default("api_backoff_max_s")
 
     @property
     def configured(self) -> bool:
@@ -81,18 +78,13 @@ class LayercodeAPIResource(dg.ConfigurableResource):
                                backoff_initial_s=self.backoff_initial_s, backoff_max_s=self.backoff_max_s)
 
 
-def layercode_api_from_env() -> LayercodeAPIResource:
-    return LayercodeAPIResource(base_url=env_or("LAYERCODE_API_BASE_URL", "https://api.layercode.com/v1"),
-                                api_key=env_or("LAYERCODE_API_KEY"))
-
-
 class OpenAIResource(dg.ConfigurableResource):
-    """An OpenAI-compatible endpoint. `api_key` from `EnvVar("OPENAI_API_KEY")`, `base_url`
-    from `EnvVar("OPENAI_BASE_URL")` (any compatible server works)."""
+    """An OpenAI-compatible endpoint, any compatible server (built by `resources_from_settings`;
+    the key as an `EnvVar`)."""
 
     api_key: str | None = None
     base_url: str | None = None
-    model: str = "gpt-5-mini"
+    model: str = _default("enrichment_model")
     timeout_s: float = 60.0
     max_retries: int = 4
     enrichment_config: str | None = None  # LAYERCODE_ENRICHMENT_CONFIG
@@ -102,7 +94,34 @@ class OpenAIResource(dg.ConfigurableResource):
         return bool(self.api_key)
 
 
-def openai_from_env() -> OpenAIResource:
-    return OpenAIResource(api_key=env_or("OPENAI_API_KEY"), base_url=env_or("OPENAI_BASE_URL"),
-                          model=env_or("LAYERCODE_ENRICHMENT_MODEL", "gpt-5-mini"),
-                          enrichment_config=env_or("LAYERCODE_ENRICHMENT_CONFIG"))
+def _secret(settings: Settings, field: str) -> dg.EnvVar | str | None:
+    """A secret from the environment as `EnvVar` (its value never enters run config); one given
+    to `Settings(...)` in code (the demo, tests) as itself; none as None."""
+    name = settings.secret_from_environment(field)
+    if name is not None:
+        return dg.EnvVar(name)
+    value = getattr(settings, field)
+    return value.get_secret_value() if value is not None else None
+
+
+def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
+    """Every resource the definitions need, from one `Settings` (the environment's by default)."""
+    from layercode_pipeline.defs.dbt.assets import dbt_resource
+
+    settings = settings or Settings()
+    paths = settings.paths
+    return {
+        "storage": StorageResource(
+            data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_path=str(paths.warehouse),
+            recordings_dir=str(paths.recordings), serving_dir=str(paths.serving),
+            open_timeout_s=settings.warehouse_open_timeout_s, promoted_metadata_keys=settings.promoted_metadata_keys),
+        "layercode_api": LayercodeAPIResource(
+            base_url=settings.api_base_url, api_key=_secret(settings, "api_key"), timeout_s=settings.api_timeout_s,
+            max_concurrency=settings.api_max_concurrency, max_attempts=settings.api_max_attempts,
+            backoff_initial_s=settings.api_backoff_initial_s, backoff_max_s=settings.api_backoff_max_s),
+        "openai": OpenAIResource(
+            api_key=_secret(settings, "openai_api_key"), base_url=settings.openai_base_url,
+            model=settings.enrichment_model,
+            enrichment_config=str(settings.enrichment_config) if settings.enrichment_config else None),
+        "dbt": dbt_resource(),
+    }

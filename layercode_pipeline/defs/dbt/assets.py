@@ -1,45 +1,25 @@
 """The dbt project as Dagster assets: one lineage from the raw tables to the marts."""
 
-import contextlib
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import (DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject,
+                         DagsterDbtProjectPreparer, dbt_assets)
 
-from layercode_pipeline.config import Settings
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.warehouse import connect_waiting, open_warehouse, warehouse_lock
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 
-# Use the dbt installed beside this Python, so an un-activated virtualenv works too
-# (dagster-dbt's manifest preparer looks `dbt` up on PATH).
-_BIN = str(Path(sys.executable).parent)
-if shutil.which("dbt", path=_BIN) and _BIN not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
-DBT_EXECUTABLE = shutil.which("dbt") or "dbt"
-
-
-
-@contextlib.contextmanager
-def warehouse_env(path: Path) -> Iterator[None]:
-    """profiles.yml reads LAYERCODE_WAREHOUSE_PATH; set it for one dbt call only, so it never
-    leaks into the configuration of anything else in this process."""
-    before = os.environ.get("LAYERCODE_WAREHOUSE_PATH")
-    os.environ["LAYERCODE_WAREHOUSE_PATH"] = str(path)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("LAYERCODE_WAREHOUSE_PATH", None)
-        else:
-            os.environ["LAYERCODE_WAREHOUSE_PATH"] = before
+# The dbt installed beside this Python, so an un-activated virtualenv works too; else PATH's.
+_BESIDE = Path(sys.executable).parent / "dbt"
+DBT_EXECUTABLE = str(_BESIDE) if _BESIDE.exists() else (shutil.which("dbt") or "dbt")
 
 
 def _manifest_is_stale(manifest: Path) -> bool:
@@ -53,11 +33,23 @@ def _manifest_is_stale(manifest: Path) -> bool:
         or (DBT_PROJECT_DIR / "dbt_project.yml").stat().st_mtime > built
 
 
-dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-with warehouse_env(Settings().paths.warehouse):  # parsing needs a value, not the file
-    dbt_project.prepare_if_dev()
-    if _manifest_is_stale(dbt_project.manifest_path):  # a fresh clone or an upgrade outside `dagster dev`
-        dbt_project.preparer.prepare(dbt_project)
+class DbtParser(DagsterDbtProjectPreparer):
+    """dagster-dbt's preparer (a guard against concurrent parses included), running the dbt
+    beside this Python rather than whichever `dbt` is first on PATH."""
+
+    def _prepare_manifest(self, project: DbtProject) -> None:
+        DbtCliResource(project_dir=project, dbt_executable=DBT_EXECUTABLE).cli(
+            ["parse", "--quiet"], target_path=project.target_path).wait()
+
+
+@cache
+def layercode_dbt_project() -> DbtProject:
+    """The dbt project, its manifest parsed when missing or older than the project's files (a
+    fresh clone, an upgrade, an edit under `dagster dev`). Parsing needs no warehouse."""
+    project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+    if _manifest_is_stale(project.manifest_path):
+        DbtParser().prepare(project)
+    return project
 
 
 class LayercodeDbtTranslator(DagsterDbtTranslator):
@@ -72,7 +64,7 @@ TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
                                                                           enable_source_tests_as_checks=True))
 
 
-@dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, pool=WAREHOUSE_POOL,
+@dbt_assets(manifest=layercode_dbt_project().manifest_path, project=layercode_dbt_project(), pool=WAREHOUSE_POOL,
             dagster_dbt_translator=TRANSLATOR)
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
     warehouse = storage.paths.warehouse
@@ -81,10 +73,10 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         # waits (bounded) for a process outside the pipeline that holds the file, and dbt's own
         # connect retries (profiles.yml) cover one that grabs it again in between
         pass
-    with warehouse_lock(warehouse), warehouse_env(warehouse):
+    with warehouse_lock(warehouse):
         # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
         # open in this process, which would lock the warehouse against every other process.
-        events = list(dbt.cli(["build"], context=context).stream())
+        events = list(dbt.cli(["build", "--vars", storage.dbt_vars()], context=context).stream())
         yield from with_row_counts(events, warehouse, storage.open_timeout_s)
 
 
@@ -92,7 +84,7 @@ def with_row_counts(events: list, warehouse: Path, open_timeout_s: float) -> Ite
     # schema.alias, not the manifest's relation_name: that one names the database after the
     # file dbt parsed with, which need not be the warehouse this run builds
     relations = {uid: f'"{node["schema"]}"."{node.get("alias") or node["name"]}"' for uid, node in
-                 json.loads(dbt_project.manifest_path.read_text())["nodes"].items()
+                 json.loads(layercode_dbt_project().manifest_path.read_text())["nodes"].items()
                  if node.get("config", {}).get("materialized") in ("table", "incremental")}
     con = connect_waiting(warehouse, timeout_s=open_timeout_s)
     try:
@@ -108,4 +100,4 @@ def with_row_counts(events: list, warehouse: Path, open_timeout_s: float) -> Ite
 
 
 def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)
+    return DbtCliResource(project_dir=layercode_dbt_project(), dbt_executable=DBT_EXECUTABLE)
