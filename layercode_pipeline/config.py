@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import os
 
@@ -117,6 +118,12 @@ class Settings(BaseSettings):
     # session metadata keys promoted to their own fct_sessions columns (metadata_<key>),
     # comma-separated; passed to dbt as a variable
     promoted_metadata_keys: str = ""
+
+    @classmethod
+    def default(cls, field: str) -> Any:
+        """A setting's default: resources and the REST client take theirs from here, so each
+        default is written once."""
+        return cls.model_fields[field].default
 
     @classmethod
     def env_name(cls, field: str) -> str:

@@ -18,11 +18,6 @@ from layercode_pipeline.lib.warehouse import open_warehouse
 WAREHOUSE_POOL = "layercode_warehouse"
 
 
-def _default(field: str) -> Any:
-    """A resource field's default is the setting's (each default is written once, in config.py)."""
-    return Settings.model_fields[field].default
-
-
 class StorageResource(dg.ConfigurableResource):
     """Where the landing files, the warehouse, the recordings and the serving copy live."""
 
@@ -32,8 +27,8 @@ class StorageResource(dg.ConfigurableResource):
     recordings_dir: str | None = None
     serving_dir: str | None = None
     # how long to wait for a process outside the pipeline (a BI tool) that holds the warehouse
-    open_timeout_s: float = _default("warehouse_open_timeout_s")
-    promoted_metadata_keys: str = _default("promoted_metadata_keys")
+    open_timeout_s: float = Settings.default("warehouse_open_timeout_s")
+    promoted_metadata_keys: str = Settings.default("promoted_metadata_keys")
 
     @property
     def paths(self) -> DataPaths:
@@ -58,13 +53,13 @@ class StorageResource(dg.ConfigurableResource):
 class LayercodeAPIResource(dg.ConfigurableResource):
     """The Layercode REST API (built by `resources_from_settings`; the key as an `EnvVar`)."""
 
-    base_url: str = _default("api_base_url")
+    base_url: str = Settings.default("api_base_url")
     api_key: str | None = None
-    timeout_s: float = _default("api_timeout_s")
-    max_concurrency: int = _default("api_max_concurrency")
-    max_attempts: int = _default("api_max_attempts")
-    backoff_initial_s: float = _default("api_backoff_initial_s")
-    backoff_max_s: float = _default("api_backoff_max_s")
+    timeout_s: float = Settings.default("api_timeout_s")
+    max_concurrency: int = Settings.default("api_max_concurrency")
+    max_attempts: int = Settings.default("api_max_attempts")
+    backoff_initial_s: float = Settings.default("api_backoff_initial_s")
+    backoff_max_s: float = Settings.default("api_backoff_max_s")
 
     @property
     def configured(self) -> bool:
@@ -84,7 +79,7 @@ class OpenAIResource(dg.ConfigurableResource):
 
     api_key: str | None = None
     base_url: str | None = None
-    model: str = _default("enrichment_model")
+    model: str = Settings.default("enrichment_model")
     timeout_s: float = 60.0
     max_retries: int = 4
     enrichment_config: str | None = None  # LAYERCODE_ENRICHMENT_CONFIG

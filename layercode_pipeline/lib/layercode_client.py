@@ -23,11 +23,7 @@ from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, st
 from layercode_pipeline.config import DEFAULT_API_BASE_URL, Settings
 from layercode_pipeline.lib.wav import InvalidWav, WavInfo, read_wav_info
 
-def _setting(field: str) -> Any:  # each default is written once, in config.py
-    return Settings.model_fields[field].default
 
-
-DEFAULT_BASE_URL = DEFAULT_API_BASE_URL
 
 
 class LayercodeAPIError(RuntimeError):
@@ -107,11 +103,11 @@ class RecordingDownload:
 
 
 class LayercodeClient:
-    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *,
-                 timeout_s: float = _setting("api_timeout_s"), max_concurrency: int = _setting("api_max_concurrency"),
-                 max_attempts: int = _setting("api_max_attempts"),
-                 backoff_initial_s: float = _setting("api_backoff_initial_s"),
-                 backoff_max_s: float = _setting("api_backoff_max_s")):
+    def __init__(self, api_key: str, base_url: str = DEFAULT_API_BASE_URL, *,
+                 timeout_s: float = Settings.default("api_timeout_s"), max_concurrency: int = Settings.default("api_max_concurrency"),
+                 max_attempts: int = Settings.default("api_max_attempts"),
+                 backoff_initial_s: float = Settings.default("api_backoff_initial_s"),
+                 backoff_max_s: float = Settings.default("api_backoff_max_s")):
         if not api_key:
             raise LayercodeAuthError("no Layercode API key configured (set LAYERCODE_API_KEY)")
         self._api_key = api_key

@@ -40,8 +40,8 @@ def layercode_agents(context: dg.AssetExecutionContext, storage: StorageResource
     with storage.connect() as con:
         changed, unchanged = store_agents(con, agents) if not problem else (0, 0)
         if problem and layercode_api.configured:
-            con.execute("insert into raw.layercode_api_errors values ('', '', 'agents', 'agents_list', ?, now())",
-                        [problem])
+            con.execute("insert into raw.layercode_api_errors (agent_id, session_id, endpoint, reason, error, failed_at) "
+                        "values ('', '', 'agents', 'agents_list', ?, now())", [problem])
         total = con.execute("select count(distinct agent_id) from raw.layercode_agents").fetchone()[0]
     if problem:
         context.log.warning(f"agents not listed: {problem}")
