@@ -22,7 +22,7 @@ import orjson
 
 from layercode_pipeline.contract.landing import build_envelope
 from layercode_pipeline.lib.ingest import ingest_landing
-from layercode_pipeline.lib.warehouse import open_warehouse
+from layercode_pipeline.lib.warehouse import Warehouse
 from layercode_pipeline.simulator import generate_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +67,11 @@ def main() -> None:
     for calls in args.sizes:
         data = Path(tempfile.mkdtemp(prefix=f"dbt-bench-{calls}-"))
         sessions = land(data / "landing", calls, seed=calls, name="base")
-        with open_warehouse(data / "warehouse.duckdb") as con:
+        with Warehouse.at(None, data_dir=data).open_for_writing() as con:
             ingest_landing(con, data / "landing")
         full = dbt_build(data / "warehouse.duckdb", data / "target")
         extra = land(data / "landing", max(1, calls // 100), seed=calls + 1, name="more")
-        with open_warehouse(data / "warehouse.duckdb") as con:
+        with Warehouse.at(None, data_dir=data).open_for_writing() as con:
             ingest_landing(con, data / "landing")
         incremental = dbt_build(data / "warehouse.duckdb", data / "target")
         results[calls] = (sessions, full, incremental)

@@ -29,7 +29,7 @@ from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build
 from layercode_pipeline.lib.enrichment.providers import OpenAIProvider  # noqa: E402
 from layercode_pipeline.lib.enrichment.run import enrich_sessions  # noqa: E402
 from layercode_pipeline.simulator.server import free_port  # noqa: E402
-from layercode_pipeline.lib.warehouse import open_warehouse  # noqa: E402
+from layercode_pipeline.lib.warehouse import Warehouse  # noqa: E402
 from layercode_pipeline.simulator import generate_batch  # noqa: E402
 
 SERVER = r"""
@@ -56,7 +56,7 @@ def seed_warehouse(path: Path, n: int) -> None:
         rows.append((f"k{i}", datetime.now(UTC), s.agent_id, "session.end", hashlib.sha256(raw).hexdigest(),
                      s.session_id, s.conversation_id, None, raw.decode(), None, "bench", "webhook", "bench", datetime.now(UTC),
                      f"k{i}"))
-    with open_warehouse(path) as con:
+    with Warehouse.at(path, data_dir=path.parent).open_for_writing() as con:
         con.executemany("""insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
                                session_id, conversation_id, turn_id, body, validation_error, writer_id, source,
                                source_file, ingested_at, event_key_md5)
@@ -69,7 +69,7 @@ async def run(base: str, path: Path, concurrency: int):
     provider = OpenAIProvider(settings, schema, api_key="sk-bench", model="gpt-5-mini", base_url=base,
                               max_retries=2)
     try:
-        with open_warehouse(path) as con:
+        with Warehouse.at(path, data_dir=path.parent).open_for_writing() as con:
             t = time.perf_counter()
             stats = await enrich_sessions(con, provider, settings, schema_version(schema), concurrency=concurrency)
             return stats, time.perf_counter() - t

@@ -25,7 +25,7 @@ from dbt_bench import dbt_build, land  # noqa: E402
 
 from layercode_pipeline.contract.landing import build_envelope  # noqa: E402
 from layercode_pipeline.lib.ingest import ingest_landing  # noqa: E402
-from layercode_pipeline.lib.warehouse import open_warehouse  # noqa: E402
+from layercode_pipeline.lib.warehouse import Warehouse  # noqa: E402
 
 
 def long_session_end(turns: int) -> bytes:
@@ -45,7 +45,7 @@ def main() -> None:
     for turns in args.turns:
         data = Path(tempfile.mkdtemp(prefix=f"long-transcript-{turns}-"))
         land(data / "landing", 100, seed=turns, name="base")
-        with open_warehouse(data / "warehouse.duckdb") as con:
+        with Warehouse.at(None, data_dir=data).open_for_writing() as con:
             ingest_landing(con, data / "landing")
         baseline = dbt_build(data / "warehouse.duckdb", data / "target")
         body = long_session_end(turns)
@@ -54,7 +54,7 @@ def main() -> None:
         (part / "long.jsonl").write_bytes(build_envelope(
             received_at=datetime(2026, 11, 20, 10, tzinfo=UTC), agent_id="ag_long", event_type="session.end",
             content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={}, writer_id="bench"))
-        with open_warehouse(data / "warehouse.duckdb") as con:
+        with Warehouse.at(None, data_dir=data).open_for_writing() as con:
             ingest_landing(con, data / "landing")
         t = time.perf_counter()
         with_long = dbt_build(data / "warehouse.duckdb", data / "target")

@@ -160,47 +160,48 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
 @click.option("--session-id", "session_ids", multiple=True, help="A session to fetch (repeatable).")
 @click.option("--from-file", type=click.Path(exists=True, dir_okay=False), help="File with one session id per line.")
 def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None) -> None:
-    """Fetch the REST records of the given sessions into raw.layercode_session_details."""
-    import asyncio
-    from pathlib import Path
+    """Fetch the REST records of the given sessions into raw.layercode_session_details.
 
+    Runs the `layercode_session_details` asset itself (the code path of the hourly backfill),
+    in the Dagster instance of DAGSTER_HOME when set, so the run shows in the UI."""
+    import contextlib
+    import logging
+
+    import dagster as dg
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from layercode_pipeline.config import Settings
-    from layercode_pipeline.lib.backfill import DetailRequest, fetch_details, store_details
-    from layercode_pipeline.lib.layercode_client import LayercodeAPIError, LayercodeClient
-    from layercode_pipeline.lib.warehouse import open_warehouse
+    from layercode_pipeline.defs.backfill.assets import layercode_session_details
+    from layercode_pipeline.defs.resources import resources_from_settings
 
-    ids = list(session_ids)
-    if from_file:
-        ids += [line.strip() for line in Path(from_file).read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not ids:
+    if not session_ids and not from_file:
         raise click.UsageError("give --session-id (repeatable) or --from-file")
     settings = Settings()
     if settings.api_key is None:
         raise click.ClickException("LAYERCODE_API_KEY is not set")
-    requests = [DetailRequest(agent_id, sid, "requested") for sid in dict.fromkeys(ids)]
     console = Console()
-
-    async def fetch(progress: Progress, task: int) -> list:
-        async with LayercodeClient(settings.api_key.get_secret_value(), settings.api_base_url) as client:
-            return await fetch_details(client, requests, on_done=lambda _: progress.advance(task))
-
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task("fetching session records", total=len(requests))
-        try:
-            outcomes = asyncio.run(fetch(progress, task))
-        except LayercodeAPIError as exc:
-            raise click.ClickException(str(exc)) from exc
-    with open_warehouse(settings.paths.warehouse) as con:
-        found, not_found = store_details(con, outcomes)
-    errors = [o for o in outcomes if o.error]
-    console.print(f"found {found}, not found {not_found}, errors {len(errors)} -> raw.layercode_session_details")
-    for o in errors[:10]:
-        console.print(f"[red]{o.request.session_id}[/]: {o.error}")
-    if errors:
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    config = {"agent_id": agent_id, "session_ids": list(session_ids), "session_ids_file": from_file,
+              "automatic": False}
+    run_config = {"ops": {"layercode_session_details": {"config": config}},
+                  "loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    with contextlib.ExitStack() as stack:
+        instance = (stack.enter_context(dg.DagsterInstance.from_config(str(settings.dagster_home)))
+                    if settings.dagster_home else None)
+        with console.status("fetching session records…"):
+            result = dg.materialize([layercode_session_details], resources=resources_from_settings(settings),
+                                    instance=instance, run_config=run_config, raise_on_error=False)
+    if not result.success:
+        failure = next((e.event_specific_data.error for e in result.all_events if e.is_step_failure), None)
+        raise click.ClickException(failure.message.strip() if failure else "the backfill run failed")
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("layercode_session_details")[0]
+            .metadata.items()}
+    console.print(f"found {meta['found']}, not found {meta['not_found']}, errors {meta['errors']} "
+                  "-> raw.layercode_session_details")
+    for check in result.get_asset_check_evaluations():
+        for example in check.metadata.get("examples", dg.MetadataValue.json([])).value:
+            console.print(f"[red]{example['session_id']}[/]: {example['error']}")
+    if meta["errors"]:
         raise SystemExit(1)
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import os
 
@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
 
+if TYPE_CHECKING:
+    from layercode_pipeline.lib.warehouse import Warehouse
+
 DEFAULT_AGENT_ID = "default"
 DEFAULT_API_BASE_URL = "https://api.layercode.com/v1"
 DEFAULT_ENRICHMENT_MODEL = "gpt-5-mini"
@@ -29,28 +32,26 @@ DEFAULT_ENRICHMENT_MODEL = "gpt-5-mini"
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Where everything lives: `<data dir>/{landing,quarantine,warehouse.duckdb,recordings,serving}`,
-    each overridable on its own. Always absolute, so dbt's working directory does not matter."""
+    """Where the files live: `<data dir>/{landing,quarantine,recordings,serving}`, each
+    overridable on its own. Always absolute, so dbt's working directory does not matter. (The
+    warehouse is not a path: see `Settings.warehouse()`.)"""
 
     data_dir: Path
     landing: Path
     quarantine: Path
-    warehouse: Path
     recordings: Path
     serving: Path
 
     @classmethod
     def derive(cls, data_dir: Path | str, *, landing: Path | str | None = None, quarantine: Path | str | None = None,
-               warehouse: Path | str | None = None, recordings: Path | str | None = None,
-               serving: Path | str | None = None) -> DataPaths:
+               recordings: Path | str | None = None, serving: Path | str | None = None) -> DataPaths:
         root = Path(data_dir).expanduser().resolve()
 
         def pick(value: Path | str | None, default: Path) -> Path:
             return Path(value).expanduser().resolve() if value else default
 
         return cls(root, pick(landing, root / "landing"), pick(quarantine, root / "quarantine"),
-                   pick(warehouse, root / "warehouse.duckdb"), pick(recordings, root / "recordings"),
-                   pick(serving, root / "serving"))
+                   pick(recordings, root / "recordings"), pick(serving, root / "serving"))
 
 
 class Settings(BaseSettings):
@@ -60,7 +61,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     landing_dir: Path | None = None
     quarantine_dir: Path | None = None
-    warehouse_path: Path | None = None
+    # The warehouse: a DuckDB file path, or `md:<database>` for MotherDuck (then with
+    # MOTHERDUCK_TOKEN). LAYERCODE_WAREHOUSE_PATH, its earlier name, is still read.
+    warehouse_target: str | None = Field(default=None, validation_alias=AliasChoices(
+        "warehouse_target", "LAYERCODE_WAREHOUSE_PATH", "LAYERCODE_WAREHOUSE"))
+    motherduck_token: SecretStr | None = Field(default=None, repr=False,
+                                               validation_alias=AliasChoices("motherduck_token", "MOTHERDUCK_TOKEN"))
     recordings_dir: Path | None = None
     serving_dir: Path | None = None
     # Dagster's instance directory (runs, schedules, the pool limit); the demo defaults it to
@@ -168,4 +174,12 @@ class Settings(BaseSettings):
     @property
     def paths(self) -> DataPaths:
         return DataPaths.derive(self.data_dir, landing=self.landing_dir, quarantine=self.quarantine_dir,
-                                warehouse=self.warehouse_path, recordings=self.recordings_dir, serving=self.serving_dir)
+                                recordings=self.recordings_dir, serving=self.serving_dir)
+
+    def warehouse(self) -> Warehouse:
+        """The warehouse seam for this configuration (a local file or MotherDuck)."""
+        from layercode_pipeline.lib.warehouse import Warehouse
+
+        token = self.motherduck_token.get_secret_value() if self.motherduck_token else None
+        return Warehouse.at(self.warehouse_target, data_dir=self.paths.data_dir,
+                            open_timeout_s=self.warehouse_open_timeout_s, motherduck_token=token)

@@ -34,7 +34,8 @@ def _state(data_dir: Path) -> dict[str, Any]:
 
 
 def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None, grace_minutes: int = 15,
-                    on_stage=None, instance=None, quiet_dbt: bool = True) -> dict[str, dict[str, Any]]:
+                    on_stage=None, instance=None, quiet_dbt: bool = True,
+                    warehouse_target: str | None = None) -> dict[str, dict[str, Any]]:
     """Materialise every asset in dependency order, stage by stage (so progress can be shown).
     Returns each materialised asset's metadata, and under `asset_checks` every check's outcome
     (`"<asset>:<check>": {"passed", "severity"}`)."""
@@ -46,7 +47,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
 
     # the definitions' own resources, from the environment's settings, with everything under
     # this data directory and the given (simulated) REST API
-    settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, warehouse_path=None,
+    settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, warehouse_target=warehouse_target,
                         recordings_dir=None, serving_dir=None, api_key=api_key, api_backoff_initial_s=0.2,
                         api_backoff_max_s=5.0, **({"api_base_url": api_url} if api_url else {}))
     resources = resources_from_settings(settings)
@@ -89,7 +90,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
 
 def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dict[str, float] | None = None,
              api_faults: dict[str, float] | None = None, console=None, processing_delay_s: float = 1.0,
-             instance=None) -> DemoResult:
+             instance=None, warehouse_target: str | None = None) -> DemoResult:
     """Deliver `calls` simulated calls through a real listener and materialise every asset."""
     from layercode_pipeline.config import Settings
     from layercode_pipeline.simulator.server import BackgroundServer
@@ -143,7 +144,8 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
 
         try:
             metadata = materialize_all(data_dir, api_url=api_server.url + "/v1", api_key=DEMO_API_KEY,
-                                       grace_minutes=0, on_stage=on_stage, instance=instance)
+                                       grace_minutes=0, on_stage=on_stage, instance=instance,
+                                       warehouse_target=warehouse_target)
         finally:
             if status is not None:
                 status.stop()

@@ -68,7 +68,7 @@ def run(env, *assets, config: dict | None = None, rest: LayercodeAPIResource | N
 
 
 def query(env, sql: str):
-    con = duckdb.connect(str(env["storage"].paths.warehouse), read_only=True)
+    con = duckdb.connect(str(env["storage"].warehouse.path), read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:
@@ -266,7 +266,7 @@ def test_hostile_session_id_never_reaches_the_file_system(env):
     assert all(env["data"] / "recordings" in p.parents for p in (env["data"] / "recordings").rglob("*"))
 
 
-def test_backfill_cli_with_progress(env, tmp_path):
+def test_backfill_cli_runs_the_backfill_asset(env, tmp_path):
     sid = a_gap_session(env)
     agent = next(s.agent_id for s in env["batch"].sessions if s.session_id == sid)
     ids = tmp_path / "ids.txt"

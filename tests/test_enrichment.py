@@ -33,7 +33,7 @@ def warehouse_template(tmp_path_factory):
     listener.stop()
     storage = StorageResource(data_dir=str(base))
     assert dg.materialize([raw_layercode_events], resources={"storage": storage}).success
-    return batch, storage.paths.warehouse
+    return batch, storage.warehouse.path
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def enrich(env, config: dict | None = None, openai: OpenAIResource | None = None
 
 
 def rows(env, sql: str):
-    con = duckdb.connect(str(env["storage"].paths.warehouse), read_only=True)
+    con = duckdb.connect(str(env["storage"].warehouse.path), read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:

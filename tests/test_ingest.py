@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
-from layercode_pipeline.defs.ingest.sensors import landing_sensor
+from layercode_pipeline.defs.ingest.automation import landing_sensor
 from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 
@@ -32,7 +32,7 @@ def materialize(storage: StorageResource) -> dict:
 
 
 def query(storage: StorageResource, sql: str):
-    con = duckdb.connect(str(storage.paths.warehouse), read_only=True)
+    con = duckdb.connect(str(storage.warehouse.path), read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:
@@ -132,7 +132,7 @@ def test_warehouse_from_before_event_key_md5_is_migrated_and_still_dedupes(stora
     message = {"type": "message", "session_id": "sess_a", "turn_id": "t1", "text": "hi"}
     write_segment(land, "w1-000001.jsonl", [envelope(END), envelope(message)])
     assert materialize(storage)["rows_inserted"] == 2
-    con = duckdb.connect(str(storage.paths.warehouse))
+    con = duckdb.connect(str(storage.warehouse.path))
     con.execute("alter table raw.layercode_events drop column event_key_md5")
     con.close()
 
@@ -181,9 +181,9 @@ def test_unsealed_segment_waits_until_sealed(storage):
 def test_a_killed_run_leaves_no_duplicate_and_no_gap(listener_factory, storage, tmp_path):
     acked = land_batch(listener_factory, tmp_path / "data", 40, seed=3, duplicate=0.2)
     n_files = len(list(storage.paths.landing.rglob("*.jsonl")))
-    script = (f"from pathlib import Path; from layercode_pipeline.lib.warehouse import open_warehouse; "
+    script = (f"from pathlib import Path; from layercode_pipeline.lib.warehouse import Warehouse; "
               f"from layercode_pipeline.lib.ingest import ingest_landing\n"
-              f"with open_warehouse(Path({str(storage.paths.warehouse)!r})) as con:\n"
+              f"with Warehouse.at(Path({str(storage.warehouse.path)!r}), data_dir=Path('.')).open_for_writing() as con:\n"
               f"    while True:\n"
               f"        r = ingest_landing(con, Path({str(storage.paths.landing)!r}), batch_bytes=1, max_files=1)\n"
               f"        print(r.files, flush=True)\n")
@@ -289,10 +289,10 @@ def test_definitions_load():
 
 def test_parallel_writers_queue_instead_of_failing(storage):
     """A second pipeline writer (another run, the backfill CLI) waits for the first."""
-    storage.paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    storage.warehouse.path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from layercode_pipeline.lib.warehouse import open_warehouse\n"
-        f"with open_warehouse(Path({str(storage.paths.warehouse)!r})) as con:\n"
+        "import sys, time; from pathlib import Path; from layercode_pipeline.lib.warehouse import Warehouse\n"
+        f"with Warehouse.at(Path({str(storage.warehouse.path)!r}), data_dir=Path('.')).open_for_writing() as con:\n"
         "    con.execute('create table if not exists raw.marker(x int)'); print('holding', flush=True); time.sleep(2)\n")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "holding"

@@ -245,7 +245,7 @@ def test_a_bi_tool_holding_the_warehouse_fails_the_run_after_a_bounded_wait_nami
     storage = StorageResource(data_dir=str(tmp_path / "data"), open_timeout_s=2.0)
     with storage.connect():
         pass  # the warehouse exists
-    holder = start_holder(storage.paths.warehouse, "hold")
+    holder = start_holder(storage.warehouse.path, "hold")
     try:
         started = time.monotonic()
         result = dg.materialize([raw_layercode_events], resources={"storage": storage}, raise_on_error=False)

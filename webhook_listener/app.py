@@ -47,8 +47,8 @@ from layercode_pipeline.contract.events import (
     parse_event_json,
     validation_reason,
 )
-from layercode_pipeline.contract.landing import (build_envelope, fsync_dir, header_allow_list,
-                                                 recover_orphan_segments, write_whole)
+from layercode_pipeline.contract.landing import build_envelope, header_allow_list, recover_orphan_segments
+from layercode_pipeline.durable_files import fsync_dir, write_whole
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError, verify_signature
 
 from .access_log import AccessLog

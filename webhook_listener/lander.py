@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from layercode_pipeline.contract.landing import OPEN_SUFFIX, fsync_dir, partition_dir, seal_path, write_whole
+from layercode_pipeline.contract.landing import OPEN_SUFFIX, partition_dir, seal_path
+from layercode_pipeline.durable_files import fsync_dir, write_whole
 
 log = logging.getLogger("webhook_listener.lander")
 

@@ -12,7 +12,6 @@ acknowledgement waits for the fsync of whole lines) and seals it.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
 import os
@@ -22,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
+
+from layercode_pipeline.durable_files import fsync_dir
 
 ENVELOPE_VERSION = 1
 SEALED_SUFFIX = ".jsonl"
@@ -93,25 +94,6 @@ def _kept_headers(headers: Mapping[str, str] | list[tuple[bytes, bytes]]) -> dic
 def partition_dir(landing_dir: Path, received_at: datetime) -> Path:
     """`<landing>/dt=YYYY-MM-DD/hour=HH` of the receive time (cached: it is on the request path)."""
     return _partition(landing_dir, (received_at.year, received_at.month, received_at.day), received_at.hour)
-
-
-def write_whole(fd: int, data: bytes) -> None:
-    """Write all of `data` or raise: a short write (a disk filling up, a file size limit) is
-    continued, so an error is never taken for a complete write."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "short write")
-        view = view[written:]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def seal_path(open_path: Path) -> Path:

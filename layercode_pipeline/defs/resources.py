@@ -10,11 +10,11 @@ import dagster as dg
 import duckdb
 
 from layercode_pipeline.config import DataPaths, Settings
-from layercode_pipeline.lib.warehouse import open_warehouse
+from layercode_pipeline.lib.warehouse import Warehouse
 
 # Every asset that writes the warehouse runs in this pool; give it a limit of 1 in the
-# instance's `dagster.yaml` (see README) so parallel runs queue. The writer lock in
-# `open_warehouse` makes the same guarantee across processes outside Dagster.
+# instance's `dagster.yaml` (see README) so parallel runs queue. The writers' lock in
+# `Warehouse.open_for_writing` makes the same guarantee across processes outside Dagster.
 WAREHOUSE_POOL = "layercode_warehouse"
 
 
@@ -23,7 +23,8 @@ class StorageResource(dg.ConfigurableResource):
 
     data_dir: str = "./data"
     landing_dir: str | None = None
-    warehouse_path: str | None = None
+    warehouse_target: str | None = None  # a DuckDB file, or md:<database> (MotherDuck)
+    motherduck_token: str | None = None  # an EnvVar (see resources_from_settings)
     recordings_dir: str | None = None
     serving_dir: str | None = None
     # how long to wait for a process outside the pipeline (a BI tool) that holds the warehouse
@@ -34,20 +35,25 @@ class StorageResource(dg.ConfigurableResource):
     def paths(self) -> DataPaths:
         # From this resource's own fields only (not the process environment, which the
         # resource was already configured from through EnvVar).
-        return DataPaths.derive(self.data_dir, landing=self.landing_dir, warehouse=self.warehouse_path,
-                                recordings=self.recordings_dir, serving=self.serving_dir)
+        return DataPaths.derive(self.data_dir, landing=self.landing_dir, recordings=self.recordings_dir,
+                                serving=self.serving_dir)
+
+    @property
+    def warehouse(self) -> Warehouse:
+        """The warehouse seam: every asset reaches the warehouse through it."""
+        return Warehouse.at(self.warehouse_target, data_dir=self.paths.data_dir, open_timeout_s=self.open_timeout_s,
+                            motherduck_token=self.motherduck_token)
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The warehouse for writing (waits for the single-writer lock)."""
-        with open_warehouse(self.paths.warehouse, open_timeout_s=self.open_timeout_s) as con:
+        """The warehouse for writing (waits for the writers' lock)."""
+        with self.warehouse.open_for_writing() as con:
             yield con
 
     def dbt_vars(self) -> str:
         """What dbt needs, as `--vars` (profiles.yml and the models read them): no process
         environment is changed for a dbt call."""
-        return json.dumps({"warehouse_path": str(self.paths.warehouse),
-                           "promoted_metadata_keys": self.promoted_metadata_keys})
+        return json.dumps({**self.warehouse.dbt_vars(), "promoted_metadata_keys": self.promoted_metadata_keys})
 
 
 class LayercodeAPIResource(dg.ConfigurableResource):
@@ -107,7 +113,8 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
     paths = settings.paths
     return {
         "storage": StorageResource(
-            data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_path=str(paths.warehouse),
+            data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_target=settings.warehouse().target,
+            motherduck_token=_secret(settings, "motherduck_token"),
             recordings_dir=str(paths.recordings), serving_dir=str(paths.serving),
             open_timeout_s=settings.warehouse_open_timeout_s, promoted_metadata_keys=settings.promoted_metadata_keys),
         "layercode_api": LayercodeAPIResource(

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-from layercode_pipeline.contract.landing import fsync_dir
-from layercode_pipeline.lib.warehouse import DEFAULT_OPEN_TIMEOUT_S, retry_while_locked
+from layercode_pipeline.durable_files import fsync_dir, fsync_file
+from layercode_pipeline.lib.warehouse import Warehouse, sql_string
 
 SERVING_FILE = "analytics.duckdb"
 PARQUET_DIR = "parquet"
@@ -26,22 +26,9 @@ PARQUET_DIR = "parquet"
 SERVING_STORAGE_VERSION = "v1.1.0"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sql_string(value: Path | str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def publish_serving_copy(warehouse: Path, serving_dir: Path, schema: str = "marts", *,
-                         open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> dict[str, int]:
-    """Copy every table of `schema` into the serving file and its Parquet files. Returns the
-    row count per table."""
+def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = "marts") -> dict[str, int]:
+    """Copy every table of `schema` of the warehouse (a local file or MotherDuck, attached
+    read-only) into the serving file and its Parquet files. Returns the row count per table."""
     serving_dir.mkdir(parents=True, exist_ok=True)
     parquet_dir = serving_dir / PARQUET_DIR
     parquet_dir.mkdir(exist_ok=True)
@@ -52,9 +39,8 @@ def publish_serving_copy(warehouse: Path, serving_dir: Path, schema: str = "mart
     counts: dict[str, int] = {}
     con = duckdb.connect()
     try:
-        con.execute(f"attach {_sql_string(tmp)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
-        retry_while_locked(lambda: con.execute(f"attach {_sql_string(warehouse)} as wh (read_only)"), warehouse,
-                           timeout_s=open_timeout_s)
+        con.execute(f"attach {sql_string(tmp)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
+        warehouse.attach(con, "wh")
         tables = [r[0] for r in con.execute(
             "select table_name from duckdb_tables() where database_name = 'wh' and schema_name = ? order by 1",
             [schema]).fetchall()]
@@ -63,8 +49,8 @@ def publish_serving_copy(warehouse: Path, serving_dir: Path, schema: str = "mart
             con.execute(f'create table serving.{schema}."{table}" as select * from wh.{schema}."{table}"')
             counts[table] = con.execute(f'select count(*) from serving.{schema}."{table}"').fetchone()[0]
             part = parquet_dir / f".{table}.parquet.{os.getpid()}.tmp"
-            con.execute(f'copy serving.{schema}."{table}" to {_sql_string(part)} (format parquet, compression zstd)')
-            _fsync(part)
+            con.execute(f'copy serving.{schema}."{table}" to {sql_string(part)} (format parquet, compression zstd)')
+            fsync_file(part)
             os.replace(part, parquet_dir / f"{table}.parquet")
         con.execute("detach wh")
         con.execute("detach serving")
@@ -74,7 +60,7 @@ def publish_serving_copy(warehouse: Path, serving_dir: Path, schema: str = "mart
         if stale.stem not in counts:
             stale.unlink()
     fsync_dir(parquet_dir)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(serving_dir)
     return counts

@@ -1,9 +1,15 @@
-"""The warehouse's raw layer: DDL in one place, and the single-writer lock.
+"""The warehouse seam: where the warehouse is, how to reach it, its raw DDL, and the writers' lock.
+
+`Warehouse` is the one object every asset, the CLI and the demo use: a local DuckDB file
+today, a MotherDuck database (`md:<name>`) as a configuration change (`LAYERCODE_WAREHOUSE`).
+It knows how to connect (waiting while a process outside the pipeline holds a local file),
+the writers' lock, what dbt needs (`dbt_vars`), and how to attach the warehouse to another
+connection (the serving copy reads it that way).
 
 DuckDB allows one writing process per file. Every pipeline writer goes through
-`open_warehouse()`, which takes an exclusive `flock` on `<warehouse>.lock` first, so a
-second writer (another Dagster run, the backfill CLI) waits its turn instead of failing
-with DuckDB's lock error. BI tools read the published copy in `serving/`, never this file.
+`Warehouse.open_for_writing()`, which takes an exclusive `flock` first, so a second writer
+(another Dagster run, the backfill CLI) waits its turn instead of failing with DuckDB's lock
+error. BI tools read the published copy in `serving/`, never the warehouse.
 """
 
 from __future__ import annotations
@@ -13,10 +19,13 @@ import fcntl
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
+
+from layercode_pipeline.config import Settings
 
 RAW_DDL = """
 create schema if not exists raw;
@@ -111,38 +120,14 @@ create table if not exists raw.layercode_agents (
     last_seen_at   timestamptz not null,
     primary key (agent_id, record_sha256)
 );
-create schema if not exists enrichment;
-create table if not exists enrichment.session_enrichments (
-    session_id         varchar not null,
-    agent_id           varchar,
-    cache_key          varchar not null,  -- sha256(transcript, prompt version, schema version, model)
-    transcript_sha256  varchar not null,
-    provider           varchar not null,  -- openai / offline
-    model              varchar not null,
-    prompt_version     varchar not null,
-    schema_version     varchar not null,
-    summary            varchar,
-    caller_name        varchar,
-    sentiment          varchar,
-    sentiment_score    double,
-    outcome            varchar,
-    topics             json,
-    quality_score      integer,
-    quality_rationale  varchar,
-    compliance_flags   json,
-    action_items       json,
-    custom_fields      json,
-    input_tokens       integer,
-    output_tokens      integer,
-    cost_usd           double,
-    latency_ms         double,
-    error              varchar,
-    enriched_at        timestamptz not null
-);
 """
 
 
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """The raw tables, and the enrichment store's: every table the dbt sources name exists
+    before any data arrives, so the models build on an empty warehouse."""
+    from layercode_pipeline.lib.enrichment.store import ensure_enrichment_schema
+
     con.execute(RAW_DDL)
     # Warehouses created before event_key_md5 existed: add it and fill it once.
     # (A bind check, not information_schema: that query cost more than the rest of the set-up.)
@@ -154,16 +139,22 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     # columns added since the first release: (table, column, type), appended in place
     for table, column, type_ in (("raw.layercode_events", "headers", "json"),
                                  ("raw.layercode_recordings", "encoding", "varchar")):
-        try:
-            con.execute(f"select {column} from {table} limit 0")
-        except duckdb.BinderException:
-            con.execute(f"alter table {table} add column {column} {type_}")
+        add_missing_column(con, table, column, type_)
+    ensure_enrichment_schema(con)
+
+
+def add_missing_column(con: duckdb.DuckDBPyConnection, table: str, column: str, type_: str) -> None:
+    try:
+        con.execute(f"select {column} from {table} limit 0")
+    except duckdb.BinderException:
+        con.execute(f"alter table {table} add column {column} {type_}")
 
 
 @contextlib.contextmanager
-def warehouse_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as fh:
+def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
+    """An exclusive `flock` on `lock_path`, waited for (a pipeline writer holds it)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -171,7 +162,7 @@ def warehouse_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"another pipeline writer has held {path} for {timeout_s:.0f} s") from None
+                    raise TimeoutError(f"another pipeline writer has held {lock_path} for {timeout_s:.0f} s") from None
                 time.sleep(0.1)
         try:
             yield
@@ -181,7 +172,7 @@ def warehouse_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
 
 # Long enough for a BI tool that opens and closes the file to let go; short enough that a tool
 # holding it for good fails the run with a message that says what to do.
-DEFAULT_OPEN_TIMEOUT_S = 60.0
+DEFAULT_OPEN_TIMEOUT_S: float = Settings.default("warehouse_open_timeout_s")
 T = TypeVar("T")
 _HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
@@ -197,9 +188,9 @@ def _holder(error: str) -> str:
     return f"PID {match['pid']} ({match['program']})"
 
 
-def retry_while_locked(action: Callable[[], T], path: Path, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
+def retry_while_locked(action: Callable[[], T], target: Path | str, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
                        poll_s: float = 0.25) -> T:
-    """Run `action` (a connect or an attach of `path`), again while another process holds the
+    """Run `action` (a connect or an attach of `target`), again while another process holds the
     file's lock (a BI tool or a notebook opened the warehouse itself), for up to `timeout_s`;
     then `WarehouseBusy`, naming the holder and what to do."""
     deadline = time.monotonic() + timeout_s
@@ -211,26 +202,104 @@ def retry_while_locked(action: Callable[[], T], path: Path, *, timeout_s: float 
                 raise
             if time.monotonic() >= deadline:
                 raise WarehouseBusy(
-                    f"{path} has been held open by {_holder(str(exc))} for {timeout_s:.0f} s, so the pipeline "
+                    f"{target} has been held open by {_holder(str(exc))} for {timeout_s:.0f} s, so the pipeline "
                     f"cannot use it. That is not a pipeline writer (they queue): close it, and point BI tools "
                     f"and notebooks at serving/analytics.duckdb, the copy published for readers. "
                     f"(LAYERCODE_WAREHOUSE_OPEN_TIMEOUT_S sets the wait.)") from None
             time.sleep(poll_s)
 
 
-def connect_waiting(path: Path, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
-                    read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """`duckdb.connect(path)`, waiting while another process holds the file (see above)."""
-    return retry_while_locked(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout_s=timeout_s)
+def sql_string(value: Path | str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
 
 
-@contextlib.contextmanager
-def open_warehouse(path: Path, *, open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The warehouse for writing, after the writer lock; raw schema ensured."""
-    with warehouse_lock(path):
-        con = connect_waiting(path, timeout_s=open_timeout_s)
-        try:
-            ensure_raw_schema(con)
-            yield con
-        finally:
-            con.close()
+MOTHERDUCK_PREFIX = "md:"
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """The warehouse: a local DuckDB file, or a MotherDuck database (`md:<name>`).
+
+    What differs for MotherDuck, and only here:
+    - `connect` opens `md:<name>` with the token from the settings (`MOTHERDUCK_TOKEN`); DuckDB
+      loads its `motherduck` extension for it (downloaded once, so the host needs network);
+    - there is no file for a BI tool to hold, so no waiting on one; MotherDuck accepts several
+      writers, and the writers' lock (a file in the data directory) still queues this host's
+      writers so runs do not interleave their transactions; across hosts the Dagster pool
+      (`layercode_warehouse`, limit 1) is the guard;
+    - dbt's profile takes the same target as `path` (dbt-duckdb opens `md:` paths, and the
+      `motherduck` extension reads `MOTHERDUCK_TOKEN` from dbt's environment, which it
+      inherits from the run: the token is never passed on a command line);
+    - the serving copy attaches `md:<name>` and is still written locally, so BI tools read it
+      as before (or read MotherDuck directly, with their own MotherDuck token).
+    """
+
+    target: str                        # an absolute file path, or md:<database>
+    lock_path: Path                    # the writers' lock, a file on this host
+    open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S
+    motherduck_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def at(cls, target: str | Path | None, *, data_dir: Path, open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
+           motherduck_token: str | None = None) -> Warehouse:
+        """`target` as configured: a path (relative to the working directory), `md:<name>`, or
+        None for `<data dir>/warehouse.duckdb`."""
+        data_dir = Path(data_dir).expanduser().resolve()
+        text = str(target) if target else ""
+        if text.startswith(MOTHERDUCK_PREFIX):
+            name = text[len(MOTHERDUCK_PREFIX):] or "my_db"
+            return cls(MOTHERDUCK_PREFIX + name, data_dir / f"motherduck-{name}.lock", open_timeout_s,
+                       motherduck_token)
+        path = Path(text).expanduser().resolve() if text else data_dir / "warehouse.duckdb"
+        return cls(str(path), path.with_name(path.name + ".lock"), open_timeout_s, motherduck_token)
+
+    @property
+    def is_motherduck(self) -> bool:
+        return self.target.startswith(MOTHERDUCK_PREFIX)
+
+    @property
+    def path(self) -> Path | None:
+        """The local file, or None on MotherDuck."""
+        return None if self.is_motherduck else Path(self.target)
+
+    def _config(self) -> dict[str, Any]:
+        return {"motherduck_token": self.motherduck_token} if self.is_motherduck and self.motherduck_token else {}
+
+    def connect(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """A connection, waiting while a process outside the pipeline holds a local file."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        return retry_while_locked(lambda: duckdb.connect(self.target, read_only=read_only, config=self._config()),
+                                  self.target, timeout_s=self.open_timeout_s)
+
+    @contextlib.contextmanager
+    def lock(self, timeout_s: float = 3600.0) -> Iterator[None]:
+        """The writers' lock: held by every pipeline writer, dbt's build and the serving publish."""
+        with warehouse_lock(self.lock_path, timeout_s):
+            yield
+
+    @contextlib.contextmanager
+    def open_for_writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse for writing, after the writers' lock; raw and enrichment tables ensured."""
+        with self.lock():
+            con = self.connect()
+            try:
+                ensure_raw_schema(con)
+                yield con
+            finally:
+                con.close()
+
+    def attach(self, con: duckdb.DuckDBPyConnection, alias: str, *, read_only: bool = True) -> None:
+        """Attach the warehouse to another connection as `alias` (the serving copy reads it so)."""
+        if self.is_motherduck and self.motherduck_token:
+            con.execute("set motherduck_token = ?", [self.motherduck_token])
+        mode = " (read_only)" if read_only and not self.is_motherduck else ""
+        retry_while_locked(lambda: con.execute(f"attach {sql_string(self.target)} as {alias}{mode}"), self.target,
+                           timeout_s=self.open_timeout_s)
+
+    def dbt_vars(self) -> dict[str, str]:
+        """What dbt's profile needs (`profiles.yml` reads `warehouse_path`)."""
+        return {"warehouse_path": self.target}
+
+    def __str__(self) -> str:
+        return self.target

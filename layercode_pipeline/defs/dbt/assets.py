@@ -13,7 +13,7 @@ from dagster_dbt import (DagsterDbtTranslator, DagsterDbtTranslatorSettings, Dbt
                          DagsterDbtProjectPreparer, dbt_assets)
 
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
-from layercode_pipeline.lib.warehouse import connect_waiting, open_warehouse, warehouse_lock
+from layercode_pipeline.lib.warehouse import Warehouse
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 
@@ -67,26 +67,26 @@ TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
 @dbt_assets(manifest=layercode_dbt_project().manifest_path, project=layercode_dbt_project(), pool=WAREHOUSE_POOL,
             dagster_dbt_translator=TRANSLATOR)
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
-    warehouse = storage.paths.warehouse
-    with open_warehouse(warehouse, open_timeout_s=storage.open_timeout_s):
+    warehouse = storage.warehouse
+    with warehouse.open_for_writing():
         # creates the raw and enrichment tables, so the models build before any data arrives;
         # waits (bounded) for a process outside the pipeline that holds the file, and dbt's own
         # connect retries (profiles.yml) cover one that grabs it again in between
         pass
-    with warehouse_lock(warehouse):
+    with warehouse.lock():
         # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
         # open in this process, which would lock the warehouse against every other process.
         events = list(dbt.cli(["build", "--vars", storage.dbt_vars()], context=context).stream())
-        yield from with_row_counts(events, warehouse, storage.open_timeout_s)
+        yield from with_row_counts(events, warehouse)
 
 
-def with_row_counts(events: list, warehouse: Path, open_timeout_s: float) -> Iterator:
+def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
     # schema.alias, not the manifest's relation_name: that one names the database after the
     # file dbt parsed with, which need not be the warehouse this run builds
     relations = {uid: f'"{node["schema"]}"."{node.get("alias") or node["name"]}"' for uid, node in
                  json.loads(layercode_dbt_project().manifest_path.read_text())["nodes"].items()
                  if node.get("config", {}).get("materialized") in ("table", "incremental")}
-    con = connect_waiting(warehouse, timeout_s=open_timeout_s)
+    con = warehouse.connect(read_only=True)
     try:
         for event in events:
             uid = event.metadata.get("unique_id") if isinstance(event, (dg.Output, dg.AssetMaterialization)) else None

@@ -4,7 +4,6 @@ import dagster as dg
 
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.serving_copy import publish_serving_copy
-from layercode_pipeline.lib.warehouse import warehouse_lock
 
 MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations",
                                                       "agg_daily_call_metrics", "dim_agents", "fct_data_events")]
@@ -20,8 +19,9 @@ MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", 
                 "so BI readers never block the pipeline and never see a half-written file.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
-    with warehouse_lock(storage.paths.warehouse):
-        counts = publish_serving_copy(storage.paths.warehouse, storage.paths.serving, open_timeout_s=storage.open_timeout_s)
+    warehouse = storage.warehouse
+    with warehouse.lock():  # a consistent set of marts: no dbt build in between
+        counts = publish_serving_copy(warehouse, storage.paths.serving)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
         "parquet_dir": dg.MetadataValue.path(str(storage.paths.serving / "parquet")),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 import duckdb
@@ -19,6 +18,8 @@ import orjson
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, system_prompt
 from layercode_pipeline.lib.enrichment.providers import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
+from layercode_pipeline.lib.enrichment.store import (answer_columns, answered_sessions, answers_by_cache_key,
+                                                     write_enrichments)
 from layercode_pipeline.lib.transcripts import (TurnText, render, transcript_sha256, turns_from_rest,
                                                 turns_from_session_end)
 
@@ -82,15 +83,10 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
     sessions = load_transcripts(con)
     stats.candidates = len(sessions)
     # Content-addressed: a key answered once is never asked again, for any session.
-    have = {(r[0], r[1]) for r in con.execute(
-        "select session_id, cache_key from enrichment.session_enrichments where error is null").fetchall()}
-    answered: dict[str, tuple] = {}
-    for row in con.execute("""
-            select * exclude (enriched_at) from enrichment.session_enrichments where error is null
-            qualify row_number() over (partition by cache_key order by enriched_at desc) = 1""").fetchall():
-        answered[row[2]] = row
+    have = answered_sessions(con)
+    answered = answers_by_cache_key(con)
     groups: dict[str, list[tuple[SessionTranscript, str]]] = {}
-    rows: list[tuple] = []
+    rows: list[dict] = []
     for s in sessions:
         t_hash = transcript_sha256(s.turns)
         key = cache_key(t_hash, settings.prompt_version, schema_version, provider.name, provider.model)
@@ -98,7 +94,9 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
             stats.cached += 1
         elif key in answered:  # same transcript as another session's: reuse its answer, no call
             stats.cached += 1
-            rows.append((s.session_id, s.agent_id, *answered[key][2:]))
+            # the call was paid for by the session that made it: this row carries no tokens or cost
+            rows.append({**answered[key], "session_id": s.session_id, "agent_id": s.agent_id,
+                         "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
         else:
             groups.setdefault(key, []).append((s, t_hash))
 
@@ -144,24 +142,15 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
                              cost if i == 0 else 0.0, first=i == 0))
 
     await asyncio.gather(*(one(k, m) for k, m in groups.items()))
-    if rows:
-        con.executemany(
-            "insert into enrichment.session_enrichments values "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?::json, ?, ?, ?::json, ?::json, ?::json, ?, ?, ?, ?, ?, now())",
-            rows)
+    write_enrichments(con, rows)
     stats.cost_usd = round(stats.cost_usd, 6)
     return stats
 
 
 def _row(s: SessionTranscript, t_hash: str, key: str, provider: Provider, settings: EnrichmentSettings,
-         schema_version: str, a: Analysis, cost: float | None, first: bool = True) -> tuple:
-    r = a.result or {}
-
-    def js(value: object) -> str | None:
-        return json.dumps(value) if value is not None else None
-
-    return (s.session_id, s.agent_id, key, t_hash, provider.name, provider.model, settings.prompt_version,
-            schema_version, r.get("summary"), r.get("caller_name"), r.get("sentiment"), r.get("sentiment_score"),
-            r.get("outcome"), js(r.get("topics")), r.get("quality_score"), r.get("quality_rationale"),
-            js(r.get("compliance_flags")), js(r.get("action_items")), js(r.get("custom_fields")),
-            a.input_tokens if first else 0, a.output_tokens if first else 0, cost, a.latency_ms, a.error)
+         schema_version: str, a: Analysis, cost: float | None, first: bool = True) -> dict:
+    return {"session_id": s.session_id, "agent_id": s.agent_id, "cache_key": key, "transcript_sha256": t_hash,
+            "provider": provider.name, "model": provider.model, "prompt_version": settings.prompt_version,
+            "schema_version": schema_version, **answer_columns(a.result),
+            "input_tokens": a.input_tokens if first else 0, "output_tokens": a.output_tokens if first else 0,
+            "cost_usd": cost, "latency_ms": a.latency_ms, "error": a.error}

@@ -1,4 +1,4 @@
-"""`landing_sensor`: request an ingest run when sealed segments are waiting."""
+"""`landing_sensor` and `ingest_job`: an ingest run, and all that follows it, when sealed segments are waiting."""
 
 
 import dagster as dg
