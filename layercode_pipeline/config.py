@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import os
 
@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
 
 if TYPE_CHECKING:
+    from layercode_pipeline.landing_store import ObjectLanding
     from layercode_pipeline.lib.warehouse import Warehouse
 
 DEFAULT_AGENT_ID = "default"
@@ -60,6 +61,22 @@ class Settings(BaseSettings):
     # --- paths -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
     landing_dir: Path | None = None
+    # Where the listener lands events and the ingest reads them: a local path (the default,
+    # LAYERCODE_LANDING_DIR) or s3://bucket/prefix on any S3-compatible store, reached with
+    # the standard AWS_* variables below.
+    landing_url: str | None = None
+    # For an s3:// landing URL: `bucket` acknowledges a group of events once its object is in
+    # the store; `local+ship` once it is fsynced on the local disk (LAYERCODE_LANDING_DIR),
+    # shipping sealed segments to the bucket in the background and on the next start.
+    landing_mode: Literal["bucket", "local+ship"] = "bucket"
+    landing_ship_interval_s: float = 1.0
+    aws_endpoint_url: str | None = Field(default=None, validation_alias=AliasChoices("aws_endpoint_url",
+                                                                                       "AWS_ENDPOINT_URL"))
+    aws_region: str | None = Field(default=None, validation_alias=AliasChoices("aws_region", "AWS_REGION"))
+    aws_access_key_id: SecretStr | None = Field(default=None, repr=False, validation_alias=AliasChoices(
+        "aws_access_key_id", "AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(default=None, repr=False, validation_alias=AliasChoices(
+        "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"))
     quarantine_dir: Path | None = None
     # The warehouse: a DuckDB file path, or `md:<database>` for MotherDuck (then with
     # MOTHERDUCK_TOKEN). LAYERCODE_WAREHOUSE_PATH, its earlier name, is still read.
@@ -173,8 +190,23 @@ class Settings(BaseSettings):
     # --- derived paths (absolute, so dbt's cwd does not matter) --------------------------
     @property
     def paths(self) -> DataPaths:
-        return DataPaths.derive(self.data_dir, landing=self.landing_dir, quarantine=self.quarantine_dir,
+        local_url = self.landing_url if self.landing_url and "://" not in self.landing_url else None
+        return DataPaths.derive(self.data_dir, landing=local_url or self.landing_dir, quarantine=self.quarantine_dir,
                                 recordings=self.recordings_dir, serving=self.serving_dir)
+
+    def object_landing(self) -> ObjectLanding | None:
+        """The object store events land in, when LAYERCODE_LANDING_URL is an s3:// URL."""
+        from layercode_pipeline.landing_store import ObjectLanding, is_object_url
+
+        if not is_object_url(self.landing_url):
+            return None
+
+        def plain(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return ObjectLanding(str(self.landing_url), endpoint=self.aws_endpoint_url, region=self.aws_region,
+                             access_key_id=plain(self.aws_access_key_id),
+                             secret_access_key=plain(self.aws_secret_access_key))
 
     def warehouse(self) -> Warehouse:
         """The warehouse seam for this configuration (a local file or MotherDuck)."""

@@ -91,11 +91,12 @@ def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duc
     import json
 
     from layercode_pipeline.lib.serving_copy import publish_serving_copy
+    from layercode_pipeline.lib.warehouse import Warehouse
 
     data = tmp_path / "data"
     result = run_demo(data, 12, seed=31, processing_delay_s=0.0)
     serving = data / "serving"
-    counts = publish_serving_copy(data / "warehouse.duckdb", serving)  # what the asset ran, once more: idempotent
+    counts = publish_serving_copy(Warehouse.at(None, data_dir=data), serving)  # what the asset ran, once more: idempotent
     assert {"fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics", "dim_agents",
             "fct_data_events"} <= set(counts)
     assert counts["fct_sessions"] == len(result.batch.sessions)

@@ -252,7 +252,7 @@ def test_a_second_run_changes_nothing(chain):
 def test_dbt_docs_generate(chain, tmp_path):
     result, _ = chain
     project = Path(__file__).resolve().parents[1] / "dbt_project"
-    env = {"LAYERCODE_WAREHOUSE_PATH": str(result.data_dir / "warehouse.duckdb"), "PATH": str(Path(sys.executable).parent)}
+    env = {"LAYERCODE_WAREHOUSE": str(result.data_dir / "warehouse.duckdb"), "PATH": str(Path(sys.executable).parent)}
     r = subprocess.run([str(Path(sys.executable).parent / "dbt"), "docs", "generate", "--profiles-dir", str(project),
                         "--project-dir", str(project), "--target-path", str(tmp_path / "target")],
                        env=env, capture_output=True, text=True, timeout=300)

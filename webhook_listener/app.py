@@ -324,18 +324,36 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
         raise RuntimeError(
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET or LAYERCODE_WEBHOOK_SECRETS "
             "(or pass --insecure-skip-verify for local experiments only)")
-    lander = SegmentLander(settings.paths.landing, max_bytes=settings.segment_max_bytes,
-                           max_age_s=settings.segment_max_age_s)
+    object_landing = settings.object_landing()
+    shipper = None
+    if object_landing is not None and settings.landing_mode == "bucket":
+        from .object_lander import BucketLander
+
+        lander: SegmentLander | BucketLander = BucketLander(object_landing)
+        landing = {"url": object_landing.url, "mode": "bucket",
+                   "acknowledged_after": "the group's object is written to the store"}
+    else:
+        lander = SegmentLander(settings.paths.landing, max_bytes=settings.segment_max_bytes,
+                               max_age_s=settings.segment_max_age_s)
+        landing = {"url": str(settings.paths.landing), "mode": "local",
+                   "acknowledged_after": "the group is fsynced to the local disk"}
+        if object_landing is not None:  # local+ship
+            from .object_lander import SegmentShipper
+
+            shipper = SegmentShipper(settings.paths.landing, object_landing,
+                                     interval_s=settings.landing_ship_interval_s)
+            landing = {"url": object_landing.url, "mode": "local+ship", "spool": str(settings.paths.landing),
+                       "acknowledged_after": "the group is fsynced to the local spool; sealed segments are "
+                                             "shipped to the store in the background"}
     access_log = AccessLog()
     endpoint = WebhookEndpoint(settings, lander, responder or load_responder(settings.responder), access_log,
                                insecure_skip_verify=insecure_skip_verify)
 
     async def healthz(request: Request) -> Response:
-        return Response(orjson.dumps({"status": "ok", "writer_id": lander.writer_id, "landed": lander.landed,
-                                      "failed_writes": lander.failed_writes,
-                                      "fsync_groups": lander.groups, "fsync_groups_in_thread": lander.threaded_groups,
-                                      "fsync_ms_avg": round(lander.sync_seconds_avg * 1000, 3)}),
-                        media_type="application/json")
+        body = {"status": "ok", **lander.health(), "landing": landing}
+        if shipper is not None:
+            body["landing"] = {**landing, **shipper.health()}
+        return Response(orjson.dumps(body), media_type="application/json")
 
     async def flush_access_log_periodically(every_s: float = 1.0) -> None:
         while True:
@@ -346,15 +364,20 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
     async def lifespan(app: Router) -> AsyncIterator[None]:
         if insecure_skip_verify:
             log.warning("SIGNATURE VERIFICATION IS DISABLED (--insecure-skip-verify): anyone can post events")
-        for seg in recover_orphan_segments(settings.paths.landing):
-            log.warning("sealed orphan segment %s (trimmed %d torn bytes)", seg.path, seg.trimmed_bytes)
+        if isinstance(lander, SegmentLander):
+            for seg in recover_orphan_segments(settings.paths.landing):
+                log.warning("sealed orphan segment %s (trimmed %d torn bytes)", seg.path, seg.trimmed_bytes)
         await lander.start()
+        if shipper is not None:  # ships what a crash left behind, then keeps shipping
+            await shipper.start()
         flusher = asyncio.create_task(flush_access_log_periodically())
         try:
             yield
         finally:
             flusher.cancel()
             await lander.close()
+            if shipper is not None:
+                await shipper.close()
             access_log.flush()
 
     return Router(routes=[

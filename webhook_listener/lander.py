@@ -96,6 +96,11 @@ class SegmentLander:
         """Events answered 503 because their write failed (a full disk), since start."""
         return self._write_errors.failed_events
 
+    def health(self) -> dict:
+        return {"writer_id": self.writer_id, "landed": self.landed, "failed_writes": self.failed_writes,
+                "fsync_groups": self.groups, "fsync_groups_in_thread": self.threaded_groups,
+                "fsync_ms_avg": round(self.sync_seconds_avg * 1000, 3)}
+
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         self.landing_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 
 from layercode_pipeline.config import DataPaths, Settings
+from layercode_pipeline.landing_store import ObjectLanding, is_object_url
 from layercode_pipeline.lib.warehouse import Warehouse
 
 # Every asset that writes the warehouse runs in this pool; give it a limit of 1 in the
@@ -23,6 +24,12 @@ class StorageResource(dg.ConfigurableResource):
 
     data_dir: str = "./data"
     landing_dir: str | None = None
+    # s3://bucket/prefix when events land in object storage (then with the AWS_* settings)
+    landing_url: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None      # EnvVar
+    aws_secret_access_key: str | None = None  # EnvVar
     warehouse_target: str | None = None  # a DuckDB file, or md:<database> (MotherDuck)
     motherduck_token: str | None = None  # an EnvVar (see resources_from_settings)
     recordings_dir: str | None = None
@@ -37,6 +44,14 @@ class StorageResource(dg.ConfigurableResource):
         # resource was already configured from through EnvVar).
         return DataPaths.derive(self.data_dir, landing=self.landing_dir, recordings=self.recordings_dir,
                                 serving=self.serving_dir)
+
+    @property
+    def object_landing(self) -> ObjectLanding | None:
+        """The object store the ingest reads, or None for the local landing directory."""
+        if not is_object_url(self.landing_url):
+            return None
+        return ObjectLanding(str(self.landing_url), endpoint=self.aws_endpoint_url, region=self.aws_region,
+                             access_key_id=self.aws_access_key_id, secret_access_key=self.aws_secret_access_key)
 
     @property
     def warehouse(self) -> Warehouse:
@@ -115,6 +130,10 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
         "storage": StorageResource(
             data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_target=settings.warehouse().target,
             motherduck_token=_secret(settings, "motherduck_token"),
+            landing_url=settings.landing_url if is_object_url(settings.landing_url) else None,
+            aws_endpoint_url=settings.aws_endpoint_url, aws_region=settings.aws_region,
+            aws_access_key_id=_secret(settings, "aws_access_key_id"),
+            aws_secret_access_key=_secret(settings, "aws_secret_access_key"),
             recordings_dir=str(paths.recordings), serving_dir=str(paths.serving),
             open_timeout_s=settings.warehouse_open_timeout_s, promoted_metadata_keys=settings.promoted_metadata_keys),
         "layercode_api": LayercodeAPIResource(

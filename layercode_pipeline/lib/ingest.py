@@ -8,9 +8,14 @@ manifest says. Duplicate deliveries collapse on `event_key`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -23,6 +28,7 @@ from layercode_pipeline.contract.landing import (
     partition_mtimes,
     recover_orphan_segments,
 )
+from layercode_pipeline.landing_store import ObjectLanding, list_objects, recent_hour_prefixes
 
 # The identity of an event, from the event registry (see contract.events.event_key_sql).
 EVENT_KEY_SQL = event_key_sql()
@@ -212,26 +218,43 @@ def _fallback_lines_source(con: duckdb.DuckDBPyConnection, files: list[Path], sc
     return sql, python_rejects
 
 
-def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> IngestResult:
-    """Ingest `files`: their rows, rejects and manifest entries commit together or not at all."""
+def _named(lines_sql: str, names: dict[str, str] | None) -> str:
+    """The lines with `source_file` as the manifest knows it (an object's URL for a local copy)."""
+    if not names:
+        return lines_sql
+    return ("select coalesce(n.name, l.source_file) as source_file, l.line from (" + lines_sql + ") l "
+            "left join _object_names n on n.local_path = l.source_file")
+
+
+def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path,
+                 names: dict[str, str] | None = None) -> IngestResult:
+    """Ingest `files`: their rows, rejects and manifest entries commit together or not at all.
+    `names` maps a local copy to the name it is recorded under (an object store URL)."""
     result = IngestResult(files=len(files), bytes=sum(f.stat().st_size for f in files))
     if not files:
         return result
+    names = names or {}
+    local_of = {name: local for local, name in names.items()}
+    if names:
+        con.execute("create or replace temp table _object_names as select unnest(?) as local_path, unnest(?) as name",
+                    [list(names), list(names.values())])
     # One parse per line and one per body: try() turns a parse error into NULL, which marks
     # the line as a reject instead of failing the batch. The lines stream from the files.
     python_rejects: list[tuple[str, int | None, str, str | None]] = []
     try:
-        con.execute(PARSE_SQL.format(lines_sql=_read_lines_sql([str(f) for f in files]), event_key=EVENT_KEY_SQL))
+        con.execute(PARSE_SQL.format(lines_sql=_named(_read_lines_sql([str(f) for f in files]), names),
+                                     event_key=EVENT_KEY_SQL))
     except duckdb.Error:
         lines_sql, python_rejects = _fallback_lines_source(con, files, scratch_dir)
-        con.execute(PARSE_SQL.format(lines_sql=lines_sql, event_key=EVENT_KEY_SQL))
+        con.execute(PARSE_SQL.format(lines_sql=_named(lines_sql, names), event_key=EVENT_KEY_SQL))
+        python_rejects = [(names.get(f, f), *rest) for f, *rest in python_rejects]
     reject_rows = list(python_rejects)
     by_file: dict[str, dict[str, str]] = {}
     for source_file, line, reason in con.execute(
             "select source_file, bad_line, reject_reason from _parsed where reject_reason is not null").fetchall():
         by_file.setdefault(source_file, {})[line] = reason
     for source_file, lines in by_file.items():  # rare: find their line numbers
-        numbers = _line_numbers(Path(source_file), set(lines))
+        numbers = _line_numbers(Path(local_of.get(source_file, source_file)), set(lines))
         for line, reason in lines.items():
             for n in numbers.get(line, [None]):
                 reject_rows.append((source_file, n, reason, line[:10000]))
@@ -286,14 +309,14 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
                        group by 1) new on new.source_file = f.path
             left join (select source_file, count(*) n from _rej group by 1) rej on rej.source_file = f.path
             returning rows, inserted, duplicates, rejects
-        """, [[str(f) for f in files], [f.stat().st_size for f in files]]).fetchall()
+        """, [[names.get(str(f), str(f)) for f in files], [f.stat().st_size for f in files]]).fetchall()
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
         raise
     finally:
         con.execute("drop table if exists _names; drop table if exists _parsed; drop table if exists _dup; "
-                    "drop table if exists _chosen; drop table if exists _rej")
+                    "drop table if exists _chosen; drop table if exists _rej; drop table if exists _object_names")
     result.rows = sum(r[0] for r in stats)
     result.inserted = sum(r[1] for r in stats)
     result.duplicates = sum(r[2] for r in stats)
@@ -309,13 +332,19 @@ def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_b
     Batches of ~384 MB: smaller ones cost a commit and a pass over the key column each
     (96 MB batches took twice as long for 1M events); DuckDB's memory limit keeps the peak
     near 1 GB whatever the batch, spilling if it must."""
-    previous_limit = con.execute("select current_setting('memory_limit')").fetchone()[0]
-    if memory_limit:
-        con.execute(f"set memory_limit = '{memory_limit}'")
-    try:
+    with _memory_limit(con, memory_limit):
         return _ingest_landing(con, landing_dir, batch_bytes=batch_bytes, scratch_dir=scratch_dir, max_files=max_files)
+
+
+@contextlib.contextmanager
+def _memory_limit(con: duckdb.DuckDBPyConnection, limit: str | None) -> Iterator[None]:
+    previous = con.execute("select current_setting('memory_limit')").fetchone()[0]
+    if limit:
+        con.execute(f"set memory_limit = '{limit}'")
+    try:
+        yield
     finally:
-        con.execute(f"set memory_limit = '{previous_limit}'")
+        con.execute(f"set memory_limit = '{previous}'")
 
 
 def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int,
@@ -353,3 +382,84 @@ def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_
         for leftover in scratch.glob("*.clean"):
             os.unlink(leftover)
     return total
+
+
+# --- landing on object storage ----------------------------------------------------------------
+
+def listing_prefixes(con: duckdb.DuckDBPyConnection, landing: ObjectLanding, now: datetime) -> list[str] | None:
+    """The hour prefixes to list: those since the last run's listing (see landing_store), or
+    None on the first run, which lists the landing prefix whole once."""
+    row = con.execute("select listed_from from raw.layercode_listing_cursors where store_url = ?",
+                      [landing.url]).fetchone()
+    return None if row is None else list(recent_hour_prefixes(row[0], now))
+
+
+def ingest_object_landing(con: duckdb.DuckDBPyConnection, landing: ObjectLanding, *, scratch_dir: Path,
+                          batch_bytes: int = 384 * 1024 * 1024, memory_limit: str | None = "1GB",
+                          download_concurrency: int = 16) -> IngestResult:
+    """Ingest every object under the landing URL not yet in the manifest (recorded by URL),
+    with the same parse, de-duplication, rejects and one-transaction commit as local files.
+    Objects are downloaded to `scratch_dir` a batch at a time, and removed after their commit."""
+    store = landing.store()
+    run_started = datetime.now(UTC)
+    prefixes = listing_prefixes(con, landing, run_started)
+    objects = list_objects(store, prefixes)
+    total = IngestResult(partitions_listed=len(prefixes) if prefixes is not None else 1)
+    done: set[str] = set()
+    if objects:
+        done = {row[0] for row in con.execute(
+            "select path from raw.layercode_ingested_files where path in (select unnest(?::varchar[]))",
+            [[landing.object_url(m["path"]) for m in objects]]).fetchall()}
+    pending = [m for m in objects if landing.object_url(m["path"]) not in done]
+    downloads = scratch_dir / "objects"
+    with _memory_limit(con, memory_limit):
+        start = 0
+        while start < len(pending):
+            batch, size = [], 0
+            while start < len(pending) and (not batch or size < batch_bytes):
+                batch.append(pending[start])
+                size += pending[start]["size"]
+                start += 1
+            downloads.mkdir(parents=True, exist_ok=True)
+            local = asyncio.run(_download(store, batch, downloads, download_concurrency))
+            try:
+                r = ingest_batch(con, local, scratch_dir,
+                                 names={str(path): landing.object_url(m["path"]) for path, m in zip(local, batch)})
+            finally:
+                for path in local:
+                    path.unlink(missing_ok=True)
+            for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects"):
+                setattr(total, attr, getattr(total, attr) + getattr(r, attr))
+    # everything listed is committed: the next run lists from this run's hour (minus the lookback)
+    con.execute("insert or replace into raw.layercode_listing_cursors values (?, ?, now())", [landing.url, run_started])
+    shutil.rmtree(downloads, ignore_errors=True)
+    return total
+
+
+async def _download(store, objects: list[dict], dest: Path, concurrency: int) -> list[Path]:
+    import obstore
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(meta: dict) -> Path:
+        async with sem:
+            response = await obstore.get_async(store, meta["path"])
+            data = await response.bytes_async()
+        path = dest / meta["path"].replace("/", "__")
+        path.write_bytes(bytes(data))
+        return path
+
+    return list(await asyncio.gather(*(one(m) for m in objects)))
+
+
+def newest_object_ns(landing: ObjectLanding, since_ns: int) -> int:
+    """The newest `last_modified` (ns) of an object under the hour prefixes since `since_ns`;
+    `since_ns` if none is newer (the landing sensor's cursor). With no cursor yet: now, so the
+    first tick requests one run, which ingests whatever is there."""
+    if not since_ns:
+        return time.time_ns()
+    newest = since_ns
+    since = datetime.fromtimestamp(since_ns / 1e9, UTC)
+    for meta in list_objects(landing.store(), list(recent_hour_prefixes(since, datetime.now(UTC)))):
+        newest = max(newest, int(meta["last_modified"].timestamp() * 1e9))
+    return newest

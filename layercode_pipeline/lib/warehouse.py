@@ -77,6 +77,13 @@ create table if not exists raw.layercode_clean_partitions (
     mtime_ns    bigint not null,
     checked_at  timestamptz not null
 );
+-- Object-store landing (s3://...): the ingest lists hour prefixes from `listed_from` (minus a
+-- lookback) on, so its listing cost follows the time since the last run, not history.
+create table if not exists raw.layercode_listing_cursors (
+    store_url    varchar primary key,
+    listed_from  timestamptz not null,
+    updated_at   timestamptz not null
+);
 create table if not exists raw.layercode_session_details (
     agent_id     varchar not null,
     session_id   varchar not null,

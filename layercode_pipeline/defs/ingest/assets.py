@@ -8,7 +8,7 @@ import dagster as dg
 
 from layercode_pipeline.contract.landing import iter_sealed_segments, partition_mtimes
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
-from layercode_pipeline.lib.ingest import ingest_landing
+from layercode_pipeline.lib.ingest import ingest_landing, ingest_object_landing, newest_object_ns
 
 RAW_EVENTS = dg.AssetKey("raw_layercode_events")
 
@@ -50,7 +50,11 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
     with storage.connect() as con:
         run_started = con.execute("select now()").fetchone()[0]
         started = time.perf_counter()
-        result = ingest_landing(con, storage.paths.landing)
+        landing = storage.object_landing
+        if landing is not None:  # every listener replica lands into the bucket
+            result = ingest_object_landing(con, landing, scratch_dir=storage.paths.data_dir / ".ingest-scratch")
+        else:
+            result = ingest_landing(con, storage.paths.landing)
         seconds = time.perf_counter() - started
         total = con.execute("select count(*) from raw.layercode_events").fetchone()[0]
         rejects_total = con.execute("select count(*) from raw.layercode_rejects").fetchone()[0]
@@ -92,7 +96,10 @@ def newest_sealed_ctime(storage: StorageResource, since_ns: int = 0) -> int:
     `since_ns`; `since_ns` if none is newer. The seal is a rename, which sets the segment's
     ctime and its directory's mtime together, so a segment sealed late (by a slow writer or
     by orphan recovery) still looks new, and a directory untouched since `since_ns` cannot
-    hold one: a tick costs one stat per partition plus a listing of the changed ones."""
+    hold one: a tick costs one stat per partition plus a listing of the changed ones. On object
+    storage: the newest object's last-modified time in the recent hour prefixes."""
+    if storage.object_landing is not None:
+        return newest_object_ns(storage.object_landing, since_ns)
     changed = [hour_dir for hour_dir, mtime_ns in partition_mtimes(storage.paths.landing) if mtime_ns >= since_ns]
     newest = since_ns
     for path in iter_sealed_segments(storage.paths.landing, changed):

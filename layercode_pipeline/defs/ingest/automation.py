@@ -10,8 +10,11 @@ from layercode_pipeline.defs.resources import StorageResource
 # human in the loop; the REST backfill and recordings run on their own hourly schedule.
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets(RAW_EVENTS).downstream()
-    - dg.AssetSelection.groups("backfill", "recordings"),
+    # every dbt model, not only those downstream of the raw events: the marts also read the
+    # agents, REST and recordings models, which must exist (empty) on a fresh warehouse
+    selection=(dg.AssetSelection.assets(RAW_EVENTS).downstream()
+               | dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"))
+    - dg.AssetSelection.groups("agents", "backfill", "recordings"),
     description="Ingest newly sealed landing segments, then refresh enrichments, dbt models and the serving copy.",
 )
 
