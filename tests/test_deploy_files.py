@@ -1,0 +1,61 @@
+"""deploy/ as written: every command the systemd units and the Compose file run exists with the
+options they pass, every variable the instance config reads is in the example environment,
+and the instance config loads. (systemd and Docker themselves are not run here.)"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.read(unit)
+        argv = shlex.split(parser["Service"]["ExecStart"])
+        found.append((unit.name, [Path(argv[0]).name, *argv[1:]]))
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        if "command" in service:
+            found.append((f"compose:{name}", shlex.split(service["command"])))
+    return found
+
+
+@pytest.mark.parametrize("where,argv", commands(), ids=[c[0] for c in commands()])
+def test_each_service_command_accepts_its_options(where, argv):
+    program, args = argv[0], argv[1:]
+    sub = [a for a in args if not a.startswith("-")][:1]  # e.g. `listen`, `run`
+    helped = subprocess.run([str(BIN / program), *sub, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr
+    for option in (a for a in args if a.startswith("-")):
+        assert re.search(rf"(^|[\s,]){re.escape(option)}([\s,=]|$)", helped.stdout, re.M), f"{where}: {option}"
+
+
+def test_the_instance_config_reads_only_variables_the_example_environment_sets():
+    config = (DEPLOY / "dagster.yaml").read_text()
+    wanted = set(re.findall(r"env: (\w+)", config))
+    example = {line.split("=", 1)[0].lstrip("# ").strip() for line in (DEPLOY / "layercode.env.example").read_text()
+               .splitlines() if "=" in line and not line.startswith("# ---")}
+    assert wanted and wanted <= example, wanted - example
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert {"postgres", "dagster-webserver", "dagster-daemon", "listener"} <= set(compose["services"])
+    loaded = yaml.safe_load(config)
+    assert loaded["concurrency"]["pools"]["default_limit"] == 1 and loaded["run_retries"]["enabled"] is True
+
+
+def test_the_workspace_names_the_code_location_module():
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+    module = workspace["load_from"][0]["python_module"]["module_name"]
+    assert module == "layercode_pipeline.definitions"
