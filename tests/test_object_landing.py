@@ -80,7 +80,7 @@ def test_two_replicas_one_killed_every_acknowledged_event_once(tmp_path, s3_endp
     bucket = "landing-" + mode.replace("+", "-")
     make_bucket(s3_endpoint, bucket)
     url = f"s3://{bucket}/events"
-    batch = generate_batch(40, seed=77)
+    batch = generate_batch(60, seed=77)  # enough that replica A is still busy when it is killed
     halves = [SimBatch(batch.seed, batch.agents, batch.sessions[i::2]) for i in (0, 1)]
     env = listener_env(s3_endpoint, url, mode, batch)
     a = ListenerProcess(tmp_path / "host-a", env=env)
