@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 
 from layercode_pipeline.contract.landing import SEALED_SUFFIX
 
-LANDING_MODES = ("bucket", "local+ship")
 # Objects whose key hour is this far behind the newest listing are still looked for: covers
 # writers whose clocks lag and a PUT that started in one hour and finished in the next.
 LISTING_LOOKBACK = timedelta(hours=2)
@@ -80,8 +79,9 @@ def hour_prefix(at: datetime) -> str:
     return f"dt={at:%Y-%m-%d}/hour={at:%H}/"
 
 
-def object_key(at: datetime, writer_id: str, seq: int) -> str:
-    return f"{hour_prefix(at)}{writer_id}-{seq:06d}{SEALED_SUFFIX}"
+def object_key(hour: str, writer_id: str, seq: int) -> str:
+    """`hour` (from `hour_prefix`) + the writer's own sequence: unique across replicas."""
+    return f"{hour}{writer_id}-{seq:06d}{SEALED_SUFFIX}"
 
 
 def recent_hour_prefixes(since: datetime, now: datetime) -> Iterator[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from layercode_pipeline.contract.landing import iter_sealed_segments
 from layercode_pipeline.durable_files import fsync_dir
-from layercode_pipeline.landing_store import ObjectLanding, hour_prefix
+from layercode_pipeline.landing_store import ObjectLanding, hour_prefix, object_key
 
 from .lander import RateLimitedErrorLog, new_writer_id
 
@@ -122,7 +122,7 @@ class BucketLander:
             by_hour.setdefault(hour, []).append((line, fut))
         for hour, items in by_hour.items():
             self._seq += 1
-            key = f"{hour}{self.writer_id}-{self._seq:06d}.jsonl"
+            key = object_key(hour, self.writer_id, self._seq)
             error: BaseException | None = None
             try:
                 # mode="create": a name is never overwritten (the writer id and sequence make it unique)
