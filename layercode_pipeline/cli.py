@@ -1,4 +1,4 @@
-"""`layercode-pipeline` command line: listen, simulate, backfill, demo.
+"""`layercode-pipeline` command line: listen, simulate, backfill, demo, evaluate.
 
 Heavy imports (Dagster, dbt, uvicorn) happen inside each command so `--help` is instant.
 """
@@ -240,6 +240,50 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
         console.print("[yellow]Interrupted: servers stopped, landing segments sealed. Run again to continue.[/]")
         raise SystemExit(130) from None
     print_summary(result, console, time.perf_counter() - started)
+
+
+@main.command()
+@click.option("--labelled", "labelled_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Labelled calls (YAML, the format of the shipped lib/enrichment/labelled_calls.yaml). "
+                   "Default: the shipped set.")
+@click.option("--provider", type=click.Choice(["auto", "offline", "openai"]), default="auto", show_default=True,
+              help="auto: openai when OPENAI_API_KEY is set, else offline.")
+@click.option("--model", "models", multiple=True,
+              help="OpenAI-compatible model (repeat to compare models). Default: LAYERCODE_ENRICHMENT_MODEL.")
+@click.option("--prompt-version", "prompt_versions", multiple=True,
+              help="Prompt version from the enrichment config (repeat to compare versions).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Enrichment config (topics, prompt instructions, prices). Default: LAYERCODE_ENRICHMENT_CONFIG.")
+@click.option("--base-url", default=None, help="OpenAI-compatible server. Default: OPENAI_BASE_URL.")
+@click.option("--concurrency", default=4, show_default=True, type=int, help="Calls analysed at once.")
+@click.option("--misses", "max_misses", default=10, show_default=True, type=int,
+              help="Misses listed per field and variant.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write one row per call and variant (.parquet, .csv or .json).")
+def evaluate(labelled_path: str | None, provider: str, models: tuple[str, ...], prompt_versions: tuple[str, ...],
+             config_file: str | None, base_url: str | None, concurrency: int, max_misses: int,
+             output: str | None) -> None:
+    """Measure an enrichment provider on labelled calls: accuracy per field, confusion tables,
+    misses, leaked PII, cost and latency; compare models or prompt versions side by side."""
+    from rich.console import Console
+
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.lib.enrichment import evaluate as ev
+
+    console = Console(width=max(Console().width, 140))
+    settings = Settings()
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    try:
+        results = ev.run_variants(
+            labelled_path, provider=provider, models=list(models) or [settings.enrichment_model],
+            prompt_versions=list(prompt_versions), config_file=config_file or settings.enrichment_config,
+            api_key=key, base_url=base_url or settings.openai_base_url, concurrency=concurrency)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    ev.print_report(results, console, max_misses=max_misses)
+    if output:
+        ev.write_results(results, output)
+        console.print(f"Results: [bold]{output}[/] ({results.height} rows)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, OpenAIResource, StorageResource
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version
-from layercode_pipeline.lib.enrichment.providers import OfflineProvider, OpenAIProvider
+from layercode_pipeline.lib.enrichment.providers import build_provider
 from layercode_pipeline.lib.enrichment.run import enrich_sessions
 
 
@@ -38,15 +38,15 @@ def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRun
     if config.prompt_version:
         settings.prompt_version = config.prompt_version
     schema = build_analysis_model(settings)
-    use_openai = config.provider == "openai" or (config.provider == "auto" and openai.configured)
-    if config.provider == "openai" and not openai.configured:
-        raise dg.Failure("provider=openai but OPENAI_API_KEY is not set")
-    if use_openai:
-        provider = OpenAIProvider(settings, schema, api_key=openai.api_key or "", model=openai.model,
-                                  base_url=openai.base_url, timeout_s=openai.timeout_s, max_retries=openai.max_retries)
-    else:
-        provider = OfflineProvider(settings)
-        context.log.info("No OPENAI_API_KEY: enriching with the offline provider (rules + VADER), labelled 'offline'.")
+    try:
+        provider = build_provider(config.provider, settings, schema, api_key=openai.api_key, model=openai.model,
+                                  base_url=openai.base_url, timeout_s=openai.timeout_s,
+                                  max_retries=openai.max_retries)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from None
+    if provider.name == "offline":
+        context.log.info("Enriching with the offline provider (rules + VADER), labelled 'offline'.")
+
     async def run(con):
         try:
             return await enrich_sessions(con, provider, settings, schema_version(schema),

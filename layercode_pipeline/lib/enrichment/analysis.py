@@ -36,6 +36,9 @@ class EnrichmentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt_version: str = "v1"
+    # instructions per prompt version, added to the system prompt: write a v2 beside v1 and
+    # compare them with `layercode-pipeline evaluate --prompt-version v1 --prompt-version v2`
+    prompt_instructions: dict[str, str] = {}
     topics: dict[str, list[str]]
     compliance_checks: list[ComplianceCheck] = []
     custom_fields: list[CustomField] = []
@@ -102,11 +105,13 @@ def check_analysis(analysis: dict[str, Any]) -> dict[str, Any]:
 def system_prompt(settings: EnrichmentSettings) -> str:
     checks = "\n".join(f"- {c.name}: {c.description}" for c in settings.compliance_checks) or "- (none)"
     custom = "\n".join(f"- {f.name}: {f.description}" for f in settings.custom_fields) or "- (none)"
+    instructions = settings.prompt_instructions.get(settings.prompt_version)
     return (
         "You analyse transcripts of phone and web calls between a caller and a voice agent.\n"
-        "Answer only from the transcript. Personal data was replaced by placeholders such as [PHONE].\n"
+        "Answer only from the transcript. Personal data was replaced by placeholders: [PHONE], [EMAIL], [CARD], [NUMBER].\n"
         f"Allowed topics: {', '.join(settings.topics)}.\n"
         f"Compliance checks (true when the statement holds):\n{checks}\n"
         f"Custom fields:\n{custom}\n"
-        f"Prompt version: {settings.prompt_version}."
+        + (f"Instructions:\n{instructions.strip()}\n" if instructions else "")
+        + f"Prompt version: {settings.prompt_version}."
     )
