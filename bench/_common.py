@@ -66,3 +66,26 @@ def peak_rss_mb(pid: int | None = None) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def dagster_home(root: Path) -> Path:
+    """A DAGSTER_HOME with the instance config `layercode-pipeline demo` writes (what a new
+    user runs `dagster dev` with)."""
+    from layercode_pipeline.cli import DAGSTER_YAML
+
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    return home
+
+
+def pipeline_env(home: Path, data: Path, **extra: str) -> dict[str, str]:
+    """The process environment for Dagster and the listener: this data directory, no keys
+    from the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_"))}
+    return env | {"DAGSTER_HOME": str(home), "LAYERCODE_DATA_DIR": str(data), **extra}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

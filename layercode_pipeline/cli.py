@@ -14,8 +14,22 @@ import click
 DAGSTER_YAML = """\
 # written by `layercode-pipeline demo`; see deploy/dagster.yaml
 concurrency:
+  runs:
+    max_concurrent_runs: 4
   pools:
     default_limit: 1
+    # one run beyond the pool's slot may start (its process and code location) while
+    # another holds the warehouse, and run its steps the moment it is free
+    op_granularity_run_buffer: 1
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    # the landing sensor's runs start within a second of being queued
+    dequeue_interval_seconds: 1
+run_retries:
+  enabled: true
+  max_retries: 2
 telemetry:
   enabled: false
 """

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = 30.0
     segment_max_bytes: int = 64 * 1024 * 1024
     segment_max_age_s: float = 60.0
+    # seal the open segment after this many seconds without an event (the freshness of the
+    # last calls before a quiet spell); under load segments seal by size and age
+    segment_idle_seal_s: float = 1.0
     # Request headers landed with each event: exact names or `prefix*`. Layercode appends the
     # customer's custom headers (`x-tenant-id`, ...) to every webhook; the signature,
     # `authorization` and `cookie` are never kept, whatever this says.

@@ -1,20 +1,28 @@
-"""The Dagster code location: every definition under `defs/`, plus the resources."""
+"""The Dagster code location: every definition under `defs/` (load_from_defs_folder), the
+resources from the one settings module, and the in-process executor.
+
+In-process, because every step of a run writes the one warehouse (the pool lets one run at a
+time anyway): a process per step would pay the code location's import for nothing.
+"""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
-import layercode_pipeline.defs
 from layercode_pipeline.defs.resources import resources_from_settings
 
 
 def build_definitions() -> dg.Definitions:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        loaded = dg.load_definitions_from_package_module(layercode_pipeline.defs)
-    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources_from_settings()))
+        loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources_from_settings(),
+                                                       executor=dg.in_process_executor))
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

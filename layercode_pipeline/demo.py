@@ -42,7 +42,8 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     import dagster as dg
 
     from layercode_pipeline.config import Settings
-    from layercode_pipeline.definitions import defs
+    from layercode_pipeline.definitions import build_definitions
+    defs = build_definitions()
     from layercode_pipeline.defs.resources import resources_from_settings
 
     # the definitions' own resources, from the environment's settings, with everything under
@@ -72,8 +73,10 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         # raw assets); on a terminal the progress lines say enough, unless the stage fails.
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured) if quiet_dbt else contextlib.nullcontext():
+            # the tag names the stage in the UI's run list
             result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
-                                    run_config=run_config, raise_on_error=False)
+                                    run_config=run_config, raise_on_error=False,
+                                    tags={"layercode/stage": stage, "layercode/launched_by": "demo"})
         if not result.success:
             sys.stdout.write(captured.getvalue())
             raise RuntimeError(f"the {stage} stage failed; see the log above")
@@ -215,8 +218,27 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
   warehouse   {d / 'warehouse.duckdb'}
   recordings  {d / 'recordings'}
   serving     {serving}   (open this one from BI tools)
-
-[bold]Next[/]
-  DAGSTER_HOME={d / 'dagster_home'} LAYERCODE_DATA_DIR={d} .venv/bin/dagster dev -w workspace.yaml
-  .venv/bin/python -c "import duckdb; print(duckdb.connect('{serving}', read_only=True).sql('from marts.agg_daily_call_metrics'))"
 """)
+    for line in next_steps(d, serving):
+        # soft_wrap: a command is printed on one line whatever the terminal's width, so a pasted
+        # copy keeps every variable
+        console.print(line, soft_wrap=True, highlight=False, markup=line.startswith("[bold]"))
+
+
+def next_steps(d: Path, serving: Path) -> list[str]:
+    """The demo's closing hints: each command whole, on one line."""
+    env = f"DAGSTER_HOME={d / 'dagster_home'} LAYERCODE_DATA_DIR={d}"
+    api = "LAYERCODE_API_BASE_URL=http://127.0.0.1:8788/v1 LAYERCODE_API_KEY=sim_api_key"
+    return [
+        "[bold]Next[/] (one command per line; the last three each in their own terminal)",
+        "  The marts, from the serving copy:",
+        f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{serving}', read_only=True)"
+        ".sql('from marts.agg_daily_call_metrics'))\"",
+        "  Dagster's UI over these runs, its sensors and automation on, the REST API pointed at the simulator's:",
+        f"  {env} {api} .venv/bin/dagster dev -w workspace.yaml",
+        "  A listener that accepts the simulator's agents:",
+        f"  LAYERCODE_DATA_DIR={d} LAYERCODE_WEBHOOK_SECRETS=\"$(.venv/bin/layercode-pipeline simulate --seed 7 "
+        "--print-secrets)\" .venv/bin/layercode-pipeline listen",
+        "  Calls to it, and the simulated REST API on port 8788 (the marts follow in about 30 s):",
+        "  .venv/bin/layercode-pipeline simulate --seed 7 --calls 50 --pace 0.2 --api-port 8788",
+    ]

@@ -279,3 +279,51 @@ def test_backfill_cli_runs_the_backfill_asset(env, tmp_path):
     assert "found" in r.stdout and KEY not in r.stdout + r.stderr
     assert sorted(query(env, "select session_id, http_status from raw.layercode_session_details")) == \
         sorted([(sid, 200), ("sess_missing", 404)])
+
+
+def test_without_an_api_key_the_marts_still_refresh_and_checks_warn(env):
+    """Optional configuration missing degrades, never blocks: every asset, dbt and the serving
+    copy included, materialises; the REST assets say what waits for a key."""
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.definitions import build_definitions
+    from layercode_pipeline.defs.resources import resources_from_settings
+
+    defs = build_definitions()
+    resources = resources_from_settings(Settings(data_dir=env["data"], api_key=None, openai_api_key=None))
+    result = dg.materialize(list(defs.assets or []), resources=resources, raise_on_error=False,
+                            run_config={"ops": {"layercode_session_details": {"config": GRACE0}}})
+    assert result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    for name, waiting in (("api_key_configured", "recordings_waiting_for_a_key"), ("no_api_errors", None)):
+        assert not checks[name].passed and checks[name].severity == dg.AssetCheckSeverity.WARN, name
+        if waiting:
+            assert checks[name].metadata[waiting].value > 0
+    served = duckdb.connect(str(env["data"] / "serving" / "analytics.duckdb"), read_only=True)
+    try:
+        sessions = served.execute("select count(*) from marts.fct_sessions").fetchone()[0]
+    finally:
+        served.close()
+    webhook_sessions = query(env, "select count(distinct session_id) from staging.stg_webhook_events")[0][0]
+    assert sessions == webhook_sessions > 0  # the marts refreshed from the webhooks alone
+    # the UI gets every mart column typed, with its _schema.yml description
+    (mat,) = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+              if e.event_specific_data.materialization.asset_key == dg.AssetKey(["marts", "fct_sessions"])]
+    columns = {c.name: c for c in mat.metadata["dagster/column_schema"].value.columns}
+    assert len(columns) > 40 and columns["session_id"].type == "varchar"
+    assert columns["latency_ms"].description and columns["latency_ms"].type == "double"
+
+
+def test_a_kept_wav_that_broke_on_disk_fails_the_check_until_fetched_again(env):
+    run(env, *ALL, config=GRACE0)
+    (path,) = query(env, "select path from raw.layercode_recordings where status = 'downloaded' limit 1")[0]
+    session_id = Path(path).stem
+    with open(path, "r+b") as fh:  # same size, broken header (a disk fault, a hand edit)
+        fh.write(b"JUNK")
+    no_key = LayercodeAPIResource(base_url=env["rest"].base_url, api_key=None)
+    result, _ = run(env, layercode_recordings, rest=no_key)
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "kept_wavs_valid"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert [e["session_id"] for e in check.metadata["examples"].value] == [session_id]
+    result, _ = run(env, layercode_recordings)  # with the key: fetched again, verified, kept
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "kept_wavs_valid"]
+    assert check.passed and inspect_wav(Path(path)).file_bytes == Path(path).stat().st_size

@@ -5,6 +5,7 @@ and the instance config loads. (systemd and Docker themselves are not run here.)
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shlex
 import subprocess
@@ -59,3 +60,18 @@ def test_the_workspace_names_the_code_location_module():
     workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
     module = workspace["load_from"][0]["python_module"]["module_name"]
     assert module == "layercode_pipeline.definitions"
+
+
+def test_dg_check_defs_and_both_workspaces_load():
+    """Dagster's project conventions ([tool.dg], load_from_defs_folder) and the workspace files
+    the README and deploy/ use load the same code location."""
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(ROOT), **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
+    checked = subprocess.run([str(BIN / "dg"), "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout + checked.stderr, \
+        checked.stdout[-2000:] + checked.stderr[-2000:]
+    for workspace in (ROOT / "workspace.yaml", DEPLOY / "workspace.yaml"):
+        validated = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)], cwd=ROOT,
+                                   env=env, capture_output=True, text=True, timeout=300)
+        assert validated.returncode == 0 and "Validation successful for code location layercode_pipeline" in \
+            validated.stdout + validated.stderr, validated.stderr[-2000:]

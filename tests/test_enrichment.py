@@ -240,3 +240,20 @@ def test_a_new_prompt_version_keeps_old_rows_and_the_comparison_view_shows_both(
     current = rows(env, "select prompt_version, count(*) from staging.stg_session_enrichments where is_latest "
                         "group by all")
     assert current == [("v2", n)]  # what the marts read
+
+
+def test_enrichment_checks_fail_on_error_rows_and_gaps(env):
+    env["stub"].script("malformed", "malformed")
+    result = dg.materialize([session_enrichments], resources={"storage": env["storage"], "openai": env["openai"]},
+                            run_config={"ops": {"session_enrichments": {"config": {"concurrency": 1}}}})
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    errors, coverage = checks["no_enrichment_errors"], checks["enrichment_coverage"]
+    assert not errors.passed and errors.severity == dg.AssetCheckSeverity.WARN
+    assert errors.metadata["errors"].value == len(errors.metadata["examples"].value) > 0
+    assert all("malformed answer" in e for e in errors.metadata["examples"].value)
+    assert not coverage.passed and 0 < coverage.metadata["coverage"].value < 1
+    # the next run asks again for the failed ones only: both checks pass
+    result = dg.materialize([session_enrichments], resources={"storage": env["storage"], "openai": env["openai"]})
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["no_enrichment_errors"].passed and checks["enrichment_coverage"].passed
+    assert checks["enrichment_coverage"].metadata["coverage"].value == 1.0

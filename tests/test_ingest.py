@@ -204,19 +204,21 @@ def test_a_killed_run_leaves_no_duplicate_and_no_gap(listener_factory, storage, 
 
 
 def test_landing_sensor_requests_runs_for_new_segments(storage):
-    land = storage.paths.landing
-    ctx = dg.build_sensor_context(resources={"storage": storage})
-    assert isinstance(landing_sensor(ctx), dg.SkipReason)
-    write_segment(land, "w1-000001.jsonl", [envelope(END)])
-    result = landing_sensor(ctx)
-    assert len(result.run_requests) == 1
-    ctx = dg.build_sensor_context(resources={"storage": storage}, cursor=result.cursor)
-    assert isinstance(landing_sensor(ctx), dg.SkipReason)
-    time.sleep(0.01)
-    write_segment(land, "w1-000002.jsonl", [envelope({**END, "session_id": "b"})])
-    result2 = landing_sensor(ctx)
-    assert len(result2.run_requests) == 1 and result2.cursor != result.cursor
-    assert result2.run_requests[0].run_key != result.run_requests[0].run_key
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick():
+        return landing_sensor(dg.build_sensor_context(resources={"storage": storage}, instance=instance))
+
+    first = tick()  # a fresh instance: one run builds the (empty) tables and marts
+    assert first.run_requests[0].tags["layercode/reason"] == "heartbeat"
+    assert dg.materialize([raw_layercode_events], resources={"storage": storage}, instance=instance).success
+    assert isinstance(tick(), dg.SkipReason)
+    write_segment(storage.paths.landing, "w1-000001.jsonl", [envelope(END)])
+    result = tick()
+    assert len(result.run_requests) == 1 and result.run_requests[0].tags["layercode/reason"] == "sealed segments"
+    assert len(tick().run_requests) == 1  # not ingested yet (no run happened): still asked for
+    assert dg.materialize([raw_layercode_events], resources={"storage": storage}, instance=instance).success
+    assert isinstance(tick(), dg.SkipReason)
 
 
 def age(directory: Path, seconds: float = 60) -> None:
@@ -257,21 +259,28 @@ def test_fully_ingested_partitions_are_not_listed_again_until_they_change(storag
     assert materialize(storage)["partitions_listed"] == 0
 
 
-def test_landing_sensor_sees_a_late_seal_in_an_old_partition(storage):
+def test_landing_sensor_asks_for_what_the_last_ingest_did_not_see(storage):
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick():
+        return landing_sensor(dg.build_sensor_context(resources={"storage": storage}, instance=instance))
+
     land = storage.paths.landing
     part = write_segment(land, "w1-000001.jsonl", [envelope(END)]).parent
-    result = landing_sensor(dg.build_sensor_context(resources={"storage": storage}))
+    assert len(tick().run_requests) == 1  # never ingested
+    assert dg.materialize([raw_layercode_events], resources={"storage": storage}, instance=instance).success
+    assert isinstance(tick(), dg.SkipReason)  # all of it ingested; no heartbeat due yet
     age(part, 3600)
     (part / "w2-000001.jsonl.open").write_bytes(envelope({**END, "session_id": "sess_late"}))
-    ctx = dg.build_sensor_context(resources={"storage": storage}, cursor=result.cursor)
-    assert isinstance(landing_sensor(ctx), dg.SkipReason)  # still open: nothing to ingest yet
+    assert isinstance(tick(), dg.SkipReason)  # still open: nothing to ingest yet
     os.rename(part / "w2-000001.jsonl.open", part / "w2-000001.jsonl")
-    assert len(landing_sensor(ctx).run_requests) == 1
+    assert len(tick().run_requests) == 1  # a late seal in an old partition is seen
 
 
 def test_definitions_load():
-    from layercode_pipeline.definitions import defs
+    from layercode_pipeline.definitions import build_definitions
 
+    defs = build_definitions()
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"raw_layercode_events", "layercode_session_details", "layercode_recordings", "session_enrichments",
@@ -283,8 +292,15 @@ def test_definitions_load():
     assert dg.AssetKey("raw_layercode_events") in graph.get(dg.AssetKey(["staging", "stg_webhook_events"])).parent_keys
     checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
     assert {"marts/fct_sessions", "marts/fct_turns", "raw_layercode_events"} <= checked
-    assert defs.get_sensor_def("landing_sensor")
-    assert defs.get_schedule_def("hourly_backfill").cron_schedule == "17 * * * *"
+    assert defs.get_sensor_def("landing_sensor") and defs.get_sensor_def("layercode_automation")
+    # the REST assets run hourly by their automation condition; all downstream follows eagerly
+    assert graph.get(dg.AssetKey("layercode_session_details")).automation_condition.get_label() == "hourly at :17"
+    assert graph.get(dg.AssetKey("analytics_serving")).automation_condition.get_label() == "eager"
+    assert graph.get(dg.AssetKey(["marts", "fct_sessions"])).freshness_policy is not None
+    assert graph.get(dg.AssetKey("raw_layercode_events")).freshness_policy is not None
+    # no dbt test is a check on a Python asset (that would run dbt in every ingest run)
+    assert not {k for k in graph.asset_check_keys
+                if k.asset_key.to_user_string() == "raw_layercode_events" and k.name.startswith(("unique", "not_null"))}
 
 
 def test_parallel_writers_queue_instead_of_failing(storage):
@@ -303,3 +319,33 @@ def test_parallel_writers_queue_instead_of_failing(storage):
     holder.wait(30)
     assert holder.returncode == 0 and meta["rows_inserted"] == 1
     assert waited > 0.5  # it queued behind the holder
+
+
+def drift_check(storage: StorageResource) -> dg.AssetCheckEvaluation:
+    result = dg.materialize([raw_layercode_events], resources={"storage": storage})
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_payload_drift"]
+    return check
+
+
+def test_payload_drift_is_reported_with_examples(listener_factory, storage, tmp_path):
+    # what the simulator sends (every event type, custom metadata, interruption context, data
+    # events) is what the contract describes: no drift
+    land_batch(listener_factory, tmp_path / "data", 12, seed=8)
+    check = drift_check(storage)
+    assert check.passed, check.metadata["new_in_payloads"].value
+    # Layercode ships a new field, a number where text was, and a new event type
+    write_segment(storage.paths.landing, "w7-000001.jsonl", [
+        envelope({**END, "session_id": "sess_drift", "sentiment_hint": "calm"}),
+        envelope({"type": "message", "session_id": "sess_drift", "turn_id": "t1", "text": "hi",
+                  "interruption_context": {"previous_turn_interrupted": True, "words_heard": "four"}}),
+        envelope({"type": "call.transferred", "session_id": "sess_drift", "to": "+15550100"}),
+    ])
+    check = drift_check(storage)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    found = {(d["event_type"], d["path"], d["kind"], d["json_type"]): d for d in check.metadata["new_in_payloads"].value}
+    assert set(found) == {("session.end", "sentiment_hint", "unknown_field", "string"),
+                          ("message", "interruption_context.words_heard", "unexpected_type", "string"),
+                          ("call.transferred", "type", "unknown_event_type", "string")}
+    assert all(d["example_sessions"] == ["sess_drift"] and d["events"] == 1 for d in found.values())
+    assert check.metadata["events_with_drift"].value == 3
+    assert drift_check(storage).passed  # a check on this run's payloads: nothing new landed since

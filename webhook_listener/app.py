@@ -334,7 +334,7 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
                    "acknowledged_after": "the group's object is written to the store"}
     else:
         lander = SegmentLander(settings.paths.landing, max_bytes=settings.segment_max_bytes,
-                               max_age_s=settings.segment_max_age_s)
+                               max_age_s=settings.segment_max_age_s, idle_seal_s=settings.segment_idle_seal_s)
         landing = {"url": str(settings.paths.landing), "mode": "local",
                    "acknowledged_after": "the group is fsynced to the local disk"}
         if object_landing is not None:  # local+ship

@@ -7,6 +7,8 @@ reply cannot do without are required.
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -158,6 +160,89 @@ def validation_reason(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors(include_url=False)
     )
+
+
+# --- payload drift: what landed that this contract does not describe -------------------------
+
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", dict: "object", list: "array",
+               type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return _JSON_TYPES.get(type(value), "number" if isinstance(value, int | float) else "object")
+
+
+def _allowed(annotation: Any) -> tuple[set[str] | None, type[BaseModel] | None]:
+    """The JSON types a field's annotation accepts (None: any) and the model its objects or
+    array items follow, if one."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return None, None
+    if origin is Literal:
+        return {json_type(v) for v in typing.get_args(annotation)}, None
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        nested = None
+        for arg in typing.get_args(annotation):
+            sub, model = _allowed(arg)
+            if sub is None:
+                return None, None
+            kinds |= sub
+            nested = nested or model
+        return kinds, nested
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return {"array"}, _allowed(item)[1]
+    if origin is dict or annotation is dict:
+        return {"object"}, None  # free-form objects (metadata, data): any keys
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {"object"}, annotation
+    if annotation in (float, int):
+        return {"number"}, None
+    return {_JSON_TYPES.get(annotation, "object")}, None
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A place in a landed payload the contract does not describe."""
+
+    event_type: str
+    path: str          # dotted, `[]` for array items: transcript[].confidence
+    kind: str          # unknown_event_type / unknown_field / unexpected_type
+    json_type: str     # what arrived
+
+
+def payload_drift(event_type: str, body: Any) -> list[Drift]:
+    """Fields, value types and event types in one landed body that the registry's models do not
+    know. Free-form objects (`metadata`, `custom_metadata`, `data`) are never drift."""
+    spec = EVENT_TYPES.get(event_type)
+    if spec is None:
+        return [Drift(event_type, "type", "unknown_event_type", "string")]
+    out: list[Drift] = []
+
+    def walk(model: type[BaseModel], value: Any, prefix: str) -> None:
+        if not isinstance(value, dict):
+            return
+        fields = {(f.alias or name): f for name, f in model.model_fields.items()}
+        for key, item in value.items():
+            path = f"{prefix}{key}"
+            field = fields.get(key)
+            if field is None:
+                out.append(Drift(event_type, path, "unknown_field", json_type(item)))
+                continue
+            kinds, nested = _allowed(field.annotation)
+            if kinds is not None and json_type(item) not in kinds:
+                out.append(Drift(event_type, path, "unexpected_type", json_type(item)))
+            elif nested is not None and isinstance(item, dict):
+                walk(nested, item, path + ".")
+            elif nested is not None and isinstance(item, list):
+                for element in item:
+                    walk(nested, element, path + "[].")
+
+    walk(spec.model, body, "")
+    return out
 
 
 # --- SSE reply events (contract section 2) -----------------------------------------------

@@ -99,6 +99,14 @@ class RecordingRow:
     encoding: str | None = None  # pcm / mulaw / alaw, from the WAV header
 
 
+def _header_ok(path: Path) -> bool:
+    try:
+        inspect_wav(path)
+        return True
+    except (InvalidWav, OSError):
+        return False
+
+
 def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> tuple[list[tuple[str, str, Path]], list[RecordingRow], int]:
     """(to download, rows to record without downloading, already held)."""
     downloads: list[tuple[str, str, Path]] = []
@@ -107,7 +115,7 @@ def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> tuple[list[tu
     for agent_id, session_id, state, webhook_error, dt, have_status, have_path, have_bytes in \
             con.execute(CANDIDATES_SQL).fetchall():
         if have_status == "downloaded" and have_path and Path(have_path).is_file() \
-                and Path(have_path).stat().st_size == have_bytes:
+                and Path(have_path).stat().st_size == have_bytes and _header_ok(Path(have_path)):
             held += 1  # the verified copy (sha256 recorded at download) is there: never fetched again
             continue
         if state == "failed":
@@ -178,3 +186,23 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
     except BaseException:
         con.execute("rollback")
         raise
+
+
+def invalid_kept_recordings(con: duckdb.DuckDBPyConnection) -> tuple[int, list[dict[str, str]]]:
+    """Recordings the table says are kept whose file is gone, changed size, or no longer has a
+    valid WAV header (a disk fault, a hand edit): how many were checked and each one that failed.
+    Reads headers only."""
+    rows = con.execute("""select session_id, path, bytes from raw.layercode_recordings where status = 'downloaded'
+                          qualify row_number() over (partition by session_id order by fetched_at desc) = 1""").fetchall()
+    bad = []
+    for session_id, path, size in rows:
+        file = Path(path) if path else None
+        try:
+            if file is None or not file.is_file():
+                raise InvalidWav("the file is missing")
+            info = inspect_wav(file)
+            if info.file_bytes != size:
+                raise InvalidWav(f"{info.file_bytes} bytes on disk, {size} when kept")
+        except (InvalidWav, OSError) as exc:
+            bad.append({"session_id": session_id, "path": str(path), "problem": str(exc)})
+    return len(rows), bad

@@ -47,6 +47,11 @@ turn_stats as (
            coalesce(sum(words) filter (where role = 'user'), 0) as user_words,
            coalesce(sum(words) filter (where role = 'assistant'), 0) as assistant_words,
            count(*) filter (where interrupted) as interruptions,
+           -- interrupted turns are kept out of latency statistics
+           quantile_cont(latency_ms, 0.5) filter (where role = 'assistant' and not interrupted) as turn_latency_ms_p50,
+           quantile_cont(latency_ms, 0.95) filter (where role = 'assistant' and not interrupted) as turn_latency_ms_p95,
+           min(offset_ms) filter (where role = 'assistant') as first_response_ms,
+           max(gap_before_ms) as longest_gap_ms,
            min(transcript_source) as transcript_source
     from {{ ref('fct_turns') }} where session_id in (select session_id from touched) group by 1
 ),
@@ -115,6 +120,13 @@ merged as (
         coalesce(ts.user_words, 0) as user_words,
         coalesce(ts.assistant_words, 0) as assistant_words,
         coalesce(ts.interruptions, 0) as interruptions,
+        ts.turn_latency_ms_p50,
+        ts.turn_latency_ms_p95,
+        ts.first_response_ms,
+        ts.longest_gap_ms,
+        coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds)
+            / nullif(coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds)
+                     + coalesce(rest.tts_duration_seconds, ends.tts_duration_seconds), 0) as caller_talk_share,
         coalesce(data_events.data_events, 0) as data_events,
         ts.transcript_source,
         enr.summary,

@@ -5,6 +5,7 @@ import asyncio
 import dagster as dg
 import httpx
 
+from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.agents import store_agents
 from layercode_pipeline.lib.layercode_client import LayercodeAPIError, LayercodeAuthError
@@ -16,6 +17,7 @@ AGENTS = dg.AssetKey("layercode_agents")
     key=AGENTS,
     group_name="agents",
     pool=WAREHOUSE_POOL,
+    automation_condition=API_CRON,
     kinds={"duckdb", "api"},
     check_specs=[dg.AssetCheckSpec(
         "agents_listed", asset=AGENTS,

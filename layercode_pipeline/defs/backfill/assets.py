@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
+from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.backfill import DetailRequest, fetch_details, sessions_needing_details, store_details
 
@@ -38,6 +39,7 @@ def requested_sessions(config: BackfillConfig) -> list[DetailRequest]:
     deps=[RAW_EVENTS],
     group_name="backfill",
     pool=WAREHOUSE_POOL,
+    automation_condition=API_CRON,
     kinds={"duckdb", "api"},
     check_specs=[dg.AssetCheckSpec(
         "no_api_errors", asset=SESSION_DETAILS,

@@ -6,6 +6,7 @@ import dagster as dg
 
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
+from layercode_pipeline.defs.freshness import DOWNSTREAM
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, OpenAIResource, StorageResource
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version
 from layercode_pipeline.lib.enrichment.providers import build_provider
@@ -27,6 +28,15 @@ class EnrichmentRunConfig(dg.Config):
     deps=[RAW_EVENTS, SESSION_DETAILS],
     group_name="enrichment",
     pool=WAREHOUSE_POOL,
+    automation_condition=DOWNSTREAM,
+    check_specs=[
+        dg.AssetCheckSpec("no_enrichment_errors", asset="session_enrichments",
+                          description="No provider call of this run failed or answered outside the schema (those "
+                                      "are error rows, retried on the next run)."),
+        dg.AssetCheckSpec("enrichment_coverage", asset="session_enrichments",
+                          description="Every session with a transcript has an answer for the current provider, "
+                                      "model, prompt version and schema (failures and budget stops leave gaps)."),
+    ],
     kinds={"duckdb", "openai"},
     description="enrichment.session_enrichments: summary, caller name, sentiment, outcome, topics, quality, "
                 "compliance flags, action items and custom fields per session, cached by transcript, prompt "
@@ -62,7 +72,18 @@ def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRun
         context.log.warning(err)
     if stats.skipped_budget:
         context.log.warning(f"budget reached: {stats.skipped_budget} sessions left for the next run")
-    return dg.MaterializeResult(metadata={
+    missing = stats.failed + stats.skipped_budget
+    coverage = 1.0 if not stats.candidates else (stats.candidates - missing) / stats.candidates
+    checks = [
+        dg.AssetCheckResult(check_name="no_enrichment_errors", passed=stats.failed == 0,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"errors": stats.failed, "examples": dg.MetadataValue.json(stats.errors[:10])}),
+        dg.AssetCheckResult(check_name="enrichment_coverage", passed=missing == 0, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"coverage": dg.MetadataValue.float(round(coverage, 4)),
+                                      "sessions_without_answer": missing, "failed": stats.failed,
+                                      "left_by_budget": stats.skipped_budget}),
+    ]
+    return dg.MaterializeResult(check_results=checks, metadata={
         "provider": provider.name, "model": provider.model, "prompt_version": settings.prompt_version,
         "schema_version": schema_version(schema), "candidates": stats.candidates, "enriched": stats.enriched,
         "cached": stats.cached, "failed": stats.failed, "skipped_budget": stats.skipped_budget,

@@ -1,16 +1,21 @@
 """Landed webhook segments -> `raw.layercode_events`."""
 
 
+import json
 import os
 import time
 
 import dagster as dg
 
+from layercode_pipeline.contract.events import payload_drift
 from layercode_pipeline.contract.landing import iter_sealed_segments, partition_mtimes
+from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.ingest import ingest_landing, ingest_object_landing, newest_object_ns
 
 RAW_EVENTS = dg.AssetKey("raw_layercode_events")
+# materialisation metadata: segments sealed before this time (ns since the epoch) are ingested
+HIGH_WATER_KEY = "landing_high_water_ns"
 
 
 def _preview(con) -> dg.MetadataValue:
@@ -31,6 +36,37 @@ CHECK_NO_INVALID = dg.AssetCheckSpec(
     "no_invalid_events", asset=RAW_EVENTS,
     description="No event ingested in this run failed validation (those stay in raw.layercode_events with "
                 "validation_error set, and are kept out of the marts).")
+CHECK_NO_DRIFT = dg.AssetCheckSpec(
+    "no_payload_drift", asset=RAW_EVENTS,
+    description="Every field, value type and event type in the payloads ingested in this run is one the wire "
+                "contract (layercode_pipeline/contract/events.py) describes. A failure lists what is new, with "
+                "counts and example sessions: Layercode changed its payloads, so the contract and the models "
+                "should follow.")
+# payloads read per run for the drift check (the newest first): enough to see any change
+DRIFT_SAMPLE = 20_000
+
+
+def payload_drift_summary(con, run_started) -> tuple[int, list[dict]]:
+    """Drift in the payloads ingested since `run_started`: events with drift, and one row per
+    (event type, path, kind, type) with its count and up to three example sessions."""
+    rows = con.execute("select event_type, session_id, body from raw.layercode_events where ingested_at >= ? "
+                       "order by ingested_at desc limit ?", [run_started, DRIFT_SAMPLE]).fetchall()
+    found: dict[tuple, dict] = {}
+    drifting = 0
+    for event_type, session_id, body in rows:
+        try:
+            drifts = payload_drift(event_type, json.loads(body)) if body is not None else []
+        except ValueError:
+            continue  # not JSON: a reject, reported by no_rejected_lines
+        drifting += bool(drifts)
+        for d in drifts:
+            entry = found.setdefault((d.event_type, d.path, d.kind, d.json_type), {
+                "event_type": d.event_type, "path": d.path, "kind": d.kind, "json_type": d.json_type, "events": 0,
+                "example_sessions": []})
+            entry["events"] += 1
+            if len(entry["example_sessions"]) < 3 and session_id not in entry["example_sessions"]:
+                entry["example_sessions"].append(session_id)
+    return drifting, sorted(found.values(), key=lambda e: -e["events"])
 
 
 def _examples(con, sql: str, params: list) -> dg.MetadataValue:
@@ -42,13 +78,17 @@ def _examples(con, sql: str, params: list) -> dg.MetadataValue:
     group_name="ingest",
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
-    check_specs=[CHECK_NO_REJECTS, CHECK_NO_INVALID],
+    check_specs=[CHECK_NO_REJECTS, CHECK_NO_INVALID, CHECK_NO_DRIFT],
+    freshness_policy=FRESHNESS,
     description="Every distinct webhook event the listener landed (table raw.layercode_events). Reads only "
                 "sealed segments not yet in raw.layercode_ingested_files; rows and manifest commit together.",
 )
 def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     with storage.connect() as con:
         run_started = con.execute("select now()").fetchone()[0]
+        # everything sealed before this instant is in this run's listing: the landing sensor
+        # asks for a run only while something newer exists (or this run failed)
+        high_water_ns = time.time_ns()
         started = time.perf_counter()
         landing = storage.object_landing
         if landing is not None:  # every listener replica lands into the bucket
@@ -66,6 +106,11 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
                                           "from raw.layercode_events where ingested_at >= ? and validation_error "
                                           "is not null limit 5", [run_started])
         preview = _preview(con)
+        drifting, drift = payload_drift_summary(con, run_started)
+    if drift:
+        context.log.warning(f"payload drift: {drifting} events carry what the contract does not know, e.g. "
+                            + "; ".join(f"{d['event_type']} {d['path']} ({d['kind']}, {d['json_type']})"
+                                        for d in drift[:3]))
     if result.rejects:
         context.log.warning(f"{result.rejects} unparseable lines recorded in raw.layercode_rejects")
     checks = [
@@ -74,8 +119,11 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
                             metadata={"rejects": result.rejects, "examples": reject_examples}),
         dg.AssetCheckResult(check_name=CHECK_NO_INVALID.name, passed=invalid == 0, severity=dg.AssetCheckSeverity.WARN,
                             metadata={"invalid_events": invalid, "examples": invalid_examples}),
+        dg.AssetCheckResult(check_name=CHECK_NO_DRIFT.name, passed=not drift, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"events_with_drift": drifting, "new_in_payloads": dg.MetadataValue.json(drift[:20])}),
     ]
     return dg.MaterializeResult(check_results=checks, metadata={
+        HIGH_WATER_KEY: dg.MetadataValue.int(high_water_ns),
         "new_files": result.files,
         "ingest_seconds": round(seconds, 3),
         "new_bytes": dg.MetadataValue.int(result.bytes),

@@ -1,13 +1,17 @@
-"""`landing_sensor` and `ingest_job`: an ingest run, and all that follows it, when sealed segments are waiting."""
+"""`landing_sensor` and `ingest_job`: an ingest run, and all that follows it, seconds after a
+landing segment is sealed."""
 
+import time
 
 import dagster as dg
 
-from layercode_pipeline.defs.ingest.assets import RAW_EVENTS, newest_sealed_ctime
+from layercode_pipeline.defs.freshness import HEARTBEAT
+from layercode_pipeline.defs.ingest.assets import HIGH_WATER_KEY, RAW_EVENTS, newest_sealed_ctime
 from layercode_pipeline.defs.resources import StorageResource
 
-# New raw data brings everything downstream up to date (enrichment, dbt, serving) with no
-# human in the loop; the REST backfill and recordings run on their own hourly schedule.
+# New raw data brings everything downstream up to date (enrichment, dbt, serving) in one run,
+# in one process: the steps share one warehouse writer anyway, and a process per step costs
+# a code-location import each. The REST backfill and recordings run on their own (hourly).
 ingest_job = dg.define_asset_job(
     "ingest_job",
     # every dbt model, not only those downstream of the raw events: the marts also read the
@@ -15,16 +19,50 @@ ingest_job = dg.define_asset_job(
     selection=(dg.AssetSelection.assets(RAW_EVENTS).downstream()
                | dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"))
     - dg.AssetSelection.groups("agents", "backfill", "recordings"),
+    executor_def=dg.in_process_executor,
+    tags={"layercode/stage": "ingest"},
     description="Ingest newly sealed landing segments, then refresh enrichments, dbt models and the serving copy.",
 )
 
+WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
+# after an ingest run failed (and the instance's run retries, if any, were used up), wait this
+# long before asking again: the data is never forgotten, and a persistent fault is not hammered
+RETRY_AFTER_FAILURE_S = 30.0
+# object stores stamp objects with their own clock: a little slack against skew
+OBJECT_CLOCK_SLACK_NS = 5_000_000_000
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Requests an ingest run when a landing segment was sealed since the last request. "
-                       "The cursor is the newest seal time seen, not a run key per file.")
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=2, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Requests an ingest run when a segment was sealed after the last successful ingest's "
+                       "high-water mark and no ingest run is in flight; also every 30 min without traffic (so the "
+                       "freshness policies see a live pipeline). A failed run's data is asked for again.")
 def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult | dg.SkipReason:
-    last = int(context.cursor) if context.cursor else 0
-    newest = newest_sealed_ctime(storage, since_ns=last)
-    if newest <= last:
-        return dg.SkipReason("no segment sealed since the last request")
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"landing-{newest}")], cursor=str(newest))
+    instance = context.instance
+    # One run may wait while another executes: it starts (process, code location) meanwhile
+    # and ingests the moment the warehouse is free, so data sealed during a run waits for
+    # the rest of that run only.
+    waiting = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING), limit=1)
+    if waiting:
+        return dg.SkipReason(f"ingest run {waiting[0].dagster_run.run_id} is waiting to start")
+    # The high-water mark comes from the last successful ingest, not from this sensor's cursor:
+    # a run that failed moved nothing, so its segments are asked for again. A run executing
+    # now lists everything sealed before it started.
+    last = instance.get_latest_materialization_event(RAW_EVENTS)
+    mat = last.asset_materialization if last else None
+    high_water = int(mat.metadata[HIGH_WATER_KEY].value) if mat and HIGH_WATER_KEY in mat.metadata else 0
+    running = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name,
+                                                     statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
+    if running and running[0].start_time:
+        high_water = max(high_water, int(running[0].start_time * 1e9))
+    slack = OBJECT_CLOCK_SLACK_NS if storage.object_landing is not None else 0
+    since = max(0, high_water - slack)
+    newest = newest_sealed_ctime(storage, since_ns=since)
+    heartbeat_due = not running and (last is None or time.time() - last.timestamp > HEARTBEAT.total_seconds())
+    if newest <= since and not heartbeat_due:
+        return dg.SkipReason("nothing sealed since the last ingest")
+    latest = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
+    if latest and latest[0].dagster_run.status == dg.DagsterRunStatus.FAILURE and latest[0].end_time \
+            and time.time() - latest[0].end_time < RETRY_AFTER_FAILURE_S:
+        return dg.SkipReason(f"the last ingest run failed; asking again {RETRY_AFTER_FAILURE_S:.0f} s after it")
+    reason = "sealed segments" if newest > since else "heartbeat"
+    return dg.SensorResult(run_requests=[dg.RunRequest(tags={"layercode/reason": reason})], cursor=str(newest))

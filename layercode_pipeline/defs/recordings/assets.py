@@ -6,8 +6,10 @@ import dagster as dg
 
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
+from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
-from layercode_pipeline.lib.recordings import download_recordings, plan_recordings, store_recordings
+from layercode_pipeline.lib.recordings import (download_recordings, invalid_kept_recordings, plan_recordings,
+                                               store_recordings)
 
 RECORDINGS = dg.AssetKey("layercode_recordings")
 
@@ -17,11 +19,17 @@ RECORDINGS = dg.AssetKey("layercode_recordings")
     deps=[RAW_EVENTS, SESSION_DETAILS],
     group_name="recordings",
     pool=WAREHOUSE_POOL,
+    automation_condition=API_CRON,
     kinds={"duckdb", "api"},
     check_specs=[dg.AssetCheckSpec(
         "api_key_configured", asset=RECORDINGS,
         description="Recordings that are ready could be fetched (LAYERCODE_API_KEY is set). Without a key they "
-                    "wait, and the marts still refresh from the webhooks.")],
+                    "wait, and the marts still refresh from the webhooks."),
+        dg.AssetCheckSpec(
+            "kept_wavs_valid", asset=RECORDINGS,
+            description="Every recording raw.layercode_recordings lists as downloaded is on disk, with the size it "
+                        "had when kept and a valid WAV header. A failure names each file and what is wrong; the "
+                        "next run fetches a missing or broken one again.")],
     description="raw.layercode_recordings and the WAV files under recordings/agent=&lt;id&gt;/dt=&lt;date&gt;/. A "
                 "file is kept only when its RIFF header agrees with its size; not-ready recordings are retried on a "
                 "later run.",
@@ -41,13 +49,17 @@ def layercode_recordings(context: dg.AssetExecutionContext, storage: StorageReso
         summary = dict(con.execute("select status, count(*) from raw.layercode_recordings group by 1").fetchall())
         total_bytes = con.execute("select coalesce(sum(bytes), 0) from raw.layercode_recordings "
                                   "where status = 'downloaded'").fetchone()[0]
+        kept, broken = invalid_kept_recordings(con)
     counts = {s: sum(1 for r in rows if r.status == s) for s in ("downloaded", "not_ready", "failed", "error")}
     for r in [r for r in rows if r.status == "error"][:10]:
         context.log.warning(f"recording {r.session_id}: {r.error}")
     check = dg.AssetCheckResult(check_name="api_key_configured", passed=not waiting_for_key,
                                 severity=dg.AssetCheckSeverity.WARN,
                                 metadata={"recordings_waiting_for_a_key": waiting_for_key})
-    return dg.MaterializeResult(check_results=[check], metadata={
+    wavs = dg.AssetCheckResult(check_name="kept_wavs_valid", passed=not broken, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"kept": kept, "broken": len(broken),
+                                         "examples": dg.MetadataValue.json(broken[:10])})
+    return dg.MaterializeResult(check_results=[check, wavs], metadata={
         **{f"this_run_{k}": v for k, v in counts.items()}, "already_held": held,
         "waiting_for_api_key": waiting_for_key,
         "by_status": dg.MetadataValue.json(summary), "bytes_on_disk": int(total_bytes),

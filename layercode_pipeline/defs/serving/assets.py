@@ -2,17 +2,21 @@
 
 import dagster as dg
 
+from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.serving_copy import publish_serving_copy
 
 MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations",
-                                                      "agg_daily_call_metrics", "dim_agents", "fct_data_events")]
+                                                      "agg_daily_call_metrics", "agg_hourly_call_metrics", "dim_agents",
+                                                      "fct_data_events")]
 
 
 @dg.asset(
     deps=MARTS,
     group_name="serving",
     pool=WAREHOUSE_POOL,
+    automation_condition=DOWNSTREAM,
+    freshness_policy=FRESHNESS,
     kinds={"duckdb"},
     description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
                 "open) and serving/parquet/<mart>.parquet: written as new files, then renamed over the old ones, "

@@ -1,0 +1,139 @@
+"""Freshness: how long from a call's `session.end` being acknowledged to its row being readable
+in `serving/analytics.duckdb`, with the project's own automation on a real Dagster instance.
+
+    .venv/bin/python bench/freshness_bench.py [--calls 30] [--wave 5] [--gap 30]
+
+What runs: `dagster-daemon` over workspace.yaml with the instance config the demo writes (its
+sensors are on by default), `layercode-pipeline listen` at its defaults (a segment seals after
+1 s without an event), and the simulator delivering calls in waves of `--wave` calls every
+`--gap` seconds, a realistic pattern with quiet spells. Nobody launches a run: the landing
+sensor does. Dagster's own start-up (the daemon, the code location, the first run on a fresh
+instance) happens before the first call and is printed on its own, not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PY, ROOT, dagster_home, percentile, pipeline_env, wait_healthy  # noqa: E402
+
+from layercode_pipeline.contract.events import SESSION_END  # noqa: E402
+from layercode_pipeline.simulator import Deliverer, generate_batch, listener_secrets_json  # noqa: E402
+from layercode_pipeline.simulator.generate import SimBatch  # noqa: E402
+from layercode_pipeline.simulator.server import free_port  # noqa: E402
+
+
+def watch_serving(path: Path, seen: dict[str, float], stop: threading.Event) -> None:
+    """Poll the serving copy (a BI tool's view) and note when each session first appears."""
+    while not stop.is_set():
+        if path.exists():
+            try:
+                con = duckdb.connect(str(path), read_only=True)
+                try:
+                    now = time.time()
+                    for (sid,) in con.execute("select session_id from marts.fct_sessions").fetchall():
+                        seen.setdefault(sid, now)
+                finally:
+                    con.close()
+            except duckdb.Error:
+                pass  # replaced while opening: the next poll reads the new one
+        time.sleep(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--wave", type=int, default=5, help="calls per wave")
+    ap.add_argument("--gap", type=float, default=30.0, help="seconds between waves")
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="freshness-"))
+    data = root / "data"
+    data.mkdir()
+    home = dagster_home(root)
+    batch = generate_batch(args.calls, seed=args.seed)
+    env = pipeline_env(home, data, LAYERCODE_LOG_LEVEL="WARNING",
+                       LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch))
+    port = free_port()
+    listener = subprocess.Popen([PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = (root / "daemon.log").open("w")
+    started = time.time()
+    daemon = subprocess.Popen([str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                              env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_serving, args=(data / "serving" / "analytics.duckdb", seen, stop),
+                               daemon=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz")
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            # Dagster's start-up: the daemon, the code location and the first (heartbeat) run
+            while not instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS])):
+                if daemon.poll() is not None:
+                    raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
+                time.sleep(0.5)
+            startup_s = time.time() - started
+            print(f"Dagster start-up (daemon + code location + first run on a fresh instance), not counted: "
+                  f"{startup_s:.1f} s", flush=True)
+            watcher.start()
+            acked: dict[str, float] = {}
+
+            def on_event(attempt) -> None:
+                if attempt.event_type == SESSION_END and attempt.status == 200:
+                    acked[attempt.session_id] = time.time()
+
+            url = f"http://127.0.0.1:{port}/agents/{{agent_id}}/webhook"
+            for i in range(0, len(batch.sessions), args.wave):
+                wave = SimBatch(batch.seed, batch.agents, batch.sessions[i:i + args.wave])
+                asyncio.run(Deliverer(wave, url, faults={}, concurrency=args.wave, pace_s=0.05,
+                                      on_event=on_event).run())
+                print(f"  wave {i // args.wave + 1}: {len(wave.sessions)} calls delivered", flush=True)
+                if i + args.wave < len(batch.sessions):
+                    time.sleep(args.gap)
+            deadline = time.time() + 300
+            while not set(acked) <= set(seen) and time.time() < deadline:
+                time.sleep(0.5)
+            runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS]))
+            durations = []
+            for run in runs:
+                stats = instance.get_run_stats(run.run_id)
+                if stats.start_time and stats.end_time:
+                    durations.append(stats.end_time - stats.start_time)
+    finally:
+        stop.set()
+        daemon.terminate()
+        listener.terminate()
+        for proc in (daemon, listener):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+    lags = [seen[s] - t for s, t in acked.items() if s in seen]
+    missing = len(set(acked) - set(seen))
+    print("\nfreshness: session.end acknowledged -> the session's row readable in serving/analytics.duckdb")
+    print(f"  traffic             {args.calls} calls ({len(acked)} sessions) in waves of {args.wave} every {args.gap:.0f} s")
+    print(f"  calls measured      {len(lags)} (of {len(acked)} acknowledged; {missing} never seen)")
+    print(f"  p50                 {percentile(lags, 0.5):.1f} s")
+    print(f"  p95                 {percentile(lags, 0.95):.1f} s")
+    print(f"  max                 {max(lags):.1f} s")
+    print(f"  ingest runs         {len(runs)} (sensor-launched, in-process executor), "
+          f"median run {percentile(durations, 0.5):.1f} s from start to end")
+    print(f"  goal p95 <= 30 s:   {'met' if percentile(lags, 0.95) <= 30 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+-- Per hour (UTC, by session start) and agent: the daily metrics at an hourly grain, for
+-- capacity planning (peak hours, latency under load).
+{{ call_metrics("date_trunc('hour', session_date_at at time zone 'UTC')", "call_hour") }}

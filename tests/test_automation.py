@@ -1,0 +1,115 @@
+"""Automation with a real `dagster-daemon`: calls delivered to a real listener reach the serving
+copy with no run launched by hand, and a run that fails (a notebook holds the warehouse open)
+is retried by the instance and its data is not left behind. The instance is the one the demo
+writes (`layercode-pipeline demo`'s dagster.yaml), as a new user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from layercode_pipeline.cli import DAGSTER_YAML
+from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
+
+from .conftest import ListenerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def serving_sessions(data: Path) -> set[str]:
+    path = data / "serving" / "analytics.duckdb"
+    if not path.exists():
+        return set()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {r[0] for r in con.execute("select session_id from marts.fct_sessions").fetchall()}
+    finally:
+        con.close()
+
+
+def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Each failure's message with its causes (the step error wraps the asset's)."""
+    out = []
+    for e in instance.all_logs(run_id):
+        if e.dagster_event and e.dagster_event.is_failure:
+            error, text = getattr(e.dagster_event.event_specific_data, "error", None), e.dagster_event.message or ""
+            while error is not None:
+                text, error = text + " | " + error.message, error.cause
+            out.append(text)
+    return out
+
+
+def test_sealed_segments_reach_the_serving_copy_and_a_failed_run_is_retried(tmp_path):
+    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    data.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_"))}
+    env |= {"DAGSTER_HOME": str(home), "LAYERCODE_DATA_DIR": str(data),
+            # a writer that finds the warehouse held gives up after 1 s (the default waits 60 s)
+            "LAYERCODE_WAREHOUSE_OPEN_TIMEOUT_S": "1"}
+    # A notebook holds the warehouse open for writing: the first ingest run fails on it.
+    notebook = duckdb.connect(str(data / "warehouse.duckdb"))
+    daemon_log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], env=env,
+                              cwd=ROOT, stdout=daemon_log, stderr=subprocess.STDOUT)
+    listener = None
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            def wait_for(what: str, done, timeout_s: float = 240):
+                deadline = time.monotonic() + timeout_s
+                while not (result := done()):
+                    assert daemon.poll() is None, "the daemon exited: " + (tmp_path / "daemon.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, (
+                        f"timed out waiting for {what}; runs: "
+                        f"{[(r.job_name, r.status.value, r.tags.get('dagster/sensor_name')) for r in instance.get_runs()]}"
+                        + (tmp_path / "daemon.log").read_text()[-3000:])
+                    time.sleep(1)
+                return result
+
+            def failed_ingest():
+                return [r for r in instance.get_runs(dg.RunsFilter(job_name="ingest_job",
+                                                                   statuses=[dg.DagsterRunStatus.FAILURE]))]
+
+            # the landing sensor is on by default: a fresh instance gets a first run, which fails
+            failed = wait_for("a failed ingest run", failed_ingest)[-1]
+            assert any("warehouse.duckdb" in m for m in failure_messages(instance, failed.run_id))
+            notebook.close()
+
+            # the instance retries it (run retries): the retry succeeds once the notebook let go
+            def retry_succeeded():
+                return [r for r in instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": failed.run_id}))
+                        if r.status == dg.DagsterRunStatus.SUCCESS]
+            wait_for("the retried run to succeed", retry_succeeded)
+
+            # now calls arrive; their segment seals when the listener goes quiet
+            batch = generate_batch(6, seed=404)
+            listener = ListenerProcess(data, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
+                                                  "LAYERCODE_SEGMENT_IDLE_SEAL_S": "0.5"})
+            assert deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults={}).failed == 0
+            expected = {s.session_id for s in batch.sessions}
+            wait_for("the delivered sessions in the serving copy", lambda: expected <= serving_sessions(data))
+
+            # nobody launched a run by hand: the sensor did, or the instance retried one of its runs
+            for run in instance.get_runs():
+                assert run.tags.get("dagster/sensor_name") in ("landing_sensor", "layercode_automation") \
+                    or run.tags.get("dagster/parent_run_id"), run.tags
+            reasons = {r.tags.get("layercode/reason") for r in instance.get_runs(dg.RunsFilter(job_name="ingest_job"))}
+            assert "sealed segments" in reasons
+    finally:
+        if listener is not None:
+            listener.stop()
+        daemon.terminate()
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        daemon_log.close()
+        notebook.close()
