@@ -1,4 +1,4 @@
-"""`layercode-pipeline` command line: listen, simulate, backfill, demo, evaluate.
+"""`layercode-pipeline` command line: listen, simulate, backfill, demo, evaluate, dashboard.
 
 Heavy imports (Dagster, dbt, uvicorn) happen inside each command so `--help` is instant.
 """
@@ -298,6 +298,29 @@ def evaluate(labelled_path: str | None, provider: str, models: tuple[str, ...], 
     if output:
         ev.write_results(results, output)
         console.print(f"Results: [bold]{output}[/] ({results.height} rows)")
+
+
+@main.command()
+@click.option("--serving", "serving_path", type=click.Path(dir_okay=False), default=None,
+              help="The serving copy to read. Default: serving/analytics.duckdb under LAYERCODE_DATA_DIR.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8050, show_default=True, type=int)
+@click.option("--refresh-s", default=10.0, show_default=True, type=float,
+              help="How often an open page reads the serving copy again (new publishes show without a reload).")
+def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) -> None:
+    """Serve a read-only dashboard over the serving copy (never the warehouse): calls, minutes,
+    turn latency, barge-ins, outcomes, recordings, and each call's transcript."""
+    from pathlib import Path
+
+    from layercode_pipeline.config import Settings
+
+    try:
+        from layercode_pipeline.dashboard import serve
+    except ImportError as exc:  # the extra is not installed
+        raise click.ClickException(f"{exc.name} is missing: pip install 'layercode-pipeline[dashboard]'") from None
+    serving = Path(serving_path) if serving_path else Settings().paths.serving / "analytics.duckdb"
+    click.echo(f"Dashboard over {serving} on http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(serving, host=host, port=port, refresh_s=refresh_s)
 
 
 if __name__ == "__main__":

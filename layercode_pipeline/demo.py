@@ -181,10 +181,18 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
             from marts.fct_sessions""").fetchone()
         daily = con.execute("""
             select call_date, coalesce(agent_name, agent_id), calls, sessions, round(duration_ms_p50 / 1000, 1),
-                   round(latency_ms_p95)::int, round(interruption_rate * 100), round(recording_coverage * 100),
+                   round(turn_latency_ms_p95)::int, round(interruption_rate * 100), round(recording_coverage * 100),
                    sentiment_positive || '/' || sentiment_neutral || '/' || sentiment_negative || '/' ||
                    sentiment_mixed, round(quality_score_avg, 1)
             from marts.agg_daily_call_metrics order by 1, 2""").fetchall()
+        # per agent over every turn: turn latency where the REST record gave it, barge-ins
+        per_agent = con.execute("""
+            select coalesce(s.agent_name, s.agent_id), count(distinct s.conversation_id),
+                   round(quantile_cont(t.latency_ms, 0.95) filter (where t.role = 'assistant' and not t.interrupted))::int,
+                   count(t.latency_ms) filter (where t.role = 'assistant' and not t.interrupted),
+                   round(100.0 * count(*) filter (where t.interrupted)
+                         / nullif(count(*) filter (where t.role = 'assistant'), 0), 1)
+            from marts.fct_sessions s left join marts.fct_turns t using (session_id) group by 1 order by 1""").fetchall()
     finally:
         con.close()
     rep = result.report.summary()
@@ -207,11 +215,18 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     facts.add_row("time", f"{elapsed_s:.1f} s")
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
     table = Table(title="marts.agg_daily_call_metrics", box=None, padding=(0, 1), title_justify="left")
-    for col in ("date", "agent", "calls", "sess", "p50 s", "p95 ms", "barge %", "rec %", "+/=/-/~", "qual"):
+    for col in ("date", "agent", "calls", "sess", "p50 s", "turn p95 ms", "barge %", "rec %", "+/=/-/~", "qual"):
         table.add_column(col, no_wrap=True)
     for row in daily:
         table.add_row(*("-" if v is None else str(v) for v in row))
     console.print(table)
+    agents = Table(title="per agent: turn latency p95 (turns with a REST record) and interruption rate", box=None,
+                   padding=(0, 1), title_justify="left")
+    for col in ("agent", "calls", "turn latency p95 ms", "turns timed", "interruption rate %"):
+        agents.add_column(col, no_wrap=True)
+    for row in per_agent:
+        agents.add_row(*("-" if v is None else str(v) for v in row))
+    console.print(agents)
     d = result.data_dir
     console.print(f"""[bold]Files[/]
   landing     {d / 'landing'}
@@ -231,6 +246,8 @@ def next_steps(d: Path, serving: Path) -> list[str]:
     api = "LAYERCODE_API_BASE_URL=http://127.0.0.1:8788/v1 LAYERCODE_API_KEY=sim_api_key"
     return [
         "[bold]Next[/] (one command per line; the last three each in their own terminal)",
+        "  The dashboard over the serving copy (then open http://127.0.0.1:8050/):",
+        f"  .venv/bin/layercode-pipeline dashboard --serving {serving}",
         "  The marts, from the serving copy:",
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{serving}', read_only=True)"
         ".sql('from marts.agg_daily_call_metrics'))\"",

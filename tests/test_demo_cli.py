@@ -23,6 +23,12 @@ def test_demo_twice_adds_calls_without_duplicating(tmp_path):
     assert "marts.agg_daily_call_metrics" in r.stdout and "dagster dev -w workspace.yaml" in r.stdout
     assert "by offline" in r.stdout and "serving" in r.stdout
     assert "barge-ins" in r.stdout and "barge %" in r.stdout and "Acme Support" in r.stdout  # agent names
+    assert "turn latency p95" in r.stdout and "interruption rate" in r.stdout
+    # each hint is one line, whole (a pasted copy keeps every variable)
+    lines = r.stdout.splitlines()
+    assert any(line.strip().startswith("DAGSTER_HOME=") and line.rstrip().endswith("dagster dev -w workspace.yaml")
+               and "LAYERCODE_API_BASE_URL=" in line for line in lines)
+    assert any(line.strip().startswith(".venv/bin/layercode-pipeline dashboard --serving ") for line in lines)
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     calls_1 = con.execute("select count(*) from marts.fct_conversations").fetchone()[0]
     con.close()

@@ -95,9 +95,9 @@ def enrichment(sid: str, agent: str, outcome: str, cost: float) -> dict:
                   "output_tokens": 0, "cost_usd": cost, "latency_ms": 1.0}
 
 
-@pytest.fixture(scope="module")
-def marts(tmp_path_factory):
-    data = tmp_path_factory.mktemp("voice") / "data"
+def build_voice_warehouse(data) -> StorageResource:
+    """The three sessions landed, ingested, their REST records, agents and enrichments stored,
+    and `dbt build` run: the warehouse every test here reads."""
     part = data / "landing" / f"dt={DAY}" / "hour=10"
     part.mkdir(parents=True)
     events = [
@@ -128,6 +128,12 @@ def marts(tmp_path_factory):
                                 enrichment("sess_c", "ag_b", "resolved", 0.0)])
     result = dg.materialize([layercode_dbt_models], resources={"storage": storage, "dbt": dbt_resource()})
     assert result.success
+    return storage
+
+
+@pytest.fixture(scope="module")
+def marts(tmp_path_factory):
+    storage = build_voice_warehouse(tmp_path_factory.mktemp("voice") / "data")
     con = duckdb.connect(str(storage.warehouse.path), read_only=True)
     yield con
     con.close()
@@ -196,3 +202,39 @@ def test_daily_and_hourly(marts, table, period):
     b = got["ag_b"]
     assert (b["turn_latency_ms_p99"], b["containment_rate"], b["escalation_rate"]) == (1000, 1.0, 0.0)
     assert b["speech_minutes"] == pytest.approx(4 / 60)
+
+
+
+def test_dbt_docs_generate_and_every_column_is_described(marts, tmp_path):
+    """`dbt docs generate` works, and every column the warehouse has in a staging, intermediate
+    or mart model carries a description (the glossary's docs blocks rendered into it)."""
+    import shutil
+    import subprocess
+
+    from layercode_pipeline.defs.dbt.assets import DBT_EXECUTABLE, DBT_PROJECT_DIR
+
+    (source,) = marts.execute("select path from duckdb_databases() where database_name = current_database()").fetchone()
+    copy = tmp_path / "warehouse.duckdb"  # the fixture holds the warehouse open read-only
+    shutil.copy(source, copy)
+    target = tmp_path / "docs"
+    generated = subprocess.run(
+        [DBT_EXECUTABLE, "docs", "generate", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir",
+         str(DBT_PROJECT_DIR), "--target-path", str(target), "--log-path", str(tmp_path / "logs"),
+         "--vars", json.dumps({"warehouse_path": str(copy)})], capture_output=True, text=True, check=False)
+    assert generated.returncode == 0, generated.stdout[-3000:]
+    catalog = json.loads((target / "catalog.json").read_text())["nodes"]
+    manifest = json.loads((target / "manifest.json").read_text())["nodes"]
+    undescribed = []
+    for uid, node in catalog.items():
+        if node["metadata"]["schema"] not in ("staging", "intermediate", "marts"):
+            continue
+        documented = manifest[uid]["columns"]
+        assert manifest[uid]["description"], uid
+        for column in node["columns"]:
+            if not documented.get(column, {}).get("description"):
+                undescribed.append(f"{uid}.{column}")
+    assert undescribed == []
+    # the glossary's definitions reach the columns that cite them
+    turn = manifest["model.layercode_analytics.fct_turns"]["columns"]
+    assert "never estimated from timestamps" in turn["latency_ms"]["description"]
+    assert len(catalog) >= 20

@@ -1,0 +1,137 @@
+"""`layercode-pipeline dashboard` in a real headless browser (Debian's Chromium, driven by
+Playwright): the page loads over the serving copy, its numbers are the serving file's, the
+transcript view opens with latency and barge-ins marked, and a new publish shows without a
+reload. Needs the `chromium` package (`.ci/run` installs it); elsewhere the test is skipped
+with what to install, unless LAYERCODE_REQUIRE_CHROMIUM=1 (CI), where it fails instead."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import duckdb
+import httpx
+import pytest
+
+from layercode_pipeline.contract.landing import build_envelope
+from layercode_pipeline.defs.dbt.assets import dbt_resource, layercode_dbt_models
+from layercode_pipeline.defs.ingest.assets import raw_layercode_events
+from layercode_pipeline.defs.serving.assets import analytics_serving
+from layercode_pipeline.simulator.server import free_port
+
+from .test_voice_metrics import DAY, build_voice_warehouse, epoch, ts
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        message = "Chromium not found: install Debian's package with `apt-get install -y chromium` (.ci/run does)"
+        if os.environ.get("LAYERCODE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def publish(storage) -> None:
+    assert dg.materialize([analytics_serving], resources={"storage": storage}).success
+
+
+def expected(serving, sql: str):
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        return con.execute(sql).fetchone()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    browser_path = chromium()
+    storage = build_voice_warehouse(tmp_path / "data")
+    publish(storage)
+    serving = storage.paths.serving / "analytics.duckdb"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "layercode_pipeline.cli", "dashboard", "--serving", str(serving),
+                             "--port", str(port), "--refresh-s", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "the dashboard did not start"
+        time.sleep(0.2)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        try:
+            yield {"page": page, "url": url, "serving": serving, "storage": storage}
+        finally:
+            browser.close()
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_the_dashboard_shows_the_serving_files_numbers_and_opens_a_transcript(dashboard):
+    page, serving = dashboard["page"], dashboard["serving"]
+    page.goto(dashboard["url"])
+    page.wait_for_selector("#kpi-calls", timeout=30_000)
+    calls, sessions, minutes, irate, containment = expected(serving, """
+        select sum(calls), sum(sessions), sum(speech_minutes), sum(interrupted_turns) / sum(assistant_turns),
+               sum(outcome_resolved) / sum(sessions_analysed) from marts.agg_daily_call_metrics""")
+    p50, p95 = expected(serving, "select quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) "
+                                 "from marts.fct_turns where role = 'assistant' and not interrupted")
+    assert (calls, sessions) == (3, 3)  # the three hand-made calls
+    assert page.inner_text("#kpi-calls") == "3" and page.inner_text("#kpi-sessions") == "3"
+    assert page.inner_text("#kpi-minutes") == f"{minutes:,.1f}"
+    assert page.inner_text("#kpi-latency-p50") == f"{p50:,.0f} ms" == "650 ms"
+    assert page.inner_text("#kpi-latency-p95") == f"{p95:,.0f} ms"
+    assert page.inner_text("#kpi-interruption-rate") == f"{irate * 100:.1f} %" == "14.3 %"
+    assert page.inner_text("#kpi-containment") == f"{containment * 100:.1f} %"
+    for chart in ("calls", "minutes", "latency", "interruptions", "duration", "recordings", "outcomes", "sentiment"):
+        page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=30_000)
+    # the lowest-quality table links each call to its transcript
+    page.wait_for_selector("#lowest-quality a", timeout=30_000)
+    links = page.locator("#lowest-quality a")
+    assert links.count() == 3
+    page.locator("#lowest-quality a", has_text="sess_a").click()
+    page.wait_for_selector("#transcript li", timeout=30_000)
+    assert page.inner_text("#call-title") == "Call sess_a"
+    turns = page.locator("#transcript li")
+    assert turns.count() == 7
+    assert [page.locator(f"#transcript li[data-position='{p}'] .latency").inner_text() for p in (3, 5, 7)] == \
+        ["latency 800 ms", "latency 650 ms", "latency 400 ms"]
+    barge_ins = page.locator(".barge-in")
+    assert barge_ins.count() == 1
+    assert "barge-in, heard 3 words" in page.locator("#transcript li[data-position='3']").inner_text()
+    page.screenshot(path=str(serving.parent / "call.png"))
+
+
+def test_a_new_publish_shows_without_a_reload(dashboard):
+    page, storage = dashboard["page"], dashboard["storage"]
+    page.goto(dashboard["url"])
+    page.wait_for_selector("#kpi-calls", timeout=30_000)
+    assert page.inner_text("#kpi-calls") == "3"
+    # a fourth call lands, the pipeline ingests, builds and publishes it
+    body = json.dumps({"type": "session.end", "session_id": "sess_d", "agent_id": "ag_b",
+                       "conversation_id": "conv_sess_d", "started_at": ts(300), "ended_at": ts(303), "duration": 3000,
+                       "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(300)}]}).encode()
+    line = build_envelope(received_at=datetime.fromtimestamp(epoch(303), UTC), agent_id="ag_b",
+                          event_type="session.end", content_sha256=hashlib.sha256(body).hexdigest(), body=body,
+                          headers={}, writer_id="wtest")
+    (storage.paths.landing / f"dt={DAY}" / "hour=10" / "wtest-000002.jsonl").write_bytes(line)
+    assert dg.materialize([raw_layercode_events, layercode_dbt_models, analytics_serving],
+                          resources={"storage": storage, "dbt": dbt_resource()}).success
+    page.wait_for_function("document.querySelector('#kpi-calls').innerText === '4'", timeout=30_000)
