@@ -51,10 +51,12 @@ def expected(serving, sql: str):
         con.close()
 
 
-@pytest.fixture
-def dashboard(tmp_path):
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """One dashboard server over one serving copy for the module (the last test publishes
+    more data into it)."""
     browser_path = chromium()
-    storage = build_voice_warehouse(tmp_path / "data")
+    storage = build_voice_warehouse(tmp_path_factory.mktemp("dashboard") / "data")
     publish(storage)
     serving = storage.paths.serving / "analytics.duckdb"
     port = free_port()
