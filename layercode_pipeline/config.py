@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     segment_max_bytes: int = 64 * 1024 * 1024
-    segment_max_age_s: float = 60.0
+    segment_max_age_s: float = 10.0  # under steady traffic: the longest a landed event waits to be sealed
     # seal the open segment after this many seconds without an event (the freshness of the
     # last calls before a quiet spell); under load segments seal by size and age
     segment_idle_seal_s: float = 1.0

@@ -66,7 +66,7 @@ class _Segment:
 
 class SegmentLander:
     def __init__(self, landing_dir: Path, *, writer_id: str | None = None,
-                 max_bytes: int = 64 * 1024 * 1024, max_age_s: float = 60.0, idle_seal_s: float = 1.0,
+                 max_bytes: int = 64 * 1024 * 1024, max_age_s: float = 10.0, idle_seal_s: float = 1.0,
                  inline_sync_below_s: float = 0.002):
         self.landing_dir = landing_dir
         self.writer_id = writer_id or new_writer_id()

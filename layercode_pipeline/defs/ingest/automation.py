@@ -34,8 +34,9 @@ OBJECT_CLOCK_SLACK_NS = 5_000_000_000
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=2, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Requests an ingest run when a segment was sealed after the last successful ingest's "
-                       "high-water mark and no ingest run is in flight; also every 30 min without traffic (so the "
-                       "freshness policies see a live pipeline). A failed run's data is asked for again.")
+                       "high-water mark (or after the start of the run executing now) and no ingest run is waiting; "
+                       "also every 30 min without traffic (so the freshness policies see a live pipeline). A failed "
+                       "run's data is asked for again.")
 def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult | dg.SkipReason:
     instance = context.instance
     # One run may wait while another executes: it starts (process, code location) meanwhile
