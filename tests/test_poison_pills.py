@@ -173,7 +173,7 @@ def test_bad_lines_are_rejects_with_file_and_line_and_the_good_lines_are_kept(po
     assert all(reason for _, _, reason in rejects)
     # the copied lines are redeliveries of landed events: counted once, nothing lost
     files = dict(warehouse(data, "select regexp_extract(path, '[^/]+$'), rows from raw.layercode_ingested_files "
-                                 "where path like '%hour=23%'"))
+                                 "where path like '%dt=2026-11-20/hour=23%'"))
     assert files == {"restored-empty-line.jsonl": 2, "copied-crlf.jsonl": 3, "mixed.jsonl": 3, "garbage.jsonl": 4}
     assert meta["raw_layercode_events"]["rejects"] == 3
 
