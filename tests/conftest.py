@@ -77,3 +77,40 @@ def landed_envelopes(landing_dir: Path) -> list[dict]:
         assert data == b"" or data.endswith(b"\n"), f"torn segment {seg}"
         out += [orjson.loads(line) for line in data.splitlines()]
     return out
+
+
+class DaemonProcess:
+    """`dagster-daemon run -w <workspace>` in a subprocess (its output to a file, not a pipe
+    nobody reads: a full pipe would block it)."""
+
+    def __init__(self, workspace: Path, env: dict[str, str], log: Path, cwd: Path | None = None):
+        self.log = log
+        self._log = log.open("w")
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+                                     env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, "the daemon exited: " + self.tail()
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def failure_messages(instance, run_id: str) -> list[str]:
+    """Each failure of a Dagster run with its causes (a step error wraps the asset's)."""
+    out = []
+    for e in instance.all_logs(run_id):
+        if e.dagster_event and e.dagster_event.is_failure:
+            error, text = getattr(e.dagster_event.event_specific_data, "error", None), e.dagster_event.message or ""
+            while error is not None:
+                text, error = text + " | " + error.message, error.cause
+            out.append(text)
+    return out

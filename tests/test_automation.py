@@ -6,8 +6,6 @@ writes (`layercode-pipeline demo`'s dagster.yaml), as a new user runs it."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +15,9 @@ import duckdb
 from layercode_pipeline.cli import DAGSTER_YAML
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 
-from .conftest import ListenerProcess
+from .conftest import DaemonProcess, ListenerProcess, failure_messages
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def serving_sessions(data: Path) -> set[str]:
@@ -34,18 +31,6 @@ def serving_sessions(data: Path) -> set[str]:
         con.close()
 
 
-def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """Each failure's message with its causes (the step error wraps the asset's)."""
-    out = []
-    for e in instance.all_logs(run_id):
-        if e.dagster_event and e.dagster_event.is_failure:
-            error, text = getattr(e.dagster_event.event_specific_data, "error", None), e.dagster_event.message or ""
-            while error is not None:
-                text, error = text + " | " + error.message, error.cause
-            out.append(text)
-    return out
-
-
 def test_sealed_segments_reach_the_serving_copy_and_a_failed_run_is_retried(tmp_path):
     home, data = tmp_path / "dagster_home", tmp_path / "data"
     home.mkdir()
@@ -57,20 +42,18 @@ def test_sealed_segments_reach_the_serving_copy_and_a_failed_run_is_retried(tmp_
             "LAYERCODE_WAREHOUSE_OPEN_TIMEOUT_S": "1"}
     # A notebook holds the warehouse open for writing: the first ingest run fails on it.
     notebook = duckdb.connect(str(data / "warehouse.duckdb"))
-    daemon_log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], env=env,
-                              cwd=ROOT, stdout=daemon_log, stderr=subprocess.STDOUT)
+    daemon = DaemonProcess(ROOT / "workspace.yaml", env, tmp_path / "daemon.log", cwd=ROOT)
     listener = None
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             def wait_for(what: str, done, timeout_s: float = 240):
                 deadline = time.monotonic() + timeout_s
                 while not (result := done()):
-                    assert daemon.poll() is None, "the daemon exited: " + (tmp_path / "daemon.log").read_text()[-3000:]
+                    daemon.assert_alive()
                     assert time.monotonic() < deadline, (
                         f"timed out waiting for {what}; runs: "
                         f"{[(r.job_name, r.status.value, r.tags.get('dagster/sensor_name')) for r in instance.get_runs()]}"
-                        + (tmp_path / "daemon.log").read_text()[-3000:])
+                        + daemon.tail())
                     time.sleep(1)
                 return result
 
@@ -103,13 +86,14 @@ def test_sealed_segments_reach_the_serving_copy_and_a_failed_run_is_retried(tmp_
                     or run.tags.get("dagster/parent_run_id"), run.tags
             reasons = {r.tags.get("layercode/reason") for r in instance.get_runs(dg.RunsFilter(job_name="ingest_job"))}
             assert "sealed segments" in reasons
+            # dbt runs once per successful ingest run, and no step reports checks it was not asked for
+            for run in instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS])):
+                logs = instance.all_logs(run.run_id)
+                assert sum(1 for e in logs if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"
+                           and e.step_key == "layercode_dbt_models") == 1
+                assert not [e.user_message for e in logs if "not selected" in (e.user_message or "")]
     finally:
         if listener is not None:
             listener.stop()
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        daemon_log.close()
+        daemon.stop()
         notebook.close()

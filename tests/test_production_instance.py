@@ -22,7 +22,7 @@ import pytest
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 from layercode_pipeline.simulator.server import free_port
 
-from .conftest import ListenerProcess
+from .conftest import DaemonProcess, ListenerProcess, failure_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -85,9 +85,7 @@ def test_the_daemon_on_postgres_runs_an_automation_triggered_run(tmp_path, postg
     started = subprocess.run([str(BIN / "dagster"), "sensor", "start", "landing_sensor", "-w", workspace],
                              env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stdout + started.stderr
-    daemon_log = (tmp_path / "daemon.log").open("w")  # a file, not a pipe nobody reads (it would fill and block)
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", workspace], env=env,
-                              stdout=daemon_log, stderr=subprocess.STDOUT, text=True)
+    daemon = DaemonProcess(Path(workspace), env, tmp_path / "daemon.log")
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
@@ -97,21 +95,14 @@ def test_the_daemon_on_postgres_runs_an_automation_triggered_run(tmp_path, postg
                 done = [r for r in runs if r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)]
                 if done:
                     break
-                assert daemon.poll() is None, "the daemon exited: " + (tmp_path / "daemon.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, (f"no sensor run finished; runs: {[r.status for r in runs]}; "
-                                                     + (tmp_path / "daemon.log").read_text()[-3000:])
+                daemon.assert_alive()
+                assert time.monotonic() < deadline, f"no sensor run finished; runs: {[r.status for r in runs]}; " \
+                    + daemon.tail()
                 time.sleep(2)
             run = done[0]
-            assert run.status == dg.DagsterRunStatus.SUCCESS, [
-                getattr(getattr(e.dagster_event.event_specific_data, "error", None), "message", e.dagster_event.message)
-                for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_failure][:3]
+            assert run.status == dg.DagsterRunStatus.SUCCESS, failure_messages(instance, run.run_id)[:3]
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        daemon_log.close()
+        daemon.stop()
     served = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     try:
         assert served.execute("select count(*) from marts.fct_sessions").fetchone()[0] == len(batch.sessions)

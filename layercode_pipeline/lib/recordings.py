@@ -99,25 +99,39 @@ class RecordingRow:
     encoding: str | None = None  # pcm / mulaw / alaw, from the WAV header
 
 
-def _header_ok(path: Path) -> bool:
+def kept_file_problem(path: Path, size: int | None) -> str | None:
+    """What is wrong with a kept recording on disk (gone, resized, no valid WAV header), or None.
+    Reads the header only."""
     try:
-        inspect_wav(path)
-        return True
-    except (InvalidWav, OSError):
-        return False
+        if not path.is_file():
+            return "the file is missing"
+        info = inspect_wav(path)
+    except (InvalidWav, OSError) as exc:
+        return str(exc)
+    return None if info.file_bytes == size else f"{info.file_bytes} bytes on disk, {size} when kept"
 
 
-def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> tuple[list[tuple[str, str, Path]], list[RecordingRow], int]:
-    """(to download, rows to record without downloading, already held)."""
-    downloads: list[tuple[str, str, Path]] = []
-    rows: list[RecordingRow] = []
-    held = 0
+@dataclass
+class RecordingPlan:
+    downloads: list[tuple[str, str, Path]]  # (agent_id, session_id, destination) to fetch
+    rows: list[RecordingRow]                # to record without downloading
+    held: int                               # kept and verified: never fetched again
+    broken: list[dict[str, str]]            # kept once, but gone or damaged on disk: fetched again
+
+
+def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> RecordingPlan:
+    """Every completed recording is a candidate, so every kept file is verified here (header
+    only); a broken one is planned for download again."""
+    plan = RecordingPlan([], [], 0, [])
+    downloads, rows = plan.downloads, plan.rows
     for agent_id, session_id, state, webhook_error, dt, have_status, have_path, have_bytes in \
             con.execute(CANDIDATES_SQL).fetchall():
-        if have_status == "downloaded" and have_path and Path(have_path).is_file() \
-                and Path(have_path).stat().st_size == have_bytes and _header_ok(Path(have_path)):
-            held += 1  # the verified copy (sha256 recorded at download) is there: never fetched again
-            continue
+        if have_status == "downloaded" and have_path:
+            problem = kept_file_problem(Path(have_path), have_bytes)
+            if problem is None:
+                plan.held += 1  # the verified copy (sha256 recorded at download) is there
+                continue
+            plan.broken.append({"session_id": session_id, "path": have_path, "problem": problem})
         if state == "failed":
             if have_status != "failed":
                 rows.append(RecordingRow(session_id, agent_id, "failed", error=webhook_error or "recording failed"))
@@ -138,7 +152,7 @@ def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> tuple[list[tu
             except InvalidWav:
                 path.unlink()
         downloads.append((agent_id, session_id, path))
-    return downloads, rows, held
+    return plan
 
 
 async def download_recordings(client: LayercodeClient, downloads: list[tuple[str, str, Path]],
@@ -187,22 +201,3 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
         con.execute("rollback")
         raise
 
-
-def invalid_kept_recordings(con: duckdb.DuckDBPyConnection) -> tuple[int, list[dict[str, str]]]:
-    """Recordings the table says are kept whose file is gone, changed size, or no longer has a
-    valid WAV header (a disk fault, a hand edit): how many were checked and each one that failed.
-    Reads headers only."""
-    rows = con.execute("""select session_id, path, bytes from raw.layercode_recordings where status = 'downloaded'
-                          qualify row_number() over (partition by session_id order by fetched_at desc) = 1""").fetchall()
-    bad = []
-    for session_id, path, size in rows:
-        file = Path(path) if path else None
-        try:
-            if file is None or not file.is_file():
-                raise InvalidWav("the file is missing")
-            info = inspect_wav(file)
-            if info.file_bytes != size:
-                raise InvalidWav(f"{info.file_bytes} bytes on disk, {size} when kept")
-        except (InvalidWav, OSError) as exc:
-            bad.append({"session_id": session_id, "path": str(path), "problem": str(exc)})
-    return len(rows), bad

@@ -66,4 +66,4 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
             and time.time() - latest[0].end_time < RETRY_AFTER_FAILURE_S:
         return dg.SkipReason(f"the last ingest run failed; asking again {RETRY_AFTER_FAILURE_S:.0f} s after it")
     reason = "sealed segments" if newest > since else "heartbeat"
-    return dg.SensorResult(run_requests=[dg.RunRequest(tags={"layercode/reason": reason})], cursor=str(newest))
+    return dg.SensorResult(run_requests=[dg.RunRequest(tags={"layercode/reason": reason})])
