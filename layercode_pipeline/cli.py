@@ -323,5 +323,142 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
     serve(serving, host=host, port=port, refresh_s=refresh_s)
 
 
+
+@main.group()
+def deliveries() -> None:
+    """Result webhooks in the outbox: list, replay, or deliver them from this process."""
+
+
+def _outbox_and_settings():
+    from layercode_pipeline.config import ConfigError, Settings
+    from layercode_pipeline.lib.result_webhooks.outbox import Outbox
+
+    settings = Settings()
+    try:
+        settings.result_endpoints()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Outbox(settings.outbox), settings
+
+
+def _parse_since(value: str | None) -> float | None:
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param_hint="--since") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+@deliveries.command("list")
+@click.option("--status", type=click.Choice(["pending", "delivered", "dead"]), default=None)
+@click.option("--endpoint", default=None, help="Only this endpoint URL.")
+@click.option("--since", default=None, help="Only messages created at or after this ISO 8601 time.")
+@click.option("--limit", default=50, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def deliveries_list(status: str | None, endpoint: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """One line per message and endpoint, newest first, with the totals per endpoint."""
+    import json
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from layercode_pipeline.lib.result_webhooks.delivery import redact_url
+
+    outbox, _ = _outbox_and_settings()
+    rows = outbox.deliveries(status=status, endpoint_url=endpoint, since=_parse_since(since))
+
+    def iso(value: float | None) -> str | None:
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds") if value is not None else None
+
+    if as_json:
+        for r in rows[:limit]:
+            click.echo(json.dumps({**r, "endpoint_url": redact_url(r["endpoint_url"]),
+                                   **{k: iso(r[k]) for k in ("created_at", "first_attempt_at", "last_attempt_at",
+                                                             "delivered_at", "next_attempt_at")}}))
+        return
+    console = Console()
+    table = Table(box=None, padding=(0, 1))
+    for col in ("webhook-id", "type", "session", "endpoint", "status", "attempts", "last", "created", "next/delivered"):
+        table.add_column(col, no_wrap=True)
+    for r in rows[:limit]:
+        last = str(r["last_status"] or r["last_error"] or "-")
+        when = iso(r["delivered_at"]) if r["status"] == "delivered" else iso(r["next_attempt_at"])
+        table.add_row(r["message_id"], r["type"], r["session_id"], redact_url(r["endpoint_url"]), r["status"],
+                      str(r["attempts"]), last[:40], iso(r["created_at"]) or "-",
+                      (when or "-") if r["status"] != "dead" else "-", style=None)
+    console.print(table, soft_wrap=True)
+    totals = outbox.counts()
+    for url, counts in totals.items():
+        if endpoint is None or url == endpoint:
+            console.print(f"{redact_url(url)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)
+    if len(rows) > limit:
+        console.print(f"({len(rows) - limit} more; --limit to see them)")
+
+
+@deliveries.command("replay")
+@click.option("--id", "message_ids", multiple=True, help="A message's webhook-id (repeatable).")
+@click.option("--status", type=click.Choice(["pending", "delivered", "dead"]), default=None)
+@click.option("--endpoint", default=None, help="Only deliveries to this endpoint URL.")
+@click.option("--since", default=None, help="Messages created at or after this ISO 8601 time.")
+@click.option("--now", "deliver_now", is_flag=True, help="Also deliver them from this process, now.")
+def deliveries_replay(message_ids: tuple[str, ...], status: str | None, endpoint: str | None, since: str | None,
+                      deliver_now: bool) -> None:
+    """Send messages again, under the same webhook-id (receivers de-duplicate on it).
+
+    They become pending and due now, with a fresh retry schedule; a disabled (410) endpoint is
+    enabled again. result_webhooks_sensor sends them, or this command with --now."""
+    if not (message_ids or status or since):
+        raise click.UsageError("give --id, --status or --since")
+    outbox, settings = _outbox_and_settings()
+    n = outbox.replay(message_ids=list(message_ids) or None, status=status, since=_parse_since(since),
+                      endpoint_url=endpoint)
+    click.echo(f"{n} deliveries pending again")
+    if deliver_now and n:
+        from layercode_pipeline.lib.result_webhooks.delivery import Dispatcher
+
+        with Dispatcher(outbox, settings.result_endpoints(), timeout_s=settings.result_webhook_timeout_s,
+                        schedule_s=settings.result_webhook_retry_schedule_s) as dispatcher:
+            click.echo(dispatcher.run_until_idle().summary())
+
+
+@deliveries.command("run")
+@click.option("--once", is_flag=True, help="One round, then exit.")
+@click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between rounds.")
+def deliveries_run(once: bool, interval: float) -> None:
+    """Deliver the outbox from this process until stopped: for a host without the Dagster
+    daemon (result_webhooks_sensor does the same inside Dagster). Safe beside the sensor:
+    deliveries are leased, never sent by two workers at once."""
+    import signal
+    import time
+
+    from layercode_pipeline.lib.result_webhooks.delivery import Dispatcher
+
+    outbox, settings = _outbox_and_settings()
+    endpoints = settings.result_endpoints()
+    if not endpoints:
+        raise click.ClickException("LAYERCODE_RESULT_WEBHOOKS names no endpoint")
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with Dispatcher(outbox, endpoints, timeout_s=settings.result_webhook_timeout_s,
+                    schedule_s=settings.result_webhook_retry_schedule_s) as dispatcher:
+        while True:
+            stats = dispatcher.run_round(wait_s=interval)
+            if stats.delivered or stats.retrying or stats.dead:
+                click.echo(stats.summary(), err=True)
+            if once or stop:
+                break
+            time.sleep(interval)
+
+
 if __name__ == "__main__":
     main()

@@ -9,11 +9,14 @@ default is written here once. The README's configuration table is tested against
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import os
 
@@ -53,6 +56,89 @@ class DataPaths:
 
         return cls(root, pick(landing, root / "landing"), pick(quarantine, root / "quarantine"),
                    pick(recordings, root / "recordings"), pick(serving, root / "serving"))
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used: the message names the variable, never its value."""
+
+
+RESULT_EVENT_TYPES = ("call.analyzed", "call.recording_ready", "call.erased")
+RESULT_WEBHOOKS_VAR = "LAYERCODE_RESULT_WEBHOOKS"
+
+
+@dataclass(frozen=True)
+class ResultEndpoint:
+    """One receiver of result webhooks. `secrets`: the raw key bytes of each `whsec_` secret
+    (every message is signed with each, so a receiver can rotate)."""
+
+    url: str
+    secrets: tuple[bytes, ...] = field(repr=False)
+    events: frozenset[str] = frozenset(RESULT_EVENT_TYPES)
+    agents: frozenset[str] | None = None  # None: every agent
+
+    def wants(self, event_type: str, agent_id: str | None) -> bool:
+        return event_type in self.events and (self.agents is None or agent_id in self.agents)
+
+
+def _whsec(value: object, where: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("whsec_"):
+        raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: a secret must be a string 'whsec_<base64>'")
+    try:
+        key = base64.b64decode(value[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: the secret after 'whsec_' is not base64") from None
+    if len(key) < 16:
+        raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: the secret is shorter than 16 bytes")
+    return key
+
+
+def parse_result_endpoints(text: str | None) -> list[ResultEndpoint]:
+    """`LAYERCODE_RESULT_WEBHOOKS` as endpoints. Errors name the variable and the endpoint's
+    position, and never repeat a secret."""
+    if not text or not text.strip():
+        return []
+    try:
+        items = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{RESULT_WEBHOOKS_VAR} is not JSON (a list of endpoint objects)") from None
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list):
+        raise ConfigError(f"{RESULT_WEBHOOKS_VAR} must be a JSON list of endpoint objects")
+    out: list[ResultEndpoint] = []
+    for i, item in enumerate(items):
+        where = f"endpoint {i + 1}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where} is not an object")
+        unknown = set(item) - {"url", "secret", "events", "agents"}
+        if unknown:
+            raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: unknown keys {sorted(unknown)}")
+        url = item.get("url")
+        parsed = urlsplit(url) if isinstance(url, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: url must be an http(s) URL with a host")
+        where = f"endpoint {i + 1} ({parsed.scheme}://{parsed.netloc}{parsed.path})"
+        raw_secrets = item.get("secret")
+        raw_list = raw_secrets if isinstance(raw_secrets, list) else [raw_secrets]
+        if not raw_list:
+            raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: no secret")
+        secrets = tuple(_whsec(s, where) for s in raw_list)
+        events = item.get("events")
+        if events is not None:
+            if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+                raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: events must be a list of event types")
+            bad = sorted(set(events) - set(RESULT_EVENT_TYPES))
+            if bad:
+                raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: unknown event types {bad}; known: "
+                                  f"{list(RESULT_EVENT_TYPES)}")
+        agents = item.get("agents")
+        if agents is not None and (not isinstance(agents, list) or not all(isinstance(a, str) for a in agents)):
+            raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: agents must be a list of agent ids")
+        if any(e.url == url for e in out):
+            raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: the same url twice")
+        out.append(ResultEndpoint(url, secrets, frozenset(events) if events is not None else frozenset(RESULT_EVENT_TYPES),
+                                  frozenset(agents) if agents is not None else None))
+    return out
 
 
 class Settings(BaseSettings):
@@ -145,6 +231,19 @@ class Settings(BaseSettings):
     # comma-separated; passed to dbt as a variable
     promoted_metadata_keys: str = ""
 
+    # --- result webhooks (results pushed to the customer's product) --------------------------
+    # JSON list of endpoints: {"url", "secret": "whsec_..." or a list while rotating,
+    # "events": [...], "agents": [...]} (events and agents optional: all). A secret: read
+    # only through `result_endpoints()`, never logged, never in a run's configuration.
+    result_webhooks: SecretStr | None = Field(default=None, repr=False)
+    # one attempt's whole deadline (connect, send, answer); a hung endpoint costs this, once
+    result_webhook_timeout_s: float = 10.0
+    # the wait after each failed attempt (Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h,
+    # 5 h, 10 h, 10 h: eight attempts over about 28 h); then the message is dead-lettered
+    result_webhook_retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    # the outbox (SQLite): every message is recorded here before its first attempt
+    outbox_path: Path | None = None
+
     @classmethod
     def default(cls, field: str) -> Any:
         """A setting's default: resources and the REST client take theirs from here, so each
@@ -177,6 +276,12 @@ class Settings(BaseSettings):
                 raise ValueError("LAYERCODE_WEBHOOK_SECRETS must be a JSON object agent_id -> secret(s)")
         return value
 
+    def result_endpoints(self) -> list[ResultEndpoint]:
+        """The result webhook endpoints, validated; a `ConfigError` naming the variable (never
+        a secret's value) when one is malformed."""
+        raw = self.result_webhooks.get_secret_value() if self.result_webhooks is not None else ""
+        return parse_result_endpoints(raw)
+
     @cached_property
     def agent_secrets(self) -> dict[str, tuple[str, ...]]:
         """agent_id -> accepted secrets (any of them verifies; rotation keeps two)."""
@@ -191,6 +296,10 @@ class Settings(BaseSettings):
         return {k: v for k, v in out.items() if v}
 
     # --- derived paths (absolute, so dbt's cwd does not matter) --------------------------
+    @property
+    def outbox(self) -> Path:
+        return (self.outbox_path or self.paths.data_dir / "outbox" / "result_webhooks.sqlite3").expanduser().resolve()
+
     @property
     def paths(self) -> DataPaths:
         local_url = self.landing_url if self.landing_url and "://" not in self.landing_url else None

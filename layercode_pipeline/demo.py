@@ -16,7 +16,10 @@ from layercode_pipeline.simulator import DEFAULT_FAULTS
 
 DEMO_API_KEY = "sim_demo_api_key"
 DEMO_API_FAULTS = {"rate_limit": 0.02, "server_error": 0.02}
-RUN_ORDER = ("ingest", "backfill", "enrichment", "dbt", "serving")
+# "results" twice: with the enrichment (what a live run does: messages before dbt), and at the
+# end, for a fresh warehouse, whose staging views (the messages' facts) dbt has just created
+RUN_ORDER = ("ingest", "backfill", "enrichment", "dbt", "serving", "results")
+DEMO_RECEIVER_PORT = 8790  # the demo's result webhook receiver, when free (a stable endpoint across runs)
 
 
 @dataclass
@@ -26,6 +29,8 @@ class DemoResult:
     batch: Any
     report: Any
     stage_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    receiver: Any = None  # the local result webhook receiver (simulator.receiver.ResultReceiver)
+    receiver_url: str | None = None
 
 
 def _state(data_dir: Path) -> dict[str, Any]:
@@ -35,7 +40,8 @@ def _state(data_dir: Path) -> dict[str, Any]:
 
 def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None, grace_minutes: int = 15,
                     on_stage=None, instance=None, quiet_dbt: bool = True,
-                    warehouse_target: str | None = None) -> dict[str, dict[str, Any]]:
+                    warehouse_target: str | None = None, result_webhooks: str | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """Materialise every asset in dependency order, stage by stage (so progress can be shown).
     Returns each materialised asset's metadata, and under `asset_checks` every check's outcome
     (`"<asset>:<check>": {"passed", "severity"}`)."""
@@ -50,15 +56,17 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     # this data directory and the given (simulated) REST API
     settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, warehouse_target=warehouse_target,
                         recordings_dir=None, serving_dir=None, api_key=api_key, api_backoff_initial_s=0.2,
-                        api_backoff_max_s=5.0, **({"api_base_url": api_url} if api_url else {}))
+                        api_backoff_max_s=5.0, **({"api_base_url": api_url} if api_url else {}),
+                        **({"result_webhooks": result_webhooks} if result_webhooks else {}))
     resources = resources_from_settings(settings)
     all_assets = [a for a in defs.assets or []]  # type: ignore[union-attr]
     groups = {
         "ingest": dg.AssetSelection.assets("raw_layercode_events"),
         "backfill": dg.AssetSelection.groups("agents", "backfill", "recordings"),
-        "enrichment": dg.AssetSelection.groups("enrichment"),
+        "enrichment": dg.AssetSelection.groups("enrichment", "results"),
         "dbt": dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"),
         "serving": dg.AssetSelection.groups("serving"),
+        "results": dg.AssetSelection.groups("results"),
     }
     metadata: dict[str, dict[str, Any]] = {}
     for stage in RUN_ORDER:
@@ -99,6 +107,9 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
     from layercode_pipeline.simulator.server import BackgroundServer
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
     from layercode_pipeline.simulator.deliver import deliver_with_progress
+    from layercode_pipeline.simulator.receiver import ResultReceiver
+    from layercode_pipeline.lib.result_webhooks.signing import new_secret
+    from layercode_pipeline.simulator.server import free_port
     from webhook_listener.app import create_app
 
     data_dir = data_dir.resolve()
@@ -122,7 +133,17 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
                         webhook_secrets=listener_secrets_json(batch), segment_max_age_s=5.0, log_level="WARNING")
     listener = BackgroundServer(create_app(settings), log_level="warning")
     listener.start()
+    # the customer's product: receives each analysed call as a signed webhook and verifies it
+    receiver_secret = new_secret()  # a new one per run, never stored (the outbox signs with the current one)
+    receiver = ResultReceiver(receiver_secret)
+    try:
+        receiver_server = BackgroundServer(receiver.app, port=DEMO_RECEIVER_PORT).start()
+    except (OSError, RuntimeError):
+        receiver_server = BackgroundServer(receiver.app, port=free_port()).start()
+    receiver_url = receiver_server.url + "/layercode/results"
+    endpoints = json.dumps([{"url": receiver_url, "secret": receiver_secret}])
     with contextlib.ExitStack() as stack:
+        stack.callback(receiver_server.stop)
         stack.callback(listener.stop)
         api_server = stack.enter_context(api.serve())
         say(f"listener on [bold]{listener.url}[/], simulated Layercode REST API on [bold]{api_server.url}/v1[/]")
@@ -134,7 +155,8 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
         if wait:
             time.sleep(wait)  # the recordings finish "processing"
         stage_names = {"ingest": "ingesting landed webhooks", "backfill": "backfilling gaps and downloading recordings",
-                       "enrichment": "enriching transcripts", "dbt": "dbt build", "serving": "publishing for BI tools"}
+                       "enrichment": "enriching transcripts", "dbt": "dbt build", "serving": "publishing for BI tools",
+                       "results": "sending results to the local receiver (signed webhooks)"}
         status = console.status("") if console is not None else None
         if status is not None:
             status.start()
@@ -148,14 +170,27 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
         try:
             metadata = materialize_all(data_dir, api_url=api_server.url + "/v1", api_key=DEMO_API_KEY,
                                        grace_minutes=0, on_stage=on_stage, instance=instance,
-                                       warehouse_target=warehouse_target)
+                                       warehouse_target=warehouse_target, result_webhooks=endpoints)
+            deliver_results(Settings(data_dir=data_dir, result_webhooks=endpoints))
         finally:
             if status is not None:
                 status.stop()
     state["runs"] += 1
     state.setdefault("seeds", []).append(run_seed)
     (data_dir / ".demo_state.json").write_text(json.dumps(state))
-    return DemoResult(data_dir, run_seed, batch, report, metadata)
+    return DemoResult(data_dir, run_seed, batch, report, metadata, receiver, receiver_url)
+
+
+def deliver_results(settings, deadline_s: float = 60.0) -> None:
+    """Finish what the results stage started: every due message attempted (a live pipeline
+    leaves this to result_webhooks_sensor)."""
+    from layercode_pipeline.lib.result_webhooks.delivery import Dispatcher
+    from layercode_pipeline.lib.result_webhooks.outbox import Outbox
+
+    with Dispatcher(Outbox(settings.outbox), settings.result_endpoints(),
+                    timeout_s=settings.result_webhook_timeout_s,
+                    schedule_s=settings.result_webhook_retry_schedule_s) as dispatcher:
+        dispatcher.run_until_idle(deadline_s)
 
 
 def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
@@ -212,6 +247,13 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     facts.add_row("recordings", f"{recordings} WAV files kept ({formats or 'none'}), fetched through redirects "
                                 "to signed storage")
     facts.add_row("enrichment", ", ".join(f"{n} by {p}" for p, n in providers))
+    if result.receiver is not None:
+        from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, CALL_RECORDING_READY
+
+        r = result.receiver
+        facts.add_row("results", f"{len(r.unique(CALL_ANALYZED))} analysed calls and "
+                                 f"{len(r.unique(CALL_RECORDING_READY))} recordings pushed to {result.receiver_url}, "
+                                 f"every signature verified ({r.rejected} rejected)")
     facts.add_row("time", f"{elapsed_s:.1f} s")
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
     table = Table(title="marts.agg_daily_call_metrics", box=None, padding=(0, 1), title_justify="left")

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.config import DataPaths, Settings
+from layercode_pipeline.config import DataPaths, ResultEndpoint, Settings, parse_result_endpoints
 from layercode_pipeline.landing_store import ObjectLanding, is_object_url
 from layercode_pipeline.lib.warehouse import Warehouse
 
@@ -110,6 +110,24 @@ class OpenAIResource(dg.ConfigurableResource):
         return bool(self.api_key)
 
 
+class ResultWebhooksResource(dg.ConfigurableResource):
+    """Where results are pushed (`LAYERCODE_RESULT_WEBHOOKS`, as an `EnvVar`: it holds secrets)
+    and the outbox that records every message before its first attempt."""
+
+    endpoints_json: str | None = None
+    outbox_path: str
+    timeout_s: float = Settings.default("result_webhook_timeout_s")
+    retry_schedule_s: list[float] = Settings.default("result_webhook_retry_schedule_s")
+
+    def endpoints(self) -> list[ResultEndpoint]:
+        return parse_result_endpoints(self.endpoints_json)
+
+    def outbox(self):  # -> Outbox (imported lazily, like the REST client)
+        from layercode_pipeline.lib.result_webhooks.outbox import Outbox
+
+        return Outbox(self.outbox_path)
+
+
 def _secret(settings: Settings, field: str) -> dg.EnvVar | str | None:
     """A secret from the environment as `EnvVar` (its value never enters run config); one given
     to `Settings(...)` in code (the demo, tests) as itself; none as None."""
@@ -125,6 +143,7 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
     from layercode_pipeline.defs.dbt.assets import dbt_resource
 
     settings = settings or Settings()
+    settings.result_endpoints()  # a malformed LAYERCODE_RESULT_WEBHOOKS fails here, at load, naming it
     paths = settings.paths
     return {
         "storage": StorageResource(
@@ -144,5 +163,9 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             api_key=_secret(settings, "openai_api_key"), base_url=settings.openai_base_url,
             model=settings.enrichment_model,
             enrichment_config=str(settings.enrichment_config) if settings.enrichment_config else None),
+        "result_webhooks": ResultWebhooksResource(
+            endpoints_json=_secret(settings, "result_webhooks"), outbox_path=str(settings.outbox),
+            timeout_s=settings.result_webhook_timeout_s,
+            retry_schedule_s=list(settings.result_webhook_retry_schedule_s)),
         "dbt": dbt_resource(),
     }

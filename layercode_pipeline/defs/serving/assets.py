@@ -8,7 +8,7 @@ from layercode_pipeline.lib.serving_copy import publish_serving_copy
 
 MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations",
                                                       "agg_daily_call_metrics", "agg_hourly_call_metrics", "dim_agents",
-                                                      "fct_data_events")]
+                                                      "fct_data_events", "fct_webhook_deliveries")]
 
 
 @dg.asset(
