@@ -22,8 +22,8 @@ from _common import wait_healthy  # noqa: E402
 
 from layercode_pipeline.lib.backfill import DetailRequest, fetch_details  # noqa: E402
 from layercode_pipeline.lib.layercode_client import LayercodeClient  # noqa: E402
-from layercode_pipeline.simulator.server import free_port  # noqa: E402
 from layercode_pipeline.simulator import generate_batch  # noqa: E402
+from layercode_pipeline.simulator.server import free_port  # noqa: E402
 
 KEY = "sk_bench"
 SERVER = r"""

@@ -28,9 +28,9 @@ from _common import wait_healthy  # noqa: E402
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version  # noqa: E402
 from layercode_pipeline.lib.enrichment.providers import OpenAIProvider  # noqa: E402
 from layercode_pipeline.lib.enrichment.run import enrich_sessions  # noqa: E402
-from layercode_pipeline.simulator.server import free_port  # noqa: E402
 from layercode_pipeline.lib.warehouse import Warehouse  # noqa: E402
 from layercode_pipeline.simulator import generate_batch  # noqa: E402
+from layercode_pipeline.simulator.server import free_port  # noqa: E402
 
 SERVER = r"""
 import sys, uvicorn

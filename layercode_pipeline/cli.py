@@ -10,7 +10,6 @@ import sys
 
 import click
 
-
 DAGSTER_YAML = """\
 # written by `layercode-pipeline demo`; see deploy/dagster.yaml
 concurrency:
@@ -30,6 +29,11 @@ run_coordinator:
 run_retries:
   enabled: true
   max_retries: 2
+# sensors evaluated on their own threads: result_webhooks_sensor's tick (deliveries) never
+# delays the landing sensor's
+sensors:
+  use_threads: true
+  num_workers: 4
 telemetry:
   enabled: false
 """
@@ -128,8 +132,14 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
     from rich.console import Console
     from rich.table import Table
 
-    from layercode_pipeline.simulator import (API_FAULTS, Deliverer, SimulatorAPI, generate_batch,
-                                              listener_secrets_json, parse_fault_specs)
+    from layercode_pipeline.simulator import (
+        API_FAULTS,
+        Deliverer,
+        SimulatorAPI,
+        generate_batch,
+        listener_secrets_json,
+        parse_fault_specs,
+    )
     from layercode_pipeline.simulator.deliver import deliver_with_progress
 
     console = Console()
@@ -242,9 +252,9 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
     logging.getLogger("dagster").setLevel(logging.WARNING)
     console = Console()
     started = time.perf_counter()
-    from layercode_pipeline.demo import print_summary, run_demo
-
     import dagster as dg
+
+    from layercode_pipeline.demo import print_summary, run_demo
 
     try:
         # a persistent instance, so `dagster dev` with the same DAGSTER_HOME shows these runs

@@ -104,12 +104,11 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
              instance=None, warehouse_target: str | None = None) -> DemoResult:
     """Deliver `calls` simulated calls through a real listener and materialise every asset."""
     from layercode_pipeline.config import Settings
-    from layercode_pipeline.simulator.server import BackgroundServer
+    from layercode_pipeline.lib.result_webhooks.signing import new_secret
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
     from layercode_pipeline.simulator.deliver import deliver_with_progress
     from layercode_pipeline.simulator.receiver import ResultReceiver
-    from layercode_pipeline.lib.result_webhooks.signing import new_secret
-    from layercode_pipeline.simulator.server import free_port
+    from layercode_pipeline.simulator.server import BackgroundServer, free_port
     from webhook_listener.app import create_app
 
     data_dir = data_dir.resolve()

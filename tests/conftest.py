@@ -114,3 +114,19 @@ def failure_messages(instance, run_id: str) -> list[str]:
                 text, error = text + " | " + error.message, error.cause
             out.append(text)
     return out
+
+
+# Modules that build the whole chain (demo, every asset, dbt) or start a daemon, Postgres,
+# Chromium, moto's S3 server or a second venv: `make test` runs them, `make test-fast` not.
+SLOW_MODULES = {
+    "test_automation", "test_dashboard", "test_demo_cli", "test_layercode_today", "test_object_landing",
+    "test_poison_pills", "test_production_instance", "test_serving", "test_voice_metrics", "test_warehouse_seam",
+    "test_whole_chain",
+}
+SLOW_TESTS = {"test_a_killed_delivering_process_loses_nothing"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -16,9 +16,9 @@ from layercode_pipeline.defs.ingest.assets import raw_layercode_events
 from layercode_pipeline.defs.resources import OpenAIResource, StorageResource
 from layercode_pipeline.lib.enrichment.offline import OFFLINE_MODEL
 from layercode_pipeline.lib.enrichment.redact import redact
-from layercode_pipeline.simulator.server import BackgroundServer
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 from layercode_pipeline.simulator.llm import OpenAIStub
+from layercode_pipeline.simulator.server import BackgroundServer
 
 KEY = "sk-test-enrichment"
 

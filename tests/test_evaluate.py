@@ -213,7 +213,7 @@ def test_evaluate_openai_two_prompt_versions_against_a_local_server(tmp_path):
     errors = results.filter(pl.col("error").is_not_null())
     assert errors.height == 3 and all(e.startswith("malformed answer") for e in errors["error"])
     assert not errors["sentiment_correct"].any()  # an error row is a miss
-    for variant, part in results.group_by("variant"):
+    for _variant, part in results.group_by("variant"):
         answered = part.filter(pl.col("error").is_null())
         neutral = answered.filter(pl.col("expected_sentiment") == "neutral").height
         assert part["sentiment_correct"].sum() == neutral

@@ -21,8 +21,8 @@ from layercode_pipeline.config import Settings
 from layercode_pipeline.contract.signing import compute_signature, sign
 from layercode_pipeline.demo import materialize_all
 from layercode_pipeline.lib.layercode_client import LayercodeAuthError, LayercodeClient
-from layercode_pipeline.simulator.server import BackgroundServer
 from layercode_pipeline.lib.wav import MU_LAW, InvalidWav, inspect_wav, wav_header
+from layercode_pipeline.simulator.server import BackgroundServer
 from webhook_listener.app import create_app
 from webhook_listener.responder import Data
 

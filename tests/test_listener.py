@@ -282,7 +282,7 @@ def test_access_log_has_no_secret_or_body(listener_factory):
     assert post(listener.url, END, secret="wrong").status_code == 401
     out = listener.stop()
     lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"ts":')]
-    assert [(l["type"], l["status"]) for l in lines] == [("message", 200), (None, 401)]
+    assert [(entry["type"], entry["status"]) for entry in lines] == [("message", 200), (None, 401)]
     assert SECRET not in out and "Where is my order" not in out
 
 

@@ -28,11 +28,11 @@ import pytest
 from layercode_pipeline.config import Settings
 from layercode_pipeline.contract.landing import build_envelope
 from layercode_pipeline.contract.signing import sign
-from layercode_pipeline.demo import materialize_all
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
 from layercode_pipeline.defs.resources import StorageResource
-from layercode_pipeline.simulator.server import BackgroundServer
+from layercode_pipeline.demo import materialize_all
 from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
+from layercode_pipeline.simulator.server import BackgroundServer
 from webhook_listener.app import create_app
 
 from .conftest import SECRET

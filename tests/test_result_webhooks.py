@@ -12,10 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.responses import JSONResponse, RedirectResponse, Response

@@ -19,10 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from layercode_pipeline.contract.events import RestSession, SessionEndEvent, SessionUpdateEvent
-from layercode_pipeline.simulator.server import BackgroundServer
 from layercode_pipeline.lib.wav import read_wav_info
-from layercode_pipeline.simulator import (SimulatorAPI, deliver, generate_batch, listener_secrets_json,
-                                          parse_fault_specs)
+from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json, parse_fault_specs
+from layercode_pipeline.simulator.server import BackgroundServer
 
 from .conftest import landed_envelopes
 

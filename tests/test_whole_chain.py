@@ -259,3 +259,73 @@ def test_dbt_docs_generate(chain, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:]
     catalog = json.loads((tmp_path / "target" / "catalog.json").read_text())
     assert "model.layercode_analytics.fct_sessions" in catalog["nodes"]
+
+
+def test_each_analysed_call_reached_the_customers_product_signed(chain):
+    """The demo's receiver verified every delivery with the `standardwebhooks` package; each
+    analysed session arrived once (by webhook-id) with the facts and analysis the marts hold."""
+    from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, CALL_RECORDING_READY
+
+    result, con = chain
+    receiver = result.receiver
+    assert receiver.rejected == 0
+    analysed = receiver.unique(CALL_ANALYZED)
+    by_session = {r.session_id: r.body for r in analysed.values()}
+    assert len(by_session) == len(analysed)  # one message per session and analysis
+    rows = {r["session_id"]: r for r in q(con, "select * from marts.fct_sessions where enrichment_provider is not null")}
+    assert set(by_session) == set(rows)
+    for sid, body in by_session.items():
+        data, row = body["data"], rows[sid]
+        assert body["type"] == "call.analyzed" and body["schema_version"] == 1
+        assert data["agent_id"] == row["agent_id"] and data["conversation_id"] == row["conversation_id"]
+        assert data["agent_name"] == row["agent_name"]
+        for field in ("summary", "caller_name", "sentiment", "outcome", "quality_score"):
+            assert data["analysis"][field] == row[field], (sid, field)
+        assert data["analysis"]["provider"] == row["enrichment_provider"] == "offline"
+        assert data["duration_ms"] == (round(row["duration_ms"], 1) if row["duration_ms"] is not None else None)
+    kept = {r["session_id"] for r in q(con, "select session_id from marts.fct_sessions where has_recording")}
+    assert {r.session_id for r in receiver.unique(CALL_RECORDING_READY).values()} == kept
+
+
+def test_rematerialising_sends_nothing_and_a_reanalysis_sends_one_new_message(chain):
+    import dagster as dg
+
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.definitions import build_definitions
+    from layercode_pipeline.defs.resources import resources_from_settings
+    from layercode_pipeline.demo import deliver_results
+    from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED
+    from layercode_pipeline.lib.result_webhooks.outbox import Outbox
+    from layercode_pipeline.lib.result_webhooks.signing import new_secret
+    from layercode_pipeline.simulator.receiver import ResultReceiver
+    from layercode_pipeline.simulator.server import BackgroundServer
+
+    result, _ = chain
+    secret = new_secret()  # the demo's receiver is gone: a new one on its address, a rotated secret
+    receiver = ResultReceiver(secret)
+    port = int(result.receiver_url.split(":")[2].split("/")[0])
+    endpoints = json.dumps([{"url": result.receiver_url, "secret": secret}])
+    settings = Settings(data_dir=result.data_dir, result_webhooks=endpoints)
+    outbox = Outbox(settings.outbox)
+    before = len(outbox.deliveries())
+    assets = build_definitions().assets
+    selection = dg.AssetSelection.groups("enrichment", "results")
+
+    def materialise(prompt_version: str | None = None) -> None:
+        run_config = {"ops": {"session_enrichments": {"config": {"prompt_version": prompt_version}}}} \
+            if prompt_version else {}
+        r = dg.materialize(assets, selection=selection, resources=resources_from_settings(settings),
+                           run_config=run_config)
+        assert r.success
+
+    with BackgroundServer(receiver.app, port=port):
+        materialise()
+        deliver_results(settings)
+        assert len(outbox.deliveries()) == before and receiver.requests == 0  # nothing changed, nothing sent
+        materialise(prompt_version="v2-test")
+        deliver_results(settings)
+    analysed = receiver.unique(CALL_ANALYZED)
+    sessions = [r.session_id for r in analysed.values()]
+    assert len(sessions) == len(set(sessions)) == len(result.receiver.unique(CALL_ANALYZED))
+    assert {r.body["data"]["analysis"]["prompt_version"] for r in analysed.values()} == {"v2-test"}
+    assert receiver.rejected == 0

@@ -48,8 +48,8 @@ from layercode_pipeline.contract.events import (
     validation_reason,
 )
 from layercode_pipeline.contract.landing import build_envelope, header_allow_list, recover_orphan_segments
-from layercode_pipeline.durable_files import fsync_dir, write_whole
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError, verify_signature
+from layercode_pipeline.durable_files import fsync_dir, write_whole
 
 from .access_log import AccessLog
 from .lander import SegmentLander

@@ -138,10 +138,10 @@ def _read_lines_sql(files: list[str]) -> str:
     # and at \r alike, so a CRLF file reads as its lines with an empty line after each. Empty
     # lines carry no event and are dropped here (JSON never holds a raw CR inside a string, so
     # no real line is split by this).
-    return ("select filename as source_file, line from read_csv({files}, columns={{'line': 'VARCHAR'}}, "
+    return (f"select filename as source_file, line from read_csv({files}, columns={{'line': 'VARCHAR'}}, "
             "header=false, delim=chr(1), quote='', escape='', auto_detect=false, filename=true, "
             "new_line='\\n', strict_mode=false, max_line_size=33554432, parallel=true) "
-            "where line is not null and trim(line) <> ''").format(files=files)
+            "where line is not null and trim(line) <> ''")
 
 
 def _sanitise(path: Path, out_dir: Path) -> tuple[Path, list[tuple[int, str, str]]]:

@@ -17,13 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt,
-                      wait_exponential_jitter)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from layercode_pipeline.config import DEFAULT_API_BASE_URL, Settings
 from layercode_pipeline.lib.wav import InvalidWav, WavInfo, read_wav_info
-
-
 
 
 class LayercodeAPIError(RuntimeError):

@@ -36,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from layercode_pipeline.simulator.server import BackgroundServer
 from layercode_pipeline.lib.wav import MU_LAW, PCM, wav_header
+from layercode_pipeline.simulator.server import BackgroundServer
 
 from .generate import SimAgent, SimBatch, SimSession
 

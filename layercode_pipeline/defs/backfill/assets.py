@@ -5,8 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.freshness import API_CRON
+from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.backfill import DetailRequest, fetch_details, sessions_needing_details, store_details
 

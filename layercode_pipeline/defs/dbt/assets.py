@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import (DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject,
-                         DagsterDbtProjectPreparer, dbt_assets)
-
+from dagster_dbt import (
+    DagsterDbtProjectPreparer,
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
 from packaging import version
 
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS

@@ -5,8 +5,8 @@ import asyncio
 import dagster as dg
 
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
-from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.freshness import DOWNSTREAM
+from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, OpenAIResource, StorageResource
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version
 from layercode_pipeline.lib.enrichment.providers import build_provider

@@ -5,8 +5,8 @@ import asyncio
 import dagster as dg
 
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
-from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.freshness import API_CRON
+from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.recordings import download_recordings, plan_recordings, store_recordings
 

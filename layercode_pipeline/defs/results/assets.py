@@ -13,8 +13,13 @@ from layercode_pipeline.config import ResultEndpoint
 from layercode_pipeline.defs.freshness import DOWNSTREAM
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, ResultWebhooksResource, StorageResource
 from layercode_pipeline.lib.result_webhooks.delivery import Dispatcher, redact_url
-from layercode_pipeline.lib.result_webhooks.messages import (CALL_ANALYZED, CALL_RECORDING_READY, analyzed_messages,
-                                                             facts_ready, recording_messages)
+from layercode_pipeline.lib.result_webhooks.messages import (
+    CALL_ANALYZED,
+    CALL_RECORDING_READY,
+    analyzed_messages,
+    facts_ready,
+    recording_messages,
+)
 from layercode_pipeline.lib.result_webhooks.mirror import mirror_deliveries
 
 RESULT_WEBHOOKS = dg.AssetKey("result_webhooks")
@@ -76,7 +81,7 @@ def result_webhooks(context: dg.AssetExecutionContext, storage: StorageResource,
             now = datetime.now(UTC)
             new_marks = {CALL_ANALYZED: now, CALL_RECORDING_READY: now}
     added = 0
-    for event_type, messages in built.items():
+    for messages in built.values():
         added += outbox.enqueue(messages, endpoints)
     for event_type, mark in new_marks.items():
         if mark is not None:

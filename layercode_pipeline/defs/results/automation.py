@@ -12,7 +12,7 @@ import dagster as dg
 from layercode_pipeline.defs.resources import ResultWebhooksResource
 from layercode_pipeline.defs.results.assets import dispatcher_for
 
-TICK_WAIT_S = 3.0
+TICK_WAIT_S = 1.0
 
 
 @dg.sensor(minimum_interval_seconds=2, default_status=dg.DefaultSensorStatus.RUNNING,

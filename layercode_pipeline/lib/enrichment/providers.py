@@ -16,8 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from layercode_pipeline.lib.enrichment.analysis import (AnswerRejected, EnrichmentSettings, check_analysis,
-                                                        system_prompt)
+from layercode_pipeline.lib.enrichment.analysis import AnswerRejected, EnrichmentSettings, check_analysis, system_prompt
 from layercode_pipeline.lib.transcripts import TurnText
 
 

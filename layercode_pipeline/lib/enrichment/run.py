@@ -18,10 +18,19 @@ import orjson
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, system_prompt
 from layercode_pipeline.lib.enrichment.providers import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
-from layercode_pipeline.lib.enrichment.store import (answer_columns, answered_sessions, answers_by_cache_key,
-                                                     write_enrichments)
-from layercode_pipeline.lib.transcripts import (TurnText, render, transcript_sha256, turns_from_rest,
-                                                turns_from_session_end)
+from layercode_pipeline.lib.enrichment.store import (
+    answer_columns,
+    answered_sessions,
+    answers_by_cache_key,
+    write_enrichments,
+)
+from layercode_pipeline.lib.transcripts import (
+    TurnText,
+    render,
+    transcript_sha256,
+    turns_from_rest,
+    turns_from_session_end,
+)
 
 TRANSCRIPTS_SQL = """
 with ends as (
