@@ -16,17 +16,13 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
-
-if TYPE_CHECKING:
-    from layercode_pipeline.landing_store import ObjectLanding
-    from layercode_pipeline.lib.warehouse import Warehouse
 
 DEFAULT_AGENT_ID = "default"
 DEFAULT_API_BASE_URL = "https://api.layercode.com/v1"
@@ -37,7 +33,7 @@ DEFAULT_ENRICHMENT_MODEL = "gpt-5-mini"
 class DataPaths:
     """Where the files live: `<data dir>/{landing,quarantine,recordings,serving}`, each
     overridable on its own. Always absolute, so dbt's working directory does not matter. (The
-    warehouse is not a path: see `Settings.warehouse()`.)"""
+    warehouse is not a path: see `Warehouse.from_settings`.)"""
 
     data_dir: Path
     landing: Path
@@ -304,25 +300,3 @@ class Settings(BaseSettings):
         local_url = self.landing_url if self.landing_url and "://" not in self.landing_url else None
         return DataPaths.derive(self.data_dir, landing=local_url or self.landing_dir, quarantine=self.quarantine_dir,
                                 recordings=self.recordings_dir, serving=self.serving_dir)
-
-    def object_landing(self) -> ObjectLanding | None:
-        """The object store events land in, when LAYERCODE_LANDING_URL is an s3:// URL."""
-        from layercode_pipeline.landing_store import ObjectLanding, is_object_url
-
-        if not is_object_url(self.landing_url):
-            return None
-
-        def plain(value: SecretStr | None) -> str | None:
-            return value.get_secret_value() if value is not None else None
-
-        return ObjectLanding(str(self.landing_url), endpoint=self.aws_endpoint_url, region=self.aws_region,
-                             access_key_id=plain(self.aws_access_key_id),
-                             secret_access_key=plain(self.aws_secret_access_key))
-
-    def warehouse(self) -> Warehouse:
-        """The warehouse seam for this configuration (a local file or MotherDuck)."""
-        from layercode_pipeline.lib.warehouse import Warehouse
-
-        token = self.motherduck_token.get_secret_value() if self.motherduck_token else None
-        return Warehouse.at(self.warehouse_target, data_dir=self.paths.data_dir,
-                            open_timeout_s=self.warehouse_open_timeout_s, motherduck_token=token)

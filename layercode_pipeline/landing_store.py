@@ -18,10 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from layercode_pipeline.contract.landing import SEALED_SUFFIX
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from layercode_pipeline.config import Settings
 
 # Objects whose key hour is this far behind the newest listing are still looked for: covers
 # writers whose clocks lag and a PUT that started in one hour and finished in the next.
@@ -41,6 +46,19 @@ class ObjectLanding:
     region: str | None = None         # AWS_REGION
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectLanding | None:
+        """The object store events land in, when LAYERCODE_LANDING_URL is an s3:// URL."""
+        if not is_object_url(settings.landing_url):
+            return None
+
+        def plain(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return cls(str(settings.landing_url), endpoint=settings.aws_endpoint_url, region=settings.aws_region,
+                   access_key_id=plain(settings.aws_access_key_id),
+                   secret_access_key=plain(settings.aws_secret_access_key))
 
     @property
     def bucket(self) -> str:

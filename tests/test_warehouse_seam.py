@@ -64,7 +64,7 @@ def test_a_motherduck_target_is_a_configuration_change(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERCODE_WAREHOUSE", "md:layercode_analytics")
     monkeypatch.setenv("MOTHERDUCK_TOKEN", "md-secret-token")
     monkeypatch.setenv("LAYERCODE_DATA_DIR", str(tmp_path))
-    warehouse = Settings().warehouse()
+    warehouse = Warehouse.from_settings(Settings())
     assert warehouse.is_motherduck and warehouse.path is None
     assert warehouse.target == "md:layercode_analytics"
     # this host's writers still queue on a lock file in the data directory
@@ -84,7 +84,7 @@ def test_a_motherduck_target_is_a_configuration_change(tmp_path, monkeypatch):
 def test_the_earlier_variable_name_still_selects_the_warehouse(tmp_path, monkeypatch):
     monkeypatch.delenv("LAYERCODE_WAREHOUSE", raising=False)
     monkeypatch.setenv("LAYERCODE_WAREHOUSE_PATH", str(tmp_path / "old_name.duckdb"))
-    assert Settings().warehouse().path == tmp_path.resolve() / "old_name.duckdb"
+    assert Warehouse.from_settings(Settings()).path == tmp_path.resolve() / "old_name.duckdb"
 
 
 def test_attach_reads_a_local_target_read_only(tmp_path):

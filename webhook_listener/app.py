@@ -50,6 +50,7 @@ from layercode_pipeline.contract.events import (
 from layercode_pipeline.contract.landing import build_envelope, header_allow_list, recover_orphan_segments
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError, verify_signature
 from layercode_pipeline.durable_files import fsync_dir, write_whole
+from layercode_pipeline.landing_store import ObjectLanding
 
 from .access_log import AccessLog
 from .lander import SegmentLander
@@ -324,7 +325,7 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
         raise RuntimeError(
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET or LAYERCODE_WEBHOOK_SECRETS "
             "(or pass --insecure-skip-verify for local experiments only)")
-    object_landing = settings.object_landing()
+    object_landing = ObjectLanding.from_settings(settings)
     shipper = None
     if object_landing is not None and settings.landing_mode == "bucket":
         from .object_lander import BucketLander

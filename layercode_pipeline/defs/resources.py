@@ -140,14 +140,14 @@ def _secret(settings: Settings, field: str) -> dg.EnvVar | str | None:
 
 def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
     """Every resource the definitions need, from one `Settings` (the environment's by default)."""
-    from layercode_pipeline.defs.dbt.assets import dbt_resource
+    from layercode_pipeline.defs.dbt.project import dbt_resource
 
     settings = settings or Settings()
     settings.result_endpoints()  # a malformed LAYERCODE_RESULT_WEBHOOKS fails here, at load, naming it
     paths = settings.paths
     return {
         "storage": StorageResource(
-            data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_target=settings.warehouse().target,
+            data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_target=Warehouse.from_settings(settings).target,
             motherduck_token=_secret(settings, "motherduck_token"),
             landing_url=settings.landing_url if is_object_url(settings.landing_url) else None,
             aws_endpoint_url=settings.aws_endpoint_url, aws_region=settings.aws_region,

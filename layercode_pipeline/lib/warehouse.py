@@ -247,6 +247,13 @@ class Warehouse:
     motherduck_token: str | None = field(default=None, repr=False)
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> Warehouse:
+        """The warehouse seam for this configuration (a local file or MotherDuck)."""
+        token = settings.motherduck_token.get_secret_value() if settings.motherduck_token else None
+        return cls.at(settings.warehouse_target, data_dir=settings.paths.data_dir,
+                      open_timeout_s=settings.warehouse_open_timeout_s, motherduck_token=token)
+
+    @classmethod
     def at(cls, target: str | Path | None, *, data_dir: Path, open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
            motherduck_token: str | None = None) -> Warehouse:
         """`target` as configured: a path (relative to the working directory), `md:<name>`, or

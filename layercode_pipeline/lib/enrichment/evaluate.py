@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from layercode_pipeline.lib.enrichment.analysis import OUTCOMES, SENTIMENTS, EnrichmentSettings
-from layercode_pipeline.lib.enrichment.providers import Analysis, Provider
+from layercode_pipeline.lib.enrichment.interface import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
 from layercode_pipeline.lib.transcripts import TurnText, render
 

@@ -27,7 +27,7 @@ from collections import Counter
 from typing import Any
 
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, check_analysis
-from layercode_pipeline.lib.enrichment.providers import Analysis, elapsed_ms
+from layercode_pipeline.lib.enrichment.interface import Analysis, elapsed_ms
 from layercode_pipeline.lib.enrichment.redact import CARD_NUMBER
 from layercode_pipeline.lib.transcripts import TurnText
 

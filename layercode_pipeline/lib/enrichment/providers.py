@@ -11,32 +11,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from layercode_pipeline.lib.enrichment.analysis import AnswerRejected, EnrichmentSettings, check_analysis, system_prompt
+from layercode_pipeline.lib.enrichment.interface import (  # noqa: F401 - the interface, re-exported
+    Analysis,
+    Provider,
+    elapsed_ms,
+)
 from layercode_pipeline.lib.transcripts import TurnText
-
-
-@dataclass
-class Analysis:
-    result: dict[str, Any] | None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_ms: float = 0.0
-    error: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-class Provider(Protocol):
-    name: str
-    model: str
-
-    async def analyse(self, turns: list[TurnText], text: str) -> Analysis: ...
-
-    async def aclose(self) -> None: ...
 
 
 class OpenAIProvider:
@@ -87,10 +71,6 @@ class OpenAIProvider:
         except AnswerRejected as exc:
             return Analysis(None, *tokens, elapsed_ms(started), error=f"malformed answer: {exc}")
         return Analysis(result, *tokens, elapsed_ms(started))
-
-
-def elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def build_provider(kind: str, settings: EnrichmentSettings, schema: type[BaseModel], *, api_key: str | None,

@@ -16,7 +16,7 @@ import duckdb
 import orjson
 
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, system_prompt
-from layercode_pipeline.lib.enrichment.providers import Analysis, Provider
+from layercode_pipeline.lib.enrichment.interface import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
 from layercode_pipeline.lib.enrichment.store import (
     answer_columns,
