@@ -127,6 +127,24 @@ create table if not exists raw.layercode_agents (
     last_seen_at   timestamptz not null,
     primary key (agent_id, record_sha256)
 );
+-- the result webhook outbox's deliveries, mirrored by the result_webhooks asset
+create table if not exists raw.result_webhook_deliveries (
+    message_id        varchar not null,
+    event_type        varchar not null,
+    session_id        varchar not null,
+    agent_id          varchar,
+    endpoint          varchar not null,   -- the endpoint URL without its query string
+    status            varchar not null,   -- pending / delivered / dead
+    attempts          integer not null,
+    created_at        timestamptz not null,
+    first_attempt_at  timestamptz,
+    last_attempt_at   timestamptz,
+    delivered_at      timestamptz,
+    next_attempt_at   timestamptz,
+    last_status       integer,
+    last_error        varchar,
+    mirrored_at       timestamptz not null
+);
 """
 
 

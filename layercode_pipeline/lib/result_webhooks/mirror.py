@@ -1,5 +1,6 @@
-"""`raw.result_webhook_deliveries`: the outbox's deliveries copied into the warehouse, for the
-mart `marts.fct_webhook_deliveries` (as of the last `result_webhooks` materialisation)."""
+"""`raw.result_webhook_deliveries` (its DDL with the other raw tables, in `lib/warehouse.py`):
+the outbox's deliveries copied into the warehouse, for the mart `marts.fct_webhook_deliveries`
+(as of the last `result_webhooks` materialisation)."""
 
 from __future__ import annotations
 
@@ -10,32 +11,11 @@ import duckdb
 from layercode_pipeline.lib.result_webhooks.delivery import redact_url
 from layercode_pipeline.lib.result_webhooks.outbox import Outbox
 
-MIRROR_DDL = """
-create schema if not exists raw;
-create table if not exists raw.result_webhook_deliveries (
-    message_id        varchar not null,
-    event_type        varchar not null,
-    session_id        varchar not null,
-    agent_id          varchar,
-    endpoint          varchar not null,   -- the endpoint URL without its query string
-    status            varchar not null,   -- pending / delivered / dead
-    attempts          integer not null,
-    created_at        timestamptz not null,
-    first_attempt_at  timestamptz,
-    last_attempt_at   timestamptz,
-    delivered_at      timestamptz,
-    next_attempt_at   timestamptz,
-    last_status       integer,
-    last_error        varchar,
-    mirrored_at       timestamptz not null
-);
-"""
 TIMES = ("created_at", "first_attempt_at", "last_attempt_at", "delivered_at", "next_attempt_at")
 
 
 def mirror_deliveries(con: duckdb.DuckDBPyConnection, outbox: Outbox) -> int:
     """Replace the mirror with the outbox's current state (one transaction)."""
-    con.execute(MIRROR_DDL)
     rows = outbox.deliveries()
     now = datetime.now(UTC)
 
