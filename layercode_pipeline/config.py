@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     # `authorization` and `cookie` are never kept, whatever this says.
     kept_headers: list[str] = list(DEFAULT_KEPT_HEADERS)
     responder: str = "webhook_listener.responder:default_responder"
+    # `module:function` answering `data` webhooks; unset, they are answered `{}` (what Layercode
+    # forwards to the caller's browser must be safe for a web client to receive)
+    data_responder: str | None = None
     welcome_message: str = "Hi, thanks for calling. How can I help you today?"
     ack_message: str = "Thanks, let me look into that."
     log_level: str = "INFO"

@@ -275,3 +275,34 @@ def test_agents_and_latency_units_over_the_simulator(tmp_path, capsys):
             materialize_all(data, api_url=server.url + "/v1", api_key="sk_live", grace_minutes=0)
     logs = capsys.readouterr()
     assert "402 Payment Required: the org's balance is insufficient" in logs.out + logs.err  # what to fix
+
+
+@pytest.mark.parametrize("stamp", [b"1" * 400, "\u00b2\u00b3".encode("latin-1"), b"9" * 13])
+def test_absurd_signature_timestamps_are_malformed_not_server_errors(listener, stamp, caplog):
+    """A 400-digit `t=` overflowed the float arithmetic, and `t=` in non-ASCII digits (here the
+    superscripts a latin-1 header can carry) passed isdigit() and failed int(): both were a 500
+    with a traceback."""
+    url, _ = listener
+    body = orjson.dumps({"type": "session.end", "session_id": SID})
+    r = httpx.post(url + "/webhook", content=body, timeout=10, headers=[
+        (b"layercode-signature", b"t=" + stamp + b",v1=" + b"0" * 64), (b"content-type", b"application/json")])
+    assert (r.status_code, r.json()["error"]) == (401, "malformed_signature")
+    assert "Traceback" not in caplog.text
+
+
+def test_a_data_webhook_is_answered_with_an_empty_object(listener):
+    """Layercode forwards the answer to a `data` webhook to the caller's browser as
+    `response.data` (contract section 6): the default must be safe for a web client to receive."""
+    url, _ = listener
+    r = post(url, {"type": "data", "session_id": SID, "turn_id": "t1", "data": {"clicked": "buy"}})
+    assert (r.status_code, r.headers["content-type"], r.content) == (200, "application/json", b"{}")
+
+
+def test_a_data_responder_supplies_the_answer(tmp_path):
+    async def answer(event, settings):
+        return {"ack": event.data["clicked"]}
+
+    settings = Settings(data_dir=tmp_path / "data", webhook_secret=SECRET)
+    with BackgroundServer(create_app(settings, data_responder=answer)) as server:
+        r = post(server.url, {"type": "data", "session_id": SID, "turn_id": "t1", "data": {"clicked": "buy"}})
+    assert (r.status_code, r.json()) == (200, {"ack": "buy"})

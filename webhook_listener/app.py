@@ -24,6 +24,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from layercode_pipeline.config import Settings
 from layercode_pipeline.contract.events import (
     SSE_EVENT_TYPES,
+    DataEvent,
     MessageEvent,
     ResponseData,
     ResponseEnd,
@@ -54,7 +56,7 @@ from layercode_pipeline.landing_store import ObjectLanding
 
 from .access_log import AccessLog
 from .lander import SegmentLander
-from .responder import Data, Responder, load_responder
+from .responder import Data, DataResponder, Responder, load_responder
 from .slow_clients import HeaderTimeoutProtocol
 
 log = logging.getLogger("webhook_listener")
@@ -77,6 +79,27 @@ class ClientGone(Exception):
 
 class ReplyCancelled(Exception):
     """The caller barged in and Layercode cancelled the request mid-reply."""
+
+
+class Refusal(Exception):
+    """A webhook refused: the status, the `error` code and `detail` answered as JSON, and the
+    reason the access log records (the error code unless it says more)."""
+
+    def __init__(self, status: int, error: str, detail: str, *, reason: str | None = None, close: bool = False):
+        super().__init__(f"{status} {error}: {detail}")
+        self.status, self.error, self.detail = status, error, detail
+        self.reason = reason or error
+        self.close = close  # the body was not read to its end: the connection cannot be reused
+
+
+@dataclass
+class _Call:
+    """What is known about a request so far, for its access-log line."""
+
+    started: float
+    agent_id: str
+    event_type: str | None = None
+    session_id: str | None = None
 
 
 def _sse(event: BaseModel) -> bytes:
@@ -157,11 +180,12 @@ class WebhookEndpoint:
     """ASGI endpoint for both webhook routes (the agent comes from the path or the default)."""
 
     def __init__(self, settings: Settings, lander: SegmentLander, respond: Responder, access_log: AccessLog,
-                 *, insecure_skip_verify: bool):
+                 *, insecure_skip_verify: bool, answer_data: DataResponder | None = None):
         self.settings = settings
         self.secrets = settings.agent_secrets
         self.lander = lander
         self.respond = respond
+        self.answer_data = answer_data
         self.access_log = access_log
         self.insecure_skip_verify = insecure_skip_verify
         self.quarantine_dir = settings.paths.quarantine
@@ -173,14 +197,69 @@ class WebhookEndpoint:
         return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw if self.keep_header(name)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        """Answer one webhook: every refusal is a `Refusal`, logged and answered here."""
+        call = _Call(started=time.perf_counter(),
+                     agent_id=scope.get("path_params", {}).get("agent_id", self.settings.agent_id))
+        try:
+            await self.handle(call, scope, receive, send)
+        except Refusal as refusal:
+            self.access_log.record(call.started, call.agent_id, call.event_type, call.session_id,
+                                   refusal.status, refusal.reason)
+            await _send_json(send, refusal.status, {"error": refusal.error, "detail": refusal.detail},
+                             close=refusal.close)
+        except ClientGone:
+            return  # nothing to answer, nothing acknowledged
+
+    async def handle(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body (size and time limits), verify its signature, parse it, land it, answer it."""
+        body = await self.read_verified_body(call, scope, receive)
+        received_at = datetime.now(UTC)
+        payload = self.parse_or_quarantine(call, body, received_at)
+        call.event_type = event_type = payload["type"]
+        call.session_id = payload["session_id"] if isinstance(payload.get("session_id"), str) else None
+        error: str | None = None
+        event = None
+        try:
+            event = parse_event_json(body, event_type)  # None for a type we do not know: kept as is
+        except ValidationError as exc:
+            error = validation_reason(exc)
+
+        line = build_envelope(received_at=received_at, agent_id=call.agent_id, event_type=event_type,
+                              content_sha256=hashlib.sha256(body).hexdigest(), body=body,
+                              headers=self.kept_headers(scope["headers"]), writer_id=self.lander.writer_id,
+                              error=error)
+        try:
+            await self.lander.land(line, received_at)
+        except OSError as exc:
+            raise Refusal(503, "storage_unavailable", f"event not stored, retry later: {exc.strerror or exc}",
+                          reason="landing_failed") from exc
+
+        if error is not None:  # kept, but we cannot answer it as the type requires
+            raise Refusal(422, "invalid_event", error)
         record = self.access_log.record
-        agent_id: str = scope.get("path_params", {}).get("agent_id", self.settings.agent_id)
-        agent_secrets = self.secrets.get(agent_id)
+        if event_type in SSE_EVENT_TYPES:
+            try:
+                await self.stream_reply(receive, send, event)  # type: ignore[arg-type]
+            except (ReplyCancelled, OSError):
+                # A barge-in: Layercode cancels the request that streams the reply when the
+                # caller interrupts (contract section 5). The event was landed before the first
+                # byte, so nothing is lost: a cancelled reply, not a server error.
+                record(call.started, call.agent_id, event_type, call.session_id, 200, "reply_cancelled")
+                return
+            record(call.started, call.agent_id, event_type, call.session_id, 200)
+            return
+        answer: object = {"status": "ok", "type": event_type}
+        if isinstance(event, DataEvent):
+            answer = await self.data_answer(event)
+        record(call.started, call.agent_id, event_type, call.session_id, 200)
+        await _send_json(send, 200, answer)
+
+    async def read_verified_body(self, call: _Call, scope: Scope, receive: Receive) -> bytes:
+        """The raw body, once its agent is known, its size and time within limits and (unless
+        verification is off) its signature matches one of the agent's secrets."""
+        agent_secrets = self.secrets.get(call.agent_id)
         if agent_secrets is None and not self.insecure_skip_verify:
-            record(started, agent_id, None, None, 401, "unknown_agent")
-            return await _send_json(send, 401, {"error": "unknown_agent",
-                                                "detail": f"no webhook secret configured for agent {agent_id!r}"})
+            raise Refusal(401, "unknown_agent", f"no webhook secret configured for agent {call.agent_id!r}")
         declared: int | None = None
         signature: str | None = None
         signatures = 0
@@ -191,83 +270,56 @@ class WebhookEndpoint:
                 signature = value.decode("latin-1")
                 signatures += 1
         if signatures > 1 and not self.insecure_skip_verify:
-            record(started, agent_id, None, None, 401, "ambiguous_signature")
-            return await _send_json(send, 401, {"error": "ambiguous_signature",
-                                                "detail": f"{signatures} {SIGNATURE_HEADER} headers; send one"})
+            raise Refusal(401, "ambiguous_signature", f"{signatures} {SIGNATURE_HEADER} headers; send one")
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
                 body = await _read_body(receive, declared, self.settings.max_body_bytes)
-        except TimeoutError:
-            record(started, agent_id, None, None, 408, "body_timeout")
-            return await _send_json(send, 408, {"error": "request_timeout",
-                                                "detail": f"body not received within {self.settings.body_timeout_s:g} s"},
-                                    close=True)
+        except TimeoutError as exc:
+            raise Refusal(408, "request_timeout", f"body not received within {self.settings.body_timeout_s:g} s",
+                          reason="body_timeout", close=True) from exc
         except BodyTooLarge as exc:
-            record(started, agent_id, None, None, 413, "body_too_large")
-            return await _send_json(send, 413, {"error": "body_too_large", "detail": str(exc)})
-        except ClientGone:
-            return  # nothing to answer, nothing acknowledged
+            raise Refusal(413, "body_too_large", str(exc)) from exc
         if not self.insecure_skip_verify:
             try:
                 verify_signature(body, signature, agent_secrets or (), tolerance_s=self.settings.signature_tolerance_s)
             except SignatureError as exc:
-                record(started, agent_id, None, None, 401, exc.reason)
-                return await _send_json(send, 401, {"error": exc.reason, "detail": exc.detail})
+                raise Refusal(401, exc.reason, exc.detail) from exc
+        return body
 
-        received_at = datetime.now(UTC)
+    def parse_or_quarantine(self, call: _Call, body: bytes, received_at: datetime) -> dict[str, Any]:
+        """The body as a JSON object with a string `type`; a signed body that is not one is kept
+        in quarantine, byte for byte, and refused."""
         try:
             payload = orjson.loads(body)
             if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
                 raise ValueError("body must be a JSON object with a string 'type'")
+            return payload
         except (orjson.JSONDecodeError, ValueError) as exc:
             reason = f"invalid JSON: {_utf8_problem(body) or exc}"
             try:
-                quarantine(self.quarantine_dir, agent_id=agent_id, reason=reason, body=body, received_at=received_at)
+                quarantine(self.quarantine_dir, agent_id=call.agent_id, reason=reason, body=body,
+                           received_at=received_at)
             except OSError as os_exc:
-                record(started, agent_id, None, None, 503, "quarantine_failed")
-                return await _send_json(send, 503, {"error": "storage_unavailable",
-                                                    "detail": f"could not store the body: {os_exc.strerror}"})
-            record(started, agent_id, None, None, 400, "invalid_json")
-            return await _send_json(send, 400, {"error": "invalid_json", "detail": reason})
+                raise Refusal(503, "storage_unavailable", f"could not store the body: {os_exc.strerror}",
+                              reason="quarantine_failed") from os_exc
+            raise Refusal(400, "invalid_json", reason) from exc
 
-        event_type: str = payload["type"]
-        session_id = payload.get("session_id")
-        if not isinstance(session_id, str):
-            session_id = None
-        error: str | None = None
-        event = None
+    async def data_answer(self, event: DataEvent) -> object:
+        """The JSON answer to a `data` webhook. Layercode forwards it to the caller's browser as
+        `response.data` (contract section 6), so the default is an empty object; a data
+        responder (`LAYERCODE_DATA_RESPONDER`) may supply it. A failing responder is logged
+        and answered with the default: the event is landed already."""
+        if self.answer_data is None:
+            return {}
         try:
-            event = parse_event_json(body, event_type)  # None for a type we do not know: kept as is
-        except ValidationError as exc:
-            error = validation_reason(exc)
-
-        line = build_envelope(received_at=received_at, agent_id=agent_id, event_type=event_type,
-                              content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                              headers=self.kept_headers(scope["headers"]), writer_id=self.lander.writer_id,
-                              error=error)
-        try:
-            await self.lander.land(line, received_at)
-        except OSError as exc:
-            record(started, agent_id, event_type, session_id, 503, "landing_failed")
-            return await _send_json(send, 503, {"error": "storage_unavailable",
-                                                "detail": f"event not stored, retry later: {exc.strerror or exc}"})
-
-        if error is not None:  # kept, but we cannot answer it as the type requires
-            record(started, agent_id, event_type, session_id, 422, "invalid_event")
-            return await _send_json(send, 422, {"error": "invalid_event", "detail": error})
-        if event_type in SSE_EVENT_TYPES:
-            try:
-                await self.stream_reply(receive, send, event)  # type: ignore[arg-type]
-            except (ReplyCancelled, OSError):
-                # A barge-in: Layercode cancels the request that streams the reply when the
-                # caller interrupts (contract section 5). The event was landed before the first
-                # byte, so nothing is lost: a cancelled reply, not a server error.
-                record(started, agent_id, event_type, session_id, 200, "reply_cancelled")
-                return
-            record(started, agent_id, event_type, session_id, 200)
-            return
-        record(started, agent_id, event_type, session_id, 200)
-        await _send_json(send, 200, {"status": "ok", "type": event_type})
+            answer = self.answer_data(event, self.settings)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            orjson.dumps(answer)
+            return answer
+        except Exception:
+            log.exception("data responder failed for session %s", event.session_id)
+            return {}
 
     async def _stream_until_cancelled(self, receive: Receive, send: Send, produced: Any, turn_id: str) -> bool:
         """Send an async responder's items as they come, while watching for the caller's
@@ -319,7 +371,7 @@ class WebhookEndpoint:
 
 
 def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool = False,
-               responder: Responder | None = None) -> Router:
+               responder: Responder | None = None, data_responder: DataResponder | None = None) -> Router:
     settings = settings or Settings()
     if not settings.agent_secrets and not insecure_skip_verify:
         raise RuntimeError(
@@ -347,8 +399,10 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
                        "acknowledged_after": "the group is fsynced to the local spool; sealed segments are "
                                              "shipped to the store in the background"}
     access_log = AccessLog()
+    if data_responder is None and settings.data_responder:
+        data_responder = load_responder(settings.data_responder)
     endpoint = WebhookEndpoint(settings, lander, responder or load_responder(settings.responder), access_log,
-                               insecure_skip_verify=insecure_skip_verify)
+                               insecure_skip_verify=insecure_skip_verify, answer_data=data_responder)
 
     async def healthz(request: Request) -> Response:
         body = {"status": "ok", **lander.health(), "landing": landing}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layercode_pipeline.config import Settings
-from layercode_pipeline.contract.events import MessageEvent, SessionStartEvent
+from layercode_pipeline.contract.events import DataEvent, MessageEvent, SessionStartEvent
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Data:
 
 
 ResponderItem = str | Data
+# A data responder answers a `data` webhook: `answer(event, settings)` returns (or awaits to)
+# the JSON Layercode forwards to the caller's browser as `response.data` (contract section 6).
+DataResponder = Callable[[DataEvent, Settings], Any]
 Responder = Callable[[SessionStartEvent | MessageEvent, Settings], Iterable[ResponderItem] | AsyncIterable[ResponderItem]]
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")

@@ -36,6 +36,7 @@ def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
 
 
 _HEX = frozenset("0123456789abcdef")
+MAX_TIMESTAMP_DIGITS = 12  # Unix seconds until the year 33658
 
 
 def parse_signature_header(header: str) -> tuple[int, list[str]]:
@@ -49,7 +50,9 @@ def parse_signature_header(header: str) -> tuple[int, list[str]]:
         if not sep:
             continue
         if key == "t":
-            if not value.isdigit() or ts is not None:
+            # ASCII digits only (str.isdigit() also takes Arabic-Indic or superscript digits), and
+            # at most 12 of them: a 400-digit number is no Unix time and overflows float arithmetic
+            if not (value.isascii() and value.isdigit() and len(value) <= MAX_TIMESTAMP_DIGITS) or ts is not None:
                 raise SignatureError("malformed_signature", "expected one 't=<unix seconds>'")
             ts = int(value)
         elif key == "v1":
