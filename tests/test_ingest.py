@@ -124,6 +124,33 @@ def test_duplicates_by_hash_and_by_identity(storage):
         .startswith("2026-11-21 10:00:00")
 
 
+def test_event_identity_is_injective(storage):
+    """Identities joined parts with `|`: session `a|b` turn `c` and session `a` turn `b|c` were one
+    key, and the second event was dropped as a redelivery of the first. A redelivery of either
+    still collapses."""
+    land = storage.paths.landing
+    one = {"type": "message", "session_id": "s|x", "turn_id": "t", "text": "one"}
+    two = {"type": "message", "session_id": "s", "turn_id": "x|t", "text": "two"}
+    three = {"type": "message", "session_id": "s\\", "turn_id": "x|t", "text": "three"}
+    write_segment(land, "w1-000001.jsonl", [envelope(one), envelope(two), envelope(three),
+                                            envelope({**one, "text": "one, again"})])
+    meta = materialize(storage)
+    assert (meta["rows_inserted"], meta["duplicates_dropped"]) == (3, 1)
+    assert sorted(r[0] for r in query(storage, "select body->>'text' from raw.layercode_events")) == \
+        ["one", "three", "two"]
+
+
+def test_a_data_directory_with_both_quotes_in_its_path_is_ingested(tmp_path):
+    """The segment paths became SQL text through Python's repr: a path holding both ' and " made
+    every segment 'unreadable' and the run green while nothing was ingested."""
+    storage = StorageResource(data_dir=str(tmp_path / "it's a \"data\" dir"))
+    write_segment(storage.paths.landing, "w1-000001.jsonl",
+                  [envelope({**END, "session_id": f"sess_{i}"}) for i in range(5)])
+    meta = materialize(storage)
+    assert (meta["rows_inserted"], meta.get("rejects", 0)) == (5, 0)
+    assert query(storage, "select count(*) from raw.layercode_rejects") == [(0,)]
+
+
 def test_warehouse_from_before_event_key_md5_is_migrated_and_still_dedupes(storage):
     """A warehouse written before raw.layercode_events.event_key_md5 existed: the column is
     added and filled when the warehouse is opened, and redeliveries of its old rows are still

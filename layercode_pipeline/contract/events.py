@@ -133,6 +133,13 @@ _MODELS: dict[str, type[_Event]] = {name: t.model for name, t in EVENT_TYPES.ite
 _KNOWN_JSON = TypeAdapter(Annotated[WebhookEvent, Field(discriminator="type")])
 
 
+def _escaped(part_sql: str) -> str:
+    """A key part with `\\` and `|` escaped, so that parts joined by `|` give one key per tuple of
+    parts (`a|b` + `c` and `a` + `b|c` were one key, and one of the two events was dropped). A
+    part without either character is unchanged: keys landed before the escaping still match."""
+    return f"replace(replace({part_sql}, '\\', '\\\\'), '|', '\\|')"
+
+
 def event_key_sql() -> str:
     """The ingest's SQL for an event's identity (`event_key`), from the registry: a redelivery
     has the same key even when its bytes differ (Layercode may re-serialise); an event with no
@@ -141,7 +148,8 @@ def event_key_sql() -> str:
     for t in EVENT_TYPES.values():
         if t.identity is None:
             continue
-        parts = ", ".join(["agent_id", "event_type", "session_id", *(f"coalesce({f}, '')" for f in t.identity)])
+        parts = ", ".join(_escaped(p) for p in
+                          ["agent_id", "event_type", "session_id", *(f"coalesce({f}, '')" for f in t.identity)])
         required = " and ".join(f"{f} is not null" for f in t.identity if f == "turn_id") or "true"
         whens.append(f"    when event_type = '{t.name}' and {required} then concat_ws('|', {parts})")
     return ("case\n    when session_id is null then 'sha256:' || content_sha256\n" + "\n".join(whens)

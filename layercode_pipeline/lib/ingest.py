@@ -29,6 +29,7 @@ from layercode_pipeline.contract.landing import (
     recover_orphan_segments,
 )
 from layercode_pipeline.landing_store import ObjectLanding, list_objects, recent_hour_prefixes
+from layercode_pipeline.lib.warehouse import sql_string
 
 # The identity of an event, from the event registry (see contract.events.event_key_sql).
 EVENT_KEY_SQL = event_key_sql()
@@ -138,7 +139,10 @@ def _read_lines_sql(files: list[str]) -> str:
     # and at \r alike, so a CRLF file reads as its lines with an empty line after each. Empty
     # lines carry no event and are dropped here (JSON never holds a raw CR inside a string, so
     # no real line is split by this).
-    return (f"select filename as source_file, line from read_csv({files}, columns={{'line': 'VARCHAR'}}, "
+    # The paths go through the one quoting helper: Python's repr of a list is no SQL (a path
+    # holding both ' and " became a syntax error, and every segment looked unreadable).
+    paths = "[" + ", ".join(sql_string(f) for f in files) + "]"
+    return (f"select filename as source_file, line from read_csv({paths}, columns={{'line': 'VARCHAR'}}, "
             "header=false, delim=chr(1), quote='', escape='', auto_detect=false, filename=true, "
             "new_line='\\n', strict_mode=false, max_line_size=33554432, parallel=true) "
             "where line is not null and trim(line) <> ''")
