@@ -15,6 +15,7 @@ turn, with each reply's latency and the barge-ins marked).
 
 from __future__ import annotations
 
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -115,7 +116,7 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S):
     """The Dash app over `serving` (a path to analytics.duckdb)."""
     import dash
     import plotly.graph_objects as go  # graph objects need no numpy (Plotly Express would)
-    from dash import Input, Output, dash_table, dcc, html
+    from dash import Input, Output, dcc, html
 
     app = dash.Dash(__name__, title="Layercode call analytics", suppress_callback_exceptions=True)
     app.layout = html.Div([
@@ -159,8 +160,9 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S):
                 out = []
                 for (name,), part in d.group_by("agent", maintain_order=True):
                     x, y = [str(v) for v in part["call_date"].to_list()], part[column].to_list()
-                    out.append(go.Bar(x=x, y=y, name=f"{name}{suffix}") if kind == "bar"
-                               else go.Scatter(x=x, y=y, name=f"{name}{suffix}", mode="lines+markers"))
+                    label = html_escape(f"{name}{suffix}")  # Plotly reads tags (<a href>) in trace names
+                    out.append(go.Bar(x=x, y=y, name=label) if kind == "bar"
+                               else go.Scatter(x=x, y=y, name=label, mode="lines+markers"))
                 return out
 
             def mix(prefix: str):  # counts per label over the period
@@ -179,18 +181,24 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S):
                 chart(mix("outcome_"), "Outcome mix", "chart-outcomes"),
                 chart(mix("sentiment_"), "Sentiment mix", "chart-sentiment"),
             ]
-        low = lowest_quality(serving, agent)
-        rows = [{**r, "session": f"[{r['session_id']}](/call/{quote(r['session_id'])})",
-                 "started_at": str(r["started_at"])[:19]} for r in low.iter_rows(named=True)]
-        table = dash_table.DataTable(
-            id="lowest-quality", data=rows,
-            columns=[{"name": "session", "id": "session", "presentation": "markdown"},
-                     *[{"name": c, "id": c} for c in ("agent", "started_at", "quality_score", "sentiment", "outcome",
-                                                       "interruptions", "turn_latency_ms_p95", "summary")]],
-            markdown_options={"link_target": "_self"}, page_size=15,
-            style_cell={"textAlign": "left", "whiteSpace": "normal", "height": "auto", "maxWidth": "520px",
-                        "fontFamily": "sans-serif", "fontSize": "0.85rem"})
+        table = lowest_quality_table(lowest_quality(serving, agent))
         return html.Div([cards, html.Div(charts), html.H2("Lowest-quality calls"), table])
+
+    def lowest_quality_table(low: pl.DataFrame):
+        """Every value from calls is text: the session id is a link's text, never markdown or
+        HTML (a crafted id rendered as markdown became a live external link)."""
+        columns = ("agent", "started_at", "quality_score", "sentiment", "outcome", "interruptions",
+                   "turn_latency_ms_p95", "summary")
+        cell = {"textAlign": "left", "verticalAlign": "top", "padding": "0.3rem 0.5rem", "maxWidth": "520px",
+                "borderBottom": "1px solid #eee", "fontSize": "0.85rem"}
+        header = html.Tr([html.Th(c, style=cell) for c in ("session", *columns)])
+        body = [html.Tr([html.Td(dcc.Link(r["session_id"], href="/call/" + quote(r["session_id"], safe=""), refresh=True),
+                                 style=cell),
+                         *[html.Td(str(r[c])[:19] if c == "started_at" else _fmt(r[c]), style=cell)
+                           for c in columns]])
+                for r in low.iter_rows(named=True)]
+        return html.Table([html.Thead(header), html.Tbody(body)], id="lowest-quality",
+                          style={"borderCollapse": "collapse"})
 
     def call_page(session_id: str):
         head, turns = transcript(serving, session_id)

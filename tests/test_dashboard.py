@@ -137,3 +137,41 @@ def test_a_new_publish_shows_without_a_reload(dashboard):
     assert dg.materialize([raw_layercode_events, layercode_dbt_models, analytics_serving],
                           resources={"storage": storage, "dbt": dbt_resource()}).success
     page.wait_for_function("document.querySelector('#kpi-calls').innerText === '4'", timeout=30_000)
+
+
+def test_values_from_calls_are_rendered_as_text(dashboard):
+    """A session id and an agent name come from calls: as markdown or HTML, a crafted one became a
+    live external link. Each is shown as the text it is."""
+    from layercode_pipeline.lib.agents import store_agents
+
+    page, storage = dashboard["page"], dashboard["storage"]
+    crafted_id = "x](https://evil.example/phish)[y"
+    crafted_name = "<a href='https://evil.example/'>Support</a>"
+    body = json.dumps({"type": "session.end", "session_id": crafted_id, "agent_id": "ag_evil",
+                       "conversation_id": "conv_evil", "started_at": ts(400), "ended_at": ts(403), "duration": 3000,
+                       "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(400)}]}).encode()
+    line = build_envelope(received_at=datetime.fromtimestamp(epoch(403), UTC), agent_id="ag_evil",
+                          event_type="session.end", content_sha256=hashlib.sha256(body).hexdigest(), body=body,
+                          headers={}, writer_id="wtest")
+    (storage.paths.landing / f"dt={DAY}" / "hour=10" / "wtest-000003.jsonl").write_bytes(line)
+    from layercode_pipeline.lib.enrichment.store import write_enrichments
+
+    from .test_voice_metrics import enrichment
+
+    with storage.connect() as con:
+        store_agents(con, [{"id": "ag_a", "name": "Support Bot"}, {"id": "ag_b", "name": "Sales Bot"},
+                           {"id": "ag_evil", "name": crafted_name}])
+        write_enrichments(con, [enrichment(crafted_id, "ag_evil", "unresolved", 0.0)])
+    assert dg.materialize([raw_layercode_events, layercode_dbt_models, analytics_serving],
+                          resources={"storage": storage, "dbt": dbt_resource()}).success
+    page.goto(dashboard["url"])
+    page.wait_for_function(f"document.querySelector('#lowest-quality') && "
+                           f"document.querySelector('#lowest-quality').innerText.includes({json.dumps(crafted_id)})",
+                           timeout=30_000)
+    page.wait_for_selector("#chart-calls .legend", timeout=30_000)
+    assert page.locator("a[href*='://evil.example']").count() == 0  # the own link's href is %-quoted
+    assert crafted_name in page.locator("#chart-calls").inner_text()
+    assert crafted_name in page.locator("#lowest-quality").inner_text()
+    page.locator("#lowest-quality a", has_text=crafted_id).click()
+    page.wait_for_selector("#call-title", timeout=30_000)
+    assert page.inner_text("#call-title") == f"Call {crafted_id}"
