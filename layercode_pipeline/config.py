@@ -215,6 +215,9 @@ class Settings(BaseSettings):
     api_max_attempts: int = 5  # per request, then the failure is recorded and asked again next run
     api_backoff_initial_s: float = 0.5
     api_backoff_max_s: float = 30.0
+    # May a recording redirect reach a loopback, link-local or private address? Unset: only when
+    # the API itself is on one (the simulator); Layercode's public API never needs it.
+    recording_private_redirects: bool | None = None
 
     # --- enrichment (any OpenAI-compatible server; without a key: the offline provider) ----
     openai_api_key: SecretStr | None = Field(default=None, repr=False,

@@ -306,3 +306,42 @@ def test_a_data_responder_supplies_the_answer(tmp_path):
     with BackgroundServer(create_app(settings, data_responder=answer)) as server:
         r = post(server.url, {"type": "data", "session_id": SID, "turn_id": "t1", "data": {"clicked": "buy"}})
     assert (r.status_code, r.json()) == (200, {"ack": "buy"})
+
+
+def test_recording_redirects_judged_by_every_hop_and_private_targets_refused(tmp_path):
+    """A chain API -> storage -> API arrives back without the key (dropped when it left): its 401
+    is the recording's error, not "check LAYERCODE_API_KEY" stopping the run. A redirect to a
+    loopback/private address is refused unless allowed. A storage error's body (it may echo the
+    signed URL) is neither stored nor logged."""
+    async def bounce(request: Request) -> Response:  # storage sends the client back to the API
+        return RedirectResponse(api.url + "/v1/back", 302)
+
+    async def leaky(request: Request) -> Response:
+        return Response("<Error>AccessKeyId AKIASECRET signature=abc</Error>", 404, media_type="application/xml")
+
+    storage = BackgroundServer(Starlette(routes=[Route("/bounce", bounce), Route("/leaky", leaky)])).start()
+
+    async def back(request: Request) -> Response:
+        return JSONResponse({"error": "unauthorized"}, 401)  # no key: httpx dropped it leaving the origin
+
+    async def recording(request: Request) -> Response:
+        return RedirectResponse(storage.url + ("/bounce" if request.path_params["sid"] == "a" else "/leaky"), 302)
+
+    api = BackgroundServer(Starlette(routes=[Route("/v1/agents/{aid}/sessions/{sid}/recording", recording),
+                                             Route("/v1/back", back)])).start()
+
+    async def download(sid: str, private_redirects: bool | None):
+        async with LayercodeClient("sk_x", api.url + "/v1", backoff_initial_s=0.01, max_attempts=2,
+                                   private_redirects=private_redirects) as client:
+            return await client.download_recording("ag", sid, tmp_path / f"{sid}.wav")
+
+    try:
+        bounced = asyncio.run(download("a", None))  # loopback API: loopback storage allowed
+        leaked = asyncio.run(download("b", None))
+        refused = asyncio.run(download("a", False))
+    finally:
+        api.stop()
+        storage.stop()
+    assert bounced.status == "error" and "401" in bounced.detail and "LAYERCODE_API_KEY" not in bounced.detail
+    assert leaked.status == "error" and "404" in leaked.detail and "AKIA" not in leaked.detail
+    assert refused.status == "error" and "refused a redirect" in refused.detail

@@ -81,6 +81,7 @@ class LayercodeAPIResource(dg.ConfigurableResource):
     max_attempts: int = Settings.default("api_max_attempts")
     backoff_initial_s: float = Settings.default("api_backoff_initial_s")
     backoff_max_s: float = Settings.default("api_backoff_max_s")
+    private_redirects: bool | None = Settings.default("recording_private_redirects")
 
     @property
     def configured(self) -> bool:
@@ -91,7 +92,8 @@ class LayercodeAPIResource(dg.ConfigurableResource):
 
         return LayercodeClient(self.api_key or "", self.base_url, timeout_s=self.timeout_s,
                                max_concurrency=self.max_concurrency, max_attempts=self.max_attempts,
-                               backoff_initial_s=self.backoff_initial_s, backoff_max_s=self.backoff_max_s)
+                               backoff_initial_s=self.backoff_initial_s, backoff_max_s=self.backoff_max_s,
+                               private_redirects=self.private_redirects)
 
 
 class OpenAIResource(dg.ConfigurableResource):
@@ -158,7 +160,8 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
         "layercode_api": LayercodeAPIResource(
             base_url=settings.api_base_url, api_key=_secret(settings, "api_key"), timeout_s=settings.api_timeout_s,
             max_concurrency=settings.api_max_concurrency, max_attempts=settings.api_max_attempts,
-            backoff_initial_s=settings.api_backoff_initial_s, backoff_max_s=settings.api_backoff_max_s),
+            backoff_initial_s=settings.api_backoff_initial_s, backoff_max_s=settings.api_backoff_max_s,
+            private_redirects=settings.recording_private_redirects),
         "openai": OpenAIResource(
             api_key=_secret(settings, "openai_api_key"), base_url=settings.openai_base_url,
             model=settings.enrichment_model,

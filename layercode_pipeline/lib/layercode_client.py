@@ -9,7 +9,9 @@ Authorization header: it is not in URLs, messages, logs or `repr`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,24 @@ RETRYABLE = (RetryableHTTPError, httpx.TimeoutException, httpx.TransportError, I
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
+
+
+class RefusedRedirect(LayercodeAPIError):
+    """A recording redirect to an address the pipeline must not fetch from."""
+
+
+async def _is_private_host(host: str) -> bool:
+    """Whether `host` is, or resolves to, a loopback, link-local, private or otherwise
+    non-public address (any of its addresses: a name may resolve to several)."""
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError:
+            return False  # unresolvable: the request itself fails with a clear error
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    return any(not a.is_global for a in addresses)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -104,7 +124,8 @@ class LayercodeClient:
                  timeout_s: float = Settings.default("api_timeout_s"), max_concurrency: int = Settings.default("api_max_concurrency"),
                  max_attempts: int = Settings.default("api_max_attempts"),
                  backoff_initial_s: float = Settings.default("api_backoff_initial_s"),
-                 backoff_max_s: float = Settings.default("api_backoff_max_s")):
+                 backoff_max_s: float = Settings.default("api_backoff_max_s"),
+                 private_redirects: bool | None = Settings.default("recording_private_redirects")):
         if not api_key:
             raise LayercodeAuthError("no Layercode API key configured (set LAYERCODE_API_KEY)")
         self._api_key = api_key
@@ -113,6 +134,9 @@ class LayercodeClient:
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self._wait = _WaitRetryAfter(backoff_initial_s, backoff_max_s)
+        # None: a redirect may reach a private address only when the API itself is on one
+        # (the simulator, a proxy on the same network); Layercode's public API never needs it
+        self.private_redirects = private_redirects
         self._sem: asyncio.Semaphore | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -121,9 +145,21 @@ class LayercodeClient:
 
     async def __aenter__(self) -> LayercodeClient:
         self._sem = asyncio.Semaphore(self.max_concurrency)
+        api_origin = _origin(httpx.URL(self.base_url))
+        if self.private_redirects is None:
+            self.private_redirects = await _is_private_host(api_origin[1])
+
+        async def refuse_private_hops(request: httpx.Request) -> None:
+            """Every request leaving the API's origin (a redirect hop) is checked before it is sent."""
+            if _origin(request.url) != api_origin and not self.private_redirects \
+                    and await _is_private_host(request.url.host):
+                raise RefusedRedirect(f"refused a redirect to {request.url.host}, a loopback, link-local or private "
+                                      "address (set LAYERCODE_RECORDING_PRIVATE_REDIRECTS=true to allow it)")
+
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self._api_key}"},
-            limits=httpx.Limits(max_connections=self.max_concurrency))
+            limits=httpx.Limits(max_connections=self.max_concurrency),
+            event_hooks={"request": [refuse_private_hops]})
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -193,14 +229,16 @@ class LayercodeClient:
 
     @staticmethod
     async def _storage_refusal(response: httpx.Response) -> RecordingDownload:
-        """A non-200 from the signed-storage host the API redirected to. Not the API's own
-        answer, so not an API-key problem: 403 (an expired signature), 429 and 5xx are retried
-        (the next attempt gets a freshly signed URL); anything else is this recording's error."""
-        body = (await response.aread())[:200].decode("utf-8", "replace")
+        """A non-200 after a redirect left the API's origin: the answer of signed storage (or of
+        whatever it redirected to), not the API's, so not an API-key problem. 403 (an expired
+        signature), 429 and 5xx are retried (the next attempt gets a freshly signed URL);
+        anything else is this recording's error. The answer's body is read and dropped, never
+        stored or logged: it may echo the signed URL or the storage account's details."""
+        await response.aread()
         if response.status_code in (403, 429) or response.status_code >= 500:
             raise RetryableHTTPError(response.status_code, _retry_after(response))
-        return RecordingDownload("error", detail=f"signed storage {response.url.host} answered HTTP "
-                                                 f"{response.status_code}: {body}")
+        return RecordingDownload("error", detail=f"redirected recording host {response.url.host} answered HTTP "
+                                                 f"{response.status_code}")
 
     async def _download_once(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
         assert self._client is not None
@@ -210,10 +248,18 @@ class LayercodeClient:
             # The WAV may be served from signed storage on another host (the docs' example is
             # `curl -L`): follow redirects. httpx drops the Authorization header when a redirect
             # leaves the API's origin, so the key never reaches that host.
-            async with self._client.stream("GET", self.session_path(agent_id, session_id) + "/recording",
-                                           follow_redirects=True) as response:
-                redirected = _origin(response.url) != _origin(self._client.base_url)
-                if redirected and response.status_code != 200:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    response = await stack.enter_async_context(self._client.stream(
+                        "GET", self.session_path(agent_id, session_id) + "/recording", follow_redirects=True))
+                except RefusedRedirect as exc:  # this recording's error; the run goes on
+                    return RecordingDownload("error", detail=str(exc))
+                # judged by every hop, not the last: a chain that returns to the API's origin
+                # arrives there without the key (dropped when it left), and its 401 is no
+                # reason to suspect LAYERCODE_API_KEY
+                api_origin = _origin(self._client.base_url)
+                left_api = any(_origin(hop.url) != api_origin for hop in (*response.history, response))
+                if left_api and response.status_code != 200:
                     return await self._storage_refusal(response)
                 self._check(response)
                 ctype = response.headers.get("content-type", "")
