@@ -71,12 +71,9 @@ def peak_rss_mb(pid: int | None = None) -> float:
 def dagster_home(root: Path) -> Path:
     """A DAGSTER_HOME with the instance config `layercode-pipeline demo` writes (what a new
     user runs `dagster dev` with)."""
-    from layercode_pipeline.cli import DAGSTER_YAML
+    from layercode_pipeline.dagster_instance import initialise_instance
 
-    home = root / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    return home
+    return initialise_instance(root / "dagster_home")
 
 
 def pipeline_env(home: Path, data: Path, **extra: str) -> dict[str, str]:

@@ -10,34 +10,6 @@ import sys
 
 import click
 
-DAGSTER_YAML = """\
-# written by `layercode-pipeline demo`; see deploy/dagster.yaml
-concurrency:
-  runs:
-    max_concurrent_runs: 4
-  pools:
-    default_limit: 1
-    # one run beyond the pool's slot may start (its process and code location) while
-    # another holds the warehouse, and run its steps the moment it is free
-    op_granularity_run_buffer: 1
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    # the landing sensor's runs start within a second of being queued
-    dequeue_interval_seconds: 1
-run_retries:
-  enabled: true
-  max_retries: 2
-# sensors evaluated on their own threads: result_webhooks_sensor's tick (deliveries) never
-# delays the landing sensor's
-sensors:
-  use_threads: true
-  num_workers: 4
-telemetry:
-  enabled: false
-"""
-
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
@@ -209,8 +181,10 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
               "automatic": False}
     run_config = {"ops": {"layercode_session_details": {"config": config}},
                   "loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    from layercode_pipeline.dagster_instance import initialise_instance
+
     with contextlib.ExitStack() as stack:
-        instance = (stack.enter_context(dg.DagsterInstance.from_config(str(settings.dagster_home)))
+        instance = (stack.enter_context(dg.DagsterInstance.from_config(str(initialise_instance(settings.dagster_home))))
                     if settings.dagster_home else None)
         with console.status("fetching session records…"):
             result = dg.materialize([layercode_session_details], resources=resources_from_settings(settings),
@@ -229,6 +203,23 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
         raise SystemExit(1)
 
 
+@main.command("init-instance")
+@click.option("--dagster-home", type=click.Path(file_okay=False), default=None,
+              help="The instance directory (default: DAGSTER_HOME).")
+def init_instance(dagster_home: str | None) -> None:
+    """Create (or migrate) the Dagster instance of DAGSTER_HOME once, before commands that may
+    run at the same time (two `dagster asset materialize` on a new home race on its schema)."""
+    from pathlib import Path
+
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.dagster_instance import initialise_instance
+
+    home = Path(dagster_home) if dagster_home else Settings().dagster_home
+    if home is None:
+        raise click.UsageError("set DAGSTER_HOME or pass --dagster-home")
+    click.echo(f"Dagster instance ready at {initialise_instance(home)}")
+
+
 @main.command()
 @click.option("--calls", default=300, show_default=True, type=int, help="Simulated calls (conversations) to deliver.")
 @click.option("--seed", default=None, type=int, help="Seed for the simulated calls (default: a new one per run).")
@@ -244,11 +235,9 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
     from rich.console import Console
 
     from layercode_pipeline.config import Settings
+    from layercode_pipeline.dagster_instance import initialise_instance
 
-    home = Settings().dagster_home or Path(data_dir).resolve() / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():  # the warehouse pool limit, telemetry off
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    home = initialise_instance(Settings().dagster_home or Path(data_dir).resolve() / "dagster_home")
     logging.getLogger("dagster").setLevel(logging.WARNING)
     console = Console()
     started = time.perf_counter()

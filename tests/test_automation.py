@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.cli import DAGSTER_YAML
+from layercode_pipeline.dagster_instance import initialise_instance
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 
 from .conftest import DaemonProcess, ListenerProcess, failure_messages
@@ -32,9 +32,7 @@ def serving_sessions(data: Path) -> set[str]:
 
 
 def test_sealed_segments_reach_the_serving_copy_and_a_failed_run_is_retried(tmp_path):
-    home, data = tmp_path / "dagster_home", tmp_path / "data"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    home, data = initialise_instance(tmp_path / "dagster_home"), tmp_path / "data"
     data.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_"))}
     env |= {"DAGSTER_HOME": str(home), "LAYERCODE_DATA_DIR": str(data),

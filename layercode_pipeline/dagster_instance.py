@@ -1,0 +1,64 @@
+"""The project's Dagster instance: the demo's `dagster.yaml`, and one initialisation per home.
+
+Dagster creates an instance's SQLite storages (and runs their schema migrations) on first use.
+Two processes doing that at once on a new DAGSTER_HOME race on the migration and can leave the
+instance with two alembic heads, unusable. Every place the project opens an instance goes
+through `initialise_instance`, which does the first use under an exclusive file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+DAGSTER_YAML = """\
+# written by `layercode-pipeline demo` / `init-instance`; see deploy/dagster.yaml
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+  pools:
+    default_limit: 1
+    # one run beyond the pool's slot may start (its process and code location) while
+    # another holds the warehouse, and run its steps the moment it is free
+    op_granularity_run_buffer: 1
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    # the landing sensor's runs start within a second of being queued
+    dequeue_interval_seconds: 1
+run_retries:
+  enabled: true
+  max_retries: 2
+# sensors evaluated on their own threads: result_webhooks_sensor's tick (deliveries) never
+# delays the landing sensor's
+sensors:
+  use_threads: true
+  num_workers: 4
+telemetry:
+  enabled: false
+"""
+
+
+def initialise_instance(home: Path) -> Path:
+    """Create `home` with the demo's `dagster.yaml` if it has none, and open the instance once
+    under an exclusive lock, so its storages exist and are migrated before anyone else opens
+    it. Returns `home`, resolved. Idempotent and safe to call from several processes."""
+    import dagster as dg
+
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".layercode-instance.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = home / "dagster.yaml"
+        if not config.exists():  # the warehouse pool limit, run queue and retries, telemetry off
+            tmp = config.with_suffix(".yaml.tmp")
+            tmp.write_text(DAGSTER_YAML)
+            tmp.replace(config)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            # first use of each storage creates its tables and stamps its schema version
+            instance.get_runs(limit=1)
+            instance.event_log_storage.get_asset_records()
+            if instance.schedule_storage is not None:
+                instance.schedule_storage.all_instigator_state()
+    return home
