@@ -49,14 +49,14 @@ def kpis(serving: Path, agent: str | None) -> dict[str, Any]:
     daily = frame(serving, f"""
         select coalesce(sum(calls), 0) as calls, coalesce(sum(sessions), 0) as sessions,
                coalesce(sum(speech_minutes), 0) as speech_minutes,
-               sum(interrupted_turns) / nullif(sum(assistant_turns), 0) as interruption_rate,
+               sum(interrupted_turns) / nullif(sum(assistant_turns_observed), 0) as interruption_rate,
                sum(outcome_resolved) / nullif(sum(sessions_analysed), 0) as containment_rate,
                sum(sessions_with_recording) / nullif(sum(sessions_recording_expected), 0) as recording_coverage,
                coalesce(sum(estimated_cost_usd), 0) as estimated_cost_usd
         from marts.agg_daily_call_metrics where true{where}""", params).row(0, named=True)
     turns = frame(serving, f"""
         select quantile_cont(latency_ms, 0.5) as p50, quantile_cont(latency_ms, 0.95) as p95
-        from marts.fct_turns where role = 'assistant' and not interrupted{where}""", params).row(0, named=True)
+        from marts.fct_turns where role = 'assistant' and interrupted is not true{where}""", params).row(0, named=True)
     return {**daily, "turn_latency_ms_p50": turns["p50"], "turn_latency_ms_p95": turns["p95"]}
 
 

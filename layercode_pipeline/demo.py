@@ -222,10 +222,10 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
         # per agent over every turn: turn latency where the REST record gave it, barge-ins
         per_agent = con.execute("""
             select coalesce(s.agent_name, s.agent_id), count(distinct s.conversation_id),
-                   round(quantile_cont(t.latency_ms, 0.95) filter (where t.role = 'assistant' and not t.interrupted))::int,
-                   count(t.latency_ms) filter (where t.role = 'assistant' and not t.interrupted),
+                   round(quantile_cont(t.latency_ms, 0.95) filter (where t.role = 'assistant' and t.interrupted is not true))::int,
+                   count(t.latency_ms) filter (where t.role = 'assistant' and t.interrupted is not true),
                    round(100.0 * count(*) filter (where t.interrupted)
-                         / nullif(count(*) filter (where t.role = 'assistant'), 0), 1)
+                         / nullif(count(*) filter (where t.role = 'assistant' and t.interrupted is not null), 0), 1)
             from marts.fct_sessions s left join marts.fct_turns t using (session_id) group by 1 order by 1""").fetchall()
     finally:
         con.close()

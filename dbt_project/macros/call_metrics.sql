@@ -12,11 +12,13 @@ with sessions as (
 turns as (
     select s.{{ period_name }}, s.agent_id,
            -- interrupted turns are kept out of the latency statistics (the caller cut them short)
-           quantile_cont(t.latency_ms, 0.5) filter (where not t.interrupted) as turn_latency_ms_p50,
-           quantile_cont(t.latency_ms, 0.95) filter (where not t.interrupted) as turn_latency_ms_p95,
-           quantile_cont(t.latency_ms, 0.99) filter (where not t.interrupted) as turn_latency_ms_p99,
-           count(t.latency_ms) filter (where not t.interrupted) as turns_with_latency,
+           quantile_cont(t.latency_ms, 0.5) filter (where t.interrupted is not true) as turn_latency_ms_p50,
+           quantile_cont(t.latency_ms, 0.95) filter (where t.interrupted is not true) as turn_latency_ms_p95,
+           quantile_cont(t.latency_ms, 0.99) filter (where t.interrupted is not true) as turn_latency_ms_p99,
+           count(t.latency_ms) filter (where t.interrupted is not true) as turns_with_latency,
            count(*) as assistant_turns,
+           -- barge-ins are counted only where they were observable (t.interrupted is not null)
+           count(*) filter (where t.interrupted is not null) as assistant_turns_observed,
            count(*) filter (where t.interrupted) as interrupted_turns
     from {{ ref('fct_turns') }} t
     join sessions s using (session_id)
@@ -63,7 +65,8 @@ session_metrics as (
             as containment_rate,
         avg(quality_score) as quality_score_avg,
         coalesce(sum(enrichment_cost_usd), 0) as estimated_cost_usd,
-        sum(interruptions) as interruptions,
+        sum(interruptions) as interruptions,  -- null when no session of the period could observe one
+        count(*) filter (where barge_ins_observable) as sessions_barge_ins_observable,
         count(*) filter (where ended_by = 'backfill') as sessions_completed_by_backfill
     from sessions
     group by all
@@ -71,8 +74,9 @@ session_metrics as (
 select
     m.*,
     coalesce(t.assistant_turns, 0) as assistant_turns,
-    coalesce(t.interrupted_turns, 0) as interrupted_turns,
-    t.interrupted_turns / nullif(t.assistant_turns, 0) as interruption_rate,
+    coalesce(t.assistant_turns_observed, 0) as assistant_turns_observed,
+    case when t.assistant_turns_observed > 0 then t.interrupted_turns end as interrupted_turns,
+    t.interrupted_turns / nullif(t.assistant_turns_observed, 0) as interruption_rate,
     coalesce(t.turns_with_latency, 0) as turns_with_latency,
     t.turn_latency_ms_p50,
     t.turn_latency_ms_p95,

@@ -34,3 +34,15 @@
     case when try_cast({{ json_text }} as double) between 0 and {{ upper }}
          then try_cast({{ json_text }} as double) end
 {%- endmacro %}
+
+{# Text as compared across sources (a `message` and its transcript turn): lower case, no
+   punctuation, single spaces. #}
+{% macro comparable_text(text) -%}
+    trim(regexp_replace(regexp_replace(lower(coalesce({{ text }}, '')), '[[:punct:]]', '', 'g'), '\s+', ' ', 'g'))
+{%- endmacro %}
+
+{# How alike two comparable texts are, 0 to 1 (1 - edit distance / longer length); null when
+   either is empty. #}
+{% macro text_similarity(a, b) -%}
+    1 - levenshtein({{ a }}, {{ b }}) / nullif(greatest(length({{ a }}), length({{ b }})), 0)::double
+{%- endmacro %}

@@ -40,6 +40,7 @@ rest_items as (
     from rest_lists
 ),
 rest_turns as (
+    -- a REST entry in the documented shape is one exchange: a caller turn and its reply
     select session_id, item_pos as sort_1, 0 as sort_2, 'user' as role, item->>'$.user_message' as text,
            {{ transcript_ts("item->'$.timestamp'") }} as spoken_at, started_at, 'rest' as transcript_source
     from rest_items where coalesce(item->>'$.user_message', '') <> ''
@@ -52,6 +53,16 @@ rest_turns as (
                       else interval 0 second end,
            started_at, 'rest'
     from rest_items where coalesce(item->>'$.assistant_message', '') <> ''
+    union all
+    -- a REST entry shaped as one published API profile describes ({role, text, timestamp}, contract
+    -- section 6) is one utterance, as in session.end; other shapes give no turn and are flagged
+    -- by the backfill's no_rest_shape_drift check
+    select session_id, item_pos, 0,
+           case when item->>'$.role' in ('user', 'assistant') then item->>'$.role' else 'unknown' end,
+           item->>'$.text', {{ transcript_ts("item->'$.timestamp'") }}, started_at, 'rest'
+    from rest_items
+    where item->>'$.user_message' is null and item->>'$.assistant_message' is null
+      and coalesce(item->>'$.text', '') <> ''
 ),
 turns as (
     select * from webhook_turns

@@ -11,6 +11,15 @@ with touched as (
     select t.session_id from {{ this }} t join {{ ref('int_webhook_latency_units') }} u using (agent_id)
     where t.latency_source = 'session.end' and t.webhook_latency_unit is distinct from u.webhook_latency_unit
     {% endif %}
+    {#- a metadata key promoted since the last build: every session gets its new column filled #}
+    {%- if is_incremental() %}
+    {%- set existing = adapter.get_columns_in_relation(this) | map(attribute='name') | map('lower') | list %}
+    {%- for key in var('promoted_metadata_keys', '').split(',') if key.strip() %}
+    {%- if ('metadata_' ~ key.strip() | lower) not in existing %}
+    union select session_id from {{ ref('int_session_sources') }}
+    {%- endif %}
+    {%- endfor %}
+    {%- endif %}
 ),
 src as (
     select * from {{ ref('int_session_sources') }} where session_id in (select session_id from touched)
@@ -33,6 +42,10 @@ updates as (select * from {{ ref('stg_webhook_session_updates') }} where session
 rest as (select * from {{ ref('stg_rest_sessions') }} where session_id in (select session_id from touched)),
 recs as (select * from {{ ref('stg_recordings') }} where session_id in (select session_id from touched)),
 agents as (select agent_id, agent_name from {{ ref('stg_agents') }}),
+message_stats as (  -- what the `message` webhooks reported about barge-ins
+    select session_id, count(*) filter (where previous_turn_interrupted) as barge_ins_reported
+    from {{ ref('stg_webhook_messages') }} where session_id in (select session_id from touched) group by 1
+),
 data_events as (
     select session_id, count(*) as data_events from {{ ref('stg_webhook_data') }}
     where session_id in (select session_id from touched) group by 1
@@ -46,11 +59,14 @@ turn_stats as (
            count(*) filter (where role = 'assistant') as assistant_turns,
            coalesce(sum(words) filter (where role = 'user'), 0) as user_words,
            coalesce(sum(words) filter (where role = 'assistant'), 0) as assistant_words,
-           count(*) filter (where interrupted) as interruptions,
+           count(*) filter (where interrupted) as barge_ins_placed,
            -- interrupted turns are kept out of latency statistics
-           quantile_cont(latency_ms, 0.5) filter (where role = 'assistant' and not interrupted) as turn_latency_ms_p50,
-           quantile_cont(latency_ms, 0.95) filter (where role = 'assistant' and not interrupted) as turn_latency_ms_p95,
-           min(offset_ms) filter (where role = 'assistant') as first_response_ms,
+           quantile_cont(latency_ms, 0.5) filter (where role = 'assistant' and interrupted is not true) as turn_latency_ms_p50,
+           quantile_cont(latency_ms, 0.95) filter (where role = 'assistant' and interrupted is not true) as turn_latency_ms_p95,
+           -- a turn dated before the session's start is no response time (never a negative one)
+           min(offset_ms) filter (where role = 'assistant' and not spoken_before_start) as first_response_ms,
+           count(*) filter (where spoken_before_start) as turns_dated_before_start,
+           min(spoken_at) as first_spoken_at,
            max(gap_before_ms) as longest_gap_ms,
            min(transcript_source) as transcript_source
     from {{ ref('fct_turns') }} where session_id in (select session_id from touched) group by 1
@@ -67,12 +83,21 @@ merged as (
                  nullif(greatest(epoch_ms(coalesce(rest.ended_at, ends.ended_at))
                                  - epoch_ms(coalesce(rest.started_at, ends.started_at)), -1), -1)) as duration_ms,
         -- milliseconds: the REST record's where there is one; else session.end's, converted when
-        -- this agent's webhooks were found to send seconds (see int_webhook_latency_units)
+        -- this agent's webhooks were found to send seconds (see int_webhook_latency_units). A
+        -- session.end value under 10 from an agent whose unit is not learned yet is null: it reads
+        -- as seconds (0.85) far more often than as a 5 ms turn, and is never averaged as ms.
         coalesce(rest.latency_ms,
-                 case when lu.webhook_latency_unit = 'seconds' then ends.latency_ms * 1000 else ends.latency_ms end)
+                 case when lu.webhook_latency_unit = 'seconds' then ends.latency_ms * 1000
+                      when lu.webhook_latency_unit is null and ends.latency_ms < 10 then null
+                      else ends.latency_ms end)
             as latency_ms,
-        case when rest.latency_ms is not null then 'rest' when ends.latency_ms is not null then 'session.end' end
+        case when rest.latency_ms is not null then 'rest'
+             when ends.latency_ms is not null and not (lu.webhook_latency_unit is null and ends.latency_ms < 10)
+                 then 'session.end' end
             as latency_source,
+        ends.latency_ms as webhook_latency_reported,
+        rest.latency_ms is null and lu.webhook_latency_unit is null and ends.latency_ms < 10
+            as webhook_latency_unit_unknown,
         lu.webhook_latency_unit,
         agents.agent_name,
         coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds) as transcription_duration_seconds,
@@ -113,17 +138,26 @@ merged as (
         case when recs.download_status = 'downloaded' then recs.recording_duration_s end as recording_duration_s,
         case when recs.download_status = 'downloaded' then recs.sample_rate end as recording_sample_rate,
         case when recs.download_status = 'downloaded' then recs.encoding end as recording_encoding,
+        updates.error_message as recording_error,
+        updates.recording_duration_s as reported_recording_duration_s,
         coalesce(recs.download_status = 'downloaded', false) as has_recording,
         coalesce(ts.turns, 0) as turns,
         coalesce(ts.user_turns, 0) as user_turns,
         coalesce(ts.assistant_turns, 0) as assistant_turns,
         coalesce(ts.user_words, 0) as user_words,
         coalesce(ts.assistant_words, 0) as assistant_words,
-        coalesce(ts.interruptions, 0) as interruptions,
+        -- barge-ins: known only where `message` webhooks reached the pipeline (contract section 6);
+        -- a session-webhook-only deployment, a hosted (agent.llm) agent or a REST-only session
+        -- is null, never zero
+        ms.session_id is not null as barge_ins_observable,
+        case when ms.session_id is not null then ms.barge_ins_reported end as interruptions,
+        case when ms.session_id is not null then ms.barge_ins_reported - coalesce(ts.barge_ins_placed, 0)
+             end as unplaced_interruptions,
         ts.turn_latency_ms_p50,
         ts.turn_latency_ms_p95,
         ts.first_response_ms,
         ts.longest_gap_ms,
+        coalesce(ts.turns_dated_before_start, 0) as turns_dated_before_start,
         coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds)
             / nullif(coalesce(rest.transcription_duration_seconds, ends.transcription_duration_seconds)
                      + coalesce(rest.tts_duration_seconds, ends.tts_duration_seconds), 0) as caller_talk_share,
@@ -145,6 +179,7 @@ merged as (
         enr.prompt_version as enrichment_prompt_version,
         enr.cost_usd as enrichment_cost_usd,
         any_events.first_seen_at,
+        ts.first_spoken_at,
         src.source_loaded_at
     from src
     left join starts using (session_id)
@@ -156,6 +191,7 @@ merged as (
     left join enr using (session_id)
     left join turn_stats ts using (session_id)
     left join data_events using (session_id)
+    left join message_stats ms using (session_id)
     left join agents on agents.agent_id = coalesce(rest.agent_id, src.agent_id)
     left join latency_units lu on lu.agent_id = coalesce(rest.agent_id, src.agent_id)
 )
@@ -170,6 +206,10 @@ select
     metadata->>'$.{{ key }}' as metadata_{{ key }},
     {%- endfor %}
     case when from_phone_number is not null then 'phone' else 'web' end as channel,
-    coalesce(started_at, first_seen_at) as session_date_at,
+    -- dated by its start; without one, by its first transcript timestamp where that is not after
+    -- the first event was received, else by that receive time
+    coalesce(started_at,
+             case when first_spoken_at <= coalesce(first_seen_at, first_spoken_at) then first_spoken_at end,
+             first_seen_at) as session_date_at,
     ended_by is not null as is_complete
 from merged
