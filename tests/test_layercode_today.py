@@ -244,8 +244,10 @@ def test_agents_and_latency_units_over_the_simulator(tmp_path, capsys):
     checks = meta["asset_checks"]
     assert checks["layercode_agents:agents_listed"] == {"passed": False, "severity": "WARN"}
     assert checks["marts/fct_sessions:warn_latency_looks_like_seconds"]["passed"] is False
-    assert sessions(f"select count(*), count(agent_name), max(latency_ms) < 10 from marts.fct_sessions "
-                    f"where agent_id = '{sales.agent_id}'")[0][1:] == (0, True)  # as sent, flagged, not guessed
+    # kept raw and flagged, never averaged as milliseconds
+    assert sessions(f"select count(agent_name), count(latency_ms), bool_and(webhook_latency_unit_unknown), "
+                    f"max(webhook_latency_reported) < 10 from marts.fct_sessions "
+                    f"where agent_id = '{sales.agent_id}'")[0] == (0, 0, True, True)
 
     api = SimulatorAPI(api_key="sk_live", seed=1)
     api.register(batch, ready_in_s=0)

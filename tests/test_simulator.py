@@ -47,7 +47,8 @@ def test_batch_is_realistic():
                                                    "cancellation", "named_caller", "angry_caller", "happy_caller",
                                                    "short_call", "multilingual"}
     assert any("😊" in t for s in sessions for _, t in s["turn_texts"])
-    assert len({s["agent_id"] for s in sessions}) == 3
+    assert len({s["agent_id"] for s in sessions}) == 4
+    assert {s["barge_ins_observable"] for s in sessions} == {True, False}  # one agent is hosted (agent.llm)
     assert {s["recording_state"] for s in sessions} == {"completed", "failed", "disabled"}
     assert len({s["country_code"] for s in sessions}) > 3
     durations = sorted(s["duration_ms"] for s in sessions)
@@ -226,7 +227,19 @@ def test_the_simulator_is_as_hard_as_the_platform():
     for c in named:  # the caller heard the first words_heard words of that turn, and not all of it
         spoken = turns[c["assistant_turn_id"]].text.split()
         assert 0 < c["words_heard"] < len(spoken) and c["text_heard"].split() == spoken[:c["words_heard"]]
-    assert all(s.torn_replies() for s in sessions if any(t.interrupted for t in s.turns))
+    assert all(s.torn_replies() for s in sessions
+               if any(t.interrupted for t in s.turns) and s.agent.backend == "agent.webhook")
+    # contract section 6: a hosted agent's customer webhook gets no message and no data; a message's
+    # words are not always the transcript's; typed text arrives as a message no turn matches; a
+    # reply carries the turn id of the request it answers
+    hosted = [s for s in sessions if s.agent.backend == "agent.llm"]
+    assert hosted and all(not s.messages() and not s.data() and not s.barge_ins_observable for s in hosted)
+    said = {(s.session_id, t.turn_id): t.text for s in sessions for t in s.turns if t.role == "user"}
+    messages = [(s.session_id, m) for s in sessions for m in s.messages()]
+    assert any(said.get((sid, m["turn_id"])) not in (None, m["text"]) for sid, m in messages)  # reworded
+    assert any((sid, m["turn_id"]) not in said for sid, m in messages)  # typed
+    assert all(b.turn_id == a.turn_id for s in sessions for a, b in zip(s.turns, s.turns[1:])
+               if a.role == "user" and b.role == "assistant")
     assert {(s.sample_rate, s.wav_format) for s in sessions if s.recording_outcome == "completed"} >= \
         {(8000, "pcm"), (8000, "mulaw"), (16000, "pcm")}
     assert {s.wav_placeholder for s in sessions} == {None, 0, 0xFFFFFFFF}
@@ -247,7 +260,9 @@ def test_agents_endpoint(api_server):
     assert [a["id"] for a in listed] == [a.agent_id for a in batch.agents]
     assert all(a["name"] and a["assigned_phone_numbers"][0]["phone_number"].startswith("+") for a in listed)
     one = batch.agents[1]
-    assert get(f"{base}/agents/{one.agent_id}").json() == listed[1]
+    detail = get(f"{base}/agents/{one.agent_id}").json()
+    assert {k: v for k, v in detail.items() if k != "config"} == listed[1]
+    assert {p["use"] for p in detail["config"]["plugins"]} & {"agent.webhook", "agent.llm"} == {one.backend}
     assert get(f"{base}/agents/nope1234").status_code == 404
     assert get(f"{base}/agents", key="wrong").status_code == 401
 

@@ -59,6 +59,17 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
 
 
+def _agent_id(entry: dict[str, Any]) -> str | None:
+    for key in ("id", "agent_id"):
+        if isinstance(entry.get(key), str) and entry[key]:
+            return entry[key]
+    return None
+
+
+def _with_agent_id(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "id": _agent_id(entry)}
+
+
 class RefusedRedirect(LayercodeAPIError):
     """A recording redirect to an address the pipeline must not fetch from."""
 
@@ -182,23 +193,44 @@ class LayercodeClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableHTTPError(response.status_code, _retry_after(response))
 
-    async def list_agents(self) -> list[dict[str, Any]]:
-        """`GET /v1/agents`: the org's agents (id, name, type, phone numbers), as they came."""
+    async def _get_json(self, path: str, what: str) -> Any:
+        """A GET answered 200 with JSON (404: None), after the client's retries."""
         assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"
         async with self._sem:
             async for attempt in self._retrying():
                 with attempt:
-                    response = await self._client.get("/agents")
+                    response = await self._client.get(path)
                     self._check(response)
+        if response.status_code == 404:
+            return None
         if response.status_code != 200:
-            raise LayercodeAPIError(f"unexpected HTTP {response.status_code} for the agents list")
+            raise LayercodeAPIError(f"unexpected HTTP {response.status_code} for {what}")
         try:
-            agents = response.json().get("agents")
-        except (ValueError, AttributeError) as exc:
-            raise LayercodeAPIError("agents list is not a JSON object") from exc
+            return response.json()
+        except ValueError as exc:
+            raise LayercodeAPIError(f"{what} is not JSON") from exc
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        """`GET /v1/agents`: the org's agents (id, name, type, phone numbers), as they came, each
+        with its id under `id`. The list may be `{"agents": [...]}` or a bare array, and an
+        entry's id `id` or `agent_id` (contract section 6: community clients handle both)."""
+        answer = await self._get_json("/agents", "the agents list")
+        agents = answer.get("agents") if isinstance(answer, dict) else answer
         if not isinstance(agents, list):
-            raise LayercodeAPIError("agents list has no 'agents' array")
-        return [a for a in agents if isinstance(a, dict) and isinstance(a.get("id"), str)]
+            raise LayercodeAPIError("the agents list is neither an array nor an object with an 'agents' array")
+        return [_with_agent_id(a) for a in agents if isinstance(a, dict) and _agent_id(a) is not None]
+
+    async def get_agent(self, agent_id: str) -> dict[str, Any] | None:
+        """`GET /v1/agents/{id}`: one agent with its configuration (its backend plugin: the
+        customer's `agent.webhook` or Layercode's hosted `agent.llm`); None when not found."""
+        answer = await self._get_json(f"/agents/{quote(agent_id, safe='')}", "an agent record")
+        if answer is None:
+            return None
+        if isinstance(answer, dict) and isinstance(answer.get("agent"), dict):
+            answer = answer["agent"]
+        if not isinstance(answer, dict):
+            raise LayercodeAPIError("an agent record is not a JSON object")
+        return _with_agent_id({"id": agent_id, **answer})
 
     async def get_session(self, agent_id: str, session_id: str) -> SessionFetch:
         assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"

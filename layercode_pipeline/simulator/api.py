@@ -95,6 +95,8 @@ class SimulatorAPI:
     slow_s: float = 5.0
     latency_s: float = 0.0  # added to every answer: the round trip to a real API
     storage_url: str | None = None  # the signed-storage host recordings redirect to (`serve()` sets it)
+    # `object`: {"agents": [{"id": ...}]}; `array`: a bare array of {"agent_id": ...} entries
+    agents_list_shape: str = "object"
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(API_FAULTS)
@@ -292,7 +294,10 @@ class SimulatorAPI:
         if refused is not None:
             return refused
         self.requests.append(("agents", "", 200))
-        return JSONResponse({"agents": [a.api_record() for a in self._agents.values()]})
+        listed = [a.api_record() for a in self._agents.values()]
+        if self.agents_list_shape == "array":  # as some API versions answer (contract section 6)
+            return JSONResponse([{"agent_id": a.pop("id"), **a} for a in listed])
+        return JSONResponse({"agents": listed})
 
     async def _one_agent(self, request: Request) -> Response:
         agent_id = request.path_params["agent_id"]
@@ -304,4 +309,4 @@ class SimulatorAPI:
             self.requests.append(("agents", agent_id, 404))
             return JSONResponse({"error": "not_found", "message": "agent not found"}, 404)
         self.requests.append(("agents", agent_id, 200))
-        return JSONResponse(agent.api_record())
+        return JSONResponse(agent.detail_record())

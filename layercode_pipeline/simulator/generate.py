@@ -23,6 +23,7 @@ PHONE_RATE = 8000  # telephony recordings
 WEB_RATE = 16000  # browser recordings
 PLACEHOLDERS = (0, 0xFFFFFFFF)  # what a streaming WAV writer puts where it does not know a size yet
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+TYPED_TEXTS = ["my email is jo@example.com", "order 55512", "can I get a callback tomorrow?"]
 DATA_EVENTS = [{"event": "form_submitted", "form": "contact", "fields": ["email"]},
                {"event": "button_clicked", "button": "talk_to_human"},
                {"event": "page_viewed", "path": "/pricing"},
@@ -44,6 +45,9 @@ class SimAgent:
     metadata_field: str = "custom_metadata"
     latency_unit: str = "ms"  # "s": this agent's session.end `latency` is in seconds (undocumented)
     sends_custom_headers: bool = False
+    # `agent.webhook`: the customer's webhook gets `message` and `data`; `agent.llm`: Layercode's
+    # hosted LLM answers, and only the session webhook's events reach us (contract section 6)
+    backend: str = "agent.webhook"
 
     def api_record(self) -> dict[str, Any]:
         """The agent as `GET /v1/agents` lists it (contract section 5)."""
@@ -52,6 +56,14 @@ class SimAgent:
                 "assigned_phone_numbers": [{"phone_number": n, "twilio_sid": "PN" + hashlib.sha256(n.encode()).hexdigest()[:32],
                                             "friendly_name": f"{self.name} line {i + 1}", "assigned_at": self.created_at}
                                            for i, n in enumerate(self.phone_numbers)]}
+
+    def detail_record(self) -> dict[str, Any]:
+        """The agent as `GET /v1/agents/{id}` answers: the list entry and its configuration,
+        whose plugins name the backend (contract section 6)."""
+        plugin: dict[str, Any] = {"use": self.backend}
+        if self.backend == "agent.webhook":
+            plugin["options"] = {"url": f"https://backend.example.com/agents/{self.agent_id}/webhook"}
+        return {**self.api_record(), "config": {"plugins": [{"use": "stt.deepgram"}, plugin, {"use": "tts.rime"}]}}
 
 
 @dataclass
@@ -109,6 +121,11 @@ class SimSession:
         return self.agent.agent_id
 
     @property
+    def barge_ins_observable(self) -> bool:
+        """Whether a `message` webhook reaches the customer for this session."""
+        return self.agent.backend == "agent.webhook" and any(t.role == "user" for t in self.turns)
+
+    @property
     def ended_at(self) -> datetime:
         return self.started_at + timedelta(milliseconds=self.duration_ms)
 
@@ -138,12 +155,25 @@ class SimSession:
         return {**self._common(SESSION_START), "turn_id": self.welcome_turn_id}
 
     def messages(self) -> list[dict[str, Any]]:
-        """One `message` per caller turn, with the previous assistant turn's `interruption_context`."""
+        """One `message` per caller turn, with the previous assistant turn's `interruption_context`;
+        none for a hosted (`agent.llm`) agent. As on the platform (contract section 6), a message's
+        words are not always the transcript's (another recogniser pass: case, punctuation, a filler
+        word), and a web caller's typed text arrives as a `message` no transcript turn matches."""
+        if self.agent.backend != "agent.webhook":
+            return []
+        r = random.Random(f"messages-{self.session_id}")
         out = []
         for i, t in enumerate(self.turns):
             if t.role != "user":
                 continue
-            body = {**self._common(MESSAGE), "turn_id": t.turn_id, "text": t.text}
+            if self.channel == "web" and r.random() < 0.1:
+                out.append({**self._common(MESSAGE), "turn_id": _id(r), "text": r.choice(TYPED_TEXTS)})
+            said = t.text
+            if r.random() < 0.3:  # the message's own wording
+                said = said.lower().rstrip(".!?")
+                if r.random() < 0.5:
+                    said = "um " + said
+            body = {**self._common(MESSAGE), "turn_id": t.turn_id, "text": said}
             prev = self.turns[i - 1] if i else None
             if prev is not None and prev.role == "assistant":
                 heard = prev.words_heard if prev.interrupted else len(prev.text.split())
@@ -156,6 +186,8 @@ class SimSession:
         return out
 
     def data(self) -> list[dict[str, Any]]:
+        if self.agent.backend != "agent.webhook":
+            return []  # a hosted agent's data events go to Layercode's LLM, not to us
         return [{**self._common(DATA), "turn_id": turn_id, "data": data} for turn_id, data in self.data_events]
 
     def conversation_events(self) -> list[dict[str, Any]]:
@@ -172,6 +204,8 @@ class SimSession:
         """Turn ids of the events whose SSE reply the caller tore by barging in: the reply that
         spoke an interrupted assistant turn (the welcome: session.start's; later: the message's)."""
         out: set[str] = set()
+        if self.agent.backend != "agent.webhook":
+            return out  # the hosted LLM speaks: no reply of ours is on the line to tear
         trigger = self.welcome_turn_id
         for t in self.turns:
             if t.role == "user":
@@ -283,11 +317,13 @@ class SimSession:
             "assistant_turns": sum(t.role == "assistant" for t in turns),
             "user_words": words["user"], "assistant_words": words["assistant"],
             "turn_texts": [[t.role, t.text] for t in turns],
-            "interruptions": sum(t.interrupted for t in turns),
+            "barge_ins_observable": self.barge_ins_observable,
+            "interruptions": sum(t.interrupted for t in turns) if self.barge_ins_observable else None,
             # (position, words heard, text heard) of each assistant turn the caller barged into
-            "interrupted_turns": [[i + 1, t.words_heard, t.text_heard] for i, t in enumerate(turns) if t.interrupted],
+            "interrupted_turns": [[i + 1, t.words_heard, t.text_heard] for i, t in enumerate(turns)
+                                  if t.interrupted and self.barge_ins_observable],
             "turn_latency_ms": [t.latency_ms for t in turns],
-            "data_events": [d for _, d in self.data_events],
+            "data_events": [d for _, d in self.data_events] if self.agent.backend == "agent.webhook" else [],
             "custom_headers": self.headers,
             "metadata_field": self.agent.metadata_field,
             "recording_state": self.recording_outcome or ("disabled" if not self.recording_enabled else "in_progress"),
@@ -335,23 +371,26 @@ def _phone(r: random.Random, prefix: str) -> str:
     return prefix + "".join(str(r.randint(0, 9)) for _ in range(10 if prefix == "+1" else 9))
 
 
-# (name, metadata field, latency unit of session.end, custom headers): the agents differ the way
-# an org's agents built at different times do.
-AGENT_STYLES = [("Acme Support", "custom_metadata", "ms", True), ("Acme Sales", "metadata", "s", False),
-                ("Acme Booking", "both", "ms", True), ("Acme Billing", "custom_metadata", "ms", False),
-                ("Acme Intake", "metadata", "ms", False)]
+# (name, metadata field, latency unit of session.end, custom headers, backend): the agents differ
+# the way an org's agents built at different times do; one runs on Layercode's hosted LLM, so
+# only its session webhook reaches us (no `message`, no `data`: barge-ins unobservable).
+AGENT_STYLES = [("Acme Support", "custom_metadata", "ms", True, "agent.webhook"),
+                ("Acme Sales", "metadata", "s", False, "agent.webhook"),
+                ("Acme Booking", "both", "ms", True, "agent.webhook"),
+                ("Acme Billing", "custom_metadata", "ms", False, "agent.llm"),
+                ("Acme Intake", "metadata", "ms", False, "agent.webhook")]
 
 
-def default_agents(seed: int, count: int = 3) -> list[SimAgent]:
+def default_agents(seed: int, count: int = 4) -> list[SimAgent]:
     r = random.Random(f"agents-{seed}")
     agents = []
-    for i, (name, metadata_field, latency_unit, headers) in enumerate(AGENT_STYLES[:count]):
+    for i, (name, metadata_field, latency_unit, headers, backend) in enumerate(AGENT_STYLES[:count]):
         agent_id = _id(r, 8)
         agents.append(SimAgent(
             agent_id=agent_id, secret=hashlib.sha256(f"{seed}-{name}-{r.random()}".encode()).hexdigest()[:40],
             records_sessions=(i != count - 1), name=name, template_id=_id(r, 8) if i % 2 == 0 else None,
             created_at=f"2026-0{1 + i}-1{i}T09:30:00.000Z", phone_numbers=[_phone(r, "+1") for _ in range(1 + i % 2)],
-            metadata_field=metadata_field, latency_unit=latency_unit, sends_custom_headers=headers))
+            metadata_field=metadata_field, latency_unit=latency_unit, sends_custom_headers=headers, backend=backend))
     return agents
 
 
@@ -395,6 +434,9 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
             turns: list[Turn] = []
             for role, text in turns_spec:
                 turns.append(Turn(role, text, offset, _id(r)))
+                if role == "assistant" and len(turns) > 1 and turns[-2].role == "user":
+                    # a reply carries the turn id of the request it answers (the caller's message)
+                    turns[-1].turn_id = turns[-2].turn_id
                 offset += int(len(text.split()) / 2.6 * 1000) + r.randint(400, 2500)
             duration_ms = max(offset + r.randint(500, 4000), 1500)
             if script.scenario == "short_call":

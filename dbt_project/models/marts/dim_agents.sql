@@ -11,6 +11,7 @@ select
     listed.agent_name,
     listed.agent_type,
     listed.agent_template_id,
+    listed.backend,
     coalesce(listed.phone_numbers, []) as phone_numbers,
     len(coalesce(listed.phone_numbers, [])) as phone_number_count,
     listed.created_at,

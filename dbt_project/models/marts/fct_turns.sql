@@ -47,13 +47,17 @@ messages as (
 ),
 caller_turns as (
     select session_id, position, spoken_at, previous_assistant_position, next_assistant_position,
+           row_number() over (partition by session_id order by position) as caller_ordinal,
            {{ comparable_text('text') }} as said
     from turns where role = 'user'
 ),
 candidates as (  -- a message and a caller turn that say nearly the same, or about the same at the same time
     select m.session_id, m.message_key, u.position,
            {{ text_similarity('m.said', 'u.said') }} as similarity,
-           abs(epoch(m.received_at) - epoch(u.spoken_at)) as seconds_apart
+           abs(epoch(m.received_at) - epoch(u.spoken_at)) as seconds_apart,
+           -- among equally similar turns (a caller who says "yes" twice), the one in the message's
+           -- place in the order: a tie-break, never the match itself
+           abs(m.message_key - u.caller_ordinal) as ordinal_gap
     from messages m join caller_turns u using (session_id)
 ),
 placed_messages as (  -- each message on its most similar caller turn, and each caller turn keeps one message
@@ -61,9 +65,11 @@ placed_messages as (  -- each message on its most similar caller turn, and each 
         select * from candidates
         where similarity >= 0.6 or (similarity >= 0.3 and seconds_apart <= 5)
         qualify row_number() over (partition by session_id, message_key
-                                   order by similarity desc, seconds_apart nulls last, position) = 1)
+                                   order by similarity desc, coalesce(seconds_apart <= 10, false) desc, ordinal_gap,
+                                            seconds_apart nulls last, position) = 1)
     qualify row_number() over (partition by session_id, position
-                               order by similarity desc, seconds_apart nulls last, message_key) = 1
+                               order by similarity desc, coalesce(seconds_apart <= 10, false) desc, ordinal_gap,
+                                        message_key) = 1
 ),
 replies as (  -- the assistant turn answering each request, by the request's turn_id
     select p.session_id, m.turn_id as request_turn_id, u.next_assistant_position as position

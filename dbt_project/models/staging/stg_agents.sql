@@ -9,6 +9,14 @@ select
     record->>'$.name' as agent_name,
     record->>'$.type' as agent_type,
     record->>'$.agent_template_id' as agent_template_id,
+    -- the backend plugin (contract section 6): `agent.webhook` (the customer's webhook receives
+    -- `message` and `data`) or `agent.llm` (Layercode's hosted LLM: no customer webhook does);
+    -- a legacy `config.endpoint` is a webhook; null while the agent's own record is unknown
+    coalesce(
+        list_filter(list_transform(coalesce(try_cast(record->'$.config.plugins' as json[]), []),
+                                   lambda p: p->>'$.use'),
+                    lambda u: u in ('agent.webhook', 'agent.llm'))[1],
+        case when record->>'$.config.endpoint' is not null then 'agent.webhook' end) as backend,
     try_cast(record->>'$.created_at' as timestamptz) as created_at,
     try_cast(record->>'$.updated_at' as timestamptz) as updated_at,
     -- the E.164 numbers assigned to the agent (telephony calls reach it on these)

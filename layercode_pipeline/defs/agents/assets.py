@@ -23,8 +23,9 @@ AGENTS = dg.AssetKey("layercode_agents")
         "agents_listed", asset=AGENTS,
         description="The agents list was fetched this run (LAYERCODE_API_KEY is set and the API answered). "
                     "Without it the marts keep the agent names they had, and agent ids stay as they are.")],
-    description="raw.layercode_agents: each agent GET /v1/agents lists, one row per version of its record, with "
-                "when that version was first and last listed. Feeds dim_agents and the agent names in the marts.",
+    description="raw.layercode_agents: each agent GET /v1/agents lists (with its own record from GET /v1/agents/{id}: "
+                "its backend plugin), one row per version of its record, with when that version was first and last "
+                "listed. Feeds dim_agents and the agent names in the marts.",
 )
 def layercode_agents(context: dg.AssetExecutionContext, storage: StorageResource,
                      layercode_api: LayercodeAPIResource) -> dg.MaterializeResult:
@@ -54,5 +55,19 @@ def layercode_agents(context: dg.AssetExecutionContext, storage: StorageResource
 
 
 async def _list(api: LayercodeAPIResource) -> list[dict]:
+    """The agents list, each entry merged with its own record (`GET /v1/agents/{id}`: the
+    configuration, whose plugins say whether the agent's backend is the customer's webhook or
+    Layercode's hosted LLM). An agent whose record cannot be read keeps its list entry."""
     async with api.client() as client:
-        return await client.list_agents()
+        listed = await client.list_agents()
+
+        async def detailed(entry: dict) -> dict:
+            try:
+                record = await client.get_agent(entry["id"])
+            except LayercodeAuthError:
+                raise
+            except (LayercodeAPIError, httpx.HTTPError):
+                return entry
+            return {**entry, **record} if record else entry
+
+        return list(await asyncio.gather(*(detailed(a) for a in listed)))
