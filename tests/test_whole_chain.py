@@ -201,7 +201,8 @@ def test_agents_and_data_events_reach_the_marts(chain):
     assert all(r["agent_name"] == agents[r["agent_id"]]["agent_name"] for r in daily)
     events = q(con, "select session_id, turn_id, data from marts.fct_data_events")
     expected = sorted((s.session_id, turn, json.dumps(d, sort_keys=True))
-                      for s in result.batch.sessions for turn, d in s.data_events)
+                      for s in result.batch.sessions for turn, d in s.data_events
+                      if s.agent.backend == "agent.webhook")  # a hosted agent's data events never reach us
     assert expected and sorted((e["session_id"], e["turn_id"], json.dumps(json.loads(e["data"]), sort_keys=True))
                                for e in events) == expected
 

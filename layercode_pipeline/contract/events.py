@@ -218,7 +218,7 @@ class Drift:
 
     event_type: str
     path: str          # dotted, `[]` for array items: transcript[].confidence
-    kind: str          # unknown_event_type / unknown_field / unexpected_type
+    kind: str          # unknown_event_type / unknown_field / unexpected_type / unreadable_transcript_entry
     json_type: str     # what arrived
 
 
@@ -228,6 +228,50 @@ def payload_drift(event_type: str, body: Any) -> list[Drift]:
     spec = EVENT_TYPES.get(event_type)
     if spec is None:
         return [Drift(event_type, "type", "unknown_event_type", "string")]
+    return model_drift(spec.model, body, event_type)
+
+
+def summarise_drift(found_per_item: typing.Iterable[tuple[str | None, list[Drift]]]) -> tuple[int, list[dict]]:
+    """(items with drift, one row per (type, path, kind, JSON type) with its count and up to
+    three example sessions, most frequent first) over (session id, drifts) pairs."""
+    found: dict[tuple, dict] = {}
+    drifting = 0
+    for session_id, drifts in found_per_item:
+        drifting += bool(drifts)
+        for d in drifts:
+            entry = found.setdefault((d.event_type, d.path, d.kind, d.json_type), {
+                "event_type": d.event_type, "path": d.path, "kind": d.kind, "json_type": d.json_type, "events": 0,
+                "example_sessions": []})
+            entry["events"] += 1
+            if len(entry["example_sessions"]) < 3 and session_id not in entry["example_sessions"]:
+                entry["example_sessions"].append(session_id)
+    return drifting, sorted(found.values(), key=lambda e: -e["events"])
+
+
+REST_SESSION = "rest.session"  # the label of REST session records in drift reports
+
+
+def rest_record_drift(record: Any) -> list[Drift]:
+    """What a REST session record carries that the contract does not describe (as
+    `payload_drift` for webhooks), and each transcript entry no turn can be read from: neither
+    an exchange (`user_message` / `assistant_message`) nor an utterance (`role` and `text`).
+    Such an entry would silently give no turns."""
+    if not isinstance(record, dict):
+        return [Drift(REST_SESSION, "record", "unexpected_type", json_type(record))]
+    out = model_drift(RestSession, record, REST_SESSION)
+    transcript = record.get("transcript")
+    for entry in transcript if isinstance(transcript, list) else ():
+        readable = isinstance(entry, dict) and (
+            isinstance(entry.get("user_message"), str) or isinstance(entry.get("assistant_message"), str)
+            or (isinstance(entry.get("role"), str) and isinstance(entry.get("text"), str)))
+        if not readable:
+            out.append(Drift(REST_SESSION, "transcript[]", "unreadable_transcript_entry", json_type(entry)))
+    return out
+
+
+def model_drift(root: type[BaseModel], body: Any, label: str) -> list[Drift]:
+    """Fields and value types in `body` that `root` (and the models it nests) does not know."""
+    event_type = label
     out: list[Drift] = []
 
     def walk(model: type[BaseModel], value: Any, prefix: str) -> None:
@@ -249,7 +293,7 @@ def payload_drift(event_type: str, body: Any) -> list[Drift]:
                 for element in item:
                     walk(nested, element, path + "[].")
 
-    walk(spec.model, body, "")
+    walk(root, body, "")
     return out
 
 
@@ -283,12 +327,18 @@ class ResponseError(BaseModel):
 
 
 class RestExchange(BaseModel):
+    """A REST transcript entry: documented as one exchange (`user_message`, `assistant_message`,
+    `latency_ms`); one published API profile describes one utterance (`role`, `text`) instead
+    (contract section 6). Both are read."""
+
     model_config = ConfigDict(extra="allow")
 
     timestamp: Timestamp = None
     user_message: str | None = None
     assistant_message: str | None = None
     latency_ms: float | None = None
+    role: str | None = None
+    text: str | None = None
 
 
 class RestSession(BaseModel):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from layercode_pipeline.contract.events import rest_record_drift, summarise_drift
 from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
@@ -44,7 +45,13 @@ def requested_sessions(config: BackfillConfig) -> list[DetailRequest]:
     check_specs=[dg.AssetCheckSpec(
         "no_api_errors", asset=SESSION_DETAILS,
         description="Every REST call of this run was answered (after retries; failures are rows in "
-                    "raw.layercode_api_errors and are asked again next run), and none waits for LAYERCODE_API_KEY.")],
+                    "raw.layercode_api_errors and are asked again next run), and none waits for LAYERCODE_API_KEY."),
+        dg.AssetCheckSpec(
+        "no_rest_shape_drift", asset=SESSION_DETAILS,
+        description="Every REST session record fetched in this run has the shape the wire contract describes "
+                    "(layercode_pipeline/contract/events.py, RestSession), and every transcript entry is readable: "
+                    "an exchange (user_message / assistant_message) or an utterance (role and text). A failure "
+                    "lists what is new, with counts and example sessions; an unreadable entry gives no turns.")],
     description="The REST record of each session with a gap (no session.end after the grace period, or an "
                 "unresolved recording) or asked for by a user, stored as it came with its fetch time and status.",
 )
@@ -78,7 +85,14 @@ def layercode_session_details(context: dg.AssetExecutionContext, config: Backfil
                                 metadata={"errors": len(errors), "waiting_for_api_key": len(waiting_for_key),
                                           "examples": dg.MetadataValue.json(
                                     [{"session_id": o.request.session_id, "error": o.error} for o in errors[:5]])})
-    return dg.MaterializeResult(check_results=[check], metadata={
+    drifting, drift = summarise_drift((o.request.session_id, rest_record_drift(o.fetch.record))
+                                      for o in outcomes if o.fetch is not None and o.fetch.record is not None)
+    shape = dg.AssetCheckResult(check_name="no_rest_shape_drift", passed=not drift,
+                                severity=dg.AssetCheckSeverity.WARN,
+                                metadata={"records_with_drift": drifting, "drift": dg.MetadataValue.json(drift[:50])})
+    if drift:
+        context.log.warning(f"{drifting} REST records have a shape the contract does not describe: {drift[:3]}")
+    return dg.MaterializeResult(check_results=[check, shape], metadata={
         "requested": len(requests), "found": found, "not_found": not_found, "errors": len(errors),
         "by_reason": dg.MetadataValue.json(reasons), "dagster/row_count": total,
     })

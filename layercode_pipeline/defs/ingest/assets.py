@@ -7,7 +7,7 @@ import time
 
 import dagster as dg
 
-from layercode_pipeline.contract.events import payload_drift
+from layercode_pipeline.contract.events import payload_drift, summarise_drift
 from layercode_pipeline.contract.landing import iter_sealed_segments, partition_mtimes
 from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
@@ -51,22 +51,15 @@ def payload_drift_summary(con, run_started) -> tuple[int, list[dict]]:
     (event type, path, kind, type) with its count and up to three example sessions."""
     rows = con.execute("select event_type, session_id, body from raw.layercode_events where ingested_at >= ? "
                        "order by ingested_at desc limit ?", [run_started, DRIFT_SAMPLE]).fetchall()
-    found: dict[tuple, dict] = {}
-    drifting = 0
-    for event_type, session_id, body in rows:
-        try:
-            drifts = payload_drift(event_type, json.loads(body)) if body is not None else []
-        except ValueError:
-            continue  # not JSON: a reject, reported by no_rejected_lines
-        drifting += bool(drifts)
-        for d in drifts:
-            entry = found.setdefault((d.event_type, d.path, d.kind, d.json_type), {
-                "event_type": d.event_type, "path": d.path, "kind": d.kind, "json_type": d.json_type, "events": 0,
-                "example_sessions": []})
-            entry["events"] += 1
-            if len(entry["example_sessions"]) < 3 and session_id not in entry["example_sessions"]:
-                entry["example_sessions"].append(session_id)
-    return drifting, sorted(found.values(), key=lambda e: -e["events"])
+
+    def drifts():
+        for event_type, session_id, body in rows:
+            try:
+                yield session_id, payload_drift(event_type, json.loads(body)) if body is not None else []
+            except ValueError:
+                continue  # not JSON: a reject, reported by no_rejected_lines
+
+    return summarise_drift(drifts())
 
 
 def _examples(con, sql: str, params: list) -> dg.MetadataValue:
