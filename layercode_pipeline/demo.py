@@ -208,8 +208,9 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
                    (select count(*) from marts.fct_sessions where ended_by = 'backfill')""").fetchone()
         providers = con.execute("select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions "
                                 "group by 1 order by 2 desc").fetchall()
-        interruptions, interrupted_sessions, data_events, formats = con.execute("""
+        interruptions, interrupted_sessions, data_events, observable, total, formats = con.execute("""
             select sum(interruptions), count(*) filter (where interruptions > 0), sum(data_events),
+                   count(*) filter (where barge_ins_observable), count(*),
                    string_agg(distinct recording_sample_rate // 1000 || ' kHz ' || recording_encoding, ', '
                               order by recording_sample_rate // 1000 || ' kHz ' || recording_encoding)
             from marts.fct_sessions""").fetchone()
@@ -241,7 +242,8 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
                               f"dropped, {ing.get('rejects', 0)} rejects")
     facts.add_row("warehouse", f"{conversations} calls, {sessions} sessions, {turns} turns")
     facts.add_row("backfill", f"{backfilled} sessions completed from the REST API (their session.end never came)")
-    facts.add_row("barge-ins", f"{interruptions or 0} assistant turns interrupted, in {interrupted_sessions} sessions; "
+    facts.add_row("barge-ins", f"{interruptions or 0} assistant turns interrupted, in {interrupted_sessions} sessions "
+                               f"(observable in {observable} of {total}: hosted agents send no message webhooks); "
                                f"{data_events or 0} data events from web clients")
     facts.add_row("recordings", f"{recordings} WAV files kept ({formats or 'none'}), fetched through redirects "
                                 "to signed storage")

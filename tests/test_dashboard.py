@@ -91,7 +91,7 @@ def test_the_dashboard_shows_the_serving_files_numbers_and_opens_a_transcript(da
     page.goto(dashboard["url"])
     page.wait_for_selector("#kpi-calls", timeout=30_000)
     calls, sessions, minutes, irate, containment = expected(serving, """
-        select sum(calls), sum(sessions), sum(speech_minutes), sum(interrupted_turns) / sum(assistant_turns),
+        select sum(calls), sum(sessions), sum(speech_minutes), sum(interrupted_turns) / sum(assistant_turns_observed),
                sum(outcome_resolved) / sum(sessions_analysed) from marts.agg_daily_call_metrics""")
     p50, p95 = expected(serving, "select quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) "
                                  "from marts.fct_turns where role = 'assistant' and interrupted is not true")
@@ -100,7 +100,8 @@ def test_the_dashboard_shows_the_serving_files_numbers_and_opens_a_transcript(da
     assert page.inner_text("#kpi-minutes") == f"{minutes:,.1f}"
     assert page.inner_text("#kpi-latency-p50") == f"{p50:,.0f} ms" == "650 ms"
     assert page.inner_text("#kpi-latency-p95") == f"{p95:,.0f} ms"
-    assert page.inner_text("#kpi-interruption-rate") == f"{irate * 100:.1f} %" == "14.3 %"
+    # 1 of A's and B's 6 assistant turns; C is known only through REST: its barge-ins are unknown
+    assert page.inner_text("#kpi-interruption-rate") == f"{irate * 100:.1f} %" == "16.7 %"
     assert page.inner_text("#kpi-containment") == f"{containment * 100:.1f} %"
     for chart in ("calls", "minutes", "latency", "interruptions", "duration", "recordings", "outcomes", "sentiment"):
         page.wait_for_selector(f"#chart-{chart} .main-svg", timeout=30_000)

@@ -88,6 +88,8 @@ select ids.session_id,
                 len(list_filter(json_extract_string(rest.transcript, '$[*].user_message'), lambda x: coalesce(x, '') <> ''))
                 + len(list_filter(json_extract_string(rest.transcript, '$[*].assistant_message'),
                                   lambda x: coalesce(x, '') <> ''))
+                -- entries in the {role, text} shape (contract section 6) are one turn each
+                + len(list_filter(json_extract_string(rest.transcript, '$[*].text'), lambda x: coalesce(x, '') <> ''))
        end as turns,
        ev.messages > 0 as barge_ins_observable,
        case when ev.messages > 0 then coalesce(barge.interruptions, 0) end as interruptions,
