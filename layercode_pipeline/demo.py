@@ -49,6 +49,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
 
     from layercode_pipeline.config import Settings
     from layercode_pipeline.definitions import build_definitions
+    from layercode_pipeline.defs.dbt.project import DBT_GROUPS
     defs = build_definitions()
     from layercode_pipeline.defs.resources import resources_from_settings
 
@@ -64,7 +65,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         "ingest": dg.AssetSelection.assets("raw_layercode_events"),
         "backfill": dg.AssetSelection.groups("agents", "backfill", "recordings"),
         "enrichment": dg.AssetSelection.groups("enrichment", "results"),
-        "dbt": dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"),
+        "dbt": dg.AssetSelection.groups(*DBT_GROUPS),
         "serving": dg.AssetSelection.groups("serving"),
         "results": dg.AssetSelection.groups("results"),
     }

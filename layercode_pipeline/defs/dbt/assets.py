@@ -11,6 +11,7 @@ from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: t
     DBT_EXECUTABLE,
     DBT_PROJECT_DIR,
     RUN_TARGET_PATH,
+    dbt_group,
     dbt_resource,
     layercode_dbt_project,
 )
@@ -23,7 +24,7 @@ class LayercodeDbtTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         if dbt_resource_props["resource_type"] == "source":
             return None
-        return "dbt_" + dbt_resource_props["fqn"][1] if len(dbt_resource_props["fqn"]) > 2 else "dbt"
+        return dbt_group(dbt_resource_props["fqn"][1]) if len(dbt_resource_props["fqn"]) > 2 else "dbt"
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
         # the sources are the Python assets (they declare their own); models follow their parents

@@ -12,6 +12,16 @@ from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
 from packaging import version
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
+# the folders under models/; each is a Dagster asset group (the translator names them, and the
+# jobs and the demo select by them)
+DBT_LAYERS = ("staging", "intermediate", "marts")
+
+
+def dbt_group(layer: str) -> str:
+    return f"dbt_{layer}"
+
+
+DBT_GROUPS = tuple(dbt_group(layer) for layer in DBT_LAYERS)
 RUN_TARGET_PATH = DBT_PROJECT_DIR / "target" / "run"
 
 # The dbt installed beside this Python, so an un-activated virtualenv works too; else PATH's.

@@ -5,6 +5,7 @@ import time
 
 import dagster as dg
 
+from layercode_pipeline.defs.dbt.project import DBT_GROUPS
 from layercode_pipeline.defs.freshness import HEARTBEAT
 from layercode_pipeline.defs.ingest.assets import HIGH_WATER_KEY, RAW_EVENTS, newest_sealed_ctime
 from layercode_pipeline.defs.resources import StorageResource
@@ -17,7 +18,7 @@ ingest_job = dg.define_asset_job(
     # every dbt model, not only those downstream of the raw events: the marts also read the
     # agents, REST and recordings models, which must exist (empty) on a fresh warehouse
     selection=(dg.AssetSelection.assets(RAW_EVENTS).downstream()
-               | dg.AssetSelection.groups("dbt_staging", "dbt_intermediate", "dbt_marts"))
+               | dg.AssetSelection.groups(*DBT_GROUPS))
     - dg.AssetSelection.groups("agents", "backfill", "recordings"),
     executor_def=dg.in_process_executor,
     tags={"layercode/stage": "ingest"},

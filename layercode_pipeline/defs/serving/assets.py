@@ -2,13 +2,14 @@
 
 import dagster as dg
 
+from layercode_pipeline.defs.dbt.assets import layercode_dbt_models
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.serving_copy import publish_serving_copy
 
-MARTS = [dg.AssetKey(["marts", name]) for name in ("fct_sessions", "fct_turns", "fct_conversations",
-                                                      "agg_daily_call_metrics", "agg_hourly_call_metrics", "dim_agents",
-                                                      "fct_data_events", "fct_webhook_deliveries")]
+# every dbt model under models/marts, as the dbt project declares them (the copy takes every
+# table of the schema, so a new mart is published without editing a list here)
+MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts")
 
 
 @dg.asset(
