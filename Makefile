@@ -20,9 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# the inner loop: everything but the tests marked slow (see tests/conftest.py)
+# the inner loop: everything but the tests marked slow (see tests/conftest.py), on two
+# workers; the tests reading the shared marts build share one worker, so it is built once
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check layercode_pipeline webhook_listener tests bench

@@ -120,13 +120,32 @@ def failure_messages(instance, run_id: str) -> list[str]:
 # Chromium, moto's S3 server or a second venv: `make test` runs them, `make test-fast` not.
 SLOW_MODULES = {
     "test_automation", "test_dashboard", "test_demo_cli", "test_layercode_today", "test_object_landing",
-    "test_poison_pills", "test_production_instance", "test_serving", "test_voice_metrics", "test_warehouse_seam",
+    "test_poison_pills", "test_production_instance", "test_serving", "test_warehouse_seam",
     "test_whole_chain",
 }
-SLOW_TESTS = {"test_a_killed_delivering_process_loses_nothing"}
+SLOW_TESTS = {"test_a_killed_delivering_process_loses_nothing",
+              # a whole materialize_all of their own (the shared build covers what they read)
+              "test_without_an_api_key_the_marts_still_refresh_and_checks_warn",
+              # `dg check defs` loads the code location in two fresh processes
+              "test_dg_check_defs_and_both_workspaces_load"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if "shared_marts" in getattr(item, "fixturenames", ()):
+            # under `-n 2 --dist loadgroup` (make test-fast) one worker runs them: one build
+            item.add_marker(pytest.mark.xdist_group("shared_marts"))
+
+
+@pytest.fixture(scope="session")
+def shared_marts(tmp_path_factory):
+    """One pipeline build for every test that only reads marts: the sessions of
+    test_voice_metrics and of test_trustworthy_numbers (their agents differ, so each module's
+    figures are its own), landed, ingested and built by the real `dbt build`."""
+    from .test_trustworthy_numbers import NUMBERS_AGENTS, REST_UTTERANCES, numbers_events
+    from .test_voice_metrics import VOICE_AGENTS, VOICE_ENRICHMENTS, VOICE_REST, build_warehouse, voice_events
+
+    return build_warehouse(tmp_path_factory.mktemp("shared_marts") / "data", [voice_events(), numbers_events()],
+                           [*VOICE_REST, REST_UTTERANCES], [*VOICE_AGENTS, *NUMBERS_AGENTS], VOICE_ENRICHMENTS)

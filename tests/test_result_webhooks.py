@@ -145,8 +145,8 @@ def test_a_hung_endpoint_never_delays_the_others(tmp_path):
         outbox.enqueue(sent, eps)
         with Dispatcher(outbox, eps, timeout_s=120) as d:
             d.run_round(wait_s=0)
-            while len(healthy.unique()) < len(sent):
-                time.sleep(0.05)
+            while len(healthy.unique()) < len(sent) or not d._busy[ok.url + "/"].done():
+                time.sleep(0.05)  # (the healthy worker also records its last attempt before it is done)
             # every message reached the healthy endpoint while the hung one still held its first
             assert hung.requests == 1 and not d._busy[hs.url + "/"].done()
             assert d.run_round(wait_s=0).busy_endpoints == 1  # the next round does not pile onto it
@@ -159,7 +159,9 @@ def test_a_timeout_is_an_attempt_and_the_endpoint_waits_out_the_round(tmp_path):
     secret = new_secret()
 
     async def hang(_: int) -> Response | None:
-        await asyncio.sleep(30)
+        # four times the client's timeout: long enough to be one, short enough that the server
+        # does not hold its shutdown for the sleep's remainder
+        await asyncio.sleep(2)
         return None
 
     hung = ResultReceiver(secret, fault=hang)
