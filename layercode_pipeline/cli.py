@@ -190,14 +190,15 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
             result = dg.materialize([layercode_session_details], resources=resources_from_settings(settings),
                                     instance=instance, run_config=run_config, raise_on_error=False)
     if not result.success:
-        failure = next((e.event_specific_data.error for e in result.all_events if e.is_step_failure), None)
+        failure = next((e.step_failure_data.error for e in result.all_events if e.is_step_failure), None)
         raise click.ClickException(failure.message.strip() if failure else "the backfill run failed")
     meta = {k: v.value for k, v in result.asset_materializations_for_node("layercode_session_details")[0]
             .metadata.items()}
     console.print(f"found {meta['found']}, not found {meta['not_found']}, errors {meta['errors']} "
                   "-> raw.layercode_session_details")
     for check in result.get_asset_check_evaluations():
-        for example in check.metadata.get("examples", dg.MetadataValue.json([])).value:
+        examples = check.metadata["examples"].value if "examples" in check.metadata else []
+        for example in examples if isinstance(examples, list) else []:
             console.print(f"[red]{example['session_id']}[/]: {example['error']}")
     if meta["errors"]:
         raise SystemExit(1)

@@ -131,7 +131,7 @@ def parse_result_endpoints(text: str | None) -> list[ResultEndpoint]:
             raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: agents must be a list of agent ids")
         if any(e.url == url for e in out):
             raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: the same url twice")
-        out.append(ResultEndpoint(url, secrets, frozenset(events) if events is not None else frozenset(RESULT_EVENT_TYPES),
+        out.append(ResultEndpoint(str(url), secrets, frozenset(events) if events is not None else frozenset(RESULT_EVENT_TYPES),
                                   frozenset(agents) if agents is not None else None))
     return out
 

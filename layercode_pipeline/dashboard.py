@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from html import escape as html_escape
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import duckdb
@@ -215,12 +215,12 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S):
                 heard = f", heard {t['words_heard']:.0f} words" if t["words_heard"] is not None else ""
                 marks.append(html.Span(f"barge-in{heard}", className="barge-in",
                                        style={"color": "#b00", "fontWeight": 600}))
-            marks = [m for i, mark in enumerate(marks) for m in ((" · ", mark) if i else (mark,))]
+            separated: list[Any] = [m for i, mark in enumerate(marks) for m in ((" · ", mark) if i else (mark,))]
             who = {"user": "Caller", "assistant": "Agent"}.get(t["role"], t["role"])
             items.append(html.Li([
                 html.Strong(f"{who} "), html.Span(f"+{t['offset_ms'] / 1000:.1f} s " if t["offset_ms"] is not None else ""),
-                html.Span(t["text"] or ""), html.Div(marks, style={"fontSize": "0.8rem", "color": "#555"})],
-                className=f"turn turn-{t['role']}", **{"data-position": str(t["position"])},
+                html.Span(t["text"] or ""), html.Div(separated, style={"fontSize": "0.8rem", "color": "#555"})],
+                className=f"turn turn-{t['role']}", **cast(Any, {"data-position": str(t["position"])}),
                 style={"margin": "0.4rem 0"}))
         facts = ", ".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in head.items()
                           if k not in ("session_id", "summary"))

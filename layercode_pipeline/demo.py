@@ -10,7 +10,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from pydantic import SecretStr
 
 from layercode_pipeline.simulator import DEFAULT_FAULTS
 
@@ -55,12 +57,14 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
 
     # the definitions' own resources, from the environment's settings, with everything under
     # this data directory and the given (simulated) REST API
+    optional: dict[str, Any] = {"api_base_url": api_url} if api_url else {}
+    if result_webhooks:
+        optional["result_webhooks"] = SecretStr(result_webhooks)
     settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, warehouse_target=warehouse_target,
-                        recordings_dir=None, serving_dir=None, api_key=api_key, api_backoff_initial_s=0.2,
-                        api_backoff_max_s=5.0, **({"api_base_url": api_url} if api_url else {}),
-                        **({"result_webhooks": result_webhooks} if result_webhooks else {}))
+                        recordings_dir=None, serving_dir=None, api_key=SecretStr(api_key) if api_key else None,
+                        api_backoff_initial_s=0.2, api_backoff_max_s=5.0, **optional)
     resources = resources_from_settings(settings)
-    all_assets = [a for a in defs.assets or []]  # type: ignore[union-attr]
+    all_assets = cast(list[dg.AssetsDefinition], list(defs.assets or []))
     groups = {
         "ingest": dg.AssetSelection.assets("raw_layercode_events"),
         "backfill": dg.AssetSelection.groups("agents", "backfill", "recordings"),
@@ -90,7 +94,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
             sys.stdout.write(captured.getvalue())
             raise RuntimeError(f"the {stage} stage failed; see the log above")
         for event in result.get_asset_materialization_events():
-            mat = event.event_specific_data.materialization
+            mat = event.step_materialization_data.materialization
             metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
         for check in result.get_asset_check_evaluations():  # warnings do not fail a stage; keep them to show
             metadata.setdefault("asset_checks", {})[f"{check.asset_key.to_user_string()}:{check.check_name}"] = \
@@ -171,7 +175,7 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
             metadata = materialize_all(data_dir, api_url=api_server.url + "/v1", api_key=DEMO_API_KEY,
                                        grace_minutes=0, on_stage=on_stage, instance=instance,
                                        warehouse_target=warehouse_target, result_webhooks=endpoints)
-            deliver_results(Settings(data_dir=data_dir, result_webhooks=endpoints))
+            deliver_results(Settings(data_dir=data_dir, result_webhooks=SecretStr(endpoints)))
         finally:
             if status is not None:
                 status.stop()
@@ -206,7 +210,7 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
             select (select count(*) from marts.fct_sessions), (select count(*) from marts.fct_conversations),
                    (select count(*) from marts.fct_turns),
                    (select count(*) from marts.fct_sessions where has_recording),
-                   (select count(*) from marts.fct_sessions where ended_by = 'backfill')""").fetchone()
+                   (select count(*) from marts.fct_sessions where ended_by = 'backfill')""").fetchall()[0]
         providers = con.execute("select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions "
                                 "group by 1 order by 2 desc").fetchall()
         interruptions, interrupted_sessions, data_events, observable, total, formats = con.execute("""
@@ -214,7 +218,7 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
                    count(*) filter (where barge_ins_observable), count(*),
                    string_agg(distinct recording_sample_rate // 1000 || ' kHz ' || recording_encoding, ', '
                               order by recording_sample_rate // 1000 || ' kHz ' || recording_encoding)
-            from marts.fct_sessions""").fetchone()
+            from marts.fct_sessions""").fetchall()[0]
         daily = con.execute("""
             select call_date, coalesce(agent_name, agent_id), calls, sessions, round(duration_ms_p50 / 1000, 1),
                    round(turn_latency_ms_p95)::int, round(interruption_rate * 100), round(recording_coverage * 100),

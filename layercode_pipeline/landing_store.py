@@ -112,13 +112,13 @@ def recent_hour_prefixes(since: datetime, now: datetime) -> Iterator[str]:
         hour += timedelta(hours=1)
 
 
-def list_objects(store, prefixes: list[str] | None) -> list[dict]:
+def list_objects(store, prefixes: list[str] | None) -> list[Any]:
     """Sealed objects (key, size, last_modified) under `prefixes`, or under the whole landing
     prefix when None (the first run), in key order."""
     import obstore
 
-    found = []
-    for prefix in prefixes if prefixes is not None else [None]:
+    found: list[Any] = []  # obstore's ObjectMeta: a dict with path, size, last_modified
+    for prefix in prefixes if prefixes is not None else [None]:  # type: ignore[list-item]  # None: every key
         for batch in obstore.list(store, prefix, chunk_size=1000):
             found += [meta for meta in batch if meta["path"].endswith(SEALED_SUFFIX)]
     return sorted(found, key=lambda m: m["path"])

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -56,8 +56,11 @@ from layercode_pipeline.landing_store import ObjectLanding
 
 from .access_log import AccessLog
 from .lander import SegmentLander
-from .responder import Data, DataResponder, Responder, load_responder
+from .responder import Data, DataResponder, Responder, load_data_responder, load_responder
 from .slow_clients import HeaderTimeoutProtocol
+
+if TYPE_CHECKING:  # imported where used: object storage is optional
+    from .object_lander import BucketLander
 
 log = logging.getLogger("webhook_listener")
 
@@ -179,7 +182,8 @@ def quarantine(quarantine_dir: Path, *, agent_id: str, reason: str, body: bytes,
 class WebhookEndpoint:
     """ASGI endpoint for both webhook routes (the agent comes from the path or the default)."""
 
-    def __init__(self, settings: Settings, lander: SegmentLander, respond: Responder, access_log: AccessLog,
+    def __init__(self, settings: Settings, lander: SegmentLander | BucketLander, respond: Responder,
+                 access_log: AccessLog,
                  *, insecure_skip_verify: bool, answer_data: DataResponder | None = None):
         self.settings = settings
         self.secrets = settings.agent_secrets
@@ -359,7 +363,7 @@ class WebhookEndpoint:
                 if not await self._stream_until_cancelled(receive, send, produced, turn_id):
                     raise ReplyCancelled
             else:
-                for item in produced:  # type: ignore[union-attr]
+                for item in produced:
                     pending.append(_sse_item(item, turn_id))
         except ReplyCancelled:
             raise
@@ -400,7 +404,7 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
                                              "shipped to the store in the background"}
     access_log = AccessLog()
     if data_responder is None and settings.data_responder:
-        data_responder = load_responder(settings.data_responder)
+        data_responder = load_data_responder(settings.data_responder)
     endpoint = WebhookEndpoint(settings, lander, responder or load_responder(settings.responder), access_log,
                                insecure_skip_verify=insecure_skip_verify, answer_data=data_responder)
 

@@ -131,7 +131,7 @@ class BucketLander:
                 self.landed += len(items)
             except Exception as exc:  # noqa: BLE001 - any store failure is a 503 for these requests
                 error = OSError(f"object store write failed: {type(exc).__name__}: {str(exc)[:200]}")
-                self._write_errors.report(error, len(items))  # type: ignore[arg-type]
+                self._write_errors.report(error, len(items))
             for _, fut in items:
                 if not fut.done():
                     if error is None:

@@ -45,7 +45,15 @@ def default_responder(event: SessionStartEvent | MessageEvent, settings: Setting
     yield from sentences(text)
 
 
+def load_data_responder(spec: str) -> DataResponder:
+    return _load(spec)
+
+
 def load_responder(spec: str) -> Responder:
+    return _load(spec)
+
+
+def _load(spec: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not attr:
         raise ValueError(f"responder must be 'module:function', got {spec!r}")

@@ -130,7 +130,7 @@ WebhookEvent = SessionStartEvent | MessageEvent | SessionEndEvent | SessionUpdat
 _MODELS: dict[str, type[_Event]] = {name: t.model for name, t in EVENT_TYPES.items()}
 
 
-_KNOWN_JSON = TypeAdapter(Annotated[WebhookEvent, Field(discriminator="type")])
+_KNOWN_JSON: TypeAdapter[WebhookEvent] = TypeAdapter(Annotated[WebhookEvent, Field(discriminator="type")])
 
 
 def _escaped(part_sql: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import duckdb
 
+from layercode_pipeline.lib.warehouse import scalar
+
 
 def store_agents(con: duckdb.DuckDBPyConnection, agents: list[dict[str, Any]]) -> tuple[int, int]:
     """Record one listing: a new row per agent whose record changed (or is new), and the listing
@@ -21,13 +23,13 @@ def store_agents(con: duckdb.DuckDBPyConnection, agents: list[dict[str, Any]]) -
         con.execute("create or replace temp table _agents (agent_id varchar, record json, record_sha256 varchar)")
         if rows:
             con.executemany("insert into _agents values (?, ?::json, ?)", rows)
-        unchanged = con.execute("""
+        unchanged = scalar(con, """
             update raw.layercode_agents a set last_seen_at = now()
-            from _agents t where a.agent_id = t.agent_id and a.record_sha256 = t.record_sha256""").fetchone()[0]
-        changed = con.execute("""
+            from _agents t where a.agent_id = t.agent_id and a.record_sha256 = t.record_sha256""")
+        changed = scalar(con, """
             insert into raw.layercode_agents by name
             select t.agent_id, t.record, t.record_sha256, now() as first_seen_at, now() as last_seen_at
-            from _agents t anti join raw.layercode_agents a using (agent_id, record_sha256)""").fetchone()[0]
+            from _agents t anti join raw.layercode_agents a using (agent_id, record_sha256)""")
         con.execute("drop table _agents")
         con.execute("commit")
     except BaseException:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -29,7 +30,7 @@ from layercode_pipeline.contract.landing import (
     recover_orphan_segments,
 )
 from layercode_pipeline.landing_store import ObjectLanding, list_objects, recent_hour_prefixes
-from layercode_pipeline.lib.warehouse import sql_string
+from layercode_pipeline.lib.warehouse import scalar, sql_string
 
 # The identity of an event, from the event registry (see contract.events.event_key_sql).
 EVENT_KEY_SQL = event_key_sql()
@@ -251,7 +252,7 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     except duckdb.Error:
         lines_sql, python_rejects = _fallback_lines_source(con, files, scratch_dir)
         con.execute(PARSE_SQL.format(lines_sql=_named(lines_sql, names), event_key=EVENT_KEY_SQL))
-        python_rejects = [(names.get(f, f), *rest) for f, *rest in python_rejects]
+        python_rejects = [(names.get(f, f), line, reason, raw) for f, line, reason, raw in python_rejects]
     reject_rows = list(python_rejects)
     by_file: dict[str, dict[str, str]] = {}
     for source_file, line, reason in con.execute(
@@ -342,7 +343,7 @@ def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_b
 
 @contextlib.contextmanager
 def _memory_limit(con: duckdb.DuckDBPyConnection, limit: str | None) -> Iterator[None]:
-    previous = con.execute("select current_setting('memory_limit')").fetchone()[0]
+    previous = scalar(con, "select current_setting('memory_limit')")
     if limit:
         con.execute(f"set memory_limit = '{limit}'")
     try:
@@ -419,7 +420,8 @@ def ingest_object_landing(con: duckdb.DuckDBPyConnection, landing: ObjectLanding
     with _memory_limit(con, memory_limit):
         start = 0
         while start < len(pending):
-            batch, size = [], 0
+            batch: list[Any] = []  # obstore's ObjectMeta dicts
+            size = 0
             while start < len(pending) and (not batch or size < batch_bytes):
                 batch.append(pending[start])
                 size += pending[start]["size"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from layercode_pipeline.durable_files import fsync_dir, fsync_file
-from layercode_pipeline.lib.warehouse import Warehouse, sql_string
+from layercode_pipeline.lib.warehouse import Warehouse, scalar, sql_string
 
 SERVING_FILE = "analytics.duckdb"
 PARQUET_DIR = "parquet"
@@ -47,7 +47,7 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
         con.execute(f"create schema serving.{schema}")
         for table in tables:
             con.execute(f'create table serving.{schema}."{table}" as select * from wh.{schema}."{table}"')
-            counts[table] = con.execute(f'select count(*) from serving.{schema}."{table}"').fetchone()[0]
+            counts[table] = scalar(con, f'select count(*) from serving.{schema}."{table}"')
             part = parquet_dir / f".{table}.parquet.{os.getpid()}.tmp"
             con.execute(f'copy serving.{schema}."{table}" to {sql_string(part)} (format parquet, compression zstd)')
             fsync_file(part)

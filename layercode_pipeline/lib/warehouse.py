@@ -234,6 +234,14 @@ def retry_while_locked(action: Callable[[], T], target: Path | str, *, timeout_s
             time.sleep(poll_s)
 
 
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    """The first column of the first row `sql` returns (a count, a setting, `now()`)."""
+    row = con.execute(sql, params or []).fetchone()
+    if row is None:
+        raise LookupError(f"no row: {sql[:80]}")
+    return row[0]
+
+
 def sql_string(value: Path | str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 

@@ -24,7 +24,7 @@ WEB_RATE = 16000  # browser recordings
 PLACEHOLDERS = (0, 0xFFFFFFFF)  # what a streaming WAV writer puts where it does not know a size yet
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 TYPED_TEXTS = ["my email is jo@example.com", "order 55512", "can I get a callback tomorrow?"]
-DATA_EVENTS = [{"event": "form_submitted", "form": "contact", "fields": ["email"]},
+DATA_EVENTS: list[dict[str, Any]] = [{"event": "form_submitted", "form": "contact", "fields": ["email"]},
                {"event": "button_clicked", "button": "talk_to_human"},
                {"event": "page_viewed", "path": "/pricing"},
                {"event": "cart_updated", "items": 2, "total": 59.9}]
@@ -455,7 +455,7 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
             outcome = None
             if recorded:
                 outcome = "failed" if r.random() < recording_failure_rate else "completed"
-            data_events = [] if telephony else [
+            data_events: list[tuple[str, dict[str, Any]]] = [] if telephony else [
                 (t.turn_id, r.choice(DATA_EVENTS)) for t in turns if t.role == "user" and r.random() < 0.3]
             session = SimSession(
                 session_id=_id(r), conversation_id=conversation_id, agent=agent, sequence=seq,

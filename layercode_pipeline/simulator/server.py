@@ -25,7 +25,8 @@ class BackgroundServer:
         self.port = port or free_port(host)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, access_log=False,
                                                     log_level=config.pop("log_level", "warning"), **config))
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn < 0.29 installs signal handlers in run(); newer ones skip them off the main thread
+        self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 
     @property

@@ -24,7 +24,9 @@ select
     other.outcome       as other_outcome,
     cur.quality_score   as current_quality_score,
     other.quality_score as other_quality_score,
-    cur.caller_name is not distinct from other.caller_name as caller_name_agrees,
+    -- equal, or both unknown
+    coalesce(cur.caller_name = other.caller_name, cur.caller_name is null and other.caller_name is null)
+        as caller_name_agrees,
     cur.sentiment = other.sentiment as sentiment_agrees,
     cur.outcome = other.outcome as outcome_agrees,
     cur.enriched_at     as current_enriched_at,

@@ -65,11 +65,11 @@ placed_messages as (  -- each message on its most similar caller turn, and each 
         select * from candidates
         where similarity >= 0.6 or (similarity >= 0.3 and seconds_apart <= 5)
         qualify row_number() over (partition by session_id, message_key
-                                   order by similarity desc, coalesce(seconds_apart <= 10, false) desc, ordinal_gap,
-                                            seconds_apart nulls last, position) = 1)
+                                   order by similarity desc, coalesce(seconds_apart <= 10, false) desc, ordinal_gap asc,
+                                            seconds_apart asc nulls last, position asc) = 1)
     qualify row_number() over (partition by session_id, position
-                               order by similarity desc, coalesce(seconds_apart <= 10, false) desc, ordinal_gap,
-                                        message_key) = 1
+                               order by similarity desc, coalesce(seconds_apart <= 10, false) desc, ordinal_gap asc,
+                                        message_key asc) = 1
 ),
 replies as (  -- the assistant turn answering each request, by the request's turn_id
     select p.session_id, m.turn_id as request_turn_id, u.next_assistant_position as position

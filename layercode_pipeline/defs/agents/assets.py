@@ -9,6 +9,7 @@ from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.agents import store_agents
 from layercode_pipeline.lib.layercode_client import LayercodeAPIError, LayercodeAuthError
+from layercode_pipeline.lib.warehouse import scalar
 
 AGENTS = dg.AssetKey("layercode_agents")
 
@@ -45,7 +46,7 @@ def layercode_agents(context: dg.AssetExecutionContext, storage: StorageResource
         if problem and layercode_api.configured:
             con.execute("insert into raw.layercode_api_errors (agent_id, session_id, endpoint, reason, error, failed_at) "
                         "values ('', '', 'agents', 'agents_list', ?, now())", [problem])
-        total = con.execute("select count(distinct agent_id) from raw.layercode_agents").fetchone()[0]
+        total = scalar(con, "select count(distinct agent_id) from raw.layercode_agents")
     if problem:
         context.log.warning(f"agents not listed: {problem}")
     check = dg.AssetCheckResult(check_name="agents_listed", passed=problem is None,

@@ -10,6 +10,7 @@ from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.backfill import DetailRequest, fetch_details, sessions_needing_details, store_details
+from layercode_pipeline.lib.warehouse import scalar
 
 SESSION_DETAILS = dg.AssetKey("layercode_session_details")
 
@@ -73,7 +74,7 @@ def layercode_session_details(context: dg.AssetExecutionContext, config: Backfil
             requests = []
         outcomes = asyncio.run(_fetch(layercode_api, requests)) if requests else []
         found, not_found = store_details(con, outcomes)
-        total = con.execute("select count(*) from raw.layercode_session_details").fetchone()[0]
+        total = scalar(con, "select count(*) from raw.layercode_session_details")
     errors = [o for o in outcomes if o.error]
     for o in errors[:10]:
         context.log.warning(f"session {o.request.session_id}: {o.error}")

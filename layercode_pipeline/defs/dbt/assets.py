@@ -17,7 +17,7 @@ from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: t
 )
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
-from layercode_pipeline.lib.warehouse import Warehouse
+from layercode_pipeline.lib.warehouse import Warehouse, scalar
 
 
 class LayercodeDbtTranslator(DagsterDbtTranslator):
@@ -76,13 +76,13 @@ def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
     con = warehouse.connect(read_only=True)
     try:
         for event in events:
-            uid = event.metadata.get("unique_id") if isinstance(event, (dg.Output, dg.AssetMaterialization)) else None
-            uid = uid.value if hasattr(uid, "value") else uid
+            raw = event.metadata.get("unique_id") if isinstance(event, (dg.Output, dg.AssetMaterialization)) else None
+            uid = raw.value if isinstance(raw, dg.MetadataValue) else raw
             if uid in relations:
                 schema, name = relations[uid]
                 extra: dict[str, Any] = {"dagster/column_schema": column_schema(con, schema, name, nodes[uid])}
                 if nodes[uid].get("config", {}).get("materialized") in ("table", "incremental"):
-                    extra["dagster/row_count"] = con.execute(f'select count(*) from "{schema}"."{name}"').fetchone()[0]
+                    extra["dagster/row_count"] = scalar(con, f'select count(*) from "{schema}"."{name}"')
                 event = event.with_metadata({**event.metadata, **extra})
             yield event
     finally:

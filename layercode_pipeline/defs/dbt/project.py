@@ -75,4 +75,5 @@ class LayercodeDbtCli(DbtCliResource):
 
 
 def dbt_resource() -> DbtCliResource:
-    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=DBT_EXECUTABLE)
+    # dagster-dbt's validator takes the DbtProject (its field is annotated str)
+    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=DBT_EXECUTABLE)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from layercode_pipeline.defs.resources import WAREHOUSE_POOL, OpenAIResource, St
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version
 from layercode_pipeline.lib.enrichment.providers import build_provider
 from layercode_pipeline.lib.enrichment.run import enrich_sessions
+from layercode_pipeline.lib.warehouse import scalar
 
 
 class EnrichmentRunConfig(dg.Config):
@@ -67,7 +68,7 @@ def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRun
 
     with storage.connect() as con:
         stats = asyncio.run(run(con))
-        total = con.execute("select count(*) from enrichment.session_enrichments").fetchone()[0]
+        total = scalar(con, "select count(*) from enrichment.session_enrichments")
     for err in stats.errors[:10]:
         context.log.warning(err)
     if stats.skipped_budget:

@@ -12,6 +12,7 @@ from layercode_pipeline.contract.landing import iter_sealed_segments, partition_
 from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.lib.ingest import ingest_landing, ingest_object_landing, newest_object_ns
+from layercode_pipeline.lib.warehouse import scalar
 
 RAW_EVENTS = dg.AssetKey("raw_layercode_events")
 # materialisation metadata: segments sealed before this time (ns since the epoch) are ingested
@@ -78,7 +79,7 @@ def _examples(con, sql: str, params: list) -> dg.MetadataValue:
 )
 def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     with storage.connect() as con:
-        run_started = con.execute("select now()").fetchone()[0]
+        run_started = scalar(con, "select now()")
         # everything sealed before this instant is in this run's listing: the landing sensor
         # asks for a run only while something newer exists (or this run failed)
         high_water_ns = time.time_ns()
@@ -89,10 +90,10 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
         else:
             result = ingest_landing(con, storage.paths.landing)
         seconds = time.perf_counter() - started
-        total = con.execute("select count(*) from raw.layercode_events").fetchone()[0]
-        rejects_total = con.execute("select count(*) from raw.layercode_rejects").fetchone()[0]
-        invalid = con.execute("select count(*) from raw.layercode_events where ingested_at >= ? "
-                              "and validation_error is not null", [run_started]).fetchone()[0]
+        total = scalar(con, "select count(*) from raw.layercode_events")
+        rejects_total = scalar(con, "select count(*) from raw.layercode_rejects")
+        invalid = scalar(con, "select count(*) from raw.layercode_events where ingested_at >= ? "
+                              "and validation_error is not null", [run_started])
         reject_examples = _examples(con, "select source_file || ':' || coalesce(line_number::varchar, '-'), reason "
                                          "from raw.layercode_rejects where rejected_at >= ? limit 5", [run_started])
         invalid_examples = _examples(con, "select event_type || ' ' || coalesce(session_id, '?'), validation_error "

@@ -51,7 +51,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
     # now lists everything sealed before it started.
     last = instance.get_latest_materialization_event(RAW_EVENTS)
     mat = last.asset_materialization if last else None
-    high_water = int(mat.metadata[HIGH_WATER_KEY].value) if mat and HIGH_WATER_KEY in mat.metadata else 0
+    high_water = int(str(mat.metadata[HIGH_WATER_KEY].value)) if mat and HIGH_WATER_KEY in mat.metadata else 0
     running = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name,
                                                      statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
     if running and running[0].start_time:

@@ -9,6 +9,7 @@ from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
 from layercode_pipeline.lib.recordings import download_recordings, plan_recordings, store_recordings
+from layercode_pipeline.lib.warehouse import scalar
 
 RECORDINGS = dg.AssetKey("layercode_recordings")
 
@@ -47,8 +48,8 @@ def layercode_recordings(context: dg.AssetExecutionContext, storage: StorageReso
             rows += asyncio.run(_download(layercode_api, downloads))
         store_recordings(con, rows)
         summary = dict(con.execute("select status, count(*) from raw.layercode_recordings group by 1").fetchall())
-        total_bytes = con.execute("select coalesce(sum(bytes), 0) from raw.layercode_recordings "
-                                  "where status = 'downloaded'").fetchone()[0]
+        total_bytes = scalar(con, "select coalesce(sum(bytes), 0) from raw.layercode_recordings "
+                                  "where status = 'downloaded'")
     # kept files found broken and not fetched again this run (no key, or the fetch failed)
     fetched = {r.session_id for r in rows if r.status == "downloaded"}
     broken = [b for b in plan.broken if b["session_id"] not in fetched]

@@ -59,15 +59,17 @@ def build_analysis_model(settings: EnrichmentSettings) -> type[BaseModel]:
     """The pydantic model sent as the structured-output schema (strict: every field required,
     nullable where 'unknown' is a valid answer)."""
     strict = ConfigDict(extra="forbid")
-    topic = Literal[tuple(settings.topics)] if settings.topics else str  # type: ignore[valid-type]
-    checks = create_model("ComplianceFlags", __config__=strict, **{
+    # Literals built at run time from the configuration: mypy checks what they are used in
+    topic: Any = Literal[tuple(settings.topics)] if settings.topics else str
+    # models built at run time from the configuration: fields mypy cannot see
+    checks = create_model("ComplianceFlags", __config__=strict, **{  # type: ignore[call-overload]
         c.name: (bool, Field(description=c.description)) for c in settings.compliance_checks})
     fields: dict[str, Any] = {
         "summary": (str, Field(description="What the call was about and how it ended, in at most three sentences.")),
         "caller_name": (str | None, Field(description="The caller's name if they said it, else null.")),
-        "sentiment": (Literal[SENTIMENTS], Field(description="The caller's overall sentiment.")),  # type: ignore[valid-type]
+        "sentiment": (Literal[SENTIMENTS], Field(description="The caller's overall sentiment.")),
         "sentiment_score": (float, Field(description="-1 (very negative) to 1 (very positive).")),
-        "outcome": (Literal[OUTCOMES], Field(description="resolved, unresolved, escalated (to a human), "  # type: ignore[valid-type]
+        "outcome": (Literal[OUTCOMES], Field(description="resolved, unresolved, escalated (to a human), "
                                                           "abandoned (caller left early) or voicemail.")),
         "topics": (list[topic], Field(description="Topics discussed, from the allowed list.")),
         "quality_score": (int, Field(description="The agent's performance from 1 (poor) to 5 (excellent).")),
@@ -78,7 +80,7 @@ def build_analysis_model(settings: EnrichmentSettings) -> type[BaseModel]:
     if settings.custom_fields:
         custom: dict[str, Any] = {}
         for f in settings.custom_fields:
-            base: Any = Literal[tuple(f.allowed_values)] if f.allowed_values else FIELD_TYPES[f.type]  # type: ignore[valid-type]
+            base: Any = Literal[tuple(f.allowed_values)] if f.allowed_values else FIELD_TYPES[f.type]
             custom[f.name] = (base | None, Field(description=f.description))
         fields["custom_fields"] = (create_model("CustomFields", __config__=strict, **custom),
                                    Field(description="Extra fields; null when the call does not say."))

@@ -128,7 +128,7 @@ async def evaluate_provider(provider: Provider, settings: EnrichmentSettings, ca
     return pl.DataFrame(rows, schema=_SCHEMA)
 
 
-_SCHEMA = {
+_SCHEMA: dict[str, Any] = {
     "variant": pl.String, "provider": pl.String, "model": pl.String, "prompt_version": pl.String,
     "call_id": pl.String, "expected_caller_name": pl.String, "caller_name": pl.String,
     "expected_sentiment": pl.String, "sentiment": pl.String, "expected_outcome": pl.String, "outcome": pl.String,
@@ -230,7 +230,7 @@ def run_variants(labelled_path: str | Path | None, *, provider: str, models: lis
     if unknown:
         raise ValueError(f"prompt version(s) {unknown} have no instructions in the config "
                          f"(known: {sorted(base.prompt_instructions)})")
-    frames = []
+    frames: list[pl.DataFrame] = []
     for version in versions:
         settings = base.model_copy(update={"prompt_version": version})
         schema = build_analysis_model(settings)
@@ -290,7 +290,8 @@ def print_report(results: pl.DataFrame, console: Any, *, max_misses: int = 10) -
     console.print(acc)
     for variant, part in results.group_by("variant", maintain_order=True):
         for name in ("sentiment", "outcome"):
-            console.print(table(confusion(part, name), f"{variant[0]}: {name} (rows: expected, columns: said)"))
+            matrix = confusion(part, name)  # type: ignore[arg-type]  # name is one of the loop's literals
+            console.print(table(matrix, f"{variant[0]}: {name} (rows: expected, columns: said)"))
         for name in FIELDS:
             wrong = misses(part, name)
             if wrong.height:
