@@ -21,8 +21,11 @@ def ensure_wrk() -> str:
     if path:
         return path
     print("installing wrk (Debian package)...", flush=True)
-    subprocess.run("apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)",
-                   shell=True, check=True)
+    subprocess.run(
+        "apt-get install -y -q wrk >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)",
+        shell=True,
+        check=True,
+    )
     return shutil.which("wrk") or "wrk"
 
 
@@ -38,7 +41,9 @@ def wait_healthy(url: str, timeout: float = 30) -> None:
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -49,11 +54,14 @@ def parse_wrk(out: str) -> dict[str, float]:
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "p50_ms": ms(pct["50"]), "p99_ms": ms(pct["99"]),
-            "socket_errors": errors.group(1) if errors else "none"}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "p50_ms": ms(pct["50"]),
+        "p99_ms": ms(pct["99"]),
+        "socket_errors": errors.group(1) if errors else "none",
+    }
 
 
 def peak_rss_mb(pid: int | None = None) -> float:

@@ -83,12 +83,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=300)
     ap.add_argument("--recordings", type=int, default=100)
-    ap.add_argument("--latency-ms", type=float, default=50.0,
-                    help="added to every API answer, standing for the round trip to api.layercode.com")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=50.0,
+        help="added to every API answer, standing for the round trip to api.layercode.com",
+    )
     args = ap.parse_args()
     print(f"simulated API round trip: {args.latency_ms:g} ms per request")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.sessions), str(port), str(args.latency_ms / 1000)])
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(args.sessions), str(port), str(args.latency_ms / 1000)]
+    )
     base = f"http://127.0.0.1:{port}/v1"
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", timeout=60)
@@ -100,17 +106,27 @@ def main() -> None:
         d16 = asyncio.run(details(base, reqs, 16))
         r1 = asyncio.run(downloads(base, rec, 1, dest))
         r16 = asyncio.run(downloads(base, rec, 16, dest))
-        print(f"session records: concurrency 1 {d1:7.0f}/s, concurrency 16 {d16:7.0f}/s, ratio {d16 / d1:.2f}x "
-              f"({len(reqs)} sessions)")
+        print(
+            f"session records: concurrency 1 {d1:7.0f}/s, concurrency 16 {d16:7.0f}/s, ratio {d16 / d1:.2f}x "
+            f"({len(reqs)} sessions)"
+        )
         mb = sum(s.recording_samples * 2 + 44 for s in rec) / 1e6
-        print(f"recordings ({len(rec)} WAVs, {mb:.0f} MB): concurrency 1 {r1[0]:6.1f}/s {r1[1]:6.1f} MB/s, "
-              f"concurrency 16 {r16[0]:6.1f}/s {r16[1]:6.1f} MB/s, ratio {r16[1] / r1[1]:.2f}x")
+        print(
+            f"recordings ({len(rec)} WAVs, {mb:.0f} MB): concurrency 1 {r1[0]:6.1f}/s {r1[1]:6.1f} MB/s, "
+            f"concurrency 16 {r16[0]:6.1f}/s {r16[1]:6.1f} MB/s, ratio {r16[1] / r1[1]:.2f}x"
+        )
         big = batch.sessions[0]
-        out = subprocess.run([sys.executable, "-c", DOWNLOAD_ONE, base, big.agent_id, big.session_id,
-                              str(dest / "big.wav")], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", DOWNLOAD_ONE, base, big.agent_id, big.session_id, str(dest / "big.wav")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         one = json.loads(out.strip().splitlines()[-1])
-        print(f"one {one['bytes'] / 1024 / 1024:.0f} MiB recording ({one['status']}): process RSS {one['rss_before_mb']:.0f} MB "
-              f"before, peak {one['peak_rss_mb']:.0f} MB: the body streams to disk, memory does not grow with it")
+        print(
+            f"one {one['bytes'] / 1024 / 1024:.0f} MiB recording ({one['status']}): process RSS {one['rss_before_mb']:.0f} MB "
+            f"before, peak {one['peak_rss_mb']:.0f} MB: the body streams to disk, memory does not grow with it"
+        )
     finally:
         server.terminate()
         server.wait()

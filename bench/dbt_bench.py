@@ -41,9 +41,17 @@ def land(landing: Path, calls: int, seed: int, name: str) -> int:
             events.append(s.session_update())
         for e in events:
             body = orjson.dumps(e)
-            lines.append(build_envelope(received_at=now, agent_id=s.agent_id, event_type=e["type"],
-                                        content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={},
-                                        writer_id="bench"))
+            lines.append(
+                build_envelope(
+                    received_at=now,
+                    agent_id=s.agent_id,
+                    event_type=e["type"],
+                    content_sha256=hashlib.sha256(body).hexdigest(),
+                    body=body,
+                    headers={},
+                    writer_id="bench",
+                )
+            )
     (part / f"{name}.jsonl").write_bytes(b"".join(lines))
     return len(batch.sessions)
 
@@ -51,8 +59,22 @@ def land(landing: Path, calls: int, seed: int, name: str) -> int:
 def dbt_build(warehouse: Path, target: Path) -> float:
     env = {**os.environ, "LAYERCODE_WAREHOUSE_PATH": str(warehouse)}
     t = time.perf_counter()
-    r = subprocess.run([DBT, "build", "--quiet", "--project-dir", str(ROOT / "dbt_project"), "--profiles-dir",
-                        str(ROOT / "dbt_project"), "--target-path", str(target)], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            DBT,
+            "build",
+            "--quiet",
+            "--project-dir",
+            str(ROOT / "dbt_project"),
+            "--profiles-dir",
+            str(ROOT / "dbt_project"),
+            "--target-path",
+            str(target),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(r.stdout[-3000:] + r.stderr[-3000:])
@@ -75,13 +97,17 @@ def main() -> None:
             ingest_landing(con, data / "landing")
         incremental = dbt_build(data / "warehouse.duckdb", data / "target")
         results[calls] = (sessions, full, incremental)
-        print(f"{calls:>7,} calls ({sessions:,} sessions): full dbt build {full:6.1f} s; "
-              f"after +1% ({extra:,} sessions) incremental build {incremental:6.1f} s "
-              f"= {100 * incremental / full:.0f}% of full")
+        print(
+            f"{calls:>7,} calls ({sessions:,} sessions): full dbt build {full:6.1f} s; "
+            f"after +1% ({extra:,} sessions) incremental build {incremental:6.1f} s "
+            f"= {100 * incremental / full:.0f}% of full"
+        )
     if len(args.sizes) >= 2:
         small, large = args.sizes[0], args.sizes[-1]
-        print(f"growth: {large // small}x the data took {results[large][1] / results[small][1]:.2f}x the time "
-              f"(full builds; dbt's fixed start-up cost is part of both)")
+        print(
+            f"growth: {large // small}x the data took {results[large][1] / results[small][1]:.2f}x the time "
+            f"(full builds; dbt's fixed start-up cost is part of both)"
+        )
 
 
 if __name__ == "__main__":

@@ -53,21 +53,39 @@ def seed_warehouse(path: Path, n: int) -> None:
         body = s.session_end()
         body["transcript"][-1]["text"] += f" (ref {i})"  # distinct: the cache is content-addressed
         raw = orjson.dumps(body)
-        rows.append((f"k{i}", datetime.now(UTC), s.agent_id, "session.end", hashlib.sha256(raw).hexdigest(),
-                     s.session_id, s.conversation_id, None, raw.decode(), None, "bench", "webhook", "bench", datetime.now(UTC),
-                     f"k{i}"))
+        rows.append(
+            (
+                f"k{i}",
+                datetime.now(UTC),
+                s.agent_id,
+                "session.end",
+                hashlib.sha256(raw).hexdigest(),
+                s.session_id,
+                s.conversation_id,
+                None,
+                raw.decode(),
+                None,
+                "bench",
+                "webhook",
+                "bench",
+                datetime.now(UTC),
+                f"k{i}",
+            )
+        )
     with Warehouse.at(path, data_dir=path.parent).open_for_writing() as con:
-        con.executemany("""insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
+        con.executemany(
+            """insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
                                session_id, conversation_id, turn_id, body, validation_error, writer_id, source,
                                source_file, ingested_at, event_key_md5)
-                           values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, md5_number(?))""", rows)
+                           values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, md5_number(?))""",
+            rows,
+        )
 
 
 async def run(base: str, path: Path, concurrency: int):
     settings = EnrichmentSettings.load()
     schema = build_analysis_model(settings)
-    provider = OpenAIProvider(settings, schema, api_key="sk-bench", model="gpt-5-mini", base_url=base,
-                              max_retries=2)
+    provider = OpenAIProvider(settings, schema, api_key="sk-bench", model="gpt-5-mini", base_url=base, max_retries=2)
     try:
         with Warehouse.at(path, data_dir=path.parent).open_for_writing() as con:
             t = time.perf_counter()
@@ -91,9 +109,11 @@ def main() -> None:
         wait_healthy(f"http://127.0.0.1:{port}/count")
         stats, elapsed = asyncio.run(run(f"http://127.0.0.1:{port}/v1", path, args.concurrency))
         ideal = args.transcripts * args.delay / args.concurrency
-        print(f"first run: {stats.enriched} enriched, {stats.failed} failed, {stats.calls} requests in {elapsed:.2f} s; "
-              f"ideal {ideal:.2f} s ({args.transcripts} x {args.delay} s / {args.concurrency}); "
-              f"ratio {elapsed / ideal:.3f}x (target <= 1.2x)")
+        print(
+            f"first run: {stats.enriched} enriched, {stats.failed} failed, {stats.calls} requests in {elapsed:.2f} s; "
+            f"ideal {ideal:.2f} s ({args.transcripts} x {args.delay} s / {args.concurrency}); "
+            f"ratio {elapsed / ideal:.3f}x (target <= 1.2x)"
+        )
         before = httpx.get(f"http://127.0.0.1:{port}/count").json()["requests"]
         stats2, elapsed2 = asyncio.run(run(f"http://127.0.0.1:{port}/v1", path, args.concurrency))
         after = httpx.get(f"http://127.0.0.1:{port}/count").json()["requests"]

@@ -64,19 +64,30 @@ def main() -> None:
     data.mkdir()
     home = dagster_home(root)
     batch = generate_batch(args.calls, seed=args.seed)
-    env = pipeline_env(home, data, LAYERCODE_LOG_LEVEL="WARNING",
-                       LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch))
+    env = pipeline_env(
+        home, data, LAYERCODE_LOG_LEVEL="WARNING", LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch)
+    )
     port = free_port()
-    listener = subprocess.Popen([PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = subprocess.Popen(
+        [PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = (root / "daemon.log").open("w")
     started = time.time()
-    daemon = subprocess.Popen([str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                              env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     seen: dict[str, float] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=watch_serving, args=(data / "serving" / "analytics.duckdb", seen, stop),
-                               daemon=True)
+    watcher = threading.Thread(
+        target=watch_serving, args=(data / "serving" / "analytics.duckdb", seen, stop), daemon=True
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
         with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -86,8 +97,11 @@ def main() -> None:
                     raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
                 time.sleep(0.5)
             startup_s = time.time() - started
-            print(f"Dagster start-up (daemon + code location + first run on a fresh instance), not counted: "
-                  f"{startup_s:.1f} s", flush=True)
+            print(
+                f"Dagster start-up (daemon + code location + first run on a fresh instance), not counted: "
+                f"{startup_s:.1f} s",
+                flush=True,
+            )
             watcher.start()
             acked: dict[str, float] = {}
 
@@ -97,9 +111,10 @@ def main() -> None:
 
             url = f"http://127.0.0.1:{port}/agents/{{agent_id}}/webhook"
             for i in range(0, len(batch.sessions), args.wave):
-                wave = SimBatch(batch.seed, batch.agents, batch.sessions[i:i + args.wave])
-                asyncio.run(Deliverer(wave, url, faults={}, concurrency=args.wave, pace_s=0.05,
-                                      on_event=on_event).run())
+                wave = SimBatch(batch.seed, batch.agents, batch.sessions[i : i + args.wave])
+                asyncio.run(
+                    Deliverer(wave, url, faults={}, concurrency=args.wave, pace_s=0.05, on_event=on_event).run()
+                )
                 print(f"  wave {i // args.wave + 1}: {len(wave.sessions)} calls delivered", flush=True)
                 if i + args.wave < len(batch.sessions):
                     time.sleep(args.gap)
@@ -125,13 +140,17 @@ def main() -> None:
     lags = [seen[s] - t for s, t in acked.items() if s in seen]
     missing = len(set(acked) - set(seen))
     print("\nfreshness: session.end acknowledged -> the session's row readable in serving/analytics.duckdb")
-    print(f"  traffic             {args.calls} calls ({len(acked)} sessions) in waves of {args.wave} every {args.gap:.0f} s")
+    print(
+        f"  traffic             {args.calls} calls ({len(acked)} sessions) in waves of {args.wave} every {args.gap:.0f} s"
+    )
     print(f"  calls measured      {len(lags)} (of {len(acked)} acknowledged; {missing} never seen)")
     print(f"  p50                 {percentile(lags, 0.5):.1f} s")
     print(f"  p95                 {percentile(lags, 0.95):.1f} s")
     print(f"  max                 {max(lags):.1f} s")
-    print(f"  ingest runs         {len(runs)} (sensor-launched, in-process executor), "
-          f"median run {percentile(durations, 0.5):.1f} s from start to end")
+    print(
+        f"  ingest runs         {len(runs)} (sensor-launched, in-process executor), "
+        f"median run {percentile(durations, 0.5):.1f} s from start to end"
+    )
     print(f"  goal p95 <= 30 s:   {'met' if percentile(lags, 0.95) <= 30 else 'NOT met'}")
 
 

@@ -68,8 +68,9 @@ print(json.dumps(out))
 """
 
 
-def write_segments(landing: Path, start: int, count: int, per_file: int, templates: list[tuple[str, bytes, str]],
-                   prefix: str) -> list[Path]:
+def write_segments(
+    landing: Path, start: int, count: int, per_file: int, templates: list[tuple[str, bytes, str]], prefix: str
+) -> list[Path]:
     base = datetime(2026, 11, 20, 9, tzinfo=UTC)
     files = []
     n = start
@@ -84,9 +85,17 @@ def write_segments(landing: Path, start: int, count: int, per_file: int, templat
         for i in range(n, min(n + per_file, start + count)):
             event_type, body, sid = templates[i % len(templates)]
             body = body.replace(sid.encode(), f"{sid[:-8]}{i // len(templates):08x}".encode())
-            lines.append(build_envelope(received_at=received, agent_id="ag_support", event_type=event_type,
-                                        content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                                        headers={"user-agent": "Layercode-Webhooks/1.0"}, writer_id=prefix))
+            lines.append(
+                build_envelope(
+                    received_at=received,
+                    agent_id="ag_support",
+                    event_type=event_type,
+                    content_sha256=hashlib.sha256(body).hexdigest(),
+                    body=body,
+                    headers={"user-agent": "Layercode-Webhooks/1.0"},
+                    writer_id=prefix,
+                )
+            )
         path.write_bytes(b"".join(lines))
         files.append(path)
         n += per_file
@@ -94,8 +103,9 @@ def write_segments(landing: Path, start: int, count: int, per_file: int, templat
 
 
 def run_step(step: str, data: Path, files: list[Path]) -> dict:
-    out = subprocess.run([sys.executable, "-c", STEP, step, str(data), *map(str, files)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", STEP, step, str(data), *map(str, files)], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -108,32 +118,44 @@ def main() -> None:
     batch = generate_batch(400, seed=3)
     templates = []
     for s in batch.sessions:
-        for e in [s.session_start(), *s.messages(), s.session_end()] + ([s.session_update()] if s.session_update() else []):
+        for e in [s.session_start(), *s.messages(), s.session_end()] + (
+            [s.session_update()] if s.session_update() else []
+        ):
             templates.append((e["type"], orjson.dumps(e), s.session_id))
     t0 = time.perf_counter()
     files = write_segments(data / "staged", 0, args.events, args.per_file, templates, "w1")
     size = sum(f.stat().st_size for f in files)
-    print(f"generated {args.events:,} events in {len(files)} segments, {size / 1e6:.0f} MB "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"generated {args.events:,} events in {len(files)} segments, {size / 1e6:.0f} MB "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
 
     a = run_step("floor", data, files)
     b = run_step("ingest", data, files)
     more = write_segments(data / "staged", args.events, args.events // 100, args.per_file, templates, "w2")
     c = run_step("ingest", data, more)
     print("step                                      Dagster run   in asset      rows   peak RSS")
-    print(f"(a) DuckDB read_ndjson_objects -> table : {a['seconds']:9.2f} s {a['seconds']:8.2f} s "
-          f"{a['rows']:>9,} {a['peak_rss_mb']:7.0f} MB")
+    print(
+        f"(a) DuckDB read_ndjson_objects -> table : {a['seconds']:9.2f} s {a['seconds']:8.2f} s "
+        f"{a['rows']:>9,} {a['peak_rss_mb']:7.0f} MB"
+    )
     for label, r in (("(b) raw_layercode_events full ingest    ", b), ("(c) incremental run, +1% events         ", c)):
         print(f"{label}: {r['run']:9.2f} s {r['in_asset']:8.2f} s {r['rows']:>9,} {r['peak_rss_mb']:7.0f} MB")
     fixed = c["imports"] + c["first_run"]
-    print(f"Dagster run = the dg.materialize call (in-process executor, in-memory instance) in a process that "
-          f"has run once; in asset = the asset's own "
-          f"timing. A fresh process first pays a fixed {fixed:.2f} s (imports {c['imports']:.2f} s, first "
-          f"run with nothing new {c['first_run']:.2f} s) whatever the data.")
-    print(f"(b)/(a): Dagster run {b['run'] / a['seconds']:.2f}x, in asset {b['in_asset'] / a['seconds']:.2f}x, "
-          f"fresh process {(b['run'] + fixed) / a['seconds']:.2f}x (target <= 1.5x)")
-    print(f"(c)/(b): Dagster run {100 * c['run'] / b['run']:.1f}%, in asset {100 * c['in_asset'] / b['in_asset']:.1f}%, "
-          f"fresh process {100 * (c['run'] + fixed) / (b['run'] + fixed):.1f}% (target <= 5%)")
+    print(
+        f"Dagster run = the dg.materialize call (in-process executor, in-memory instance) in a process that "
+        f"has run once; in asset = the asset's own "
+        f"timing. A fresh process first pays a fixed {fixed:.2f} s (imports {c['imports']:.2f} s, first "
+        f"run with nothing new {c['first_run']:.2f} s) whatever the data."
+    )
+    print(
+        f"(b)/(a): Dagster run {b['run'] / a['seconds']:.2f}x, in asset {b['in_asset'] / a['seconds']:.2f}x, "
+        f"fresh process {(b['run'] + fixed) / a['seconds']:.2f}x (target <= 1.5x)"
+    )
+    print(
+        f"(c)/(b): Dagster run {100 * c['run'] / b['run']:.1f}%, in asset {100 * c['in_asset'] / b['in_asset']:.1f}%, "
+        f"fresh process {100 * (c['run'] + fixed) / (b['run'] + fixed):.1f}% (target <= 5%)"
+    )
     print(f"peak RSS of the ingest processes: {max(b['peak_rss_mb'], c['peak_rss_mb']):.0f} MB (target <= 1536 MB)")
 
 

@@ -30,12 +30,25 @@ from layercode_pipeline.lib.warehouse import Warehouse  # noqa: E402
 
 def long_session_end(turns: int) -> bytes:
     start = 1_795_000_000_000
-    return orjson.dumps({
-        "type": "session.end", "session_id": f"long{turns}", "conversation_id": f"longc{turns}", "agent_id": "ag_long",
-        "started_at": "2026-11-20T09:00:00.000Z", "ended_at": "2026-11-20T12:00:00.000Z", "duration": 10_800_000,
-        "transcript": [{"role": "user" if i % 2 else "assistant", "text": f"turn number {i} says a few words",
-                        "timestamp": start + i * 200} for i in range(turns)],
-    })
+    return orjson.dumps(
+        {
+            "type": "session.end",
+            "session_id": f"long{turns}",
+            "conversation_id": f"longc{turns}",
+            "agent_id": "ag_long",
+            "started_at": "2026-11-20T09:00:00.000Z",
+            "ended_at": "2026-11-20T12:00:00.000Z",
+            "duration": 10_800_000,
+            "transcript": [
+                {
+                    "role": "user" if i % 2 else "assistant",
+                    "text": f"turn number {i} says a few words",
+                    "timestamp": start + i * 200,
+                }
+                for i in range(turns)
+            ],
+        }
+    )
 
 
 def main() -> None:
@@ -51,9 +64,17 @@ def main() -> None:
         body = long_session_end(turns)
         part = data / "landing" / "dt=2026-11-20" / "hour=10"
         part.mkdir(parents=True)
-        (part / "long.jsonl").write_bytes(build_envelope(
-            received_at=datetime(2026, 11, 20, 10, tzinfo=UTC), agent_id="ag_long", event_type="session.end",
-            content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={}, writer_id="bench"))
+        (part / "long.jsonl").write_bytes(
+            build_envelope(
+                received_at=datetime(2026, 11, 20, 10, tzinfo=UTC),
+                agent_id="ag_long",
+                event_type="session.end",
+                content_sha256=hashlib.sha256(body).hexdigest(),
+                body=body,
+                headers={},
+                writer_id="bench",
+            )
+        )
         with Warehouse.at(None, data_dir=data).open_for_writing() as con:
             ingest_landing(con, data / "landing")
         t = time.perf_counter()
@@ -61,9 +82,11 @@ def main() -> None:
         con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
         kept = con.execute("select count(*) from marts.fct_turns where session_id = ?", [f"long{turns}"]).fetchone()[0]
         con.close()
-        print(f"{turns:>6,} turns ({len(body) / 1e6:.1f} MB body): incremental dbt build with it {with_long:5.1f} s "
-              f"(full build of 100 calls before it: {baseline:5.1f} s); {kept:,} turns in marts.fct_turns "
-              f"[{time.perf_counter() - t:.1f} s incl. count]")
+        print(
+            f"{turns:>6,} turns ({len(body) / 1e6:.1f} MB body): incremental dbt build with it {with_long:5.1f} s "
+            f"(full build of 100 calls before it: {baseline:5.1f} s); {kept:,} turns in marts.fct_turns "
+            f"[{time.perf_counter() - t:.1f} s incl. count]"
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,11 @@ def main() -> None:
     ap.add_argument("--bytes", type=int, default=16384)
     args = ap.parse_args()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -59,11 +62,13 @@ def main() -> None:
 
         from layercode_pipeline.landing_store import ObjectLanding
 
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
-                          region_name="us-east-1")
+        s3 = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+        )
         s3.create_bucket(Bucket="bench")
-        store = ObjectLanding("s3://bench/obstore", endpoint=endpoint, region="us-east-1", access_key_id="k",
-                              secret_access_key="s").store()
+        store = ObjectLanding(
+            "s3://bench/obstore", endpoint=endpoint, region="us-east-1", access_key_id="k", secret_access_key="s"
+        ).store()
         body = b"x" * args.bytes
         results = {}
         for name in ("obstore", "boto3"):
@@ -73,16 +78,21 @@ def main() -> None:
                 if name == "obstore":
                     obstore.put(store, f"dt=2026-11-21/hour=09/w-{i:06d}.jsonl", body, mode="create")
                 else:
-                    s3.put_object(Bucket="bench", Key=f"boto3/dt=2026-11-21/hour=09/w-{i:06d}.jsonl", Body=body,
-                                  IfNoneMatch="*")
+                    s3.put_object(
+                        Bucket="bench", Key=f"boto3/dt=2026-11-21/hour=09/w-{i:06d}.jsonl", Body=body, IfNoneMatch="*"
+                    )
                 times.append(time.perf_counter() - t)
             for _ in range(20):
                 t = time.perf_counter()
                 if name == "obstore":
                     n = sum(len(b) for b in obstore.list(store, "dt=2026-11-21/hour=09/"))
                 else:
-                    n = sum(len(p.get("Contents", [])) for p in s3.get_paginator("list_objects_v2").paginate(
-                        Bucket="bench", Prefix="boto3/dt=2026-11-21/hour=09/"))
+                    n = sum(
+                        len(p.get("Contents", []))
+                        for p in s3.get_paginator("list_objects_v2").paginate(
+                            Bucket="bench", Prefix="boto3/dt=2026-11-21/hour=09/"
+                        )
+                    )
                 t_list.append(time.perf_counter() - t)
             assert n == args.puts
             results[name] = (statistics.median(times) * 1000, pct(times, 95), statistics.median(t_list) * 1000)
@@ -90,8 +100,10 @@ def main() -> None:
         for name, (p50, p95, lst) in results.items():
             print(f"  {name:8s} PUT p50 {p50:6.2f} ms  p95 {p95:6.2f} ms   list p50 {lst:6.1f} ms")
         print(f"  boto3/obstore PUT p50 ratio: {results['boto3'][0] / results['obstore'][0]:.2f}x")
-        print(f"  installed: obstore {installed_mb('obstore'):.1f} MB (no dependencies); "
-              f"boto3+botocore+s3transfer+jmespath {installed_mb('boto3', 'botocore', 's3transfer', 'jmespath'):.1f} MB")
+        print(
+            f"  installed: obstore {installed_mb('obstore'):.1f} MB (no dependencies); "
+            f"boto3+botocore+s3transfer+jmespath {installed_mb('boto3', 'botocore', 's3transfer', 'jmespath'):.1f} MB"
+        )
     finally:
         server.kill()
 

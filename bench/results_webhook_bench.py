@@ -53,18 +53,30 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
     receiver_server = BackgroundServer(receiver.app).start()
     stub = OpenAIStub(delay_s=1.0) if provider == "openai" else None
     stub_server = BackgroundServer(stub.app).start() if stub else None
-    extra = {"LAYERCODE_LOG_LEVEL": "WARNING", "LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
-             "LAYERCODE_RESULT_WEBHOOKS": json.dumps([{"url": receiver_server.url + "/results", "secret": secret}])}
+    extra = {
+        "LAYERCODE_LOG_LEVEL": "WARNING",
+        "LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
+        "LAYERCODE_RESULT_WEBHOOKS": json.dumps([{"url": receiver_server.url + "/results", "secret": secret}]),
+    }
     if stub_server:
         extra |= {"OPENAI_API_KEY": stub.api_key, "OPENAI_BASE_URL": stub_server.url + "/v1"}
     env = pipeline_env(home, data, **extra)
     port = free_port()
-    listener = subprocess.Popen([PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = subprocess.Popen(
+        [PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = (root / "daemon.log").open("w")
     started = time.time()
-    daemon = subprocess.Popen([str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                              env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     acked: dict[str, float] = {}
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
@@ -74,8 +86,10 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
                     raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
                 time.sleep(0.5)
             startup_s = time.time() - started
-            print(f"[{provider}] Dagster start-up (daemon + code location + first run), not counted: "
-                  f"{startup_s:.1f} s", flush=True)
+            print(
+                f"[{provider}] Dagster start-up (daemon + code location + first run), not counted: {startup_s:.1f} s",
+                flush=True,
+            )
 
             def on_event(attempt) -> None:
                 if attempt.event_type == SESSION_END and attempt.status == 200:
@@ -86,8 +100,11 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
             threads = []
             for session in batch.sessions:
                 one = SimBatch(batch.seed, batch.agents, [session])
-                t = threading.Thread(target=lambda b=one: asyncio.run(
-                    Deliverer(b, url, faults={}, concurrency=1, pace_s=0.05, on_event=on_event).run()))
+                t = threading.Thread(
+                    target=lambda b=one: asyncio.run(
+                        Deliverer(b, url, faults={}, concurrency=1, pace_s=0.05, on_event=on_event).run()
+                    )
+                )
                 t.start()
                 threads.append(t)
                 time.sleep(interval)
@@ -114,9 +131,16 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
             stub_server.stop()
     arrived = {r.session_id: r.received_at for r in receiver.unique(CALL_ANALYZED).values()}
     lags = [arrived[s] - t for s, t in acked.items() if s in arrived]
-    return {"provider": provider, "acked": len(acked), "lags": lags, "missing": len(set(acked) - set(arrived)),
-            "rejected": receiver.rejected, "duplicates": len(receiver.received) - len(receiver.unique()),
-            "runs": len(runs), "llm_requests": len(stub.requests) if stub else 0}
+    return {
+        "provider": provider,
+        "acked": len(acked),
+        "lags": lags,
+        "missing": len(set(acked) - set(arrived)),
+        "rejected": receiver.rejected,
+        "duplicates": len(receiver.received) - len(receiver.unique()),
+        "runs": len(runs),
+        "llm_requests": len(stub.requests) if stub else 0,
+    }
 
 
 def main() -> None:
@@ -129,16 +153,22 @@ def main() -> None:
     goals = {"offline": 15.0, "openai": 20.0}
     results = [measure(p, args.calls, args.interval, args.seed) for p in goals if args.only in (None, p)]
     print("\nsession.end acknowledged -> call.analyzed received (verified with the standardwebhooks package)")
-    print(f"  traffic: {args.calls} calls, one every {args.interval:g} s, on {Path('/proc/cpuinfo').read_text().count('processor')} cores")
+    print(
+        f"  traffic: {args.calls} calls, one every {args.interval:g} s, on {Path('/proc/cpuinfo').read_text().count('processor')} cores"
+    )
     for r in results:
         lags = r["lags"]
         extra = f", {r['llm_requests']} LLM requests at 1 s each" if r["provider"] == "openai" else ""
-        print(f"  [{r['provider']}] measured {len(lags)} of {r['acked']} ({r['missing']} never arrived), "
-              f"{r['rejected']} signatures rejected, {r['duplicates']} duplicate deliveries, "
-              f"{r['runs']} ingest runs{extra}")
+        print(
+            f"  [{r['provider']}] measured {len(lags)} of {r['acked']} ({r['missing']} never arrived), "
+            f"{r['rejected']} signatures rejected, {r['duplicates']} duplicate deliveries, "
+            f"{r['runs']} ingest runs{extra}"
+        )
         if lags:
-            print(f"  [{r['provider']}] p50 {percentile(lags, 0.5):.1f} s, p95 {percentile(lags, 0.95):.1f} s, "
-                  f"max {max(lags):.1f} s")
+            print(
+                f"  [{r['provider']}] p50 {percentile(lags, 0.5):.1f} s, p95 {percentile(lags, 0.95):.1f} s, "
+                f"max {max(lags):.1f} s"
+            )
     for r in results:
         p95 = percentile(r["lags"], 0.95) if r["lags"] else float("inf")
         goal = goals[r["provider"]]

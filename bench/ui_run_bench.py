@@ -60,10 +60,15 @@ def main() -> None:
         api_url = server.url + "/v1"
         # land the calls through a real listener (its segments seal on stop)
         port = free_port()
-        env = pipeline_env(root, source, LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch),
-                           LAYERCODE_LOG_LEVEL="WARNING")
-        listener = subprocess.Popen([PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = pipeline_env(
+            root, source, LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch), LAYERCODE_LOG_LEVEL="WARNING"
+        )
+        listener = subprocess.Popen(
+            [PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(200):
             try:
                 httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -87,9 +92,13 @@ def main() -> None:
         # on a persistent instance, as the demo runs (its runs are stored like the UI's)
         with dg.DagsterInstance.from_config(str(dagster_home(root / "in_process_home"))) as instance:
             started = time.perf_counter()
-            result = dg.materialize(list(defs.assets or []), resources=resources, raise_on_error=False,
-                                    instance=instance,
-                                    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+            result = dg.materialize(
+                list(defs.assets or []),
+                resources=resources,
+                raise_on_error=False,
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            )
             in_process_s = time.perf_counter() - started
         assert result.success, "the in-process run failed"
 
@@ -98,14 +107,24 @@ def main() -> None:
         ui_env = pipeline_env(home, via_ui, LAYERCODE_API_BASE_URL=api_url, LAYERCODE_API_KEY=KEY)
         workspace = str(ROOT / "workspace.yaml")
         for sensor in ("landing_sensor", "layercode_automation"):
-            stopped = subprocess.run([str(BIN / "dagster"), "sensor", "stop", sensor, "-w", workspace], env=ui_env,
-                                     cwd=ROOT, capture_output=True, text=True)
+            stopped = subprocess.run(
+                [str(BIN / "dagster"), "sensor", "stop", sensor, "-w", workspace],
+                env=ui_env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             if stopped.returncode != 0:
                 raise SystemExit(f"could not stop {sensor}: {stopped.stdout[-1000:]}{stopped.stderr[-1000:]}")
         web_port = free_port()
         log = (root / "dagster_dev.log").open("w")
-        dev = subprocess.Popen([str(BIN / "dagster"), "dev", "-w", workspace, "-p", str(web_port)], env=ui_env,
-                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        dev = subprocess.Popen(
+            [str(BIN / "dagster"), "dev", "-w", workspace, "-p", str(web_port)],
+            env=ui_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             from dagster_graphql import DagsterGraphQLClient
 
@@ -124,8 +143,12 @@ def main() -> None:
             while True:  # the code location may still be loading in the webserver
                 try:
                     submitted = time.time()
-                    run_id = client.submit_job_execution("__ASSET_JOB", repository_location_name="layercode_pipeline",
-                                                         repository_name="__repository__", asset_selection=keys)
+                    run_id = client.submit_job_execution(
+                        "__ASSET_JOB",
+                        repository_location_name="layercode_pipeline",
+                        repository_name="__repository__",
+                        asset_selection=keys,
+                    )
                     break
                 except Exception:  # noqa: BLE001 - DagsterGraphQLClientError while the location loads
                     if time.time() > deadline:
@@ -150,15 +173,21 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 dev.kill()
             log.close()
-    print(f"\n'Materialize all' over {len(keys)} assets ({args.calls} calls landed, REST API and recordings "
-          "from the simulator)")
-    print(f"  in-process (dg.materialize, as the demo)    {in_process_s:6.1f} s   {sessions_in(in_process)} sessions served")
+    print(
+        f"\n'Materialize all' over {len(keys)} assets ({args.calls} calls landed, REST API and recordings "
+        "from the simulator)"
+    )
+    print(
+        f"  in-process (dg.materialize, as the demo)    {in_process_s:6.1f} s   {sessions_in(in_process)} sessions served"
+    )
     print(f"  from the UI (dagster dev, GraphQL submit)   {via_ui_s:6.1f} s   {sessions_in(via_ui)} sessions served")
     print(f"    of which queued and launching             {queued_s:6.1f} s")
     print(f"    of which the run from start to end        {executing_s:6.1f} s")
     ratio = via_ui_s / in_process_s
-    print(f"  ratio UI / in-process                       {ratio:6.2f}x   (goal <= 1.3: "
-          f"{'met' if ratio <= 1.3 else 'NOT met'})")
+    print(
+        f"  ratio UI / in-process                       {ratio:6.2f}x   (goal <= 1.3: "
+        f"{'met' if ratio <= 1.3 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

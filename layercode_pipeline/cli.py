@@ -12,8 +12,7 @@ import click
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def configure_access_log(level: str) -> None:
@@ -54,47 +53,104 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
     if not settings.agent_secrets and not insecure_skip_verify:
         raise click.ClickException(
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET (default agent) or "
-            "LAYERCODE_WEBHOOK_SECRETS (JSON agent_id -> secret), or pass --insecure-skip-verify")
+            "LAYERCODE_WEBHOOK_SECRETS (JSON agent_id -> secret), or pass --insecure-skip-verify"
+        )
     if insecure_skip_verify:
         click.secho("WARNING: signature verification is disabled; anyone can post events.", fg="red", err=True)
     # the httptools protocol with a deadline for request headers (slow clients are cut off)
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     if workers > 1:
         os.environ["LAYERCODE_INSECURE_SKIP_VERIFY"] = "1" if insecure_skip_verify else "0"
-        uvicorn.run("webhook_listener.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    http=HeaderTimeoutProtocol, access_log=False, server_header=False,
-                    log_level=settings.log_level.lower(), log_config=None)
+        uvicorn.run(
+            "webhook_listener.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            http=HeaderTimeoutProtocol,
+            access_log=False,
+            server_header=False,
+            log_level=settings.log_level.lower(),
+            log_config=None,
+        )
     else:
         app = create_app(settings, insecure_skip_verify=insecure_skip_verify)
         tune_gc_for_serving()
         # log_config=None: uvicorn's dictConfig would close the handlers configured above
         # server_header=False: no need to tell the internet which server answers
-        uvicorn.run(app, host=host, port=port, http=HeaderTimeoutProtocol, access_log=False, server_header=False,
-                    log_level=settings.log_level.lower(), log_config=None)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            http=HeaderTimeoutProtocol,
+            access_log=False,
+            server_header=False,
+            log_level=settings.log_level.lower(),
+            log_config=None,
+        )
 
 
 @main.command()
 @click.option("--calls", default=100, show_default=True, type=int, help="Conversations to generate.")
-@click.option("--webhook-url", default="http://127.0.0.1:8787/agents/{agent_id}/webhook", show_default=True,
-              help="Listener URL; '{agent_id}' is replaced per agent.")
+@click.option(
+    "--webhook-url",
+    default="http://127.0.0.1:8787/agents/{agent_id}/webhook",
+    show_default=True,
+    help="Listener URL; '{agent_id}' is replaced per agent.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--api-port", type=int, default=None, help="Also serve the simulated REST API on this port.")
 @click.option("--api-key", envvar="LAYERCODE_API_KEY", default="sim_api_key", show_default=True)
-@click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
-              help="Webhook: drop_session_end, drop_session_update, duplicate, out_of_order, burst. "
-                   "API: rate_limit, server_error, slow, truncated_wav, payment_required.")
-@click.option("--retries", default=0, show_default=True, type=click.IntRange(0, 10),
-              help="Retry a failed delivery this many times. Layercode documents no retries, so the default is none.")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="NAME=RATE",
+    help="Webhook: drop_session_end, drop_session_update, duplicate, out_of_order, burst. "
+    "API: rate_limit, server_error, slow, truncated_wav, payment_required.",
+)
+@click.option(
+    "--retries",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 10),
+    help="Retry a failed delivery this many times. Layercode documents no retries, so the default is none.",
+)
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Write the ground truth here.")
 @click.option("--concurrency", default=32, show_default=True, type=int, help="Calls in flight at once.")
-@click.option("--pace", default=0.0, show_default=True, type=float, help="Seconds between a call's events (0: as fast as possible).")
-@click.option("--update-delay", default=0.0, show_default=True, type=float,
-              help="Seconds between a call's session.end and its session.update (the recording's processing).")
-@click.option("--secret", default=None, help="Sign every agent's webhooks with this secret instead of the generated ones.")
+@click.option(
+    "--pace",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds between a call's events (0: as fast as possible).",
+)
+@click.option(
+    "--update-delay",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds between a call's session.end and its session.update (the recording's processing).",
+)
+@click.option(
+    "--secret", default=None, help="Sign every agent's webhooks with this secret instead of the generated ones."
+)
 @click.option("--print-secrets", is_flag=True, help="Print LAYERCODE_WEBHOOK_SECRETS for these agents and exit.")
-def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_key: str, faults: tuple[str, ...],
-             retries: int, manifest: str | None, concurrency: int, pace: float, update_delay: float,
-             secret: str | None, print_secrets: bool) -> None:
+def simulate(
+    calls: int,
+    webhook_url: str,
+    seed: int,
+    api_port: int | None,
+    api_key: str,
+    faults: tuple[str, ...],
+    retries: int,
+    manifest: str | None,
+    concurrency: int,
+    pace: float,
+    update_delay: float,
+    secret: str | None,
+    print_secrets: bool,
+) -> None:
     """Send realistic signed Layercode webhooks to a listener (and serve the REST API)."""
     import contextlib
     import json
@@ -127,14 +183,28 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
         Path(manifest).write_text(json.dumps(batch.manifest(), indent=1))
     with contextlib.ExitStack() as stack:
         if api_port is not None:
-            api = SimulatorAPI(api_key=api_key, seed=seed, processing_delay_s=update_delay,
-                               faults={k: v for k, v in fault_rates.items() if k in API_FAULTS})
+            api = SimulatorAPI(
+                api_key=api_key,
+                seed=seed,
+                processing_delay_s=update_delay,
+                faults={k: v for k, v in fault_rates.items() if k in API_FAULTS},
+            )
             api.register(batch)  # the platform knows every session, whatever the webhooks did
             server = stack.enter_context(api.serve(port=api_port))
-            console.print(f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key); "
-                          f"recordings redirect to {api.storage_url}")
-        deliverer = Deliverer(batch, webhook_url, faults=fault_rates, concurrency=concurrency, secret_override=secret,
-                              pace_s=pace, update_delay_s=update_delay, max_attempts=1 + retries)
+            console.print(
+                f"REST API: [bold]{server.url}/v1[/] (Bearer key from --api-key); "
+                f"recordings redirect to {api.storage_url}"
+            )
+        deliverer = Deliverer(
+            batch,
+            webhook_url,
+            faults=fault_rates,
+            concurrency=concurrency,
+            secret_override=secret,
+            pace_s=pace,
+            update_delay_s=update_delay,
+            max_attempts=1 + retries,
+        )
         report = deliver_with_progress(deliverer, console)
         table = Table(title="simulate")
         for key, value in report.summary().items():
@@ -142,8 +212,10 @@ def simulate(calls: int, webhook_url: str, seed: int, api_port: int | None, api_
         console.print(table)
         if report.failed:
             first = next(a.error or a.status for a in report.log if a.status is None or a.status >= 300)
-            console.print(f"[red]{report.failed} deliveries failed[/] (not retried unless --retries; the REST backfill "
-                          f"repairs what it can); first: {first}")
+            console.print(
+                f"[red]{report.failed} deliveries failed[/] (not retried unless --retries; the REST backfill "
+                f"repairs what it can); first: {first}"
+            )
         if api_port is not None:
             console.print("Serving the REST API until Ctrl-C.")
             with contextlib.suppress(KeyboardInterrupt):
@@ -177,25 +249,37 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
         raise click.ClickException("LAYERCODE_API_KEY is not set")
     console = Console()
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    config = {"agent_id": agent_id, "session_ids": list(session_ids), "session_ids_file": from_file,
-              "automatic": False}
-    run_config = {"ops": {"layercode_session_details": {"config": config}},
-                  "loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    config = {"agent_id": agent_id, "session_ids": list(session_ids), "session_ids_file": from_file, "automatic": False}
+    run_config = {
+        "ops": {"layercode_session_details": {"config": config}},
+        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
+    }
     from layercode_pipeline.dagster_instance import initialise_instance
 
     with contextlib.ExitStack() as stack:
-        instance = (stack.enter_context(dg.DagsterInstance.from_config(str(initialise_instance(settings.dagster_home))))
-                    if settings.dagster_home else None)
+        instance = (
+            stack.enter_context(dg.DagsterInstance.from_config(str(initialise_instance(settings.dagster_home))))
+            if settings.dagster_home
+            else None
+        )
         with console.status("fetching session records…"):
-            result = dg.materialize([layercode_session_details], resources=resources_from_settings(settings),
-                                    instance=instance, run_config=run_config, raise_on_error=False)
+            result = dg.materialize(
+                [layercode_session_details],
+                resources=resources_from_settings(settings),
+                instance=instance,
+                run_config=run_config,
+                raise_on_error=False,
+            )
     if not result.success:
         failure = next((e.step_failure_data.error for e in result.all_events if e.is_step_failure), None)
         raise click.ClickException(failure.message.strip() if failure else "the backfill run failed")
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("layercode_session_details")[0]
-            .metadata.items()}
-    console.print(f"found {meta['found']}, not found {meta['not_found']}, errors {meta['errors']} "
-                  "-> raw.layercode_session_details")
+    meta = {
+        k: v.value for k, v in result.asset_materializations_for_node("layercode_session_details")[0].metadata.items()
+    }
+    console.print(
+        f"found {meta['found']}, not found {meta['not_found']}, errors {meta['errors']} "
+        "-> raw.layercode_session_details"
+    )
     for check in result.get_asset_check_evaluations():
         examples = check.metadata["examples"].value if "examples" in check.metadata else []
         for example in examples if isinstance(examples, list) else []:
@@ -205,8 +289,12 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
 
 
 @main.command("init-instance")
-@click.option("--dagster-home", type=click.Path(file_okay=False), default=None,
-              help="The instance directory (default: DAGSTER_HOME).")
+@click.option(
+    "--dagster-home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The instance directory (default: DAGSTER_HOME).",
+)
 def init_instance(dagster_home: str | None) -> None:
     """Create (or migrate) the Dagster instance of DAGSTER_HOME once, before commands that may
     run at the same time (two `dagster asset materialize` on a new home race on its schema)."""
@@ -224,8 +312,13 @@ def init_instance(dagster_home: str | None) -> None:
 @main.command()
 @click.option("--calls", default=300, show_default=True, type=int, help="Simulated calls (conversations) to deliver.")
 @click.option("--seed", default=None, type=int, help="Seed for the simulated calls (default: a new one per run).")
-@click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False),
-              help="Where landing files, the warehouse, recordings and the serving copy go.")
+@click.option(
+    "--data-dir",
+    default="./data",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where landing files, the warehouse, recordings and the serving copy go.",
+)
 def demo(calls: int, seed: int | None, data_dir: str) -> None:
     """Run the whole chain on the simulator: listener, webhooks with faults, ingest, backfill,
     recordings, enrichment, dbt, publish. No keys needed (OPENAI_API_KEY set: enrich with OpenAI)."""
@@ -257,26 +350,62 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
 
 
 @main.command()
-@click.option("--labelled", "labelled_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Labelled calls (YAML, the format of the shipped lib/enrichment/labelled_calls.yaml). "
-                   "Default: the shipped set.")
-@click.option("--provider", type=click.Choice(["auto", "offline", "openai"]), default="auto", show_default=True,
-              help="auto: openai when OPENAI_API_KEY is set, else offline.")
-@click.option("--model", "models", multiple=True,
-              help="OpenAI-compatible model (repeat to compare models). Default: LAYERCODE_ENRICHMENT_MODEL.")
-@click.option("--prompt-version", "prompt_versions", multiple=True,
-              help="Prompt version from the enrichment config (repeat to compare versions).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Enrichment config (topics, prompt instructions, prices). Default: LAYERCODE_ENRICHMENT_CONFIG.")
+@click.option(
+    "--labelled",
+    "labelled_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Labelled calls (YAML, the format of the shipped lib/enrichment/labelled_calls.yaml). "
+    "Default: the shipped set.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "offline", "openai"]),
+    default="auto",
+    show_default=True,
+    help="auto: openai when OPENAI_API_KEY is set, else offline.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="OpenAI-compatible model (repeat to compare models). Default: LAYERCODE_ENRICHMENT_MODEL.",
+)
+@click.option(
+    "--prompt-version",
+    "prompt_versions",
+    multiple=True,
+    help="Prompt version from the enrichment config (repeat to compare versions).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Enrichment config (topics, prompt instructions, prices). Default: LAYERCODE_ENRICHMENT_CONFIG.",
+)
 @click.option("--base-url", default=None, help="OpenAI-compatible server. Default: OPENAI_BASE_URL.")
 @click.option("--concurrency", default=4, show_default=True, type=int, help="Calls analysed at once.")
-@click.option("--misses", "max_misses", default=10, show_default=True, type=int,
-              help="Misses listed per field and variant.")
-@click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help="Write one row per call and variant (.parquet, .csv or .json).")
-def evaluate(labelled_path: str | None, provider: str, models: tuple[str, ...], prompt_versions: tuple[str, ...],
-             config_file: str | None, base_url: str | None, concurrency: int, max_misses: int,
-             output: str | None) -> None:
+@click.option(
+    "--misses", "max_misses", default=10, show_default=True, type=int, help="Misses listed per field and variant."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write one row per call and variant (.parquet, .csv or .json).",
+)
+def evaluate(
+    labelled_path: str | None,
+    provider: str,
+    models: tuple[str, ...],
+    prompt_versions: tuple[str, ...],
+    config_file: str | None,
+    base_url: str | None,
+    concurrency: int,
+    max_misses: int,
+    output: str | None,
+) -> None:
     """Measure an enrichment provider on labelled calls: accuracy per field, confusion tables,
     misses, leaked PII, cost and latency; compare models or prompt versions side by side."""
     from rich.console import Console
@@ -289,9 +418,15 @@ def evaluate(labelled_path: str | None, provider: str, models: tuple[str, ...], 
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     try:
         results = ev.run_variants(
-            labelled_path, provider=provider, models=list(models) or [settings.enrichment_model],
-            prompt_versions=list(prompt_versions), config_file=config_file or settings.enrichment_config,
-            api_key=key, base_url=base_url or settings.openai_base_url, concurrency=concurrency)
+            labelled_path,
+            provider=provider,
+            models=list(models) or [settings.enrichment_model],
+            prompt_versions=list(prompt_versions),
+            config_file=config_file or settings.enrichment_config,
+            api_key=key,
+            base_url=base_url or settings.openai_base_url,
+            concurrency=concurrency,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     ev.print_report(results, console, max_misses=max_misses)
@@ -301,12 +436,22 @@ def evaluate(labelled_path: str | None, provider: str, models: tuple[str, ...], 
 
 
 @main.command()
-@click.option("--serving", "serving_path", type=click.Path(dir_okay=False), default=None,
-              help="The serving copy to read. Default: serving/analytics.duckdb under LAYERCODE_DATA_DIR.")
+@click.option(
+    "--serving",
+    "serving_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The serving copy to read. Default: serving/analytics.duckdb under LAYERCODE_DATA_DIR.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8050, show_default=True, type=int)
-@click.option("--refresh-s", default=10.0, show_default=True, type=float,
-              help="How often an open page reads the serving copy again (new publishes show without a reload).")
+@click.option(
+    "--refresh-s",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="How often an open page reads the serving copy again (new publishes show without a reload).",
+)
 def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) -> None:
     """Serve a read-only dashboard over the serving copy (never the warehouse): calls, minutes,
     turn latency, barge-ins, outcomes, recordings, and each call's transcript."""
@@ -321,7 +466,6 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
     serving = Path(serving_path) if serving_path else Settings().paths.serving / "analytics.duckdb"
     click.echo(f"Dashboard over {serving} on http://{host}:{port}/ (Ctrl-C to stop)")
     serve(serving, host=host, port=port, refresh_s=refresh_s)
-
 
 
 @main.group()
@@ -377,9 +521,24 @@ def deliveries_list(status: str | None, endpoint: str | None, since: str | None,
 
     if as_json:
         for r in rows[:limit]:
-            click.echo(json.dumps({**r, "endpoint_url": redact_url(r["endpoint_url"]),
-                                   **{k: iso(r[k]) for k in ("created_at", "first_attempt_at", "last_attempt_at",
-                                                             "delivered_at", "next_attempt_at")}}))
+            click.echo(
+                json.dumps(
+                    {
+                        **r,
+                        "endpoint_url": redact_url(r["endpoint_url"]),
+                        **{
+                            k: iso(r[k])
+                            for k in (
+                                "created_at",
+                                "first_attempt_at",
+                                "last_attempt_at",
+                                "delivered_at",
+                                "next_attempt_at",
+                            )
+                        },
+                    }
+                )
+            )
         return
     console = Console()
     table = Table(box=None, padding=(0, 1))
@@ -388,9 +547,18 @@ def deliveries_list(status: str | None, endpoint: str | None, since: str | None,
     for r in rows[:limit]:
         last = str(r["last_status"] or r["last_error"] or "-")
         when = iso(r["delivered_at"]) if r["status"] == "delivered" else iso(r["next_attempt_at"])
-        table.add_row(r["message_id"], r["type"], r["session_id"], redact_url(r["endpoint_url"]), r["status"],
-                      str(r["attempts"]), last[:40], iso(r["created_at"]) or "-",
-                      (when or "-") if r["status"] != "dead" else "-", style=None)
+        table.add_row(
+            r["message_id"],
+            r["type"],
+            r["session_id"],
+            redact_url(r["endpoint_url"]),
+            r["status"],
+            str(r["attempts"]),
+            last[:40],
+            iso(r["created_at"]) or "-",
+            (when or "-") if r["status"] != "dead" else "-",
+            style=None,
+        )
     console.print(table, soft_wrap=True)
     totals = outbox.counts()
     for url, counts in totals.items():
@@ -406,8 +574,9 @@ def deliveries_list(status: str | None, endpoint: str | None, since: str | None,
 @click.option("--endpoint", default=None, help="Only deliveries to this endpoint URL.")
 @click.option("--since", default=None, help="Messages created at or after this ISO 8601 time.")
 @click.option("--now", "deliver_now", is_flag=True, help="Also deliver them from this process, now.")
-def deliveries_replay(message_ids: tuple[str, ...], status: str | None, endpoint: str | None, since: str | None,
-                      deliver_now: bool) -> None:
+def deliveries_replay(
+    message_ids: tuple[str, ...], status: str | None, endpoint: str | None, since: str | None, deliver_now: bool
+) -> None:
     """Send messages again, under the same webhook-id (receivers de-duplicate on it).
 
     They become pending and due now, with a fresh retry schedule; a disabled (410) endpoint is
@@ -415,14 +584,19 @@ def deliveries_replay(message_ids: tuple[str, ...], status: str | None, endpoint
     if not (message_ids or status or since):
         raise click.UsageError("give --id, --status or --since")
     outbox, settings = _outbox_and_settings()
-    n = outbox.replay(message_ids=list(message_ids) or None, status=status, since=_parse_since(since),
-                      endpoint_url=endpoint)
+    n = outbox.replay(
+        message_ids=list(message_ids) or None, status=status, since=_parse_since(since), endpoint_url=endpoint
+    )
     click.echo(f"{n} deliveries pending again")
     if deliver_now and n:
         from layercode_pipeline.lib.result_webhooks.delivery import Dispatcher
 
-        with Dispatcher(outbox, settings.result_endpoints(), timeout_s=settings.result_webhook_timeout_s,
-                        schedule_s=settings.result_webhook_retry_schedule_s) as dispatcher:
+        with Dispatcher(
+            outbox,
+            settings.result_endpoints(),
+            timeout_s=settings.result_webhook_timeout_s,
+            schedule_s=settings.result_webhook_retry_schedule_s,
+        ) as dispatcher:
             click.echo(dispatcher.run_until_idle().summary())
 
 
@@ -449,8 +623,12 @@ def deliveries_run(once: bool, interval: float) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_signal)
-    with Dispatcher(outbox, endpoints, timeout_s=settings.result_webhook_timeout_s,
-                    schedule_s=settings.result_webhook_retry_schedule_s) as dispatcher:
+    with Dispatcher(
+        outbox,
+        endpoints,
+        timeout_s=settings.result_webhook_timeout_s,
+        schedule_s=settings.result_webhook_retry_schedule_s,
+    ) as dispatcher:
         while True:
             stats = dispatcher.run_round(wait_s=interval)
             if stats.delivered or stats.retrying or stats.dead:

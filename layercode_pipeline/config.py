@@ -42,15 +42,27 @@ class DataPaths:
     serving: Path
 
     @classmethod
-    def derive(cls, data_dir: Path | str, *, landing: Path | str | None = None, quarantine: Path | str | None = None,
-               recordings: Path | str | None = None, serving: Path | str | None = None) -> DataPaths:
+    def derive(
+        cls,
+        data_dir: Path | str,
+        *,
+        landing: Path | str | None = None,
+        quarantine: Path | str | None = None,
+        recordings: Path | str | None = None,
+        serving: Path | str | None = None,
+    ) -> DataPaths:
         root = Path(data_dir).expanduser().resolve()
 
         def pick(value: Path | str | None, default: Path) -> Path:
             return Path(value).expanduser().resolve() if value else default
 
-        return cls(root, pick(landing, root / "landing"), pick(quarantine, root / "quarantine"),
-                   pick(recordings, root / "recordings"), pick(serving, root / "serving"))
+        return cls(
+            root,
+            pick(landing, root / "landing"),
+            pick(quarantine, root / "quarantine"),
+            pick(recordings, root / "recordings"),
+            pick(serving, root / "serving"),
+        )
 
 
 class ConfigError(ValueError):
@@ -79,7 +91,7 @@ def _whsec(value: object, where: str) -> bytes:
     if not isinstance(value, str) or not value.startswith("whsec_"):
         raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: a secret must be a string 'whsec_<base64>'")
     try:
-        key = base64.b64decode(value[len("whsec_"):], validate=True)
+        key = base64.b64decode(value[len("whsec_") :], validate=True)
     except (binascii.Error, ValueError):
         raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: the secret after 'whsec_' is not base64") from None
     if len(key) < 16:
@@ -124,15 +136,22 @@ def parse_result_endpoints(text: str | None) -> list[ResultEndpoint]:
                 raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: events must be a list of event types")
             bad = sorted(set(events) - set(RESULT_EVENT_TYPES))
             if bad:
-                raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: unknown event types {bad}; known: "
-                                  f"{list(RESULT_EVENT_TYPES)}")
+                raise ConfigError(
+                    f"{RESULT_WEBHOOKS_VAR}: {where}: unknown event types {bad}; known: {list(RESULT_EVENT_TYPES)}"
+                )
         agents = item.get("agents")
         if agents is not None and (not isinstance(agents, list) or not all(isinstance(a, str) for a in agents)):
             raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: agents must be a list of agent ids")
         if any(e.url == url for e in out):
             raise ConfigError(f"{RESULT_WEBHOOKS_VAR}: {where}: the same url twice")
-        out.append(ResultEndpoint(str(url), secrets, frozenset(events) if events is not None else frozenset(RESULT_EVENT_TYPES),
-                                  frozenset(agents) if agents is not None else None))
+        out.append(
+            ResultEndpoint(
+                str(url),
+                secrets,
+                frozenset(events) if events is not None else frozenset(RESULT_EVENT_TYPES),
+                frozenset(agents) if agents is not None else None,
+            )
+        )
     return out
 
 
@@ -151,20 +170,26 @@ class Settings(BaseSettings):
     # shipping sealed segments to the bucket in the background and on the next start.
     landing_mode: Literal["bucket", "local+ship"] = "bucket"
     landing_ship_interval_s: float = 1.0
-    aws_endpoint_url: str | None = Field(default=None, validation_alias=AliasChoices("aws_endpoint_url",
-                                                                                       "AWS_ENDPOINT_URL"))
+    aws_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("aws_endpoint_url", "AWS_ENDPOINT_URL")
+    )
     aws_region: str | None = Field(default=None, validation_alias=AliasChoices("aws_region", "AWS_REGION"))
-    aws_access_key_id: SecretStr | None = Field(default=None, repr=False, validation_alias=AliasChoices(
-        "aws_access_key_id", "AWS_ACCESS_KEY_ID"))
-    aws_secret_access_key: SecretStr | None = Field(default=None, repr=False, validation_alias=AliasChoices(
-        "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"))
+    aws_access_key_id: SecretStr | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("aws_access_key_id", "AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")
+    )
     quarantine_dir: Path | None = None
     # The warehouse: a DuckDB file path, or `md:<database>` for MotherDuck (then with
     # MOTHERDUCK_TOKEN). LAYERCODE_WAREHOUSE_PATH, its earlier name, is still read.
-    warehouse_target: str | None = Field(default=None, validation_alias=AliasChoices(
-        "warehouse_target", "LAYERCODE_WAREHOUSE_PATH", "LAYERCODE_WAREHOUSE"))
-    motherduck_token: SecretStr | None = Field(default=None, repr=False,
-                                               validation_alias=AliasChoices("motherduck_token", "MOTHERDUCK_TOKEN"))
+    warehouse_target: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("warehouse_target", "LAYERCODE_WAREHOUSE_PATH", "LAYERCODE_WAREHOUSE"),
+    )
+    motherduck_token: SecretStr | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("motherduck_token", "MOTHERDUCK_TOKEN")
+    )
     recordings_dir: Path | None = None
     serving_dir: Path | None = None
     # Dagster's instance directory (runs, schedules, the pool limit); the demo defaults it to
@@ -220,10 +245,12 @@ class Settings(BaseSettings):
     recording_private_redirects: bool | None = None
 
     # --- enrichment (any OpenAI-compatible server; without a key: the offline provider) ----
-    openai_api_key: SecretStr | None = Field(default=None, repr=False,
-                                             validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY"))
-    openai_base_url: str | None = Field(default=None,
-                                        validation_alias=AliasChoices("openai_base_url", "OPENAI_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("openai_base_url", "OPENAI_BASE_URL")
+    )
     enrichment_model: str = DEFAULT_ENRICHMENT_MODEL
     enrichment_config: Path | None = None  # a YAML file like lib/enrichment/default_config.yaml
 
@@ -304,5 +331,10 @@ class Settings(BaseSettings):
     @property
     def paths(self) -> DataPaths:
         local_url = self.landing_url if self.landing_url and "://" not in self.landing_url else None
-        return DataPaths.derive(self.data_dir, landing=local_url or self.landing_dir, quarantine=self.quarantine_dir,
-                                recordings=self.recordings_dir, serving=self.serving_dir)
+        return DataPaths.derive(
+            self.data_dir,
+            landing=local_url or self.landing_dir,
+            quarantine=self.quarantine_dir,
+            recordings=self.recordings_dir,
+            serving=self.serving_dir,
+        )

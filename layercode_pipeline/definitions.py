@@ -19,8 +19,9 @@ def build_definitions() -> dg.Definitions:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
         loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
-    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources_from_settings(),
-                                                       executor=dg.in_process_executor))
+    return dg.Definitions.merge(
+        loaded, dg.Definitions(resources=resources_from_settings(), executor=dg.in_process_executor)
+    )
 
 
 @dg.definitions

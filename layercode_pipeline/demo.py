@@ -40,10 +40,18 @@ def _state(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"runs": 0}
 
 
-def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None, grace_minutes: int = 15,
-                    on_stage=None, instance=None, quiet_dbt: bool = True,
-                    warehouse_target: str | None = None, result_webhooks: str | None = None
-                    ) -> dict[str, dict[str, Any]]:
+def materialize_all(
+    data_dir: Path,
+    *,
+    api_url: str | None,
+    api_key: str | None,
+    grace_minutes: int = 15,
+    on_stage=None,
+    instance=None,
+    quiet_dbt: bool = True,
+    warehouse_target: str | None = None,
+    result_webhooks: str | None = None,
+) -> dict[str, dict[str, Any]]:
     """Materialise every asset in dependency order, stage by stage (so progress can be shown).
     Returns each materialised asset's metadata, and under `asset_checks` every check's outcome
     (`"<asset>:<check>": {"passed", "severity"}`)."""
@@ -52,6 +60,7 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     from layercode_pipeline.config import Settings
     from layercode_pipeline.definitions import build_definitions
     from layercode_pipeline.defs.dbt.project import DBT_GROUPS
+
     defs = build_definitions()
     from layercode_pipeline.defs.resources import resources_from_settings
 
@@ -60,9 +69,18 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
     optional: dict[str, Any] = {"api_base_url": api_url} if api_url else {}
     if result_webhooks:
         optional["result_webhooks"] = SecretStr(result_webhooks)
-    settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, warehouse_target=warehouse_target,
-                        recordings_dir=None, serving_dir=None, api_key=SecretStr(api_key) if api_key else None,
-                        api_backoff_initial_s=0.2, api_backoff_max_s=5.0, **optional)
+    settings = Settings(
+        data_dir=data_dir,
+        landing_dir=None,
+        quarantine_dir=None,
+        warehouse_target=warehouse_target,
+        recordings_dir=None,
+        serving_dir=None,
+        api_key=SecretStr(api_key) if api_key else None,
+        api_backoff_initial_s=0.2,
+        api_backoff_max_s=5.0,
+        **optional,
+    )
     resources = resources_from_settings(settings)
     all_assets = cast(list[dg.AssetsDefinition], list(defs.assets or []))
     groups = {
@@ -87,9 +105,15 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured) if quiet_dbt else contextlib.nullcontext():
             # the tag names the stage in the UI's run list
-            result = dg.materialize(all_assets, selection=groups[stage], resources=resources, instance=instance,
-                                    run_config=run_config, raise_on_error=False,
-                                    tags={"layercode/stage": stage, "layercode/launched_by": "demo"})
+            result = dg.materialize(
+                all_assets,
+                selection=groups[stage],
+                resources=resources,
+                instance=instance,
+                run_config=run_config,
+                raise_on_error=False,
+                tags={"layercode/stage": stage, "layercode/launched_by": "demo"},
+            )
         if not result.success:
             sys.stdout.write(captured.getvalue())
             raise RuntimeError(f"the {stage} stage failed; see the log above")
@@ -97,16 +121,27 @@ def materialize_all(data_dir: Path, *, api_url: str | None, api_key: str | None,
             mat = event.step_materialization_data.materialization
             metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
         for check in result.get_asset_check_evaluations():  # warnings do not fail a stage; keep them to show
-            metadata.setdefault("asset_checks", {})[f"{check.asset_key.to_user_string()}:{check.check_name}"] = \
-                {"passed": check.passed, "severity": check.severity.value}
+            metadata.setdefault("asset_checks", {})[f"{check.asset_key.to_user_string()}:{check.check_name}"] = {
+                "passed": check.passed,
+                "severity": check.severity.value,
+            }
         if on_stage:
             on_stage(stage, "done")
     return metadata
 
 
-def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dict[str, float] | None = None,
-             api_faults: dict[str, float] | None = None, console=None, processing_delay_s: float = 1.0,
-             instance=None, warehouse_target: str | None = None) -> DemoResult:
+def run_demo(
+    data_dir: Path,
+    calls: int,
+    seed: int | None = None,
+    *,
+    faults: dict[str, float] | None = None,
+    api_faults: dict[str, float] | None = None,
+    console=None,
+    processing_delay_s: float = 1.0,
+    instance=None,
+    warehouse_target: str | None = None,
+) -> DemoResult:
     """Deliver `calls` simulated calls through a real listener and materialise every asset."""
     from layercode_pipeline.config import Settings
     from layercode_pipeline.lib.result_webhooks.signing import new_secret
@@ -130,11 +165,23 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
             console.print(msg)
             console.file.flush()  # shown as it happens when the output is a pipe (tee, a log, a test)
 
-    api = SimulatorAPI(api_key=DEMO_API_KEY, seed=run_seed, processing_delay_s=processing_delay_s,
-                       faults=DEMO_API_FAULTS if api_faults is None else api_faults, retry_after_s=1)
+    api = SimulatorAPI(
+        api_key=DEMO_API_KEY,
+        seed=run_seed,
+        processing_delay_s=processing_delay_s,
+        faults=DEMO_API_FAULTS if api_faults is None else api_faults,
+        retry_after_s=1,
+    )
     api.register(batch)
-    settings = Settings(data_dir=data_dir, landing_dir=None, quarantine_dir=None, webhook_secret=None,
-                        webhook_secrets=listener_secrets_json(batch), segment_max_age_s=5.0, log_level="WARNING")
+    settings = Settings(
+        data_dir=data_dir,
+        landing_dir=None,
+        quarantine_dir=None,
+        webhook_secret=None,
+        webhook_secrets=listener_secrets_json(batch),
+        segment_max_age_s=5.0,
+        log_level="WARNING",
+    )
     listener = BackgroundServer(create_app(settings), log_level="warning")
     listener.start()
     # the customer's product: receives each analysed call as a signed webhook and verifies it
@@ -151,16 +198,25 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
         stack.callback(listener.stop)
         api_server = stack.enter_context(api.serve())
         say(f"listener on [bold]{listener.url}[/], simulated Layercode REST API on [bold]{api_server.url}/v1[/]")
-        deliverer = Deliverer(batch, listener.url + "/agents/{agent_id}/webhook",
-                              faults=DEFAULT_FAULTS if faults is None else faults, concurrency=32)
+        deliverer = Deliverer(
+            batch,
+            listener.url + "/agents/{agent_id}/webhook",
+            faults=DEFAULT_FAULTS if faults is None else faults,
+            concurrency=32,
+        )
         report = deliver_with_progress(deliverer, console)
         listener.stop()  # graceful: seals the open segment
         wait = max(0.0, processing_delay_s - report.elapsed_s)
         if wait:
             time.sleep(wait)  # the recordings finish "processing"
-        stage_names = {"ingest": "ingesting landed webhooks", "backfill": "backfilling gaps and downloading recordings",
-                       "enrichment": "enriching transcripts", "dbt": "dbt build", "serving": "publishing for BI tools",
-                       "results": "sending results to the local receiver (signed webhooks)"}
+        stage_names = {
+            "ingest": "ingesting landed webhooks",
+            "backfill": "backfilling gaps and downloading recordings",
+            "enrichment": "enriching transcripts",
+            "dbt": "dbt build",
+            "serving": "publishing for BI tools",
+            "results": "sending results to the local receiver (signed webhooks)",
+        }
         status = console.status("") if console is not None else None
         if status is not None:
             status.start()
@@ -172,9 +228,16 @@ def run_demo(data_dir: Path, calls: int, seed: int | None = None, *, faults: dic
                 say(f"[green]✓[/] {stage_names[stage]}")
 
         try:
-            metadata = materialize_all(data_dir, api_url=api_server.url + "/v1", api_key=DEMO_API_KEY,
-                                       grace_minutes=0, on_stage=on_stage, instance=instance,
-                                       warehouse_target=warehouse_target, result_webhooks=endpoints)
+            metadata = materialize_all(
+                data_dir,
+                api_url=api_server.url + "/v1",
+                api_key=DEMO_API_KEY,
+                grace_minutes=0,
+                on_stage=on_stage,
+                instance=instance,
+                warehouse_target=warehouse_target,
+                result_webhooks=endpoints,
+            )
             deliver_results(Settings(data_dir=data_dir, result_webhooks=SecretStr(endpoints)))
         finally:
             if status is not None:
@@ -191,9 +254,12 @@ def deliver_results(settings, deadline_s: float = 60.0) -> None:
     from layercode_pipeline.lib.result_webhooks.delivery import Dispatcher
     from layercode_pipeline.lib.result_webhooks.outbox import Outbox
 
-    with Dispatcher(Outbox(settings.outbox), settings.result_endpoints(),
-                    timeout_s=settings.result_webhook_timeout_s,
-                    schedule_s=settings.result_webhook_retry_schedule_s) as dispatcher:
+    with Dispatcher(
+        Outbox(settings.outbox),
+        settings.result_endpoints(),
+        timeout_s=settings.result_webhook_timeout_s,
+        schedule_s=settings.result_webhook_retry_schedule_s,
+    ) as dispatcher:
         dispatcher.run_until_idle(deadline_s)
 
 
@@ -211,8 +277,9 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
                    (select count(*) from marts.fct_turns),
                    (select count(*) from marts.fct_sessions where has_recording),
                    (select count(*) from marts.fct_sessions where ended_by = 'backfill')""").fetchall()[0]
-        providers = con.execute("select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions "
-                                "group by 1 order by 2 desc").fetchall()
+        providers = con.execute(
+            "select coalesce(enrichment_provider, 'none'), count(*) from marts.fct_sessions group by 1 order by 2 desc"
+        ).fetchall()
         interruptions, interrupted_sessions, data_events, observable, total, formats = con.execute("""
             select sum(interruptions), count(*) filter (where interruptions > 0), sum(data_events),
                    count(*) filter (where barge_ins_observable), count(*),
@@ -238,28 +305,41 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     rep = result.report.summary()
     meta = result.stage_metadata
     facts = Table.grid(padding=(0, 2))
-    facts.add_row("webhooks", f"{rep['sent']} sent, {rep['acknowledged']} acknowledged, {rep['failed']} failed, "
-                              f"{rep['sse_complete']}/{rep['sse_replies']} SSE replies complete "
-                              f"({rep['sse_torn_by_barge_in']} torn by a barge-in), "
-                              f"{rep['dropped_by_fault']} dropped on purpose")
+    facts.add_row(
+        "webhooks",
+        f"{rep['sent']} sent, {rep['acknowledged']} acknowledged, {rep['failed']} failed, "
+        f"{rep['sse_complete']}/{rep['sse_replies']} SSE replies complete "
+        f"({rep['sse_torn_by_barge_in']} torn by a barge-in), "
+        f"{rep['dropped_by_fault']} dropped on purpose",
+    )
     ing = meta.get("raw_layercode_events", {})
-    facts.add_row("ingested", f"{ing.get('rows_inserted', 0)} new events, {ing.get('duplicates_dropped', 0)} duplicates "
-                              f"dropped, {ing.get('rejects', 0)} rejects")
+    facts.add_row(
+        "ingested",
+        f"{ing.get('rows_inserted', 0)} new events, {ing.get('duplicates_dropped', 0)} duplicates "
+        f"dropped, {ing.get('rejects', 0)} rejects",
+    )
     facts.add_row("warehouse", f"{conversations} calls, {sessions} sessions, {turns} turns")
     facts.add_row("backfill", f"{backfilled} sessions completed from the REST API (their session.end never came)")
-    facts.add_row("barge-ins", f"{interruptions or 0} assistant turns interrupted, in {interrupted_sessions} sessions "
-                               f"(observable in {observable} of {total}: hosted agents send no message webhooks); "
-                               f"{data_events or 0} data events from web clients")
-    facts.add_row("recordings", f"{recordings} WAV files kept ({formats or 'none'}), fetched through redirects "
-                                "to signed storage")
+    facts.add_row(
+        "barge-ins",
+        f"{interruptions or 0} assistant turns interrupted, in {interrupted_sessions} sessions "
+        f"(observable in {observable} of {total}: hosted agents send no message webhooks); "
+        f"{data_events or 0} data events from web clients",
+    )
+    facts.add_row(
+        "recordings", f"{recordings} WAV files kept ({formats or 'none'}), fetched through redirects to signed storage"
+    )
     facts.add_row("enrichment", ", ".join(f"{n} by {p}" for p, n in providers))
     if result.receiver is not None:
         from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, CALL_RECORDING_READY
 
         r = result.receiver
-        facts.add_row("results", f"{len(r.unique(CALL_ANALYZED))} analysed calls and "
-                                 f"{len(r.unique(CALL_RECORDING_READY))} recordings pushed to {result.receiver_url}, "
-                                 f"every signature verified ({r.rejected} rejected)")
+        facts.add_row(
+            "results",
+            f"{len(r.unique(CALL_ANALYZED))} analysed calls and "
+            f"{len(r.unique(CALL_RECORDING_READY))} recordings pushed to {result.receiver_url}, "
+            f"every signature verified ({r.rejected} rejected)",
+        )
     facts.add_row("time", f"{elapsed_s:.1f} s")
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
     table = Table(title="marts.agg_daily_call_metrics", box=None, padding=(0, 1), title_justify="left")
@@ -268,8 +348,12 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     for row in daily:
         table.add_row(*("-" if v is None else str(v) for v in row))
     console.print(table)
-    agents = Table(title="per agent: turn latency p95 (turns with a REST record) and interruption rate", box=None,
-                   padding=(0, 1), title_justify="left")
+    agents = Table(
+        title="per agent: turn latency p95 (turns with a REST record) and interruption rate",
+        box=None,
+        padding=(0, 1),
+        title_justify="left",
+    )
     for col in ("agent", "calls", "turn latency p95 ms", "turns timed", "interruption rate %"):
         agents.add_column(col, no_wrap=True)
     for row in per_agent:
@@ -277,9 +361,9 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     console.print(agents)
     d = result.data_dir
     console.print(f"""[bold]Files[/]
-  landing     {d / 'landing'}
-  warehouse   {d / 'warehouse.duckdb'}
-  recordings  {d / 'recordings'}
+  landing     {d / "landing"}
+  warehouse   {d / "warehouse.duckdb"}
+  recordings  {d / "recordings"}
   serving     {serving}   (open this one from BI tools)
 """)
     for line in next_steps(d, serving):
@@ -302,8 +386,8 @@ def next_steps(d: Path, serving: Path) -> list[str]:
         "  Dagster's UI over these runs, its sensors and automation on, the REST API pointed at the simulator's:",
         f"  {env} {api} .venv/bin/dagster dev -w workspace.yaml",
         "  A listener that accepts the simulator's agents:",
-        f"  LAYERCODE_DATA_DIR={d} LAYERCODE_WEBHOOK_SECRETS=\"$(.venv/bin/layercode-pipeline simulate --seed 7 "
-        "--print-secrets)\" .venv/bin/layercode-pipeline listen",
+        f'  LAYERCODE_DATA_DIR={d} LAYERCODE_WEBHOOK_SECRETS="$(.venv/bin/layercode-pipeline simulate --seed 7 '
+        '--print-secrets)" .venv/bin/layercode-pipeline listen',
         "  Calls to it, and the simulated REST API on port 8788 (the marts follow in about 30 s):",
         "  .venv/bin/layercode-pipeline simulate --seed 7 --calls 50 --pace 0.2 --api-port 8788",
     ]

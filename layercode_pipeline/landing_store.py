@@ -41,9 +41,9 @@ def is_object_url(url: str | None) -> bool:
 class ObjectLanding:
     """Where events land in an S3-compatible store, and how to reach it."""
 
-    url: str                          # s3://bucket/prefix
-    endpoint: str | None = None       # AWS_ENDPOINT_URL (MinIO, R2, GCS, a local server)
-    region: str | None = None         # AWS_REGION
+    url: str  # s3://bucket/prefix
+    endpoint: str | None = None  # AWS_ENDPOINT_URL (MinIO, R2, GCS, a local server)
+    region: str | None = None  # AWS_REGION
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
 
@@ -56,9 +56,13 @@ class ObjectLanding:
         def plain(value: SecretStr | None) -> str | None:
             return value.get_secret_value() if value is not None else None
 
-        return cls(str(settings.landing_url), endpoint=settings.aws_endpoint_url, region=settings.aws_region,
-                   access_key_id=plain(settings.aws_access_key_id),
-                   secret_access_key=plain(settings.aws_secret_access_key))
+        return cls(
+            str(settings.landing_url),
+            endpoint=settings.aws_endpoint_url,
+            region=settings.aws_region,
+            access_key_id=plain(settings.aws_access_key_id),
+            secret_access_key=plain(settings.aws_secret_access_key),
+        )
 
     @property
     def bucket(self) -> str:
@@ -82,10 +86,19 @@ class ObjectLanding:
             client_options["allow_http"] = True
         # Bounded: a webhook waits for its PUT, and Layercode will not wait minutes (the
         # client's default is 10 retries within 3 minutes). A failed PUT is a 503, never an ack.
-        retry = {"max_retries": 3, "retry_timeout": timedelta(seconds=10),
-                 "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2)}}
-        return S3Store(self.bucket, prefix=self.prefix or None, region=self.region or "us-east-1",
-                       client_options=client_options, retry_config=retry, **options)
+        retry = {
+            "max_retries": 3,
+            "retry_timeout": timedelta(seconds=10),
+            "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2)},
+        }
+        return S3Store(
+            self.bucket,
+            prefix=self.prefix or None,
+            region=self.region or "us-east-1",
+            client_options=client_options,
+            retry_config=retry,
+            **options,
+        )
 
     def object_url(self, key: str) -> str:
         """The name an object is known by in the manifest: the full URL."""

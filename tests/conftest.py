@@ -21,15 +21,23 @@ SECRET = "whsec_test_default"
 class ListenerProcess:
     """`layercode-pipeline listen` in a subprocess: what an operator runs."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-                 preexec_fn=None):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (), preexec_fn=None):
         self.port = free_port()
         self.data_dir = data_dir
-        full_env = {**os.environ, "LAYERCODE_DATA_DIR": str(data_dir), "LAYERCODE_WEBHOOK_SECRET": SECRET,
-                    "LAYERCODE_LOG_LEVEL": "WARNING", **(env or {})}
+        full_env = {
+            **os.environ,
+            "LAYERCODE_DATA_DIR": str(data_dir),
+            "LAYERCODE_WEBHOOK_SECRET": SECRET,
+            "LAYERCODE_LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "layercode_pipeline.cli", "listen", "--port", str(self.port), *args],
-            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+        )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
@@ -86,8 +94,13 @@ class DaemonProcess:
     def __init__(self, workspace: Path, env: dict[str, str], log: Path, cwd: Path | None = None):
         self.log = log
         self._log = log.open("w")
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-                                     env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def assert_alive(self) -> None:
         assert self.proc.poll() is None, "the daemon exited: " + self.tail()
@@ -119,15 +132,24 @@ def failure_messages(instance, run_id: str) -> list[str]:
 # Modules that build the whole chain (demo, every asset, dbt) or start a daemon, Postgres,
 # Chromium, moto's S3 server or a second venv: `make test` runs them, `make test-fast` not.
 SLOW_MODULES = {
-    "test_automation", "test_dashboard", "test_demo_cli", "test_layercode_today", "test_object_landing",
-    "test_poison_pills", "test_production_instance", "test_serving", "test_warehouse_seam",
+    "test_automation",
+    "test_dashboard",
+    "test_demo_cli",
+    "test_layercode_today",
+    "test_object_landing",
+    "test_poison_pills",
+    "test_production_instance",
+    "test_serving",
+    "test_warehouse_seam",
     "test_whole_chain",
 }
-SLOW_TESTS = {"test_a_killed_delivering_process_loses_nothing",
-              # a whole materialize_all of their own (the shared build covers what they read)
-              "test_without_an_api_key_the_marts_still_refresh_and_checks_warn",
-              # `dg check defs` loads the code location in two fresh processes
-              "test_dg_check_defs_and_both_workspaces_load"}
+SLOW_TESTS = {
+    "test_a_killed_delivering_process_loses_nothing",
+    # a whole materialize_all of their own (the shared build covers what they read)
+    "test_without_an_api_key_the_marts_still_refresh_and_checks_warn",
+    # `dg check defs` loads the code location in two fresh processes
+    "test_dg_check_defs_and_both_workspaces_load",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -147,5 +169,10 @@ def shared_marts(tmp_path_factory):
     from .test_trustworthy_numbers import NUMBERS_AGENTS, REST_UTTERANCES, numbers_events
     from .test_voice_metrics import VOICE_AGENTS, VOICE_ENRICHMENTS, VOICE_REST, build_warehouse, voice_events
 
-    return build_warehouse(tmp_path_factory.mktemp("shared_marts") / "data", [voice_events(), numbers_events()],
-                           [*VOICE_REST, REST_UTTERANCES], [*VOICE_AGENTS, *NUMBERS_AGENTS], VOICE_ENRICHMENTS)
+    return build_warehouse(
+        tmp_path_factory.mktemp("shared_marts") / "data",
+        [voice_events(), numbers_events()],
+        [*VOICE_REST, REST_UTTERANCES],
+        [*VOICE_AGENTS, *NUMBERS_AGENTS],
+        VOICE_ENRICHMENTS,
+    )

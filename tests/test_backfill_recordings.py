@@ -50,16 +50,25 @@ def env(landed, tmp_path):
     serving = api.serve()
     server = serving.__enter__()
     storage = StorageResource(data_dir=str(data))
-    rest = LayercodeAPIResource(base_url=server.url + "/v1", api_key=KEY, timeout_s=0.5, backoff_initial_s=0.05,
-                                backoff_max_s=2.0, max_attempts=4)
+    rest = LayercodeAPIResource(
+        base_url=server.url + "/v1",
+        api_key=KEY,
+        timeout_s=0.5,
+        backoff_initial_s=0.05,
+        backoff_max_s=2.0,
+        max_attempts=4,
+    )
     yield {"batch": batch, "report": report, "api": api, "storage": storage, "rest": rest, "data": data}
     serving.__exit__(None, None, None)
 
 
 def run(env, *assets, config: dict | None = None, rest: LayercodeAPIResource | None = None, raise_on_error=True):
-    result = dg.materialize(list(assets), resources={"storage": env["storage"], "layercode_api": rest or env["rest"]},
-                            run_config={"ops": {"layercode_session_details": {"config": config}}} if config else None,
-                            raise_on_error=raise_on_error)
+    result = dg.materialize(
+        list(assets),
+        resources={"storage": env["storage"], "layercode_api": rest or env["rest"]},
+        run_config={"ops": {"layercode_session_details": {"config": config}}} if config else None,
+        raise_on_error=raise_on_error,
+    )
     meta = {}
     for node in ("raw_layercode_events", "layercode_session_details", "layercode_recordings"):
         for mat in result.asset_materializations_for_node(node):
@@ -86,8 +95,11 @@ def test_gaps_are_filled_and_every_completed_recording_kept(env):
     assert dropped_end and dropped_update
     _, meta = run(env, *ALL, config=GRACE0)
     fetched = dict(query(env, "select session_id, reason from raw.layercode_session_details where http_status = 200"))
-    expected_unresolved = {s.session_id for s in batch.sessions if s.session_id in dropped_update
-                           and s.session_id not in dropped_end and s.recording_enabled}
+    expected_unresolved = {
+        s.session_id
+        for s in batch.sessions
+        if s.session_id in dropped_update and s.session_id not in dropped_end and s.recording_enabled
+    }
     assert {k for k, v in fetched.items() if v == "no_session_end"} == dropped_end
     assert {k for k, v in fetched.items() if v == "recording_unresolved"} == expected_unresolved
     # the REST record is stored as it came
@@ -95,18 +107,27 @@ def test_gaps_are_filled_and_every_completed_recording_kept(env):
     (record,) = query(env, f"select record from raw.layercode_session_details where session_id = '{s.session_id}'")[0]
     assert json.loads(record) == json.loads(json.dumps(s.rest_record(recording_ready=True)))
 
-    rows = {r[0]: r for r in query(env, "select session_id, status, path, bytes, sha256, sample_rate, channels, "
-                                        "duration_s, error from raw.layercode_recordings")}
+    rows = {
+        r[0]: r
+        for r in query(
+            env,
+            "select session_id, status, path, bytes, sha256, sample_rate, channels, "
+            "duration_s, error from raw.layercode_recordings",
+        )
+    }
     completed = {s.session_id: s for s in batch.sessions if s.recording_outcome == "completed"}
-    failed_seen = {s.session_id for s in batch.sessions if s.recording_outcome == "failed"
-                   and s.session_id not in dropped_update}
+    failed_seen = {
+        s.session_id for s in batch.sessions if s.recording_outcome == "failed" and s.session_id not in dropped_update
+    }
     assert {k for k, r in rows.items() if r[1] == "downloaded"} == set(completed)
     assert {k for k, r in rows.items() if r[1] == "failed"} == failed_seen
     for sid, s in completed.items():
         _, _, path, size, sha, rate, channels, duration, _ = rows[sid]
         p = Path(path)
-        assert p.relative_to(env["data"] / "recordings").parts[:2] == (f"agent={s.agent_id}",
-                                                                        f"dt={s.started_at:%Y-%m-%d}")
+        assert p.relative_to(env["data"] / "recordings").parts[:2] == (
+            f"agent={s.agent_id}",
+            f"dt={s.started_at:%Y-%m-%d}",
+        )
         info = inspect_wav(p)
         assert (size, rate, channels) == (p.stat().st_size, s.sample_rate, 1)
         assert duration == pytest.approx(s.duration_ms / 1000, abs=0.001) == pytest.approx(info.duration_s, abs=0.001)
@@ -121,8 +142,10 @@ def test_gaps_are_filled_and_every_completed_recording_kept(env):
     assert query(env, "select count(*) from raw.layercode_session_details")[0][0] == before_rows
     assert env["api"].count("recording") == downloads
     assert meta["layercode_recordings"]["already_held"] == len(completed)
-    assert query(env, "select count(*), count(distinct session_id) from raw.layercode_recordings")[0] == \
-        (len(rows), len(rows))
+    assert query(env, "select count(*), count(distinct session_id) from raw.layercode_recordings")[0] == (
+        len(rows),
+        len(rows),
+    )
 
 
 def test_grace_period_holds_back_recent_sessions(env):
@@ -136,8 +159,11 @@ def a_gap_session(env) -> str:
 
 
 def only(env, sid: str) -> dict:
-    return {"automatic": False, "agent_id": next(s.agent_id for s in env["batch"].sessions if s.session_id == sid),
-            "session_ids": [sid]}
+    return {
+        "automatic": False,
+        "agent_id": next(s.agent_id for s in env["batch"].sessions if s.session_id == sid),
+        "session_ids": [sid],
+    }
 
 
 def test_429_with_retry_after_then_success(env):
@@ -192,16 +218,29 @@ def test_404_recorded_and_not_asked_again_until_requested(env):
     body = json.dumps({"type": "session.start", "session_id": "sess_unknown", "turn_id": "t"}).encode()
     from datetime import UTC, datetime
 
-    (data / "manual-000001.jsonl").write_bytes(build_envelope(
-        received_at=datetime(2026, 11, 21, 9, tzinfo=UTC), agent_id="ag_support", event_type="session.start",
-        content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={}, writer_id="manual"))
+    (data / "manual-000001.jsonl").write_bytes(
+        build_envelope(
+            received_at=datetime(2026, 11, 21, 9, tzinfo=UTC),
+            agent_id="ag_support",
+            event_type="session.start",
+            content_sha256=hashlib.sha256(body).hexdigest(),
+            body=body,
+            headers={},
+            writer_id="manual",
+        )
+    )
     _, meta = run(env, raw_layercode_events, layercode_session_details, config=GRACE0)
-    assert query(env, "select http_status, record from raw.layercode_session_details "
-                      "where session_id = 'sess_unknown'") == [(404, None)]
+    assert query(
+        env, "select http_status, record from raw.layercode_session_details where session_id = 'sess_unknown'"
+    ) == [(404, None)]
     run(env, raw_layercode_events, layercode_session_details, config=GRACE0)
     assert env["api"].count("details", "sess_unknown") == 1
-    run(env, raw_layercode_events, layercode_session_details,
-        config={"agent_id": "ag_support", "session_ids": ["sess_unknown"], "automatic": False})
+    run(
+        env,
+        raw_layercode_events,
+        layercode_session_details,
+        config={"agent_id": "ag_support", "session_ids": ["sess_unknown"], "automatic": False},
+    )
     assert env["api"].count("details", "sess_unknown") == 2
 
 
@@ -236,12 +275,17 @@ def test_truncated_wav_rejected_and_retried(env):
     storage = [st for kind, sid, st in env["api"].requests if kind == "storage" and sid == expired.session_id]
     assert 403 in storage and storage[-1] == 200
     assert rows[always.session_id] == "error"
-    assert "truncated" in query(env, f"select error from raw.layercode_recordings where session_id = '{always.session_id}'")[0][0]
+    assert (
+        "truncated"
+        in query(env, f"select error from raw.layercode_recordings where session_id = '{always.session_id}'")[0][0]
+    )
     assert not list((env["data"] / "recordings").rglob(f"{always.session_id}*"))
     env["api"].script(always.session_id)  # nothing scripted any more
     env["api"]._scripts[always.session_id].clear()
     run(env, *ALL, config=GRACE0)
-    assert dict(query(env, "select session_id, status from raw.layercode_recordings"))[always.session_id] == "downloaded"
+    assert (
+        dict(query(env, "select session_id, status from raw.layercode_recordings"))[always.session_id] == "downloaded"
+    )
 
 
 def test_hostile_session_id_never_reaches_the_file_system(env):
@@ -251,15 +295,23 @@ def test_hostile_session_id_never_reaches_the_file_system(env):
     land.mkdir(parents=True)
     lines = b""
     for sid in ("../../../../tmp/evil", "sess_ok/../../x", ".."):
-        body = json.dumps({"type": "session.update", "session_id": sid, "recording_status": "completed",
-                           "recording_url": "https://x"}).encode()
-        lines += build_envelope(received_at=datetime(2026, 11, 21, 9, tzinfo=UTC), agent_id="ag_support",
-                                event_type="session.update", content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                                headers={}, writer_id="manual")
+        body = json.dumps(
+            {"type": "session.update", "session_id": sid, "recording_status": "completed", "recording_url": "https://x"}
+        ).encode()
+        lines += build_envelope(
+            received_at=datetime(2026, 11, 21, 9, tzinfo=UTC),
+            agent_id="ag_support",
+            event_type="session.update",
+            content_sha256=hashlib.sha256(body).hexdigest(),
+            body=body,
+            headers={},
+            writer_id="manual",
+        )
     (land / "manual-000001.jsonl").write_bytes(lines)
     run(env, *ALL, config=GRACE0)
-    rows = query(env, "select session_id, status, path, error from raw.layercode_recordings "
-                      "where session_id like '%..%'")
+    rows = query(
+        env, "select session_id, status, path, error from raw.layercode_recordings where session_id like '%..%'"
+    )
     assert len(rows) == 3
     assert all(status == "error" and path is None and "not safe" in error for _, status, path, error in rows)
     assert not Path("/tmp/evil.wav").exists()
@@ -271,14 +323,24 @@ def test_backfill_cli_runs_the_backfill_asset(env, tmp_path):
     agent = next(s.agent_id for s in env["batch"].sessions if s.session_id == sid)
     ids = tmp_path / "ids.txt"
     ids.write_text(f"{sid}\nsess_missing\n")
-    cli_env = {"LAYERCODE_DATA_DIR": str(env["data"]), "LAYERCODE_API_BASE_URL": env["rest"].base_url,
-               "LAYERCODE_API_KEY": KEY, "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "backfill", "--agent-id", agent,
-                        "--from-file", str(ids)], env=cli_env, capture_output=True, text=True, timeout=120)
+    cli_env = {
+        "LAYERCODE_DATA_DIR": str(env["data"]),
+        "LAYERCODE_API_BASE_URL": env["rest"].base_url,
+        "LAYERCODE_API_KEY": KEY,
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "layercode_pipeline.cli", "backfill", "--agent-id", agent, "--from-file", str(ids)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "found" in r.stdout and KEY not in r.stdout + r.stderr
-    assert sorted(query(env, "select session_id, http_status from raw.layercode_session_details")) == \
-        sorted([(sid, 200), ("sess_missing", 404)])
+    assert sorted(query(env, "select session_id, http_status from raw.layercode_session_details")) == sorted(
+        [(sid, 200), ("sess_missing", 404)]
+    )
 
 
 def test_without_an_api_key_the_marts_still_refresh_and_checks_warn(env):
@@ -290,8 +352,12 @@ def test_without_an_api_key_the_marts_still_refresh_and_checks_warn(env):
 
     defs = build_definitions()
     resources = resources_from_settings(Settings(data_dir=env["data"], api_key=None, openai_api_key=None))
-    result = dg.materialize(list(defs.assets or []), resources=resources, raise_on_error=False,
-                            run_config={"ops": {"layercode_session_details": {"config": GRACE0}}})
+    result = dg.materialize(
+        list(defs.assets or []),
+        resources=resources,
+        raise_on_error=False,
+        run_config={"ops": {"layercode_session_details": {"config": GRACE0}}},
+    )
     assert result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     for name, waiting in (("api_key_configured", "recordings_waiting_for_a_key"), ("no_api_errors", None)):
@@ -306,8 +372,11 @@ def test_without_an_api_key_the_marts_still_refresh_and_checks_warn(env):
     webhook_sessions = query(env, "select count(distinct session_id) from staging.stg_webhook_events")[0][0]
     assert sessions == webhook_sessions > 0  # the marts refreshed from the webhooks alone
     # the UI gets every mart column typed, with its _schema.yml description
-    (mat,) = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
-              if e.event_specific_data.materialization.asset_key == dg.AssetKey(["marts", "fct_sessions"])]
+    (mat,) = [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.event_specific_data.materialization.asset_key == dg.AssetKey(["marts", "fct_sessions"])
+    ]
     columns = {c.name: c for c in mat.metadata["dagster/column_schema"].value.columns}
     assert len(columns) > 40 and columns["session_id"].type == "varchar"
     assert columns["latency_ms"].description and columns["latency_ms"].type == "double"

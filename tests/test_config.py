@@ -52,8 +52,12 @@ def test_the_readme_table_is_the_settings_model():
 def test_only_the_settings_module_reads_the_environment():
     sources = [p for folder in ("layercode_pipeline", "webhook_listener") for p in (ROOT / folder).rglob("*.py")]
     readers = re.compile(r"os\.environ(?!\[[^]]+\]\s*=)|os\.getenv|getenv\(|EnvVar\(\"")
-    found = [f"{p.relative_to(ROOT)}:{i}" for p in sources for i, line in enumerate(p.read_text().splitlines(), 1)
-             if readers.search(line) and p.name != "config.py"]
+    found = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in sources
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if readers.search(line) and p.name != "config.py"
+    ]
     assert found == []
 
 
@@ -76,8 +80,19 @@ def test_the_dbt_warehouse_path_is_a_variable_not_an_environment_change(tmp_path
     from layercode_pipeline.defs.resources import resources_from_settings
 
     storage = resources_from_settings(Settings(data_dir=tmp_path, promoted_metadata_keys="tenant_id"))["storage"]
-    assert json.loads(storage.dbt_vars()) == {"warehouse_path": str(tmp_path.resolve() / "warehouse.duckdb"),
-                                              "promoted_metadata_keys": "tenant_id"}
-    r = subprocess.run(["grep", "-rn", "env_var('LAYERCODE_PROMOTED", str(ROOT / "dbt_project" / "models"),
-                        str(ROOT / "dbt_project" / "dbt_project.yml")], capture_output=True, text=True)
+    assert json.loads(storage.dbt_vars()) == {
+        "warehouse_path": str(tmp_path.resolve() / "warehouse.duckdb"),
+        "promoted_metadata_keys": "tenant_id",
+    }
+    r = subprocess.run(
+        [
+            "grep",
+            "-rn",
+            "env_var('LAYERCODE_PROMOTED",
+            str(ROOT / "dbt_project" / "models"),
+            str(ROOT / "dbt_project" / "dbt_project.yml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.stdout == ""

@@ -11,8 +11,14 @@ import dagster as dg
 
 def test_concurrent_first_uses_of_a_new_home_leave_one_usable_instance(tmp_path):
     home = tmp_path / "dagster_home"
-    procs = [subprocess.Popen([sys.executable, "-m", "layercode_pipeline.cli", "init-instance", "--dagster-home",
-                               str(home)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "layercode_pipeline.cli", "init-instance", "--dagster-home", str(home)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
     outputs = [(p.wait(120), p.stdout.read().decode()) for p in procs]
     assert all(code == 0 for code, _ in outputs), outputs
     assert all("Dagster instance ready" in out for _, out in outputs)

@@ -60,8 +60,22 @@ def dashboard(tmp_path_factory):
     publish(storage)
     serving = storage.paths.serving / "analytics.duckdb"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "layercode_pipeline.cli", "dashboard", "--serving", str(serving),
-                             "--port", str(port), "--refresh-s", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layercode_pipeline.cli",
+            "dashboard",
+            "--serving",
+            str(serving),
+            "--port",
+            str(port),
+            "--refresh-s",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -90,11 +104,17 @@ def test_the_dashboard_shows_the_serving_files_numbers_and_opens_a_transcript(da
     page, serving = dashboard["page"], dashboard["serving"]
     page.goto(dashboard["url"])
     page.wait_for_selector("#kpi-calls", timeout=30_000)
-    calls, sessions, minutes, irate, containment = expected(serving, """
+    calls, sessions, minutes, irate, containment = expected(
+        serving,
+        """
         select sum(calls), sum(sessions), sum(speech_minutes), sum(interrupted_turns) / sum(assistant_turns_observed),
-               sum(outcome_resolved) / sum(sessions_analysed) from marts.agg_daily_call_metrics""")
-    p50, p95 = expected(serving, "select quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) "
-                                 "from marts.fct_turns where role = 'assistant' and interrupted is not true")
+               sum(outcome_resolved) / sum(sessions_analysed) from marts.agg_daily_call_metrics""",
+    )
+    p50, p95 = expected(
+        serving,
+        "select quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) "
+        "from marts.fct_turns where role = 'assistant' and interrupted is not true",
+    )
     assert (calls, sessions) == (3, 3)  # the three hand-made calls
     assert page.inner_text("#kpi-calls") == "3" and page.inner_text("#kpi-sessions") == "3"
     assert page.inner_text("#kpi-minutes") == f"{minutes:,.1f}"
@@ -114,8 +134,11 @@ def test_the_dashboard_shows_the_serving_files_numbers_and_opens_a_transcript(da
     assert page.inner_text("#call-title") == "Call sess_a"
     turns = page.locator("#transcript li")
     assert turns.count() == 7
-    assert [page.locator(f"#transcript li[data-position='{p}'] .latency").inner_text() for p in (3, 5, 7)] == \
-        ["latency 800 ms", "latency 650 ms", "latency 400 ms"]
+    assert [page.locator(f"#transcript li[data-position='{p}'] .latency").inner_text() for p in (3, 5, 7)] == [
+        "latency 800 ms",
+        "latency 650 ms",
+        "latency 400 ms",
+    ]
     barge_ins = page.locator(".barge-in")
     assert barge_ins.count() == 1
     assert "barge-in, heard 3 words" in page.locator("#transcript li[data-position='3']").inner_text()
@@ -128,15 +151,32 @@ def test_a_new_publish_shows_without_a_reload(dashboard):
     page.wait_for_selector("#kpi-calls", timeout=30_000)
     assert page.inner_text("#kpi-calls") == "3"
     # a fourth call lands, the pipeline ingests, builds and publishes it
-    body = json.dumps({"type": "session.end", "session_id": "sess_d", "agent_id": "ag_b",
-                       "conversation_id": "conv_sess_d", "started_at": ts(300), "ended_at": ts(303), "duration": 3000,
-                       "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(300)}]}).encode()
-    line = build_envelope(received_at=datetime.fromtimestamp(epoch(303), UTC), agent_id="ag_b",
-                          event_type="session.end", content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                          headers={}, writer_id="wtest")
+    body = json.dumps(
+        {
+            "type": "session.end",
+            "session_id": "sess_d",
+            "agent_id": "ag_b",
+            "conversation_id": "conv_sess_d",
+            "started_at": ts(300),
+            "ended_at": ts(303),
+            "duration": 3000,
+            "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(300)}],
+        }
+    ).encode()
+    line = build_envelope(
+        received_at=datetime.fromtimestamp(epoch(303), UTC),
+        agent_id="ag_b",
+        event_type="session.end",
+        content_sha256=hashlib.sha256(body).hexdigest(),
+        body=body,
+        headers={},
+        writer_id="wtest",
+    )
     (storage.paths.landing / f"dt={DAY}" / "hour=10" / "wtest-000002.jsonl").write_bytes(line)
-    assert dg.materialize([raw_layercode_events, layercode_dbt_models, analytics_serving],
-                          resources={"storage": storage, "dbt": dbt_resource()}).success
+    assert dg.materialize(
+        [raw_layercode_events, layercode_dbt_models, analytics_serving],
+        resources={"storage": storage, "dbt": dbt_resource()},
+    ).success
     page.wait_for_function("document.querySelector('#kpi-calls').innerText === '4'", timeout=30_000)
 
 
@@ -148,27 +188,52 @@ def test_values_from_calls_are_rendered_as_text(dashboard):
     page, storage = dashboard["page"], dashboard["storage"]
     crafted_id = "x](https://evil.example/phish)[y"
     crafted_name = "<a href='https://evil.example/'>Support</a>"
-    body = json.dumps({"type": "session.end", "session_id": crafted_id, "agent_id": "ag_evil",
-                       "conversation_id": "conv_evil", "started_at": ts(400), "ended_at": ts(403), "duration": 3000,
-                       "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(400)}]}).encode()
-    line = build_envelope(received_at=datetime.fromtimestamp(epoch(403), UTC), agent_id="ag_evil",
-                          event_type="session.end", content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                          headers={}, writer_id="wtest")
+    body = json.dumps(
+        {
+            "type": "session.end",
+            "session_id": crafted_id,
+            "agent_id": "ag_evil",
+            "conversation_id": "conv_evil",
+            "started_at": ts(400),
+            "ended_at": ts(403),
+            "duration": 3000,
+            "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(400)}],
+        }
+    ).encode()
+    line = build_envelope(
+        received_at=datetime.fromtimestamp(epoch(403), UTC),
+        agent_id="ag_evil",
+        event_type="session.end",
+        content_sha256=hashlib.sha256(body).hexdigest(),
+        body=body,
+        headers={},
+        writer_id="wtest",
+    )
     (storage.paths.landing / f"dt={DAY}" / "hour=10" / "wtest-000003.jsonl").write_bytes(line)
     from layercode_pipeline.lib.enrichment.store import write_enrichments
 
     from .test_voice_metrics import enrichment
 
     with storage.connect() as con:
-        store_agents(con, [{"id": "ag_a", "name": "Support Bot"}, {"id": "ag_b", "name": "Sales Bot"},
-                           {"id": "ag_evil", "name": crafted_name}])
+        store_agents(
+            con,
+            [
+                {"id": "ag_a", "name": "Support Bot"},
+                {"id": "ag_b", "name": "Sales Bot"},
+                {"id": "ag_evil", "name": crafted_name},
+            ],
+        )
         write_enrichments(con, [enrichment(crafted_id, "ag_evil", "unresolved", 0.0)])
-    assert dg.materialize([raw_layercode_events, layercode_dbt_models, analytics_serving],
-                          resources={"storage": storage, "dbt": dbt_resource()}).success
+    assert dg.materialize(
+        [raw_layercode_events, layercode_dbt_models, analytics_serving],
+        resources={"storage": storage, "dbt": dbt_resource()},
+    ).success
     page.goto(dashboard["url"])
-    page.wait_for_function(f"document.querySelector('#lowest-quality') && "
-                           f"document.querySelector('#lowest-quality').innerText.includes({json.dumps(crafted_id)})",
-                           timeout=30_000)
+    page.wait_for_function(
+        f"document.querySelector('#lowest-quality') && "
+        f"document.querySelector('#lowest-quality').innerText.includes({json.dumps(crafted_id)})",
+        timeout=30_000,
+    )
     page.wait_for_selector("#chart-calls .legend", timeout=30_000)
     assert page.locator("a[href*='://evil.example']").count() == 0  # the own link's href is %-quoted
     assert crafted_name in page.locator("#chart-calls").inner_text()

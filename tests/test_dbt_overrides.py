@@ -37,8 +37,9 @@ def test_the_private_dagster_dbt_members_we_override_are_still_there():
     for base, name, expected, ours in OVERRIDDEN:
         member = inspect.getattr_static(base, name, None)
         assert member is not None, f"dagster-dbt {installed} has no {base.__name__}.{name}: update {ours.__name__}"
-        assert shape(member) == expected, \
+        assert shape(member) == expected, (
             f"dagster-dbt {installed} changed {base.__name__}.{name} to {shape(member)}: update {ours.__name__}"
+        )
         assert name in vars(ours), f"{ours.__name__} no longer overrides {name}: drop it from this list"
 
 

@@ -11,9 +11,13 @@ import duckdb
 
 def run_demo_cli(data_dir, calls: int) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_HOME"))}
-    return subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "demo", "--calls", str(calls),
-                           "--data-dir", str(data_dir)], env={**env, "COLUMNS": "160"}, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "layercode_pipeline.cli", "demo", "--calls", str(calls), "--data-dir", str(data_dir)],
+        env={**env, "COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_demo_twice_adds_calls_without_duplicating(tmp_path):
@@ -26,8 +30,12 @@ def test_demo_twice_adds_calls_without_duplicating(tmp_path):
     assert "turn latency p95" in r.stdout and "interruption rate" in r.stdout
     # each hint is one line, whole (a pasted copy keeps every variable)
     lines = r.stdout.splitlines()
-    assert any(line.strip().startswith("DAGSTER_HOME=") and line.rstrip().endswith("dagster dev -w workspace.yaml")
-               and "LAYERCODE_API_BASE_URL=" in line for line in lines)
+    assert any(
+        line.strip().startswith("DAGSTER_HOME=")
+        and line.rstrip().endswith("dagster dev -w workspace.yaml")
+        and "LAYERCODE_API_BASE_URL=" in line
+        for line in lines
+    )
     assert any(line.strip().startswith(".venv/bin/layercode-pipeline dashboard --serving ") for line in lines)
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     calls_1 = con.execute("select count(*) from marts.fct_conversations").fetchone()[0]
@@ -50,10 +58,14 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERCODE_", "OPENAI_", "DAGSTER_HOME"))}
     # As from a terminal: SIGINT at its default. A child inherits an ignored SIGINT, and the test
     # process may have one (something earlier in the session, e.g. a first `dbt parse`, left it so).
-    proc = subprocess.Popen([sys.executable, "-m", "layercode_pipeline.cli", "demo", "--calls", "400",
-                             "--data-dir", str(data)], env={**env, "COLUMNS": "160"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layercode_pipeline.cli", "demo", "--calls", "400", "--data-dir", str(data)],
+        env={**env, "COLUMNS": "160"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # interrupt once the listener is up and calls are flowing
         line = proc.stdout.readline()

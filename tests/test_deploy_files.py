@@ -47,8 +47,11 @@ def test_each_service_command_accepts_its_options(where, argv):
 def test_the_instance_config_reads_only_variables_the_example_environment_sets():
     config = (DEPLOY / "dagster.yaml").read_text()
     wanted = set(re.findall(r"env: (\w+)", config))
-    example = {line.split("=", 1)[0].lstrip("# ").strip() for line in (DEPLOY / "layercode.env.example").read_text()
-               .splitlines() if "=" in line and not line.startswith("# ---")}
+    example = {
+        line.split("=", 1)[0].lstrip("# ").strip()
+        for line in (DEPLOY / "layercode.env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("# ---")
+    }
     assert wanted and wanted <= example, wanted - example
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert {"postgres", "dagster-webserver", "dagster-daemon", "listener"} <= set(compose["services"])
@@ -65,13 +68,27 @@ def test_the_workspace_names_the_code_location_module():
 def test_dg_check_defs_and_both_workspaces_load():
     """Dagster's project conventions ([tool.dg], load_from_defs_folder) and the workspace files
     the README and deploy/ use load the same code location."""
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(ROOT), **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
-    checked = subprocess.run([str(BIN / "dg"), "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout + checked.stderr, \
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(ROOT),
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+    }
+    checked = subprocess.run(
+        [str(BIN / "dg"), "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout + checked.stderr, (
         checked.stdout[-2000:] + checked.stderr[-2000:]
+    )
     for workspace in (ROOT / "workspace.yaml", DEPLOY / "workspace.yaml"):
-        validated = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)], cwd=ROOT,
-                                   env=env, capture_output=True, text=True, timeout=300)
-        assert validated.returncode == 0 and "Validation successful for code location layercode_pipeline" in \
-            validated.stdout + validated.stderr, validated.stderr[-2000:]
+        validated = subprocess.run(
+            [str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (
+            validated.returncode == 0
+            and "Validation successful for code location layercode_pipeline" in validated.stdout + validated.stderr
+        ), validated.stderr[-2000:]

@@ -44,11 +44,19 @@ def env(warehouse_template, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(template, data / "warehouse.duckdb")
-    stub = OpenAIStub(api_key=KEY, answer=lambda body, content: {
-        "sentiment": "negative" if "furious" in body["messages"][1]["content"] else "positive"})
+    stub = OpenAIStub(
+        api_key=KEY,
+        answer=lambda body, content: {
+            "sentiment": "negative" if "furious" in body["messages"][1]["content"] else "positive"
+        },
+    )
     server = BackgroundServer(stub.app).start()
-    yield {"batch": batch, "stub": stub, "storage": StorageResource(data_dir=str(data)),
-           "openai": OpenAIResource(api_key=KEY, base_url=server.url + "/v1", model="gpt-5-mini", max_retries=3)}
+    yield {
+        "batch": batch,
+        "stub": stub,
+        "storage": StorageResource(data_dir=str(data)),
+        "openai": OpenAIResource(api_key=KEY, base_url=server.url + "/v1", model="gpt-5-mini", max_retries=3),
+    }
     server.stop()
 
 
@@ -57,8 +65,11 @@ def distinct_transcripts(batch) -> int:
 
 
 def enrich(env, config: dict | None = None, openai: OpenAIResource | None = None) -> dict:
-    result = dg.materialize([session_enrichments], resources={"storage": env["storage"], "openai": openai or env["openai"]},
-                            run_config={"ops": {"session_enrichments": {"config": config or {}}}})
+    result = dg.materialize(
+        [session_enrichments],
+        resources={"storage": env["storage"], "openai": openai or env["openai"]},
+        run_config={"ops": {"session_enrichments": {"config": config or {}}}},
+    )
     assert result.success
     (mat,) = result.asset_materializations_for_node("session_enrichments")
     return {k: v.value for k, v in mat.metadata.items()}
@@ -83,8 +94,17 @@ def test_openai_structured_output_with_redacted_text(env):
         fmt = body["response_format"]
         assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
         props = fmt["json_schema"]["schema"]["properties"]
-        assert {"summary", "caller_name", "sentiment", "outcome", "topics", "quality_score",
-                "compliance_flags", "action_items", "custom_fields"} <= set(props)
+        assert {
+            "summary",
+            "caller_name",
+            "sentiment",
+            "outcome",
+            "topics",
+            "quality_score",
+            "compliance_flags",
+            "action_items",
+            "custom_fields",
+        } <= set(props)
         assert body["model"] == "gpt-5-mini"
         text = body["messages"][1]["content"]
         assert not re.search(r"\d{4} \d{4} \d{4} \d{4}", text) and "@example.com" not in text
@@ -95,8 +115,9 @@ def test_openai_structured_output_with_redacted_text(env):
     got = dict(rows(env, "select session_id, sentiment from enrichment.session_enrichments"))
     for s in env["batch"].sessions:
         assert got[s.session_id] == ("negative" if s.scenario == "angry_caller" else "positive")
-    tokens, cost, provider = rows(env, "select sum(input_tokens), sum(cost_usd), min(provider) "
-                                       "from enrichment.session_enrichments")[0]
+    tokens, cost, provider = rows(
+        env, "select sum(input_tokens), sum(cost_usd), min(provider) from enrichment.session_enrichments"
+    )[0]
     in_tok, out_tok = rows(env, "select sum(input_tokens), sum(output_tokens) from enrichment.session_enrichments")[0]
     assert tokens > 0 and provider == "openai"
     assert cost == pytest.approx(in_tok / 1e6 * 0.25 + out_tok / 1e6 * 2.0)
@@ -114,8 +135,9 @@ def test_cache_then_version_bump_then_model_change(env):
     assert meta["enriched"] == n and len(env["stub"].requests) == before + calls
     other = OpenAIResource(api_key=KEY, base_url=env["openai"].base_url, model="gpt-5-nano")
     assert enrich(env, openai=other)["enriched"] == n
-    assert sorted(rows(env, "select prompt_version, model, count(*) from enrichment.session_enrichments group by all")) == \
-        [("v1", "gpt-5-mini", n), ("v1", "gpt-5-nano", n), ("v2", "gpt-5-mini", n)]
+    assert sorted(
+        rows(env, "select prompt_version, model, count(*) from enrichment.session_enrichments group by all")
+    ) == [("v1", "gpt-5-mini", n), ("v1", "gpt-5-nano", n), ("v2", "gpt-5-mini", n)]
 
 
 def test_rate_limit_then_success(env):
@@ -157,8 +179,14 @@ def test_offline_provider_on_the_simulator_scenarios(env):
     meta = enrich(env, openai=OpenAIResource())  # no key: offline
     assert (meta["provider"], meta["model"]) == ("offline", OFFLINE_MODEL)
     assert env["stub"].requests == []
-    got = {r[0]: r[1:] for r in rows(env, "select session_id, provider, sentiment, caller_name, outcome, summary, "
-                                          "compliance_flags, custom_fields, topics from enrichment.session_enrichments")}
+    got = {
+        r[0]: r[1:]
+        for r in rows(
+            env,
+            "select session_id, provider, sentiment, caller_name, outcome, summary, "
+            "compliance_flags, custom_fields, topics from enrichment.session_enrichments",
+        )
+    }
     seen = set()
     for s in env["batch"].sessions:
         provider, sentiment, caller_name, outcome, summary, flags, custom, topics = got[s.session_id]
@@ -207,16 +235,19 @@ prices: {gpt-5-mini: {input: 1.0, output: 1.0}}
     assert json.loads(value) == {"product_line": "internet", "order_number": 3}
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("call me on +1 415-555-0100", "call me on [PHONE]"),
-    ("my number is (020) 7946 0958.", "my number is [PHONE]."),
-    ("It's five five five one two three four nine nine zero.", "It's [NUMBER]."),
-    ("card 4111 1111 1111 1111 please", "card [CARD] please"),
-    ("4111-1111-1111-1111", "[CARD]"),
-    ("mail me: jane.doe+x@mail.example.org", "mail me: [EMAIL]"),
-    ("order 61093 costs 49.99", "order 61093 costs 49.99"),
-    ("see you at 9 on Friday, room 12", "see you at 9 on Friday, room 12"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("call me on +1 415-555-0100", "call me on [PHONE]"),
+        ("my number is (020) 7946 0958.", "my number is [PHONE]."),
+        ("It's five five five one two three four nine nine zero.", "It's [NUMBER]."),
+        ("card 4111 1111 1111 1111 please", "card [CARD] please"),
+        ("4111-1111-1111-1111", "[CARD]"),
+        ("mail me: jane.doe+x@mail.example.org", "mail me: [EMAIL]"),
+        ("order 61093 costs 49.99", "order 61093 costs 49.99"),
+        ("see you at 9 on Friday, room 12", "see you at 9 on Friday, room 12"),
+    ],
+)
 def test_redaction(text, expected):
     assert redact(text) == expected
 
@@ -229,23 +260,47 @@ def test_a_new_prompt_version_keeps_old_rows_and_the_comparison_view_shows_both(
     enrich(env, {"prompt_version": "v2"})
     assert rows(env, "select count(*) from enrichment.session_enrichments where error is null")[0][0] == 2 * n
     build = subprocess.run(
-        [DBT_EXECUTABLE, "build", "--select", "stg_session_enrichments", "enrichment_version_comparison",
-         "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
-         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
-         "--vars", env["storage"].dbt_vars()], capture_output=True, text=True, check=False)
+        [
+            DBT_EXECUTABLE,
+            "build",
+            "--select",
+            "stg_session_enrichments",
+            "enrichment_version_comparison",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path / "logs"),
+            "--vars",
+            env["storage"].dbt_vars(),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert build.returncode == 0, build.stdout[-3000:]
-    pairs = rows(env, "select current_prompt_version, other_prompt_version, count(*), count(distinct session_id) "
-                      "from marts.enrichment_version_comparison group by all")
+    pairs = rows(
+        env,
+        "select current_prompt_version, other_prompt_version, count(*), count(distinct session_id) "
+        "from marts.enrichment_version_comparison group by all",
+    )
     assert pairs == [("v2", "v1", n, n)]  # the newest version is current; the old one sits beside it
-    current = rows(env, "select prompt_version, count(*) from staging.stg_session_enrichments where is_latest "
-                        "group by all")
+    current = rows(
+        env, "select prompt_version, count(*) from staging.stg_session_enrichments where is_latest group by all"
+    )
     assert current == [("v2", n)]  # what the marts read
 
 
 def test_enrichment_checks_fail_on_error_rows_and_gaps(env):
     env["stub"].script("malformed", "malformed")
-    result = dg.materialize([session_enrichments], resources={"storage": env["storage"], "openai": env["openai"]},
-                            run_config={"ops": {"session_enrichments": {"config": {"concurrency": 1}}}})
+    result = dg.materialize(
+        [session_enrichments],
+        resources={"storage": env["storage"], "openai": env["openai"]},
+        run_config={"ops": {"session_enrichments": {"config": {"concurrency": 1}}}},
+    )
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     errors, coverage = checks["no_enrichment_errors"], checks["enrichment_coverage"]
     assert not errors.passed and errors.severity == dg.AssetCheckSeverity.WARN

@@ -21,8 +21,13 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in files.items():
         targets = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            found = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            found = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 found += [f"{node.module}.{a.name}" for a in node.names]
             for target in found:
@@ -44,7 +49,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -66,5 +71,7 @@ def test_the_check_finds_a_cycle():  # the test above can fail
 
 
 def test_the_settings_module_imports_nothing_of_the_project_but_the_contract():
-    assert {t for t in import_graph()["layercode_pipeline.config"]} <= {"layercode_pipeline.contract.landing",
-                                                                         "layercode_pipeline.contract"}
+    assert {t for t in import_graph()["layercode_pipeline.config"]} <= {
+        "layercode_pipeline.contract.landing",
+        "layercode_pipeline.contract",
+    }

@@ -42,8 +42,10 @@ def query(storage: StorageResource, sql: str):
 def land_batch(listener_factory, data_dir: Path, calls: int, seed: int, **faults) -> list[str]:
     """Deliver a simulated batch through a real listener; returns acknowledged content hashes."""
     batch = generate_batch(calls, seed=seed)
-    listener = listener_factory(data_dir, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
-                                               "LAYERCODE_SEGMENT_MAX_BYTES": "20000"})
+    listener = listener_factory(
+        data_dir,
+        env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch), "LAYERCODE_SEGMENT_MAX_BYTES": "20000"},
+    )
     report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults=faults, concurrency=8)
     listener.stop()
     return [a.content_sha256 for a in report.acknowledged]
@@ -72,17 +74,27 @@ def test_first_incremental_and_empty_runs(listener_factory, storage, tmp_path):
     assert meta["dagster/row_count"] == len(set(acked)) + len(set(acked_2))
 
     meta = materialize(storage)
-    assert (meta["new_files"], meta["rows_inserted"], meta["dagster/row_count"]) == (0, 0, len(set(acked)) + len(set(acked_2)))
+    assert (meta["new_files"], meta["rows_inserted"], meta["dagster/row_count"]) == (
+        0,
+        0,
+        len(set(acked)) + len(set(acked_2)),
+    )
 
-    rows = query(storage, """select agent_id, event_type, session_id, conversation_id, turn_id, source, body,
-                                    content_sha256, source_file from raw.layercode_events""")
+    rows = query(
+        storage,
+        """select agent_id, event_type, session_id, conversation_id, turn_id, source, body,
+                                    content_sha256, source_file from raw.layercode_events""",
+    )
     landed = {e["content_sha256"]: e for e in landed_envelopes(storage.paths.landing)}
     for agent_id, event_type, session_id, conversation_id, turn_id, source, body, sha, source_file in rows:
         env = landed[sha]
         parsed = orjson.loads(env["body"])
         assert (agent_id, event_type, source) == (env["agent_id"], env["event_type"], "webhook")
-        assert (session_id, conversation_id, turn_id) == (parsed["session_id"], parsed.get("conversation_id"),
-                                                          parsed.get("turn_id"))
+        assert (session_id, conversation_id, turn_id) == (
+            parsed["session_id"],
+            parsed.get("conversation_id"),
+            parsed.get("turn_id"),
+        )
         assert json.loads(body) == parsed and Path(source_file).exists()
 
 
@@ -98,9 +110,22 @@ def envelope(body: dict, received_at="2026-11-21T10:00:00.000000+00:00", agent="
     import hashlib
 
     raw = json.dumps(body).encode()
-    return orjson.dumps({"v": 1, "received_at": received_at, "agent_id": agent, "event_type": body["type"],
-                         "content_sha256": hashlib.sha256(raw).hexdigest(), "body": raw.decode(), "headers": {},
-                         "writer_id": "w", "error": None}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "v": 1,
+                "received_at": received_at,
+                "agent_id": agent,
+                "event_type": body["type"],
+                "content_sha256": hashlib.sha256(raw).hexdigest(),
+                "body": raw.decode(),
+                "headers": {},
+                "writer_id": "w",
+                "error": None,
+            }
+        )
+        + b"\n"
+    )
 
 
 END = {"type": "session.end", "session_id": "sess_a", "conversation_id": "conv_a", "duration": 1000}
@@ -109,19 +134,32 @@ END = {"type": "session.end", "session_id": "sess_a", "conversation_id": "conv_a
 def test_duplicates_by_hash_and_by_identity(storage):
     land = storage.paths.landing
     redelivered = {**END, "duration": 1000}  # same identity, re-serialised with different spacing/keys below
-    write_segment(land, "w1-000001.jsonl", [envelope(END), envelope({"type": "message", "session_id": "sess_a",
-                                                                     "turn_id": "t1", "text": "hi"})])
-    write_segment(land, "w2-000001.jsonl", [envelope(END, "2026-11-21T10:00:05.000000+00:00"),
-                                            envelope({"duration": 1000, **redelivered}),
-                                            envelope({"type": "user.transcript.interim_delta", "x": 1}),
-                                            envelope({"type": "user.transcript.interim_delta", "x": 1})])
+    write_segment(
+        land,
+        "w1-000001.jsonl",
+        [envelope(END), envelope({"type": "message", "session_id": "sess_a", "turn_id": "t1", "text": "hi"})],
+    )
+    write_segment(
+        land,
+        "w2-000001.jsonl",
+        [
+            envelope(END, "2026-11-21T10:00:05.000000+00:00"),
+            envelope({"duration": 1000, **redelivered}),
+            envelope({"type": "user.transcript.interim_delta", "x": 1}),
+            envelope({"type": "user.transcript.interim_delta", "x": 1}),
+        ],
+    )
     meta = materialize(storage)
     assert meta["rows_inserted"] == 3 and meta["duplicates_dropped"] == 3
-    assert sorted(r[0] for r in query(storage, "select event_type from raw.layercode_events")) == \
-        ["message", "session.end", "user.transcript.interim_delta"]
+    assert sorted(r[0] for r in query(storage, "select event_type from raw.layercode_events")) == [
+        "message",
+        "session.end",
+        "user.transcript.interim_delta",
+    ]
     # the first delivery wins
-    assert query(storage, "select received_at::varchar from raw.layercode_events where event_type = 'session.end'")[0][0] \
-        .startswith("2026-11-21 10:00:00")
+    assert query(storage, "select received_at::varchar from raw.layercode_events where event_type = 'session.end'")[0][
+        0
+    ].startswith("2026-11-21 10:00:00")
 
 
 def test_event_identity_is_injective(storage):
@@ -132,20 +170,27 @@ def test_event_identity_is_injective(storage):
     one = {"type": "message", "session_id": "s|x", "turn_id": "t", "text": "one"}
     two = {"type": "message", "session_id": "s", "turn_id": "x|t", "text": "two"}
     three = {"type": "message", "session_id": "s\\", "turn_id": "x|t", "text": "three"}
-    write_segment(land, "w1-000001.jsonl", [envelope(one), envelope(two), envelope(three),
-                                            envelope({**one, "text": "one, again"})])
+    write_segment(
+        land,
+        "w1-000001.jsonl",
+        [envelope(one), envelope(two), envelope(three), envelope({**one, "text": "one, again"})],
+    )
     meta = materialize(storage)
     assert (meta["rows_inserted"], meta["duplicates_dropped"]) == (3, 1)
-    assert sorted(r[0] for r in query(storage, "select body->>'text' from raw.layercode_events")) == \
-        ["one", "three", "two"]
+    assert sorted(r[0] for r in query(storage, "select body->>'text' from raw.layercode_events")) == [
+        "one",
+        "three",
+        "two",
+    ]
 
 
 def test_a_data_directory_with_both_quotes_in_its_path_is_ingested(tmp_path):
     """The segment paths became SQL text through Python's repr: a path holding both ' and " made
     every segment 'unreadable' and the run green while nothing was ingested."""
-    storage = StorageResource(data_dir=str(tmp_path / "it's a \"data\" dir"))
-    write_segment(storage.paths.landing, "w1-000001.jsonl",
-                  [envelope({**END, "session_id": f"sess_{i}"}) for i in range(5)])
+    storage = StorageResource(data_dir=str(tmp_path / 'it\'s a "data" dir'))
+    write_segment(
+        storage.paths.landing, "w1-000001.jsonl", [envelope({**END, "session_id": f"sess_{i}"}) for i in range(5)]
+    )
     meta = materialize(storage)
     assert (meta["rows_inserted"], meta.get("rejects", 0)) == (5, 0)
     assert query(storage, "select count(*) from raw.layercode_rejects") == [(0,)]
@@ -163,28 +208,55 @@ def test_warehouse_from_before_event_key_md5_is_migrated_and_still_dedupes(stora
     con.execute("alter table raw.layercode_events drop column event_key_md5")
     con.close()
 
-    write_segment(land, "w2-000001.jsonl", [envelope(END, "2026-11-21T10:00:09.000000+00:00"),
-                                            envelope({**message, "turn_id": "t2"})])
+    write_segment(
+        land,
+        "w2-000001.jsonl",
+        [envelope(END, "2026-11-21T10:00:09.000000+00:00"), envelope({**message, "turn_id": "t2"})],
+    )
     meta = materialize(storage)
     assert (meta["rows_inserted"], meta["duplicates_dropped"], meta["dagster/row_count"]) == (1, 1, 3)
-    assert query(storage, "select count(*) from raw.layercode_events where event_key_md5 = md5_number(event_key)") \
-        == [(3,)]
+    assert query(storage, "select count(*) from raw.layercode_events where event_key_md5 = md5_number(event_key)") == [
+        (3,)
+    ]
 
 
 def test_corrupt_lines_are_rejected_and_the_rest_ingested(storage):
     land = storage.paths.landing
     good = [envelope({**END, "session_id": f"sess_{i}"}) for i in range(4)]
-    path = write_segment(land, "w1-000001.jsonl", [good[0], b'{"v": 1, "received_at": "2026\n', good[1],
-                                                   envelope({**END, "session_id": "x"})[:-30] + b"\n",
-                                                   good[2]])
-    bad_body = orjson.dumps({"v": 1, "received_at": "2026-11-21T10:00:00+00:00", "agent_id": "a",
-                             "event_type": "session.end", "content_sha256": "00", "body": "{not json"}) + b"\n"
+    path = write_segment(
+        land,
+        "w1-000001.jsonl",
+        [
+            good[0],
+            b'{"v": 1, "received_at": "2026\n',
+            good[1],
+            envelope({**END, "session_id": "x"})[:-30] + b"\n",
+            good[2],
+        ],
+    )
+    bad_body = (
+        orjson.dumps(
+            {
+                "v": 1,
+                "received_at": "2026-11-21T10:00:00+00:00",
+                "agent_id": "a",
+                "event_type": "session.end",
+                "content_sha256": "00",
+                "body": "{not json",
+            }
+        )
+        + b"\n"
+    )
     path2 = write_segment(land, "w1-000002.jsonl", [good[3], b"\xff\xfe garbage bytes\n", bad_body])
     meta = materialize(storage)
     assert meta["rows_inserted"] == 4 and meta["rejects"] == 4
     rejects = query(storage, "select source_file, line_number, reason from raw.layercode_rejects order by 1, 2")
-    assert rejects == [(str(path), 2, "line is not valid JSON"), (str(path), 4, "line is not valid JSON"),
-                       (str(path2), 2, rejects[2][2]), (str(path2), 3, "body is not valid JSON")]
+    assert rejects == [
+        (str(path), 2, "line is not valid JSON"),
+        (str(path), 4, "line is not valid JSON"),
+        (str(path2), 2, rejects[2][2]),
+        (str(path2), 3, "body is not valid JSON"),
+    ]
     assert "unparseable line" in rejects[2][2]
     assert materialize(storage)["rejects"] == 0  # not recorded twice
 
@@ -208,12 +280,14 @@ def test_unsealed_segment_waits_until_sealed(storage):
 def test_a_killed_run_leaves_no_duplicate_and_no_gap(listener_factory, storage, tmp_path):
     acked = land_batch(listener_factory, tmp_path / "data", 40, seed=3, duplicate=0.2)
     n_files = len(list(storage.paths.landing.rglob("*.jsonl")))
-    script = (f"from pathlib import Path; from layercode_pipeline.lib.warehouse import Warehouse; "
-              f"from layercode_pipeline.lib.ingest import ingest_landing\n"
-              f"with Warehouse.at(Path({str(storage.warehouse.path)!r}), data_dir=Path('.')).open_for_writing() as con:\n"
-              f"    while True:\n"
-              f"        r = ingest_landing(con, Path({str(storage.paths.landing)!r}), batch_bytes=1, max_files=1)\n"
-              f"        print(r.files, flush=True)\n")
+    script = (
+        f"from pathlib import Path; from layercode_pipeline.lib.warehouse import Warehouse; "
+        f"from layercode_pipeline.lib.ingest import ingest_landing\n"
+        f"with Warehouse.at(Path({str(storage.warehouse.path)!r}), data_dir=Path('.')).open_for_writing() as con:\n"
+        f"    while True:\n"
+        f"        r = ingest_landing(con, Path({str(storage.paths.landing)!r}), batch_bytes=1, max_files=1)\n"
+        f"        print(r.files, flush=True)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     committed = 0
     while committed < n_files // 2:  # each line is one committed file
@@ -310,9 +384,17 @@ def test_definitions_load():
     defs = build_definitions()
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"raw_layercode_events", "layercode_session_details", "layercode_recordings", "session_enrichments",
-            "marts/fct_sessions", "marts/fct_turns", "marts/fct_conversations", "marts/agg_daily_call_metrics",
-            "analytics_serving"} <= keys
+    assert {
+        "raw_layercode_events",
+        "layercode_session_details",
+        "layercode_recordings",
+        "session_enrichments",
+        "marts/fct_sessions",
+        "marts/fct_turns",
+        "marts/fct_conversations",
+        "marts/agg_daily_call_metrics",
+        "analytics_serving",
+    } <= keys
     # one lineage: the marts sit downstream of the raw events, and dbt tests are asset checks
     upstream = graph.get(dg.AssetKey(["marts", "fct_sessions"])).parent_keys
     assert dg.AssetKey(["staging", "stg_webhook_events"]) in upstream  # valid events only
@@ -326,18 +408,29 @@ def test_definitions_load():
     assert graph.get(dg.AssetKey(["marts", "fct_sessions"])).freshness_policy is not None
     assert graph.get(dg.AssetKey("raw_layercode_events")).freshness_policy is not None
     # no dbt test is a check on a Python asset (that would run dbt in every ingest run)
-    assert not {k for k in graph.asset_check_keys
-                if k.asset_key.to_user_string() == "raw_layercode_events" and k.name.startswith(("unique", "not_null"))}
+    assert not {
+        k
+        for k in graph.asset_check_keys
+        if k.asset_key.to_user_string() == "raw_layercode_events" and k.name.startswith(("unique", "not_null"))
+    }
 
 
 def test_parallel_writers_queue_instead_of_failing(storage):
     """A second pipeline writer (another run, the backfill CLI) waits for the first."""
     storage.warehouse.path.parent.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from layercode_pipeline.lib.warehouse import Warehouse\n"
-        f"with Warehouse.at(Path({str(storage.warehouse.path)!r}), data_dir=Path('.')).open_for_writing() as con:\n"
-        "    con.execute('create table if not exists raw.marker(x int)'); print('holding', flush=True); time.sleep(2)\n")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from layercode_pipeline.lib.warehouse import Warehouse\n"
+                f"with Warehouse.at(Path({str(storage.warehouse.path)!r}), data_dir=Path('.')).open_for_writing() as con:\n"
+                "    con.execute('create table if not exists raw.marker(x int)'); print('holding', flush=True); time.sleep(2)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "holding"
     started = time.monotonic()
     write_segment(storage.paths.landing, "w1-000001.jsonl", [envelope(END)])
@@ -361,18 +454,33 @@ def test_payload_drift_is_reported_with_examples(listener_factory, storage, tmp_
     check = drift_check(storage)
     assert check.passed, check.metadata["new_in_payloads"].value
     # Layercode ships a new field, a number where text was, and a new event type
-    write_segment(storage.paths.landing, "w7-000001.jsonl", [
-        envelope({**END, "session_id": "sess_drift", "sentiment_hint": "calm"}),
-        envelope({"type": "message", "session_id": "sess_drift", "turn_id": "t1", "text": "hi",
-                  "interruption_context": {"previous_turn_interrupted": True, "words_heard": "four"}}),
-        envelope({"type": "call.transferred", "session_id": "sess_drift", "to": "+15550100"}),
-    ])
+    write_segment(
+        storage.paths.landing,
+        "w7-000001.jsonl",
+        [
+            envelope({**END, "session_id": "sess_drift", "sentiment_hint": "calm"}),
+            envelope(
+                {
+                    "type": "message",
+                    "session_id": "sess_drift",
+                    "turn_id": "t1",
+                    "text": "hi",
+                    "interruption_context": {"previous_turn_interrupted": True, "words_heard": "four"},
+                }
+            ),
+            envelope({"type": "call.transferred", "session_id": "sess_drift", "to": "+15550100"}),
+        ],
+    )
     check = drift_check(storage)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    found = {(d["event_type"], d["path"], d["kind"], d["json_type"]): d for d in check.metadata["new_in_payloads"].value}
-    assert set(found) == {("session.end", "sentiment_hint", "unknown_field", "string"),
-                          ("message", "interruption_context.words_heard", "unexpected_type", "string"),
-                          ("call.transferred", "type", "unknown_event_type", "string")}
+    found = {
+        (d["event_type"], d["path"], d["kind"], d["json_type"]): d for d in check.metadata["new_in_payloads"].value
+    }
+    assert set(found) == {
+        ("session.end", "sentiment_hint", "unknown_field", "string"),
+        ("message", "interruption_context.words_heard", "unexpected_type", "string"),
+        ("call.transferred", "type", "unknown_event_type", "string"),
+    }
     assert all(d["example_sessions"] == ["sess_drift"] and d["events"] == 1 for d in found.values())
     assert check.metadata["events_with_drift"].value == 3
     assert drift_check(storage).passed  # a check on this run's payloads: nothing new landed since

@@ -60,16 +60,28 @@ def test_signature_pairs_any_matching_v1_extra_pairs_and_two_headers(listener):
     assert post(url, payload, signature=f"t={ts},v1={'0' * 64},v1={good}").status_code == 200  # rotation
     assert post(url, payload, signature=f"t={ts},v0=abc,v1={good},scheme=x").status_code == 200  # extra pairs
     assert post(url, payload, signature=f"t={ts},v1={'0' * 64}").status_code == 401
-    two = httpx.post(url + "/webhook", content=body, timeout=10, headers=[
-        ("layercode-signature", f"t={ts},v1={good}"), ("layercode-signature", f"t={ts},v1={good}")])
+    two = httpx.post(
+        url + "/webhook",
+        content=body,
+        timeout=10,
+        headers=[("layercode-signature", f"t={ts},v1={good}"), ("layercode-signature", f"t={ts},v1={good}")],
+    )
     assert two.status_code == 401 and two.json()["error"] == "ambiguous_signature"
 
 
 def test_data_events_json_reply_and_custom_headers_landed_without_credentials(listener):
     url, data = listener
-    r = post(url, {"type": "data", "session_id": SID, "turn_id": "t9", "data": {"clicked": "upgrade"},
-                   "custom_metadata": {"tenant_id": "acme"}},
-             headers={"x-tenant-id": "acme", "authorization": "Bearer secret-token", "cookie": "sid=1"})
+    r = post(
+        url,
+        {
+            "type": "data",
+            "session_id": SID,
+            "turn_id": "t9",
+            "data": {"clicked": "upgrade"},
+            "custom_metadata": {"tenant_id": "acme"},
+        },
+        headers={"x-tenant-id": "acme", "authorization": "Bearer secret-token", "cookie": "sid=1"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     [env] = [e for e in landed_envelopes_so_far(data) if e["event_type"] == "data"]
     assert env["headers"]["x-tenant-id"] == "acme"
@@ -89,8 +101,9 @@ def test_barge_in_tears_the_sse_reply_and_is_logged_as_cancelled(listener, caplo
     body = orjson.dumps({"type": "message", "session_id": SID, "turn_id": "t2", "text": "wait, stop"})
     caplog.set_level(logging.INFO)
     with httpx.Client(timeout=10) as client:
-        with client.stream("POST", url + "/webhook", content=body,
-                           headers={"layercode-signature": sign(body, SECRET)}) as r:
+        with client.stream(
+            "POST", url + "/webhook", content=body, headers={"layercode-signature": sign(body, SECRET)}
+        ) as r:
             assert r.status_code == 200 and r.headers["content-encoding"] == "none"
             first = next(r.iter_lines())
             assert first.startswith("data:") and "first sentence" in first
@@ -111,57 +124,125 @@ def test_metadata_headers_data_and_barge_ins_reach_the_marts(tmp_path, monkeypat
     with BackgroundServer(create_app(settings)) as server:
         url = server.url
         common = {"session_id": SID, "conversation_id": CONV}
-        assert post(url, {"type": "session.start", **common, "turn_id": "w", "metadata": {"tenant_id": "old"},
-                          "custom_metadata": {"tenant_id": "acme", "crm_id": "c-42"}},
-                    headers={"x-tenant-id": "acme"}).status_code == 200
+        assert (
+            post(
+                url,
+                {
+                    "type": "session.start",
+                    **common,
+                    "turn_id": "w",
+                    "metadata": {"tenant_id": "old"},
+                    "custom_metadata": {"tenant_id": "acme", "crm_id": "c-42"},
+                },
+                headers={"x-tenant-id": "acme"},
+            ).status_code
+            == 200
+        )
         assert post(url, {"type": "message", **common, "turn_id": "u1", "text": "hi"}).status_code == 200
-        assert post(url, {"type": "message", **common, "turn_id": "u2", "text": "no stop",
-                          "interruption_context": {"previous_turn_interrupted": True, "words_heard": 3,
-                                                   "text_heard": "Our plans start"}}).status_code == 200
+        assert (
+            post(
+                url,
+                {
+                    "type": "message",
+                    **common,
+                    "turn_id": "u2",
+                    "text": "no stop",
+                    "interruption_context": {
+                        "previous_turn_interrupted": True,
+                        "words_heard": 3,
+                        "text_heard": "Our plans start",
+                    },
+                },
+            ).status_code
+            == 200
+        )
         assert post(url, {"type": "data", **common, "turn_id": "u2", "data": {"ui": "plan_page"}}).status_code == 200
         # legacy payload on another session: only `metadata`
-        assert post(url, {"type": "session.end", "session_id": "legacy1", "conversation_id": "c2", "agent_id": "default",
-                          "metadata": {"tenant_id": "globex"}, "transcript": []}).status_code == 200
-        assert post(url, {"type": "session.end", **common, "agent_id": "default", "started_at": "2026-11-20T09:00:00Z",
-                          "ended_at": "2026-11-20T09:01:00Z", "duration": 60000,
-                          "transcript": [{"role": "assistant", "text": "Hello!", "timestamp": base},
-                                         {"role": "user", "text": "hi", "timestamp": base + 1000},
-                                         {"role": "assistant", "text": "Our plans start at ten", "timestamp": base + 2000},
-                                         {"role": "user", "text": "no stop", "timestamp": base + 3000},
-                                         {"role": "assistant", "text": "Sure.", "timestamp": base + 4000}]}).status_code == 200
+        assert (
+            post(
+                url,
+                {
+                    "type": "session.end",
+                    "session_id": "legacy1",
+                    "conversation_id": "c2",
+                    "agent_id": "default",
+                    "metadata": {"tenant_id": "globex"},
+                    "transcript": [],
+                },
+            ).status_code
+            == 200
+        )
+        assert (
+            post(
+                url,
+                {
+                    "type": "session.end",
+                    **common,
+                    "agent_id": "default",
+                    "started_at": "2026-11-20T09:00:00Z",
+                    "ended_at": "2026-11-20T09:01:00Z",
+                    "duration": 60000,
+                    "transcript": [
+                        {"role": "assistant", "text": "Hello!", "timestamp": base},
+                        {"role": "user", "text": "hi", "timestamp": base + 1000},
+                        {"role": "assistant", "text": "Our plans start at ten", "timestamp": base + 2000},
+                        {"role": "user", "text": "no stop", "timestamp": base + 3000},
+                        {"role": "assistant", "text": "Sure.", "timestamp": base + 4000},
+                    ],
+                },
+            ).status_code
+            == 200
+        )
     materialize_all(data, api_url=None, api_key=None, grace_minutes=60)
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     try:
-        row = con.execute("select metadata->>'$.tenant_id', metadata_tenant_id, metadata_crm_id, "
-                          "request_headers->>'$.x-tenant-id', interruptions from marts.fct_sessions "
-                          "where session_id = ?", [SID]).fetchone()
+        row = con.execute(
+            "select metadata->>'$.tenant_id', metadata_tenant_id, metadata_crm_id, "
+            "request_headers->>'$.x-tenant-id', interruptions from marts.fct_sessions "
+            "where session_id = ?",
+            [SID],
+        ).fetchone()
         assert row == ("acme", "acme", "c-42", "acme", 1)
-        assert con.execute("select metadata_tenant_id from marts.fct_sessions where session_id = 'legacy1'"
-                           ).fetchone() == ("globex",)
-        turns = con.execute("select position, role, interrupted, words_heard, text_heard from marts.fct_turns "
-                            "where session_id = ? order by position", [SID]).fetchall()
-        assert turns == [(1, "assistant", False, None, None), (2, "user", None, None, None),
-                         (3, "assistant", True, 3.0, "Our plans start"), (4, "user", None, None, None),
-                         (5, "assistant", False, None, None)]
-        [(rate,)] = con.execute("select interruption_rate from marts.agg_daily_call_metrics "
-                                "where interruptions > 0").fetchall()
+        assert con.execute(
+            "select metadata_tenant_id from marts.fct_sessions where session_id = 'legacy1'"
+        ).fetchone() == ("globex",)
+        turns = con.execute(
+            "select position, role, interrupted, words_heard, text_heard from marts.fct_turns "
+            "where session_id = ? order by position",
+            [SID],
+        ).fetchall()
+        assert turns == [
+            (1, "assistant", False, None, None),
+            (2, "user", None, None, None),
+            (3, "assistant", True, 3.0, "Our plans start"),
+            (4, "user", None, None, None),
+            (5, "assistant", False, None, None),
+        ]
+        [(rate,)] = con.execute(
+            "select interruption_rate from marts.agg_daily_call_metrics where interruptions > 0"
+        ).fetchall()
         assert rate == pytest.approx(1 / 3)
     finally:
         con.close()
     wh = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     try:
-        assert wh.execute("select session_id, turn_id, data->>'$.ui' from staging.stg_webhook_data").fetchall() == \
-            [(SID, "u2", "plan_page")]
+        assert wh.execute("select session_id, turn_id, data->>'$.ui' from staging.stg_webhook_data").fetchall() == [
+            (SID, "u2", "plan_page")
+        ]
     finally:
         wh.close()
 
 
 # --- REST: redirects to signed storage, fatal statuses, unusual WAVs ---------------------------
 
+
 def mulaw_placeholder_wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
     samples = int(seconds * rate)
-    return wav_header(samples, rate, 1, 8, format_tag=MU_LAW, placeholder=0xFFFFFFFF) + bytes(range(256)) * (samples // 256) \
+    return (
+        wav_header(samples, rate, 1, 8, format_tag=MU_LAW, placeholder=0xFFFFFFFF)
+        + bytes(range(256)) * (samples // 256)
         + bytes(samples % 256)
+    )
 
 
 def test_recording_follows_a_redirect_without_sending_the_key_to_storage(tmp_path):
@@ -185,6 +266,7 @@ def test_recording_follows_a_redirect_without_sending_the_key_to_storage(tmp_pat
 
     api = BackgroundServer(Starlette(routes=[Route("/v1/agents/{aid}/sessions/{sid}/recording", recording)])).start()
     try:
+
         async def run():
             async with LayercodeClient("sk_x", api.url + "/v1", backoff_initial_s=0.01, max_attempts=2) as client:
                 ok = await client.download_recording("mxdi9mls", SID, tmp_path / "r.wav")
@@ -202,7 +284,9 @@ def test_recording_follows_a_redirect_without_sending_the_key_to_storage(tmp_pat
     assert result.wav.duration_s == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("rate, bits, tag, placeholder", [(16000, 16, 1, None), (8000, 16, 1, 0), (8000, 8, MU_LAW, None)])
+@pytest.mark.parametrize(
+    "rate, bits, tag, placeholder", [(16000, 16, 1, None), (8000, 16, 1, 0), (8000, 8, MU_LAW, None)]
+)
 def test_wav_variants_are_kept(tmp_path, rate, bits, tag, placeholder):
     data = b"\x01\x02" * rate  # one second at 16 bit, two at 8 bit
     path = tmp_path / "a.wav"
@@ -219,6 +303,7 @@ def test_a_truncated_wav_with_real_sizes_is_still_refused(tmp_path):
 
 
 # --- over the simulator: agents, latency units, 402 ---------------------------------------------
+
 
 def test_agents_and_latency_units_over_the_simulator(tmp_path, capsys):
     """Without a key the marts still build, agent names wait and a seconds latency is flagged, not
@@ -245,9 +330,11 @@ def test_agents_and_latency_units_over_the_simulator(tmp_path, capsys):
     assert checks["layercode_agents:agents_listed"] == {"passed": False, "severity": "WARN"}
     assert checks["marts/fct_sessions:warn_latency_looks_like_seconds"]["passed"] is False
     # kept raw and flagged, never averaged as milliseconds
-    assert sessions(f"select count(agent_name), count(latency_ms), bool_and(webhook_latency_unit_unknown), "
-                    f"max(webhook_latency_reported) < 10 from marts.fct_sessions "
-                    f"where agent_id = '{sales.agent_id}'")[0] == (0, 0, True, True)
+    assert sessions(
+        f"select count(agent_name), count(latency_ms), bool_and(webhook_latency_unit_unknown), "
+        f"max(webhook_latency_reported) < 10 from marts.fct_sessions "
+        f"where agent_id = '{sales.agent_id}'"
+    )[0] == (0, 0, True, True)
 
     api = SimulatorAPI(api_key="sk_live", seed=1)
     api.register(batch, ready_in_s=0)
@@ -256,18 +343,21 @@ def test_agents_and_latency_units_over_the_simulator(tmp_path, capsys):
         assert meta["asset_checks"]["layercode_agents:agents_listed"]["passed"] is True
         assert meta["asset_checks"]["marts/fct_sessions:warn_latency_looks_like_seconds"]["passed"] is True
         truth = {s.session_id: s.latency_ms for s in batch.sessions}
-        rows = sessions("select session_id, agent_name, latency_ms, latency_source, webhook_latency_unit "
-                        "from marts.fct_sessions")
+        rows = sessions(
+            "select session_id, agent_name, latency_ms, latency_source, webhook_latency_unit from marts.fct_sessions"
+        )
         assert {r[1] for r in rows} == {a.name for a in batch.agents}
         assert all(r[2] == pytest.approx(truth[r[0]]) for r in rows)
         assert any(r[3] == "session.end" and r[4] == "seconds" for r in rows)  # converted, from the learned unit
 
         sales.name = "Acme Outbound Sales"  # renamed in Layercode: a new version of its record
         materialize_all(data, api_url=server.url + "/v1", api_key="sk_live", grace_minutes=0)
-        assert sessions(f"select distinct agent_name from marts.fct_sessions where agent_id = '{sales.agent_id}'") == \
-            [("Acme Outbound Sales",)]
-        assert sessions(f"select distinct agent_name from marts.agg_daily_call_metrics "
-                        f"where agent_id = '{sales.agent_id}'") == [("Acme Outbound Sales",)]
+        assert sessions(f"select distinct agent_name from marts.fct_sessions where agent_id = '{sales.agent_id}'") == [
+            ("Acme Outbound Sales",)
+        ]
+        assert sessions(
+            f"select distinct agent_name from marts.agg_daily_call_metrics where agent_id = '{sales.agent_id}'"
+        ) == [("Acme Outbound Sales",)]
 
         api.faults = {"payment_required": 1.0}  # the org's balance ran out
         con = duckdb.connect(str(data / "warehouse.duckdb"))
@@ -286,8 +376,12 @@ def test_absurd_signature_timestamps_are_malformed_not_server_errors(listener, s
     with a traceback."""
     url, _ = listener
     body = orjson.dumps({"type": "session.end", "session_id": SID})
-    r = httpx.post(url + "/webhook", content=body, timeout=10, headers=[
-        (b"layercode-signature", b"t=" + stamp + b",v1=" + b"0" * 64), (b"content-type", b"application/json")])
+    r = httpx.post(
+        url + "/webhook",
+        content=body,
+        timeout=10,
+        headers=[(b"layercode-signature", b"t=" + stamp + b",v1=" + b"0" * 64), (b"content-type", b"application/json")],
+    )
     assert (r.status_code, r.json()["error"]) == (401, "malformed_signature")
     assert "Traceback" not in caplog.text
 
@@ -315,6 +409,7 @@ def test_recording_redirects_judged_by_every_hop_and_private_targets_refused(tmp
     is the recording's error, not "check LAYERCODE_API_KEY" stopping the run. A redirect to a
     loopback/private address is refused unless allowed. A storage error's body (it may echo the
     signed URL) is neither stored nor logged."""
+
     async def bounce(request: Request) -> Response:  # storage sends the client back to the API
         return RedirectResponse(api.url + "/v1/back", 302)
 
@@ -329,12 +424,14 @@ def test_recording_redirects_judged_by_every_hop_and_private_targets_refused(tmp
     async def recording(request: Request) -> Response:
         return RedirectResponse(storage.url + ("/bounce" if request.path_params["sid"] == "a" else "/leaky"), 302)
 
-    api = BackgroundServer(Starlette(routes=[Route("/v1/agents/{aid}/sessions/{sid}/recording", recording),
-                                             Route("/v1/back", back)])).start()
+    api = BackgroundServer(
+        Starlette(routes=[Route("/v1/agents/{aid}/sessions/{sid}/recording", recording), Route("/v1/back", back)])
+    ).start()
 
     async def download(sid: str, private_redirects: bool | None):
-        async with LayercodeClient("sk_x", api.url + "/v1", backoff_initial_s=0.01, max_attempts=2,
-                                   private_redirects=private_redirects) as client:
+        async with LayercodeClient(
+            "sk_x", api.url + "/v1", backoff_initial_s=0.01, max_attempts=2, private_redirects=private_redirects
+        ) as client:
             return await client.download_recording("ag", sid, tmp_path / f"{sid}.wav")
 
     try:

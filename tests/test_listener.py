@@ -47,20 +47,42 @@ def served(tmp_path):
         s.stop()
 
 
-def post(url: str, payload: dict | bytes, secret: str = SECRET, ts: int | None = None, path: str = "/webhook",
-         headers: dict | None = None) -> httpx.Response:
+def post(
+    url: str,
+    payload: dict | bytes,
+    secret: str = SECRET,
+    ts: int | None = None,
+    path: str = "/webhook",
+    headers: dict | None = None,
+) -> httpx.Response:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     h = {"layercode-signature": sign(body, secret, ts), "content-type": "application/json", **(headers or {})}
     return httpx.post(url + path, content=body, headers=h, timeout=10)
 
 
 START = {"type": "session.start", "session_id": "sess_1", "conversation_id": "conv_1", "turn_id": "turn_w"}
-MESSAGE = {"type": "message", "session_id": "sess_1", "conversation_id": "conv_1", "turn_id": "turn_2",
-           "text": "Where is my order? 📦"}
-END = {"type": "session.end", "session_id": "sess_1", "conversation_id": "conv_1", "agent_id": "ag",
-       "duration": 1000, "transcript": [{"role": "user", "text": "hi", "timestamp": "2026-11-21T10:00:00Z"}]}
-UPDATE = {"type": "session.update", "session_id": "sess_1", "recording_status": "completed",
-          "recording_url": "https://x/rec.wav", "recording_duration": 12.5}
+MESSAGE = {
+    "type": "message",
+    "session_id": "sess_1",
+    "conversation_id": "conv_1",
+    "turn_id": "turn_2",
+    "text": "Where is my order? 📦",
+}
+END = {
+    "type": "session.end",
+    "session_id": "sess_1",
+    "conversation_id": "conv_1",
+    "agent_id": "ag",
+    "duration": 1000,
+    "transcript": [{"role": "user", "text": "hi", "timestamp": "2026-11-21T10:00:00Z"}],
+}
+UPDATE = {
+    "type": "session.update",
+    "session_id": "sess_1",
+    "recording_status": "completed",
+    "recording_url": "https://x/rec.wav",
+    "recording_duration": 12.5,
+}
 
 
 def test_sse_reply_for_session_start_and_message(served):
@@ -68,7 +90,10 @@ def test_sse_reply_for_session_start_and_message(served):
     for event in (START, MESSAGE):
         body = json.dumps(event).encode()
         headers = {"layercode-signature": sign(body, SECRET), "content-type": "application/json"}
-        with httpx.Client() as client, connect_sse(client, "POST", url + "/webhook", content=body, headers=headers) as es:
+        with (
+            httpx.Client() as client,
+            connect_sse(client, "POST", url + "/webhook", content=body, headers=headers) as es,
+        ):
             assert es.response.status_code == 200
             assert es.response.headers["content-type"].startswith("text/event-stream")
             assert es.response.headers["cache-control"] == "no-cache, no-transform"
@@ -87,9 +112,12 @@ def test_landed_bytes_equal_sent_bytes_for_every_type(served):
     url, settings, stop = served()
     unknown = {"type": "user.transcript.interim_delta", "session_id": "sess_1", "delta": "wh"}
     # odd spacing, key order and unicode escapes: the raw bytes, not a re-serialisation, are kept
-    bodies = [b'{ "type":"session.end" ,"session_id":"sess_1","text":"caf\\u00e9", "duration": null}',
-              json.dumps(UPDATE).encode(), json.dumps(unknown, ensure_ascii=False).encode(),
-              json.dumps(START).encode()]
+    bodies = [
+        b'{ "type":"session.end" ,"session_id":"sess_1","text":"caf\\u00e9", "duration": null}',
+        json.dumps(UPDATE).encode(),
+        json.dumps(unknown, ensure_ascii=False).encode(),
+        json.dumps(START).encode(),
+    ]
     for body in bodies:
         r = post(url, body)
         assert r.status_code == 200, r.text
@@ -105,14 +133,17 @@ def test_landed_bytes_equal_sent_bytes_for_every_type(served):
     assert landed[2]["event_type"] == "user.transcript.interim_delta"
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("missing", "missing_signature"),
-    ("malformed", "malformed_signature"),
-    ("stale", "stale_timestamp"),
-    ("wrong_secret", "invalid_signature"),
-    ("tampered", "invalid_signature"),
-    ("reserialised", "invalid_signature"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("missing", "missing_signature"),
+        ("malformed", "malformed_signature"),
+        ("stale", "stale_timestamp"),
+        ("wrong_secret", "invalid_signature"),
+        ("tampered", "invalid_signature"),
+        ("reserialised", "invalid_signature"),
+    ],
+)
 def test_bad_signatures_get_401_and_nothing_lands(served, case, reason):
     url, settings, stop = served()
     body = b'{"type": "session.end", "session_id": "sess_1"}'
@@ -176,9 +207,17 @@ def test_known_type_missing_required_field_is_kept_and_answered_422(served):
 
 def test_odd_field_values_are_tolerated(served):
     url, settings, stop = served()
-    odd = {**END, "duration": None, "latency": None, "country_code": None, "extra_field": {"nested": [1]},
-           "transcript": [{"role": "assistant", "text": None, "timestamp": 1795167017476},
-                          {"role": "user", "text": "ok", "timestamp": "2026-11-21T10:00:00.123Z"}]}
+    odd = {
+        **END,
+        "duration": None,
+        "latency": None,
+        "country_code": None,
+        "extra_field": {"nested": [1]},
+        "transcript": [
+            {"role": "assistant", "text": None, "timestamp": 1795167017476},
+            {"role": "user", "text": "ok", "timestamp": "2026-11-21T10:00:00.123Z"},
+        ],
+    }
     assert post(url, odd).status_code == 200
     stop()
     assert len(landed_envelopes(settings.paths.landing)) == 1
@@ -207,8 +246,12 @@ def test_failing_responder_sends_response_error_then_end(served):
 
     url, settings, stop = served(responder=broken)
     body = json.dumps(MESSAGE).encode()
-    with httpx.Client() as client, connect_sse(client, "POST", url + "/webhook", content=body,
-                                               headers={"layercode-signature": sign(body, SECRET)}) as es:
+    with (
+        httpx.Client() as client,
+        connect_sse(
+            client, "POST", url + "/webhook", content=body, headers={"layercode-signature": sign(body, SECRET)}
+        ) as es,
+    ):
         events = [json.loads(s.data) for s in es.iter_sse()]
     assert [e["type"] for e in events] == ["response.tts", "response.error", "response.end"]
     assert "database is down" not in events[1]["error"]  # internals stay in our logs
@@ -225,12 +268,18 @@ def test_async_responder_with_data(served):
 
     url, settings, stop = served(responder=responder)
     body = json.dumps(MESSAGE).encode()
-    with httpx.Client() as client, connect_sse(client, "POST", url + "/webhook", content=body,
-                                               headers={"layercode-signature": sign(body, SECRET)}) as es:
+    with (
+        httpx.Client() as client,
+        connect_sse(
+            client, "POST", url + "/webhook", content=body, headers={"layercode-signature": sign(body, SECRET)}
+        ) as es,
+    ):
         events = [json.loads(s.data) for s in es.iter_sse()]
-    assert events == [{"type": "response.data", "content": {"order": 123}, "turn_id": "turn_2"},
-                      {"type": "response.tts", "content": "Found it.", "turn_id": "turn_2"},
-                      {"type": "response.end", "turn_id": "turn_2"}]
+    assert events == [
+        {"type": "response.data", "content": {"order": 123}, "turn_id": "turn_2"},
+        {"type": "response.tts", "content": "Found it.", "turn_id": "turn_2"},
+        {"type": "response.end", "turn_id": "turn_2"},
+    ]
 
 
 def test_segments_rotate_by_size_and_are_sealed(served):
@@ -241,8 +290,9 @@ def test_segments_rotate_by_size_and_are_sealed(served):
     assert len(list(seg_dir.glob("*.jsonl"))) > 3
     stop()
     assert not list(settings.paths.landing.rglob("*.open"))
-    assert sorted(orjson.loads(e["body"])["session_id"] for e in landed_envelopes(settings.paths.landing)) == \
-        sorted(f"sess_{i}" for i in range(20))
+    assert sorted(orjson.loads(e["body"])["session_id"] for e in landed_envelopes(settings.paths.landing)) == sorted(
+        f"sess_{i}" for i in range(20)
+    )
 
 
 def test_segment_sealed_by_age_without_traffic(served):
@@ -262,14 +312,20 @@ def test_refuses_to_start_without_secret(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERCODE_")}
     env["LAYERCODE_DATA_DIR"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "listen", "--port", "1"], env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "layercode_pipeline.cli", "listen", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "no webhook secret configured" in r.stderr
 
 
 def test_insecure_mode_warns_and_accepts_unsigned(listener_factory, tmp_path):
-    listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRET": "", "LAYERCODE_LOG_LEVEL": "INFO"},
-                                args=("--insecure-skip-verify",))
+    listener = listener_factory(
+        env={"LAYERCODE_WEBHOOK_SECRET": "", "LAYERCODE_LOG_LEVEL": "INFO"}, args=("--insecure-skip-verify",)
+    )
     r = httpx.post(listener.url + "/webhook", content=json.dumps(END).encode())
     assert r.status_code == 200
     out = listener.stop()
@@ -288,6 +344,7 @@ def test_access_log_has_no_secret_or_body(listener_factory):
 
 def test_disk_write_failure_answers_503_and_lands_nothing_partial(listener_factory, tmp_path):
     """A real write error (RLIMIT_FSIZE -> EFBIG, as a full disk would give ENOSPC)."""
+
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
@@ -333,8 +390,9 @@ def test_sigkill_under_load_loses_no_acknowledged_event(listener_factory, tmp_pa
                 sid = f"w{n}_{i}"
                 body = json.dumps({**END, "session_id": sid}).encode()
                 try:
-                    r = await client.post(listener.url + "/webhook", content=body,
-                                          headers={"layercode-signature": sign(body, SECRET)})
+                    r = await client.post(
+                        listener.url + "/webhook", content=body, headers={"layercode-signature": sign(body, SECRET)}
+                    )
                 except httpx.HTTPError:
                     return  # the listener is gone
                 if r.status_code == 200:

@@ -31,8 +31,11 @@ KEY_ID, SECRET_KEY, REGION = "test-key-id", "test-secret-key", "us-east-1"
 @pytest.fixture(scope="module")
 def s3_endpoint():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -51,20 +54,34 @@ def s3_endpoint():
 def make_bucket(endpoint: str, name: str) -> None:
     import boto3  # the test's own S3 client, to create the bucket (the pipeline uses obstore)
 
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY,
-                 region_name=REGION).create_bucket(Bucket=name)
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY, region_name=REGION
+    ).create_bucket(Bucket=name)
 
 
 def listener_env(endpoint: str, url: str, mode: str, batch) -> dict[str, str]:
-    return {"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch), "LAYERCODE_LANDING_URL": url,
-            "LAYERCODE_LANDING_MODE": mode, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION, "LAYERCODE_SEGMENT_MAX_AGE_S": "0.5",
-            "LAYERCODE_LANDING_SHIP_INTERVAL_S": "0.2"}
+    return {
+        "LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
+        "LAYERCODE_LANDING_URL": url,
+        "LAYERCODE_LANDING_MODE": mode,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": REGION,
+        "LAYERCODE_SEGMENT_MAX_AGE_S": "0.5",
+        "LAYERCODE_LANDING_SHIP_INTERVAL_S": "0.2",
+    }
 
 
 def ingest(tmp_path: Path, endpoint: str, url: str) -> dict:
-    settings = Settings(data_dir=tmp_path / "pipeline", landing_url=url, aws_endpoint_url=endpoint,
-                        aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY, aws_region=REGION)
+    settings = Settings(
+        data_dir=tmp_path / "pipeline",
+        landing_url=url,
+        aws_endpoint_url=endpoint,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET_KEY,
+        aws_region=REGION,
+    )
     storage = resources_from_settings(settings)["storage"]
     result = dg.materialize([raw_layercode_events], resources={"storage": storage})
     meta = result.asset_materializations_for_node("raw_layercode_events")[0].metadata
@@ -94,8 +111,10 @@ def test_two_replicas_one_killed_every_acknowledged_event_once(tmp_path, s3_endp
     def send(name: str, half: SimBatch, listener: ListenerProcess) -> None:
         reports[name] = deliver(half, listener.url + "/agents/{agent_id}/webhook", faults={}, concurrency=4)
 
-    threads = [threading.Thread(target=send, args=("a", halves[0], a)),
-               threading.Thread(target=send, args=("b", halves[1], b))]
+    threads = [
+        threading.Thread(target=send, args=("a", halves[0], a)),
+        threading.Thread(target=send, args=("b", halves[1], b)),
+    ]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 60
@@ -131,8 +150,9 @@ def test_two_replicas_one_killed_every_acknowledged_event_once(tmp_path, s3_endp
     try:
         counts = dict(con.execute("select content_sha256, count(*) from raw.layercode_events group by 1").fetchall())
         writers = {r[0] for r in con.execute("select distinct writer_id from raw.layercode_events").fetchall()}
-        sources = con.execute("select count(*) from raw.layercode_ingested_files where path like ?",
-                              [url + "/dt=%"]).fetchone()[0]
+        sources = con.execute(
+            "select count(*) from raw.layercode_ingested_files where path like ?", [url + "/dt=%"]
+        ).fetchone()[0]
     finally:
         con.close()
     missing = [att for att in acked if att.content_sha256 not in counts]

@@ -42,27 +42,52 @@ LONG_TURNS = 50_000
 
 
 def signed_post(url: str, body: bytes, secret: str) -> httpx.Response:
-    return httpx.post(url, content=body, headers={"layercode-signature": sign(body, secret),
-                                                  "content-type": "application/json"}, timeout=30)
+    return httpx.post(
+        url,
+        content=body,
+        headers={"layercode-signature": sign(body, secret), "content-type": "application/json"},
+        timeout=30,
+    )
 
 
 def long_session_end(agent_id: str) -> dict:
     start_ms = int(time.time() * 1000) - 3_600_000
-    return {"type": "session.end", "session_id": "long_call", "conversation_id": "long_conv", "agent_id": agent_id,
-            "started_at": "2026-11-20T09:00:00.000Z", "ended_at": "2026-11-20T10:00:00.000Z", "duration": 3_600_000,
-            "transcript": [{"role": "user" if i % 2 else "assistant", "text": f"turn {i}", "timestamp": start_ms + i * 50}
-                           for i in range(LONG_TURNS)]}
+    return {
+        "type": "session.end",
+        "session_id": "long_call",
+        "conversation_id": "long_conv",
+        "agent_id": agent_id,
+        "started_at": "2026-11-20T09:00:00.000Z",
+        "ended_at": "2026-11-20T10:00:00.000Z",
+        "duration": 3_600_000,
+        "transcript": [
+            {"role": "user" if i % 2 else "assistant", "text": f"turn {i}", "timestamp": start_ms + i * 50}
+            for i in range(LONG_TURNS)
+        ],
+    }
 
 
 def odd_session_end(agent_id: str) -> dict:
     """Numbers no measurement has, timestamps out of any range, a role nobody documented."""
-    return {"type": "session.end", "session_id": "odd_numbers", "conversation_id": "odd_conv", "agent_id": agent_id,
-            "started_at": "2026-11-20T10:00:00.000Z", "ended_at": "2026-11-20T09:59:00.000Z",  # ends before it starts
-            "duration": -5, "latency": 1e300, "transcription_duration_seconds": 1e308, "tts_duration_seconds": -1,
-            "transcript": [{"role": "system", "text": "prompt", "timestamp": 1e300},
-                           {"role": "user", "text": "hello there", "timestamp": -99999999999999},
-                           {"text": "no role"}, {"role": "tool", "timestamp": None},
-                           {"role": "assistant", "text": None, "timestamp": "yesterday"}]}
+    return {
+        "type": "session.end",
+        "session_id": "odd_numbers",
+        "conversation_id": "odd_conv",
+        "agent_id": agent_id,
+        "started_at": "2026-11-20T10:00:00.000Z",
+        "ended_at": "2026-11-20T09:59:00.000Z",  # ends before it starts
+        "duration": -5,
+        "latency": 1e300,
+        "transcription_duration_seconds": 1e308,
+        "tts_duration_seconds": -1,
+        "transcript": [
+            {"role": "system", "text": "prompt", "timestamp": 1e300},
+            {"role": "user", "text": "hello there", "timestamp": -99999999999999},
+            {"text": "no role"},
+            {"role": "tool", "timestamp": None},
+            {"role": "assistant", "text": None, "timestamp": "yesterday"},
+        ],
+    }
 
 
 def segment_lines(landing: Path) -> list[bytes]:
@@ -106,18 +131,33 @@ def poisoned(tmp_path_factory):
         "long": signed_post(url, orjson.dumps(long_session_end(agent.agent_id)), agent.secret),
         "odd": signed_post(url, orjson.dumps(odd_session_end(agent.agent_id)), agent.secret),
         # 6. identifiers of the wrong type: kept with a validation error (422), never in the marts
-        "number_id": signed_post(url, orjson.dumps({"type": "message", "session_id": 42, "turn_id": "t1", "text": "x"}),
-                                 agent.secret),
+        "number_id": signed_post(
+            url, orjson.dumps({"type": "message", "session_id": 42, "turn_id": "t1", "text": "x"}), agent.secret
+        ),
         "object_id": signed_post(url, orjson.dumps({"type": "session.end", "session_id": {"id": "s"}}), agent.secret),
         # shapes no model accepts: kept with their validation error, never in the marts
-        "bad_shapes": signed_post(url, orjson.dumps({**odd_session_end(agent.agent_id), "session_id": "bad_shapes",
-                                                     "metadata": "not an object",
-                                                     "transcript": ["a bare string", 42]}), agent.secret),
+        "bad_shapes": signed_post(
+            url,
+            orjson.dumps(
+                {
+                    **odd_session_end(agent.agent_id),
+                    "session_id": "bad_shapes",
+                    "metadata": "not an object",
+                    "transcript": ["a bare string", 42],
+                }
+            ),
+            agent.secret,
+        ),
     }
     listener.stop()  # seals the open segment
     assert len(orjson.dumps(long_session_end(agent.agent_id))) < settings.max_body_bytes
-    assert {k: r.status_code for k, r in answers.items()} == {"long": 200, "odd": 200, "number_id": 422,
-                                                              "object_id": 422, "bad_shapes": 422}
+    assert {k: r.status_code for k, r in answers.items()} == {
+        "long": 200,
+        "odd": 200,
+        "number_id": 422,
+        "object_id": 422,
+        "bad_shapes": 422,
+    }
 
     # 2. segments that reached the landing area from other writers: an empty line, CRLF line
     # endings, a file mixing both, bytes that are not UTF-8, a NUL, a torn last line
@@ -127,7 +167,7 @@ def poisoned(tmp_path_factory):
     (part / "restored-empty-line.jsonl").write_bytes(good[0] + b"\n\n" + good[1] + b"\n")
     (part / "copied-crlf.jsonl").write_bytes(b"\r\n".join(good[2:5]) + b"\r\n")
     (part / "mixed.jsonl").write_bytes(good[5] + b"\r\n" + good[6] + b"\n\r\n" + good[7] + b"\n")
-    (part / "garbage.jsonl").write_bytes(b"\xff\xfe not utf-8\n" + good[8] + b"\n\x00\x01\x02\n{\"torn\": ")
+    (part / "garbage.jsonl").write_bytes(b"\xff\xfe not utf-8\n" + good[8] + b'\n\x00\x01\x02\n{"torn": ')
     result = materialize_all(data, api_url=api_server.url + "/v1", api_key=API_KEY, grace_minutes=0)
     yield {"data": data, "batch": batch, "api_url": api_server.url + "/v1", "agent": agent, "metadata": result}
     serving.__exit__(None, None, None)
@@ -138,42 +178,62 @@ def test_the_run_that_met_every_poison_pill_refreshed_the_marts_and_the_serving_
     sessions = {r[0] for r in serving(data, "select session_id from marts.fct_sessions")}
     assert {s.session_id for s in batch.sessions} | {"long_call", "odd_numbers"} == sessions
     # the long transcript: every turn, in order, with unique keys
-    turns = serving(data, "select count(*), count(distinct turn_key), min(position), max(position) "
-                          "from marts.fct_turns where session_id = 'long_call'")
+    turns = serving(
+        data,
+        "select count(*), count(distinct turn_key), min(position), max(position) "
+        "from marts.fct_turns where session_id = 'long_call'",
+    )
     assert turns == [(LONG_TURNS, LONG_TURNS, 1, LONG_TURNS)]
-    assert serving(data, "select turns, user_turns from marts.fct_sessions where session_id = 'long_call'") == \
-        [(LONG_TURNS, LONG_TURNS // 2)]
+    assert serving(data, "select turns, user_turns from marts.fct_sessions where session_id = 'long_call'") == [
+        (LONG_TURNS, LONG_TURNS // 2)
+    ]
     assert serving(data, "select count(*) from marts.agg_daily_call_metrics") != [(0,)]
 
 
 def test_absurd_numbers_timestamps_and_roles_are_set_aside_not_fatal(poisoned):
     data = poisoned["data"]
-    [row] = serving(data, "select duration_ms, latency_ms, transcription_duration_seconds, tts_duration_seconds, "
-                          "turns from marts.fct_sessions where session_id = 'odd_numbers'")
+    [row] = serving(
+        data,
+        "select duration_ms, latency_ms, transcription_duration_seconds, tts_duration_seconds, "
+        "turns from marts.fct_sessions where session_id = 'odd_numbers'",
+    )
     assert row == (None, None, None, None, 5)
-    roles = serving(data, "select role, spoken_at from marts.fct_turns where session_id = 'odd_numbers' order by position")
+    roles = serving(
+        data, "select role, spoken_at from marts.fct_turns where session_id = 'odd_numbers' order by position"
+    )
     assert [r[0] for r in roles] == ["unknown", "user", "unknown", "unknown", "assistant"]
     assert all(r[1] is None for r in roles)  # 1e300, a negative epoch and "yesterday" are no timestamps
 
 
 def test_events_with_identifiers_of_the_wrong_type_stay_in_raw_out_of_the_marts(poisoned):
     data = poisoned["data"]
-    kept = warehouse(data, "select event_type, session_id, validation_error is not null from raw.layercode_events "
-                           "where validation_error is not null order by 1, 2 nulls last")
+    kept = warehouse(
+        data,
+        "select event_type, session_id, validation_error is not null from raw.layercode_events "
+        "where validation_error is not null order by 1, 2 nulls last",
+    )
     assert kept == [("message", None, True), ("session.end", "bad_shapes", True), ("session.end", None, True)]
-    assert serving(data, "select count(*) from marts.fct_sessions "
-                         "where session_id in ('42', '{\"id\":\"s\"}', 'bad_shapes')") == [(0,)]
+    assert serving(
+        data, "select count(*) from marts.fct_sessions where session_id in ('42', '{\"id\":\"s\"}', 'bad_shapes')"
+    ) == [(0,)]
 
 
 def test_bad_lines_are_rejects_with_file_and_line_and_the_good_lines_are_kept(poisoned):
     data, meta = poisoned["data"], poisoned["metadata"]
-    rejects = warehouse(data, "select regexp_extract(source_file, '[^/]+$'), line_number, reason "
-                              "from raw.layercode_rejects order by 1, 2")
+    rejects = warehouse(
+        data,
+        "select regexp_extract(source_file, '[^/]+$'), line_number, reason from raw.layercode_rejects order by 1, 2",
+    )
     assert [(f, n) for f, n, _ in rejects] == [("garbage.jsonl", 1), ("garbage.jsonl", 3), ("garbage.jsonl", 4)]
     assert all(reason for _, _, reason in rejects)
     # the copied lines are redeliveries of landed events: counted once, nothing lost
-    files = dict(warehouse(data, "select regexp_extract(path, '[^/]+$'), rows from raw.layercode_ingested_files "
-                                 "where path like '%dt=2026-11-20/hour=23%'"))
+    files = dict(
+        warehouse(
+            data,
+            "select regexp_extract(path, '[^/]+$'), rows from raw.layercode_ingested_files "
+            "where path like '%dt=2026-11-20/hour=23%'",
+        )
+    )
     assert files == {"restored-empty-line.jsonl": 2, "copied-crlf.jsonl": 3, "mixed.jsonl": 3, "garbage.jsonl": 4}
     assert meta["raw_layercode_events"]["rejects"] == 3
 
@@ -182,9 +242,16 @@ def test_warning_checks_name_what_was_set_aside_and_describe_the_run(poisoned):
     data = poisoned["data"]
     storage = {"storage": StorageResource(data_dir=str(data))}
     body = orjson.dumps({"type": "message", "session_id": 7, "turn_id": "t"})
-    invalid = build_envelope(received_at=datetime.now(UTC), agent_id="ag", event_type="message",
-                             content_sha256=hashlib.sha256(body).hexdigest(), body=body, headers={},
-                             writer_id="restored", error="session_id: Input should be a valid string")
+    invalid = build_envelope(
+        received_at=datetime.now(UTC),
+        agent_id="ag",
+        event_type="message",
+        content_sha256=hashlib.sha256(body).hexdigest(),
+        body=body,
+        headers={},
+        writer_id="restored",
+        error="session_id: Input should be a valid string",
+    )
     part = data / "landing" / "dt=2026-11-20" / "hour=22"
     part.mkdir(parents=True)
     (part / "restored-bad.jsonl").write_bytes(invalid + b"not an envelope\n")
@@ -279,17 +346,22 @@ def test_a_bi_tool_that_opens_and_closes_the_warehouse_never_fails_a_run(tmp_pat
 
 # --- 4, 5, 6. the listener: slow clients, a full disk, invalid UTF-8 ----------------------------
 
+
 def test_slow_clients_are_cut_off_and_healthy_deliveries_go_through(listener_factory):
     def few_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
-    listener = listener_factory(env={"LAYERCODE_HEADER_TIMEOUT_S": "2", "LAYERCODE_BODY_TIMEOUT_S": "2"},
-                                preexec_fn=few_descriptors)
+    listener = listener_factory(
+        env={"LAYERCODE_HEADER_TIMEOUT_S": "2", "LAYERCODE_BODY_TIMEOUT_S": "2"}, preexec_fn=few_descriptors
+    )
     slow: list[socket.socket] = []
     for i in range(300):  # more than the listener has descriptors
         s = socket.create_connection(("127.0.0.1", listener.port))
-        s.sendall(b"POST /webhook HTTP/1.1\r\nhost: x\r\n" if i % 2 else
-                  b"POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"type\"")  # slow body
+        s.sendall(
+            b"POST /webhook HTTP/1.1\r\nhost: x\r\n"
+            if i % 2
+            else b'POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{"type"'
+        )  # slow body
         slow.append(s)
     body = json.dumps({"type": "session.end", "session_id": "healthy"}).encode()
     deadline = time.monotonic() + 30  # a liveness bound, not a speed target
@@ -320,9 +392,14 @@ def test_full_disk_errors_are_logged_at_a_bounded_rate_with_a_count(listener_fac
         resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
 
     listener = listener_factory(preexec_fn=limit_file_size)
-    statuses = [signed_post(listener.url + "/webhook", json.dumps(
-        {"type": "session.end", "session_id": f"s{i}", "pad": "p" * 2000}).encode(), SECRET).status_code
-        for i in range(40)]
+    statuses = [
+        signed_post(
+            listener.url + "/webhook",
+            json.dumps({"type": "session.end", "session_id": f"s{i}", "pad": "p" * 2000}).encode(),
+            SECRET,
+        ).status_code
+        for i in range(40)
+    ]
     assert statuses == [503] * 40
     health = httpx.get(listener.url + "/healthz").json()
     assert health["failed_writes"] == 40

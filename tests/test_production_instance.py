@@ -31,8 +31,10 @@ BIN = Path(sys.executable).parent
 def postgres_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        message = ("PostgreSQL server binaries not found: install Debian's package with "
-                   "`apt-get update && apt-get install -y postgresql` (.ci/run does)")
+        message = (
+            "PostgreSQL server binaries not found: install Debian's package with "
+            "`apt-get update && apt-get install -y postgresql` (.ci/run does)"
+        )
         if os.environ.get("LAYERCODE_REQUIRE_POSTGRES") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -51,16 +53,41 @@ def postgres():
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     data, port = root / "data", free_port()
-    subprocess.run(as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"]),
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                                f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"]),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        as_postgres(
+            [
+                str(pg / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run(as_postgres([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster",
-                                    "dagster"]), check=True, capture_output=True)
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_DB": "dagster",
-               "DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "unused-trust-auth"}
+        subprocess.run(
+            as_postgres([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"]),
+            check=True,
+            capture_output=True,
+        )
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_DB": "dagster",
+            "DAGSTER_PG_USERNAME": "dagster",
+            "DAGSTER_PG_PASSWORD": "unused-trust-auth",
+        }
     finally:
         subprocess.run(as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
@@ -82,8 +109,13 @@ def test_the_daemon_on_postgres_runs_an_automation_triggered_run(tmp_path, postg
     listener.stop()
 
     workspace = str(ROOT / "deploy" / "workspace.yaml")
-    started = subprocess.run([str(BIN / "dagster"), "sensor", "start", "landing_sensor", "-w", workspace],
-                             env=env, capture_output=True, text=True, timeout=180)
+    started = subprocess.run(
+        [str(BIN / "dagster"), "sensor", "start", "landing_sensor", "-w", workspace],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     daemon = DaemonProcess(Path(workspace), env, tmp_path / "daemon.log")
     try:
@@ -96,8 +128,9 @@ def test_the_daemon_on_postgres_runs_an_automation_triggered_run(tmp_path, postg
                 if done:
                     break
                 daemon.assert_alive()
-                assert time.monotonic() < deadline, f"no sensor run finished; runs: {[r.status for r in runs]}; " \
-                    + daemon.tail()
+                assert time.monotonic() < deadline, (
+                    f"no sensor run finished; runs: {[r.status for r in runs]}; " + daemon.tail()
+                )
                 time.sleep(2)
             run = done[0]
             assert run.status == dg.DagsterRunStatus.SUCCESS, failure_messages(instance, run.run_id)[:3]

@@ -41,9 +41,14 @@ class Clock:
 
 
 def messages(n: int, agent: str = "agent_a", prefix: str = "s") -> list[Message]:
-    return [Message.build(CALL_ANALYZED, (f"{prefix}{i}", "key1"),
-                          {"session_id": f"{prefix}{i}", "agent_id": agent, "analysis": {"summary": f"call {i}"}})
-            for i in range(n)]
+    return [
+        Message.build(
+            CALL_ANALYZED,
+            (f"{prefix}{i}", "key1"),
+            {"session_id": f"{prefix}{i}", "agent_id": agent, "analysis": {"summary": f"call {i}"}},
+        )
+        for i in range(n)
+    ]
 
 
 def endpoints(*pairs: tuple[str, str | list[str]], **extra) -> list:
@@ -77,10 +82,15 @@ def test_every_delivery_verifies_with_the_reference_library_and_rotation_signs_w
 
 def test_enqueueing_the_same_result_twice_is_one_message_and_filters_apply(tmp_path):
     outbox = Outbox(tmp_path / "o.sqlite3")
-    eps = parse_result_endpoints(json.dumps([
-        {"url": "http://127.0.0.1:1/all", "secret": new_secret()},
-        {"url": "http://127.0.0.1:1/b-only", "secret": new_secret(), "agents": ["agent_b"]},
-        {"url": "http://127.0.0.1:1/erasures", "secret": new_secret(), "events": ["call.erased"]}]))
+    eps = parse_result_endpoints(
+        json.dumps(
+            [
+                {"url": "http://127.0.0.1:1/all", "secret": new_secret()},
+                {"url": "http://127.0.0.1:1/b-only", "secret": new_secret(), "agents": ["agent_b"]},
+                {"url": "http://127.0.0.1:1/erasures", "secret": new_secret(), "events": ["call.erased"]},
+            ]
+        )
+    )
     assert outbox.enqueue(messages(4) + messages(2, agent="agent_b", prefix="b"), eps) == 6 + 2
     assert outbox.enqueue(messages(4), eps) == 0  # the same analysis again: nothing new
     counts = outbox.counts()
@@ -103,8 +113,12 @@ def test_faulty_receivers_lose_nothing_and_duplicates_share_the_webhook_id(tmp_p
 
     throttled.fault = too_many
     with serve(healthy) as h, serve(flaky) as f, serve(throttled) as t:
-        eps = endpoints((h.url + "/", secret), (f.url + "/", secret), (f"http://127.0.0.1:{later_port}/", secret),
-                        (t.url + "/", secret))
+        eps = endpoints(
+            (h.url + "/", secret),
+            (f.url + "/", secret),
+            (f"http://127.0.0.1:{later_port}/", secret),
+            (t.url + "/", secret),
+        )
         outbox = Outbox(tmp_path / "o.sqlite3")
         sent = messages(12)
         outbox.enqueue(sent, eps, now=clock.now)
@@ -112,8 +126,9 @@ def test_faulty_receivers_lose_nothing_and_duplicates_share_the_webhook_id(tmp_p
             d.run_until_idle()
             assert set(healthy.unique()) == {m.id for m in sent}  # the healthy one never waited
             rows = {r["endpoint_url"]: r for r in outbox.deliveries(endpoint_url=f"http://127.0.0.1:{later_port}/")}
-            assert rows and all(r["status"] == "pending" for r in outbox.deliveries(
-                endpoint_url=f"http://127.0.0.1:{later_port}/"))
+            assert rows and all(
+                r["status"] == "pending" for r in outbox.deliveries(endpoint_url=f"http://127.0.0.1:{later_port}/")
+            )
             # the throttled endpoint said Retry-After: 120, later than the schedule's 5 s
             first = outbox.deliveries(endpoint_url=t.url + "/", status="pending")
             assert len(first) == 1 and first[0]["next_attempt_at"] >= clock.now + 120
@@ -240,8 +255,12 @@ def test_a_killed_delivering_process_loses_nothing(tmp_path):
         outbox = Outbox(outbox_path)
         sent = messages(40)
         outbox.enqueue(sent, parse_result_endpoints(config))
-        env = {**os.environ, "LAYERCODE_RESULT_WEBHOOKS": config, "LAYERCODE_OUTBOX_PATH": str(outbox_path),
-               "LAYERCODE_RESULT_WEBHOOK_TIMEOUT_S": "1"}
+        env = {
+            **os.environ,
+            "LAYERCODE_RESULT_WEBHOOKS": config,
+            "LAYERCODE_OUTBOX_PATH": str(outbox_path),
+            "LAYERCODE_RESULT_WEBHOOK_TIMEOUT_S": "1",
+        }
         cmd = [sys.executable, "-m", "layercode_pipeline.cli", "deliveries", "run", "--interval", "0.2"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while len(receiver.received) < 8:
@@ -262,14 +281,19 @@ def test_a_killed_delivering_process_loses_nothing(tmp_path):
     assert receiver.rejected == 0
 
 
-@pytest.mark.parametrize("config, message", [
-    ('[{"url": "ftp://example.com/x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]', "http(s) URL"),
-    ('[{"url": "https://example.com/x", "secret": "sk_hunter2hunter2hunter2"}]', "whsec_"),
-    ('[{"url": "https://example.com/x", "secret": "whsec_not base64 at all!!"}]', "not base64"),
-    ('[{"url": "https://example.com/x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["call.x"]}]',
-     "unknown event types"),
-    ('{not json', "not JSON"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('[{"url": "ftp://example.com/x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]', "http(s) URL"),
+        ('[{"url": "https://example.com/x", "secret": "sk_hunter2hunter2hunter2"}]', "whsec_"),
+        ('[{"url": "https://example.com/x", "secret": "whsec_not base64 at all!!"}]', "not base64"),
+        (
+            '[{"url": "https://example.com/x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["call.x"]}]',
+            "unknown event types",
+        ),
+        ("{not json", "not JSON"),
+    ],
+)
 def test_a_malformed_endpoint_is_a_clear_error_naming_the_setting_never_the_secret(monkeypatch, config, message):
     from layercode_pipeline.defs.resources import resources_from_settings
 
@@ -281,8 +305,12 @@ def test_a_malformed_endpoint_is_a_clear_error_naming_the_setting_never_the_secr
     for secret in ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "hunter2", "not base64 at all"):
         assert secret not in text
     # the CLI says it in one line
-    r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "deliveries", "list"], capture_output=True,
-                       text=True, env={**os.environ, "LAYERCODE_RESULT_WEBHOOKS": config})
+    r = subprocess.run(
+        [sys.executable, "-m", "layercode_pipeline.cli", "deliveries", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LAYERCODE_RESULT_WEBHOOKS": config},
+    )
     assert r.returncode != 0 and "LAYERCODE_RESULT_WEBHOOKS" in r.stderr and "Traceback" not in r.stderr
     assert "hunter2" not in r.stderr and "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" not in r.stderr
 

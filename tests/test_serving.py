@@ -35,12 +35,18 @@ def test_reader_keeps_querying_during_a_full_materialisation(tmp_path, listener_
     data = tmp_path / "data"
     first = run_demo(data, 10, seed=5, processing_delay_s=0.0)
     serving = data / "serving" / "analytics.duckdb"
-    before = duckdb.connect(str(serving), read_only=True).execute("select count(*) from marts.fct_sessions").fetchone()[0]
+    before = (
+        duckdb.connect(str(serving), read_only=True).execute("select count(*) from marts.fct_sessions").fetchone()[0]
+    )
     assert before == len(first.batch.sessions)
 
     stop = tmp_path / "stop"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(serving), str(stop)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(serving), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert reader.stdout.readline().strip() == "ready"
 
     more = generate_batch(15, seed=6)  # new calls arrive through a listener process, then the full graph runs
@@ -80,8 +86,12 @@ def old_duckdb(tmp_path_factory):
     """A separate virtual environment with DuckDB 1.1 from the package registry, as a BI tool bundles it."""
     venv = tmp_path_factory.mktemp("duckdb_1_1")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"duckdb=={OLD_DUCKDB}", "pytz"],
-                         capture_output=True, text=True, timeout=600)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"duckdb=={OLD_DUCKDB}", "pytz"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if pip.returncode != 0:
         pytest.skip(f"could not install duckdb=={OLD_DUCKDB} from the package registry: {pip.stderr[-500:]}")
     return venv / "bin" / "python"
@@ -96,12 +106,24 @@ def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duc
     data = tmp_path / "data"
     result = run_demo(data, 12, seed=31, processing_delay_s=0.0)
     serving = data / "serving"
-    counts = publish_serving_copy(Warehouse.at(None, data_dir=data), serving)  # what the asset ran, once more: idempotent
-    assert {"fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics", "dim_agents",
-            "fct_data_events"} <= set(counts)
+    counts = publish_serving_copy(
+        Warehouse.at(None, data_dir=data), serving
+    )  # what the asset ran, once more: idempotent
+    assert {
+        "fct_sessions",
+        "fct_turns",
+        "fct_conversations",
+        "agg_daily_call_metrics",
+        "dim_agents",
+        "fct_data_events",
+    } <= set(counts)
     assert counts["fct_sessions"] == len(result.batch.sessions)
-    r = subprocess.run([str(old_duckdb), "-c", OLD_READER, str(serving / "analytics.duckdb"), str(serving / "parquet")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(old_duckdb), "-c", OLD_READER, str(serving / "analytics.duckdb"), str(serving / "parquet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     read = json.loads(r.stdout)
     assert read["version"] == OLD_DUCKDB

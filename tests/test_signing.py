@@ -22,13 +22,16 @@ def test_sign_matches_independent_implementation():
     assert verify_signature(body, independent_sign(body, "k", ts), ["k"], now=ts + 10) == ts
 
 
-@pytest.mark.parametrize("header,reason", [
-    (None, "missing_signature"),
-    ("", "missing_signature"),
-    ("v1=abc", "malformed_signature"),
-    ("t=abc,v1=00", "malformed_signature"),
-    ("t=123,v1=zz", "malformed_signature"),
-])
+@pytest.mark.parametrize(
+    "header,reason",
+    [
+        (None, "missing_signature"),
+        ("", "missing_signature"),
+        ("v1=abc", "malformed_signature"),
+        ("t=abc,v1=00", "malformed_signature"),
+        ("t=123,v1=zz", "malformed_signature"),
+    ],
+)
 def test_malformed_headers(header, reason):
     with pytest.raises(SignatureError) as err:
         verify_signature(b"{}", header, ["k"])

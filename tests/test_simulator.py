@@ -43,9 +43,17 @@ def test_batch_is_realistic():
     assert any(c["sessions"] > 1 for c in m["conversations"])
     assert {s["channel"] for s in sessions} == {"phone", "web"}
     assert all((s["from_phone_number"] is None) == (s["channel"] == "web") for s in sessions)
-    assert {s["scenario"] for s in sessions} >= {"order_status", "billing_dispute", "appointment_booking",
-                                                   "cancellation", "named_caller", "angry_caller", "happy_caller",
-                                                   "short_call", "multilingual"}
+    assert {s["scenario"] for s in sessions} >= {
+        "order_status",
+        "billing_dispute",
+        "appointment_booking",
+        "cancellation",
+        "named_caller",
+        "angry_caller",
+        "happy_caller",
+        "short_call",
+        "multilingual",
+    }
     assert any("😊" in t for s in sessions for _, t in s["turn_texts"])
     assert len({s["agent_id"] for s in sessions}) == 4
     assert {s["barge_ins_observable"] for s in sessions} == {True, False}  # one agent is hosted (agent.llm)
@@ -91,8 +99,12 @@ def test_signature_verifies_with_independent_implementation():
     secrets = {a.secret for a in batch.agents}
     for body, header in captured:
         parts = dict(p.split("=", 1) for p in header.split(","))
-        assert any(hmac.compare_digest(parts["v1"], hmac.new(s.encode(), f"{parts['t']}.".encode() + body,
-                                                              hashlib.sha256).hexdigest()) for s in secrets)
+        assert any(
+            hmac.compare_digest(
+                parts["v1"], hmac.new(s.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
+            )
+            for s in secrets
+        )
 
 
 @pytest.fixture
@@ -137,7 +149,11 @@ def test_recording_not_ready_then_ready_is_a_valid_wav(api_server):
     r = get(url)  # httpx drops Authorization on a redirect to another origin
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     info = read_wav_info(io.BytesIO(r.content), len(r.content))
-    assert (info.sample_rate, info.channels, info.bits_per_sample) == (s.sample_rate, 1, 8 * s.recording_bytes_per_sample)
+    assert (info.sample_rate, info.channels, info.bits_per_sample) == (
+        s.sample_rate,
+        1,
+        8 * s.recording_bytes_per_sample,
+    )
     assert info.duration_s == pytest.approx(s.duration_ms / 1000, abs=0.001)
     assert get(f"{base}/agents/{s.agent_id}/sessions/{s.session_id}").json()["recording_status"] == "completed"
     failed = next(x for x in batch.sessions if x.recording_outcome != "completed")
@@ -181,8 +197,9 @@ def test_delivery_against_the_real_listener(listener_factory, tmp_path):
     # every SSE reply is read to its end, except those a barge-in tore down mid-stream
     assert report.failed == 0 and report.sse_torn > 0
     assert report.sse_complete + report.sse_torn == report.sse_replies
-    assert {(a.session_id, a.turn_id) for a in report.log if a.sse_torn} == \
-        {(s.session_id, t) for s in batch.sessions for t in s.torn_replies()}
+    assert {(a.session_id, a.turn_id) for a in report.log if a.sse_torn} == {
+        (s.session_id, t) for s in batch.sessions for t in s.torn_replies()
+    }
     assert {e for _, e in report.dropped} == {"session.end", "session.update"}
     landed = landed_envelopes(tmp_path / "data" / "landing")
     acked = sorted(a.content_sha256 for a in report.acknowledged)
@@ -226,9 +243,10 @@ def test_the_simulator_is_as_hard_as_the_platform():
     assert named and len(named) < len(barged)  # the optional field is missing on the older agent's payloads
     for c in named:  # the caller heard the first words_heard words of that turn, and not all of it
         spoken = turns[c["assistant_turn_id"]].text.split()
-        assert 0 < c["words_heard"] < len(spoken) and c["text_heard"].split() == spoken[:c["words_heard"]]
-    assert all(s.torn_replies() for s in sessions
-               if any(t.interrupted for t in s.turns) and s.agent.backend == "agent.webhook")
+        assert 0 < c["words_heard"] < len(spoken) and c["text_heard"].split() == spoken[: c["words_heard"]]
+    assert all(
+        s.torn_replies() for s in sessions if any(t.interrupted for t in s.turns) and s.agent.backend == "agent.webhook"
+    )
     # contract section 6: a hosted agent's customer webhook gets no message and no data; a message's
     # words are not always the transcript's; typed text arrives as a message no turn matches; a
     # reply carries the turn id of the request it answers
@@ -238,10 +256,17 @@ def test_the_simulator_is_as_hard_as_the_platform():
     messages = [(s.session_id, m) for s in sessions for m in s.messages()]
     assert any(said.get((sid, m["turn_id"])) not in (None, m["text"]) for sid, m in messages)  # reworded
     assert any((sid, m["turn_id"]) not in said for sid, m in messages)  # typed
-    assert all(b.turn_id == a.turn_id for s in sessions for a, b in zip(s.turns, s.turns[1:])
-               if a.role == "user" and b.role == "assistant")
-    assert {(s.sample_rate, s.wav_format) for s in sessions if s.recording_outcome == "completed"} >= \
-        {(8000, "pcm"), (8000, "mulaw"), (16000, "pcm")}
+    assert all(
+        b.turn_id == a.turn_id
+        for s in sessions
+        for a, b in zip(s.turns, s.turns[1:])
+        if a.role == "user" and b.role == "assistant"
+    )
+    assert {(s.sample_rate, s.wav_format) for s in sessions if s.recording_outcome == "completed"} >= {
+        (8000, "pcm"),
+        (8000, "mulaw"),
+        (16000, "pcm"),
+    }
     assert {s.wav_placeholder for s in sessions} == {None, 0, 0xFFFFFFFF}
     seconds = [s for s in sessions if s.agent.latency_unit == "s"]
     assert seconds and all(s.session_end()["latency"] == pytest.approx(s.latency_ms / 1000, abs=1e-4) for s in seconds)
@@ -271,10 +296,31 @@ def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
     batch = generate_batch(5, seed=3)
     listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
     manifest = tmp_path / "truth.json"
-    r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "simulate", "--calls", "5", "--seed", "3",
-                        "--webhook-url", listener.url + "/agents/{agent_id}/webhook", "--manifest", str(manifest),
-                        "--fault", "duplicate=0.5", "--pace", "0.001", "--update-delay", "0.05"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "layercode_pipeline.cli",
+            "simulate",
+            "--calls",
+            "5",
+            "--seed",
+            "3",
+            "--webhook-url",
+            listener.url + "/agents/{agent_id}/webhook",
+            "--manifest",
+            str(manifest),
+            "--fault",
+            "duplicate=0.5",
+            "--pace",
+            "0.001",
+            "--update-delay",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "acknowledged" in r.stdout and "sse_complete" in r.stdout
     assert json.loads(manifest.read_text()) == json.loads(json.dumps(batch.manifest()))

@@ -47,16 +47,39 @@ def test_every_stage_and_the_cli_follow_a_swapped_warehouse_target(tmp_path):
     api = SimulatorAPI(api_key=DEMO_API_KEY)
     api.register(result.batch, ready_in_s=0)
     with api.serve() as server:
-        env = {"LAYERCODE_DATA_DIR": str(data), "LAYERCODE_WAREHOUSE": str(elsewhere),
-               "LAYERCODE_API_BASE_URL": server.url + "/v1", "LAYERCODE_API_KEY": DEMO_API_KEY, "PATH": "/usr/bin:/bin"}
-        r = subprocess.run([sys.executable, "-m", "layercode_pipeline.cli", "backfill", "--agent-id",
-                            session.agent_id, "--session-id", session.session_id], env=env, capture_output=True,
-                           text=True, timeout=180)
+        env = {
+            "LAYERCODE_DATA_DIR": str(data),
+            "LAYERCODE_WAREHOUSE": str(elsewhere),
+            "LAYERCODE_API_BASE_URL": server.url + "/v1",
+            "LAYERCODE_API_KEY": DEMO_API_KEY,
+            "PATH": "/usr/bin:/bin",
+        }
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "layercode_pipeline.cli",
+                "backfill",
+                "--agent-id",
+                session.agent_id,
+                "--session-id",
+                session.session_id,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (data / "warehouse.duckdb").exists()
     con = duckdb.connect(str(elsewhere), read_only=True)
-    assert con.execute("select count(*) from raw.layercode_session_details where session_id = ? and "
-                       "reason = 'requested'", [session.session_id]).fetchone()[0] == 1
+    assert (
+        con.execute(
+            "select count(*) from raw.layercode_session_details where session_id = ? and reason = 'requested'",
+            [session.session_id],
+        ).fetchone()[0]
+        == 1
+    )
     con.close()
 
 

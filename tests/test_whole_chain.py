@@ -76,8 +76,12 @@ def test_fct_sessions_reproduce_the_ground_truth(chain):
     assert set(rows) == set(truth)
     wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
     try:
-        rest_fetched = {sid for (sid,) in wh.execute(
-            "select distinct session_id from raw.layercode_session_details where http_status = 200").fetchall()}
+        rest_fetched = {
+            sid
+            for (sid,) in wh.execute(
+                "select distinct session_id from raw.layercode_session_details where http_status = 200"
+            ).fetchall()
+        }
     finally:
         wh.close()
     # the agent whose session.end latency is in seconds had sessions known only through the webhook
@@ -85,12 +89,20 @@ def test_fct_sessions_reproduce_the_ground_truth(chain):
     for sid, t in truth.items():
         r = rows[sid]
         end_dropped = (sid, "session.end") in dropped
-        assert (r["agent_id"], r["conversation_id"], r["channel"]) == (t["agent_id"], t["conversation_id"], t["channel"])
+        assert (r["agent_id"], r["conversation_id"], r["channel"]) == (
+            t["agent_id"],
+            t["conversation_id"],
+            t["channel"],
+        )
         assert (r["started_at"], r["ended_at"]) == (ts(t["started_at"]), ts(t["ended_at"]))
         assert r["duration_ms"] == t["duration_ms"] and r["latency_ms"] == pytest.approx(t["latency_ms"])
         assert r["transcription_duration_seconds"] == pytest.approx(t["transcription_duration_seconds"])
         assert r["tts_duration_seconds"] == pytest.approx(t["tts_duration_seconds"])
-        assert (r["turns"], r["user_turns"], r["assistant_turns"]) == (t["turns"], t["user_turns"], t["assistant_turns"])
+        assert (r["turns"], r["user_turns"], r["assistant_turns"]) == (
+            t["turns"],
+            t["user_turns"],
+            t["assistant_turns"],
+        )
         assert (r["user_words"], r["assistant_words"]) == (t["user_words"], t["assistant_words"])
         assert (r["from_phone_number"], r["country_code"]) == (t["from_phone_number"], t["country_code"])
         assert r["recording_state"] == expected_recording_state(t, dropped), sid
@@ -129,8 +141,10 @@ def test_fct_turns_and_conversations_reproduce_the_ground_truth(chain):
     turns: dict[str, list] = {}
     for r in q(con, "select session_id, position, role, text, words, offset_ms from marts.fct_turns order by 1, 2"):
         turns.setdefault(r["session_id"], []).append(r)
-    barge_ins = {(r["session_id"], r["position"]): [r["position"], r["words_heard"], r["text_heard"]]
-                 for r in q(con, "select * from marts.fct_turns where interrupted")}
+    barge_ins = {
+        (r["session_id"], r["position"]): [r["position"], r["words_heard"], r["text_heard"]]
+        for r in q(con, "select * from marts.fct_turns where interrupted")
+    }
     assert len(barge_ins) == sum(t["interruptions"] or 0 for t in manifest["sessions"]) > 0
     for t in manifest["sessions"]:
         assert [barge_ins[(t["session_id"], p)] for p, _, _ in t["interrupted_turns"]] == t["interrupted_turns"]
@@ -144,8 +158,12 @@ def test_fct_turns_and_conversations_reproduce_the_ground_truth(chain):
     assert any(c["sessions"] > 1 for c in manifest["conversations"])  # reconnects are in the data
     for c in manifest["conversations"]:
         r = convs[c["conversation_id"]]
-        assert (r["sessions"], r["duration_ms"], r["turns"], r["agent_id"]) == \
-            (c["sessions"], c["duration_ms"], c["turns"], c["agent_id"])
+        assert (r["sessions"], r["duration_ms"], r["turns"], r["agent_id"]) == (
+            c["sessions"],
+            c["duration_ms"],
+            c["turns"],
+            c["agent_id"],
+        )
         assert (r["started_at"], r["ended_at"]) == (ts(c["started_at"]), ts(c["ended_at"]))
 
 
@@ -170,18 +188,27 @@ def test_daily_metrics_reproduce_the_ground_truth(chain):
         assert r["sessions"] == e["sessions"] and r["calls"] == len(calls[(r["call_date"], r["agent_id"])])
         assert r["sessions_with_recording"] == e["recorded"]
         assert r["recording_coverage"] == (pytest.approx(e["recorded"] / e["expected"]) if e["expected"] else None)
-        durations = sorted(t["duration_ms"] for t in sessions
-                           if (ts(t["started_at"]).date(), t["agent_id"]) == (r["call_date"], r["agent_id"]))
+        durations = sorted(
+            t["duration_ms"]
+            for t in sessions
+            if (ts(t["started_at"]).date(), t["agent_id"]) == (r["call_date"], r["agent_id"])
+        )
         assert r["duration_ms_avg"] == pytest.approx(sum(durations) / len(durations))
 
 
 def test_every_completed_recording_is_on_disk_with_a_valid_header(chain):
     result, con = chain
     completed = [s for s in result.batch.sessions if s.recording_outcome == "completed"]
-    paths = dict(con.execute("select session_id, recording_path from marts.fct_sessions where has_recording").fetchall())
+    paths = dict(
+        con.execute("select session_id, recording_path from marts.fct_sessions where has_recording").fetchall()
+    )
     assert set(paths) == {s.session_id for s in completed}
-    assert {(s.sample_rate, s.wav_format, s.wav_placeholder is not None) for s in completed} >= \
-        {(8000, "pcm", False), (8000, "mulaw", False), (16000, "pcm", False), (16000, "pcm", True)}
+    assert {(s.sample_rate, s.wav_format, s.wav_placeholder is not None) for s in completed} >= {
+        (8000, "pcm", False),
+        (8000, "mulaw", False),
+        (16000, "pcm", False),
+        (16000, "pcm", True),
+    }
     for s in completed:  # every variant was downloaded through the redirect to the storage host and kept
         info = inspect_wav(Path(paths[s.session_id]))
         assert (info.sample_rate, info.channels, info.encoding) == (s.sample_rate, 1, s.wav_format)
@@ -200,11 +227,17 @@ def test_agents_and_data_events_reach_the_marts(chain):
     daily = q(con, "select agent_id, agent_name from marts.agg_daily_call_metrics")
     assert all(r["agent_name"] == agents[r["agent_id"]]["agent_name"] for r in daily)
     events = q(con, "select session_id, turn_id, data from marts.fct_data_events")
-    expected = sorted((s.session_id, turn, json.dumps(d, sort_keys=True))
-                      for s in result.batch.sessions for turn, d in s.data_events
-                      if s.agent.backend == "agent.webhook")  # a hosted agent's data events never reach us
-    assert expected and sorted((e["session_id"], e["turn_id"], json.dumps(json.loads(e["data"]), sort_keys=True))
-                               for e in events) == expected
+    expected = sorted(
+        (s.session_id, turn, json.dumps(d, sort_keys=True))
+        for s in result.batch.sessions
+        for turn, d in s.data_events
+        if s.agent.backend == "agent.webhook"
+    )  # a hosted agent's data events never reach us
+    assert (
+        expected
+        and sorted((e["session_id"], e["turn_id"], json.dumps(json.loads(e["data"]), sort_keys=True)) for e in events)
+        == expected
+    )
 
 
 def test_python_and_dbt_transcript_normalisation_agree(chain):
@@ -212,17 +245,25 @@ def test_python_and_dbt_transcript_normalisation_agree(chain):
     result, con = chain
     wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
     try:
-        ends = dict(wh.execute("select session_id, body->'$.transcript' from raw.layercode_events "
-                               "where event_type = 'session.end'").fetchall())
-        rest = dict(wh.execute("select session_id, record->'$.transcript' from raw.layercode_session_details "
-                               "where http_status = 200").fetchall())
+        ends = dict(
+            wh.execute(
+                "select session_id, body->'$.transcript' from raw.layercode_events where event_type = 'session.end'"
+            ).fetchall()
+        )
+        rest = dict(
+            wh.execute(
+                "select session_id, record->'$.transcript' from raw.layercode_session_details where http_status = 200"
+            ).fetchall()
+        )
     finally:
         wh.close()
     sql_turns: dict[str, list] = {}
-    for sid, role, text in con.execute("select session_id, role, text from marts.fct_turns order by session_id, position").fetchall():
+    for sid, role, text in con.execute(
+        "select session_id, role, text from marts.fct_turns order by session_id, position"
+    ).fetchall():
         sql_turns.setdefault(sid, []).append((role, text))
     for sid in set(ends) | set(rest):
-        py = (turns_from_session_end(json.loads(ends[sid])) if sid in ends else turns_from_rest(json.loads(rest[sid])))
+        py = turns_from_session_end(json.loads(ends[sid])) if sid in ends else turns_from_rest(json.loads(rest[sid]))
         assert [(t.role, t.text) for t in py] == sql_turns.get(sid, [])
 
 
@@ -230,8 +271,10 @@ def test_a_second_run_changes_nothing(chain):
     result, con = chain
     tables = ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics")
     before = {t: con.execute(f"select * from marts.{t} order by all").fetchall() for t in tables}
-    wh_counts = "select (select count(*) from raw.layercode_events), (select count(*) from raw.layercode_session_details), " \
-                "(select count(*) from raw.layercode_recordings), (select count(*) from enrichment.session_enrichments)"
+    wh_counts = (
+        "select (select count(*) from raw.layercode_events), (select count(*) from raw.layercode_session_details), "
+        "(select count(*) from raw.layercode_recordings), (select count(*) from enrichment.session_enrichments)"
+    )
     wh = duckdb.connect(str(result.data_dir / "warehouse.duckdb"), read_only=True)
     counts_before = wh.execute(wh_counts).fetchone()
     wh.close()
@@ -259,9 +302,23 @@ def test_dbt_docs_generate(chain, tmp_path):
     result, _ = chain
     project = Path(__file__).resolve().parents[1] / "dbt_project"
     env = {"LAYERCODE_WAREHOUSE": str(result.data_dir / "warehouse.duckdb"), "PATH": str(Path(sys.executable).parent)}
-    r = subprocess.run([str(Path(sys.executable).parent / "dbt"), "docs", "generate", "--profiles-dir", str(project),
-                        "--project-dir", str(project), "--target-path", str(tmp_path / "target")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dbt"),
+            "docs",
+            "generate",
+            "--profiles-dir",
+            str(project),
+            "--project-dir",
+            str(project),
+            "--target-path",
+            str(tmp_path / "target"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:]
     catalog = json.loads((tmp_path / "target" / "catalog.json").read_text())
     assert "model.layercode_analytics.fct_sessions" in catalog["nodes"]
@@ -278,7 +335,9 @@ def test_each_analysed_call_reached_the_customers_product_signed(chain):
     analysed = receiver.unique(CALL_ANALYZED)
     by_session = {r.session_id: r.body for r in analysed.values()}
     assert len(by_session) == len(analysed)  # one message per session and analysis
-    rows = {r["session_id"]: r for r in q(con, "select * from marts.fct_sessions where enrichment_provider is not null")}
+    rows = {
+        r["session_id"]: r for r in q(con, "select * from marts.fct_sessions where enrichment_provider is not null")
+    }
     assert set(by_session) == set(rows)
     for sid, body in by_session.items():
         data, row = body["data"], rows[sid]
@@ -318,10 +377,12 @@ def test_rematerialising_sends_nothing_and_a_reanalysis_sends_one_new_message(ch
     selection = dg.AssetSelection.groups("enrichment", "results")
 
     def materialise(prompt_version: str | None = None) -> None:
-        run_config = {"ops": {"session_enrichments": {"config": {"prompt_version": prompt_version}}}} \
-            if prompt_version else {}
-        r = dg.materialize(assets, selection=selection, resources=resources_from_settings(settings),
-                           run_config=run_config)
+        run_config = (
+            {"ops": {"session_enrichments": {"config": {"prompt_version": prompt_version}}}} if prompt_version else {}
+        )
+        r = dg.materialize(
+            assets, selection=selection, resources=resources_from_settings(settings), run_config=run_config
+        )
         assert r.success
 
     with BackgroundServer(receiver.app, port=port):

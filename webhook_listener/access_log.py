@@ -23,15 +23,31 @@ class AccessLog:
         self.max_lines = max_lines
         self._lines: list[bytes] = []
 
-    def record(self, started: float, agent_id: str, event_type: str | None, session_id: str | None,
-               status: int, error: str | None = None) -> None:
+    def record(
+        self,
+        started: float,
+        agent_id: str,
+        event_type: str | None,
+        session_id: str | None,
+        status: int,
+        error: str | None = None,
+    ) -> None:
         """Never a body, a header or a secret: only what identifies the request and its outcome."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        self._lines.append(orjson.dumps({
-            "ts": time.time(), "agent_id": agent_id, "type": event_type, "session_id": session_id,
-            "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2), "error": error,
-        }))
+        self._lines.append(
+            orjson.dumps(
+                {
+                    "ts": time.time(),
+                    "agent_id": agent_id,
+                    "type": event_type,
+                    "session_id": session_id,
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "error": error,
+                }
+            )
+        )
         if len(self._lines) >= self.max_lines:
             self.flush()
 

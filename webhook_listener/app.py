@@ -67,9 +67,12 @@ log = logging.getLogger("webhook_listener")
 _SIGNATURE_HEADER = SIGNATURE_HEADER.lower().encode()
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 # As the official SDK sends them; `content-encoding: none` keeps proxies from buffering the stream.
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-               (b"cache-control", b"no-cache, no-transform"), (b"content-encoding", b"none"),
-               (b"x-accel-buffering", b"no")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"content-encoding", b"none"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 class BodyTooLarge(Exception):
@@ -110,8 +113,11 @@ def _sse(event: BaseModel) -> bytes:
 
 
 def _sse_item(item: Any, turn_id: str) -> bytes:
-    return _sse(ResponseData(content=item.content, turn_id=turn_id) if isinstance(item, Data)
-                else ResponseTTS(content=str(item), turn_id=turn_id))
+    return _sse(
+        ResponseData(content=item.content, turn_id=turn_id)
+        if isinstance(item, Data)
+        else ResponseTTS(content=str(item), turn_id=turn_id)
+    )
 
 
 async def _send_json(send: Send, status: int, content: object, *, close: bool = False) -> None:
@@ -158,8 +164,15 @@ def quarantine(quarantine_dir: Path, *, agent_id: str, reason: str, body: bytes,
     day = quarantine_dir / f"dt={received_at:%Y-%m-%d}"
     day.mkdir(parents=True, exist_ok=True)
     stem = f"{received_at:%H%M%S}-{uuid.uuid4().hex}"
-    meta = orjson.dumps({"received_at": received_at.isoformat(), "agent_id": agent_id, "reason": reason,
-                         "content_sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)})
+    meta = orjson.dumps(
+        {
+            "received_at": received_at.isoformat(),
+            "agent_id": agent_id,
+            "reason": reason,
+            "content_sha256": hashlib.sha256(body).hexdigest(),
+            "bytes": len(body),
+        }
+    )
     written: list[Path] = []
     try:
         for name, data in ((f"{stem}.body", body), (f"{stem}.meta.json", meta)):
@@ -182,9 +195,16 @@ def quarantine(quarantine_dir: Path, *, agent_id: str, reason: str, body: bytes,
 class WebhookEndpoint:
     """ASGI endpoint for both webhook routes (the agent comes from the path or the default)."""
 
-    def __init__(self, settings: Settings, lander: SegmentLander | BucketLander, respond: Responder,
-                 access_log: AccessLog,
-                 *, insecure_skip_verify: bool, answer_data: DataResponder | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        lander: SegmentLander | BucketLander,
+        respond: Responder,
+        access_log: AccessLog,
+        *,
+        insecure_skip_verify: bool,
+        answer_data: DataResponder | None = None,
+    ):
         self.settings = settings
         self.secrets = settings.agent_secrets
         self.lander = lander
@@ -202,15 +222,18 @@ class WebhookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one webhook: every refusal is a `Refusal`, logged and answered here."""
-        call = _Call(started=time.perf_counter(),
-                     agent_id=scope.get("path_params", {}).get("agent_id", self.settings.agent_id))
+        call = _Call(
+            started=time.perf_counter(), agent_id=scope.get("path_params", {}).get("agent_id", self.settings.agent_id)
+        )
         try:
             await self.handle(call, scope, receive, send)
         except Refusal as refusal:
-            self.access_log.record(call.started, call.agent_id, call.event_type, call.session_id,
-                                   refusal.status, refusal.reason)
-            await _send_json(send, refusal.status, {"error": refusal.error, "detail": refusal.detail},
-                             close=refusal.close)
+            self.access_log.record(
+                call.started, call.agent_id, call.event_type, call.session_id, refusal.status, refusal.reason
+            )
+            await _send_json(
+                send, refusal.status, {"error": refusal.error, "detail": refusal.detail}, close=refusal.close
+            )
         except ClientGone:
             return  # nothing to answer, nothing acknowledged
 
@@ -228,15 +251,25 @@ class WebhookEndpoint:
         except ValidationError as exc:
             error = validation_reason(exc)
 
-        line = build_envelope(received_at=received_at, agent_id=call.agent_id, event_type=event_type,
-                              content_sha256=hashlib.sha256(body).hexdigest(), body=body,
-                              headers=self.kept_headers(scope["headers"]), writer_id=self.lander.writer_id,
-                              error=error)
+        line = build_envelope(
+            received_at=received_at,
+            agent_id=call.agent_id,
+            event_type=event_type,
+            content_sha256=hashlib.sha256(body).hexdigest(),
+            body=body,
+            headers=self.kept_headers(scope["headers"]),
+            writer_id=self.lander.writer_id,
+            error=error,
+        )
         try:
             await self.lander.land(line, received_at)
         except OSError as exc:
-            raise Refusal(503, "storage_unavailable", f"event not stored, retry later: {exc.strerror or exc}",
-                          reason="landing_failed") from exc
+            raise Refusal(
+                503,
+                "storage_unavailable",
+                f"event not stored, retry later: {exc.strerror or exc}",
+                reason="landing_failed",
+            ) from exc
 
         if error is not None:  # kept, but we cannot answer it as the type requires
             raise Refusal(422, "invalid_event", error)
@@ -279,8 +312,13 @@ class WebhookEndpoint:
             async with asyncio.timeout(self.settings.body_timeout_s):
                 body = await _read_body(receive, declared, self.settings.max_body_bytes)
         except TimeoutError as exc:
-            raise Refusal(408, "request_timeout", f"body not received within {self.settings.body_timeout_s:g} s",
-                          reason="body_timeout", close=True) from exc
+            raise Refusal(
+                408,
+                "request_timeout",
+                f"body not received within {self.settings.body_timeout_s:g} s",
+                reason="body_timeout",
+                close=True,
+            ) from exc
         except BodyTooLarge as exc:
             raise Refusal(413, "body_too_large", str(exc)) from exc
         if not self.insecure_skip_verify:
@@ -301,11 +339,16 @@ class WebhookEndpoint:
         except (orjson.JSONDecodeError, ValueError) as exc:
             reason = f"invalid JSON: {_utf8_problem(body) or exc}"
             try:
-                quarantine(self.quarantine_dir, agent_id=call.agent_id, reason=reason, body=body,
-                           received_at=received_at)
+                quarantine(
+                    self.quarantine_dir, agent_id=call.agent_id, reason=reason, body=body, received_at=received_at
+                )
             except OSError as os_exc:
-                raise Refusal(503, "storage_unavailable", f"could not store the body: {os_exc.strerror}",
-                              reason="quarantine_failed") from os_exc
+                raise Refusal(
+                    503,
+                    "storage_unavailable",
+                    f"could not store the body: {os_exc.strerror}",
+                    reason="quarantine_failed",
+                ) from os_exc
             raise Refusal(400, "invalid_json", reason) from exc
 
     async def data_answer(self, event: DataEvent) -> object:
@@ -329,6 +372,7 @@ class WebhookEndpoint:
         """Send an async responder's items as they come, while watching for the caller's
         barge-in (Layercode tears the connection down): then the responder is stopped, since
         nobody will hear the rest. False if the reply was cancelled."""
+
         async def stream() -> None:
             async for item in produced:
                 await send({"type": "http.response.body", "body": _sse_item(item, turn_id), "more_body": True})
@@ -374,39 +418,66 @@ class WebhookEndpoint:
         await send({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
 
 
-def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool = False,
-               responder: Responder | None = None, data_responder: DataResponder | None = None) -> Router:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    insecure_skip_verify: bool = False,
+    responder: Responder | None = None,
+    data_responder: DataResponder | None = None,
+) -> Router:
     settings = settings or Settings()
     if not settings.agent_secrets and not insecure_skip_verify:
         raise RuntimeError(
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET or LAYERCODE_WEBHOOK_SECRETS "
-            "(or pass --insecure-skip-verify for local experiments only)")
+            "(or pass --insecure-skip-verify for local experiments only)"
+        )
     object_landing = ObjectLanding.from_settings(settings)
     shipper = None
     if object_landing is not None and settings.landing_mode == "bucket":
         from .object_lander import BucketLander
 
         lander: SegmentLander | BucketLander = BucketLander(object_landing)
-        landing = {"url": object_landing.url, "mode": "bucket",
-                   "acknowledged_after": "the group's object is written to the store"}
+        landing = {
+            "url": object_landing.url,
+            "mode": "bucket",
+            "acknowledged_after": "the group's object is written to the store",
+        }
     else:
-        lander = SegmentLander(settings.paths.landing, max_bytes=settings.segment_max_bytes,
-                               max_age_s=settings.segment_max_age_s, idle_seal_s=settings.segment_idle_seal_s)
-        landing = {"url": str(settings.paths.landing), "mode": "local",
-                   "acknowledged_after": "the group is fsynced to the local disk"}
+        lander = SegmentLander(
+            settings.paths.landing,
+            max_bytes=settings.segment_max_bytes,
+            max_age_s=settings.segment_max_age_s,
+            idle_seal_s=settings.segment_idle_seal_s,
+        )
+        landing = {
+            "url": str(settings.paths.landing),
+            "mode": "local",
+            "acknowledged_after": "the group is fsynced to the local disk",
+        }
         if object_landing is not None:  # local+ship
             from .object_lander import SegmentShipper
 
-            shipper = SegmentShipper(settings.paths.landing, object_landing,
-                                     interval_s=settings.landing_ship_interval_s)
-            landing = {"url": object_landing.url, "mode": "local+ship", "spool": str(settings.paths.landing),
-                       "acknowledged_after": "the group is fsynced to the local spool; sealed segments are "
-                                             "shipped to the store in the background"}
+            shipper = SegmentShipper(
+                settings.paths.landing, object_landing, interval_s=settings.landing_ship_interval_s
+            )
+            landing = {
+                "url": object_landing.url,
+                "mode": "local+ship",
+                "spool": str(settings.paths.landing),
+                "acknowledged_after": "the group is fsynced to the local spool; sealed segments are "
+                "shipped to the store in the background",
+            }
     access_log = AccessLog()
     if data_responder is None and settings.data_responder:
         data_responder = load_data_responder(settings.data_responder)
-    endpoint = WebhookEndpoint(settings, lander, responder or load_responder(settings.responder), access_log,
-                               insecure_skip_verify=insecure_skip_verify, answer_data=data_responder)
+    endpoint = WebhookEndpoint(
+        settings,
+        lander,
+        responder or load_responder(settings.responder),
+        access_log,
+        insecure_skip_verify=insecure_skip_verify,
+        answer_data=data_responder,
+    )
 
     async def healthz(request: Request) -> Response:
         body = {"status": "ok", **lander.health(), "landing": landing}
@@ -439,11 +510,14 @@ def create_app(settings: Settings | None = None, *, insecure_skip_verify: bool =
                 await shipper.close()
             access_log.flush()
 
-    return Router(routes=[
-        Route("/webhook", endpoint, methods=["POST"]),
-        Route("/agents/{agent_id}/webhook", endpoint, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-    ], lifespan=lifespan)
+    return Router(
+        routes=[
+            Route("/webhook", endpoint, methods=["POST"]),
+            Route("/agents/{agent_id}/webhook", endpoint, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
 
 
 def tune_gc_for_serving() -> None:

@@ -42,8 +42,12 @@ class RateLimitedErrorLog:
         self._suppressed += events
         now = time.monotonic()
         if now - self._last_logged >= self.every_s:
-            log.error("landing write failed (%s): %d events answered 503 since the last report, %d in all",
-                      exc, self._suppressed, self.failed_events)
+            log.error(
+                "landing write failed (%s): %d events answered 503 since the last report, %d in all",
+                exc,
+                self._suppressed,
+                self.failed_events,
+            )
             self._last_logged = now
             self._suppressed = 0
 
@@ -65,9 +69,16 @@ class _Segment:
 
 
 class SegmentLander:
-    def __init__(self, landing_dir: Path, *, writer_id: str | None = None,
-                 max_bytes: int = 64 * 1024 * 1024, max_age_s: float = 10.0, idle_seal_s: float = 1.0,
-                 inline_sync_below_s: float = 0.002):
+    def __init__(
+        self,
+        landing_dir: Path,
+        *,
+        writer_id: str | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_age_s: float = 10.0,
+        idle_seal_s: float = 1.0,
+        inline_sync_below_s: float = 0.002,
+    ):
         self.landing_dir = landing_dir
         self.writer_id = writer_id or new_writer_id()
         self.max_bytes = max_bytes
@@ -104,9 +115,14 @@ class SegmentLander:
         return self._write_errors.failed_events
 
     def health(self) -> dict:
-        return {"writer_id": self.writer_id, "landed": self.landed, "failed_writes": self.failed_writes,
-                "fsync_groups": self.groups, "fsync_groups_in_thread": self.threaded_groups,
-                "fsync_ms_avg": round(self.sync_seconds_avg * 1000, 3)}
+        return {
+            "writer_id": self.writer_id,
+            "landed": self.landed,
+            "failed_writes": self.failed_writes,
+            "fsync_groups": self.groups,
+            "fsync_groups_in_thread": self.threaded_groups,
+            "fsync_ms_avg": round(self.sync_seconds_avg * 1000, 3),
+        }
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,8 +162,13 @@ class SegmentLander:
                 # Idle: sleep until a request arrives, or until the open segment is due to be
                 # sealed, by age or by idleness (busy, age is checked on each write instead).
                 seg = self._segment
-                timeout = (None if seg is None else max(0.0, min(
-                    seg.opened_at + self.max_age_s, seg.last_write + self.idle_seal_s) - time.monotonic()))
+                timeout = (
+                    None
+                    if seg is None
+                    else max(
+                        0.0, min(seg.opened_at + self.max_age_s, seg.last_write + self.idle_seal_s) - time.monotonic()
+                    )
+                )
                 self._wake = loop.create_future()
                 try:
                     await asyncio.wait_for(self._wake, timeout)
@@ -198,8 +219,11 @@ class SegmentLander:
 
     def _append(self, partition: Path, data: bytes) -> None:
         seg = self._segment
-        if seg is not None and (seg.partition != partition or seg.size + len(data) > self.max_bytes
-                                or time.monotonic() - seg.opened_at >= self.max_age_s):
+        if seg is not None and (
+            seg.partition != partition
+            or seg.size + len(data) > self.max_bytes
+            or time.monotonic() - seg.opened_at >= self.max_age_s
+        ):
             self._seal()
             seg = None
         if seg is None:

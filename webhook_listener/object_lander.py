@@ -56,9 +56,14 @@ class BucketLander:
         return self._write_errors.failed_events
 
     def health(self) -> dict[str, Any]:
-        return {"writer_id": self.writer_id, "landed": self.landed, "failed_writes": self.failed_writes,
-                "groups": self.groups, "objects_written": self.objects,
-                "put_ms_avg": round(self.put_seconds_avg * 1000, 3)}
+        return {
+            "writer_id": self.writer_id,
+            "landed": self.landed,
+            "failed_writes": self.failed_writes,
+            "groups": self.groups,
+            "objects_written": self.objects,
+            "put_ms_avg": round(self.put_seconds_avg * 1000, 3),
+        }
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -168,8 +173,13 @@ class SegmentShipper:
 
     def health(self) -> dict[str, Any]:
         count, size = self.backlog()
-        return {"unshipped_segments": count, "unshipped_bytes": size, "shipped_segments": self.shipped,
-                "ship_errors": self.ship_errors, "last_ship_error": self.last_error}
+        return {
+            "unshipped_segments": count,
+            "unshipped_bytes": size,
+            "shipped_segments": self.shipped,
+            "ship_errors": self.ship_errors,
+            "last_ship_error": self.last_error,
+        }
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="segment-shipper")
@@ -216,4 +226,3 @@ class SegmentShipper:
             shipped += 1
         self.shipped += shipped
         return shipped
-

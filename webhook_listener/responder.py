@@ -30,7 +30,9 @@ ResponderItem = str | Data
 # A data responder answers a `data` webhook: `answer(event, settings)` returns (or awaits to)
 # the JSON Layercode forwards to the caller's browser as `response.data` (contract section 6).
 DataResponder = Callable[[DataEvent, Settings], Any]
-Responder = Callable[[SessionStartEvent | MessageEvent, Settings], Iterable[ResponderItem] | AsyncIterable[ResponderItem]]
+Responder = Callable[
+    [SessionStartEvent | MessageEvent, Settings], Iterable[ResponderItem] | AsyncIterable[ResponderItem]
+]
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 

@@ -16,8 +16,10 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _BODY = orjson.dumps({"error": "request_timeout", "detail": "request headers not received in time"})
-_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                     b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY
+)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):

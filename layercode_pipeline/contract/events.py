@@ -114,14 +114,17 @@ class EventType:
 
 
 # The registry: the listener, the ingest's identity SQL and the simulator read it from here.
-EVENT_TYPES: dict[str, EventType] = {t.name: t for t in (
-    EventType(SESSION_START, SessionStartEvent, ("turn_id",), sse_reply=True),
-    EventType(MESSAGE, MessageEvent, ("turn_id",), sse_reply=True),
-    EventType(SESSION_END, SessionEndEvent, (), sse_reply=False),
-    EventType(SESSION_UPDATE, SessionUpdateEvent, ("recording_status",), sse_reply=False),
-    # several data events may share a turn: only identical bodies are redeliveries
-    EventType(DATA, DataEvent, None, sse_reply=False),
-)}
+EVENT_TYPES: dict[str, EventType] = {
+    t.name: t
+    for t in (
+        EventType(SESSION_START, SessionStartEvent, ("turn_id",), sse_reply=True),
+        EventType(MESSAGE, MessageEvent, ("turn_id",), sse_reply=True),
+        EventType(SESSION_END, SessionEndEvent, (), sse_reply=False),
+        EventType(SESSION_UPDATE, SessionUpdateEvent, ("recording_status",), sse_reply=False),
+        # several data events may share a turn: only identical bodies are redeliveries
+        EventType(DATA, DataEvent, None, sse_reply=False),
+    )
+}
 SSE_EVENT_TYPES = tuple(t.name for t in EVENT_TYPES.values() if t.sse_reply)
 IDENTITY_FIELDS = ("turn_id", "recording_status")  # the body fields the ingest extracts for identities
 assert all(f in IDENTITY_FIELDS for t in EVENT_TYPES.values() for f in t.identity or ())
@@ -148,12 +151,16 @@ def event_key_sql() -> str:
     for t in EVENT_TYPES.values():
         if t.identity is None:
             continue
-        parts = ", ".join(_escaped(p) for p in
-                          ["agent_id", "event_type", "session_id", *(f"coalesce({f}, '')" for f in t.identity)])
+        parts = ", ".join(
+            _escaped(p) for p in ["agent_id", "event_type", "session_id", *(f"coalesce({f}, '')" for f in t.identity)]
+        )
         required = " and ".join(f"{f} is not null" for f in t.identity if f == "turn_id") or "true"
         whens.append(f"    when event_type = '{t.name}' and {required} then concat_ws('|', {parts})")
-    return ("case\n    when session_id is null then 'sha256:' || content_sha256\n" + "\n".join(whens)
-            + "\n    else 'sha256:' || content_sha256\nend")
+    return (
+        "case\n    when session_id is null then 'sha256:' || content_sha256\n"
+        + "\n".join(whens)
+        + "\n    else 'sha256:' || content_sha256\nend"
+    )
 
 
 def parse_event_json(body: bytes, event_type: str) -> WebhookEvent | None:
@@ -172,8 +179,15 @@ def validation_reason(exc: ValidationError) -> str:
 
 # --- payload drift: what landed that this contract does not describe -------------------------
 
-_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", dict: "object", list: "array",
-               type(None): "null"}
+_JSON_TYPES = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
 
 
 def json_type(value: Any) -> str:
@@ -217,9 +231,9 @@ class Drift:
     """A place in a landed payload the contract does not describe."""
 
     event_type: str
-    path: str          # dotted, `[]` for array items: transcript[].confidence
-    kind: str          # unknown_event_type / unknown_field / unexpected_type / unreadable_transcript_entry
-    json_type: str     # what arrived
+    path: str  # dotted, `[]` for array items: transcript[].confidence
+    kind: str  # unknown_event_type / unknown_field / unexpected_type / unreadable_transcript_entry
+    json_type: str  # what arrived
 
 
 def payload_drift(event_type: str, body: Any) -> list[Drift]:
@@ -239,9 +253,17 @@ def summarise_drift(found_per_item: typing.Iterable[tuple[str | None, list[Drift
     for session_id, drifts in found_per_item:
         drifting += bool(drifts)
         for d in drifts:
-            entry = found.setdefault((d.event_type, d.path, d.kind, d.json_type), {
-                "event_type": d.event_type, "path": d.path, "kind": d.kind, "json_type": d.json_type, "events": 0,
-                "example_sessions": []})
+            entry = found.setdefault(
+                (d.event_type, d.path, d.kind, d.json_type),
+                {
+                    "event_type": d.event_type,
+                    "path": d.path,
+                    "kind": d.kind,
+                    "json_type": d.json_type,
+                    "events": 0,
+                    "example_sessions": [],
+                },
+            )
             entry["events"] += 1
             if len(entry["example_sessions"]) < 3 and session_id not in entry["example_sessions"]:
                 entry["example_sessions"].append(session_id)
@@ -262,8 +284,10 @@ def rest_record_drift(record: Any) -> list[Drift]:
     transcript = record.get("transcript")
     for entry in transcript if isinstance(transcript, list) else ():
         readable = isinstance(entry, dict) and (
-            isinstance(entry.get("user_message"), str) or isinstance(entry.get("assistant_message"), str)
-            or (isinstance(entry.get("role"), str) and isinstance(entry.get("text"), str)))
+            isinstance(entry.get("user_message"), str)
+            or isinstance(entry.get("assistant_message"), str)
+            or (isinstance(entry.get("role"), str) and isinstance(entry.get("text"), str))
+        )
         if not readable:
             out.append(Drift(REST_SESSION, "transcript[]", "unreadable_transcript_entry", json_type(entry)))
     return out

@@ -31,8 +31,17 @@ OPEN_SUFFIX = ".jsonl.open"
 # header (Layercode appends the customer's custom headers, e.g. `x-tenant-id`, to each webhook).
 DEFAULT_KEPT_HEADERS = ("user-agent", "content-type", "x-*", "traceparent")
 # Credentials and credential-derived values, never kept whatever the allow-list says.
-NEVER_KEPT_HEADERS = frozenset({"layercode-signature", "authorization", "proxy-authorization", "cookie",
-                                "set-cookie", "x-api-key", "x-amz-security-token"})
+NEVER_KEPT_HEADERS = frozenset(
+    {
+        "layercode-signature",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-amz-security-token",
+    }
+)
 
 
 def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:
@@ -104,9 +113,11 @@ def partition_dirs(landing_dir: Path) -> list[Path]:
     """Every `dt=*/hour=*` directory, in date and hour order."""
     if not landing_dir.exists():
         return []
-    return [hour_dir
-            for dt_dir in sorted(p for p in landing_dir.iterdir() if p.name.startswith("dt="))
-            for hour_dir in sorted(p for p in dt_dir.iterdir() if p.name.startswith("hour="))]
+    return [
+        hour_dir
+        for dt_dir in sorted(p for p in landing_dir.iterdir() if p.name.startswith("dt="))
+        for hour_dir in sorted(p for p in dt_dir.iterdir() if p.name.startswith("hour="))
+    ]
 
 
 def partition_mtimes(landing_dir: Path) -> Iterator[tuple[Path, int]]:
@@ -142,8 +153,11 @@ def recover_orphan_segments(landing_dir: Path, partitions: Iterable[Path] | None
     """Seal `.open` segments whose writer is gone (no one holds their lock), in every
     partition or in the given ones."""
     recovered: list[RecoveredSegment] = []
-    for open_path in sorted(p for hour_dir in (partition_dirs(landing_dir) if partitions is None else partitions)
-                            for p in hour_dir.glob(f"*{OPEN_SUFFIX}")):
+    for open_path in sorted(
+        p
+        for hour_dir in (partition_dirs(landing_dir) if partitions is None else partitions)
+        for p in hour_dir.glob(f"*{OPEN_SUFFIX}")
+    ):
         try:
             fd = os.open(open_path, os.O_RDWR)
         except FileNotFoundError:  # sealed by its writer meanwhile

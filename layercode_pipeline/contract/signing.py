@@ -82,7 +82,9 @@ def verify_signature(
     ts, candidates = parse_signature_header(header)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
-        raise SignatureError("stale_timestamp", f"timestamp is {int(current - ts)} s away from now (tolerance {tolerance_s} s)")
+        raise SignatureError(
+            "stale_timestamp", f"timestamp is {int(current - ts)} s away from now (tolerance {tolerance_s} s)"
+        )
     ok = False
     for secret in secrets:
         expected = compute_signature(body, secret, ts)

@@ -21,11 +21,16 @@ FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_
 
 DOWNSTREAM = dg.AutomationCondition.eager()
 API_CRON_SCHEDULE = "17 * * * *"
-API_CRON = (dg.AutomationCondition.cron_tick_passed(API_CRON_SCHEDULE)
-            & ~dg.AutomationCondition.in_progress()).with_label("hourly at :17")
+API_CRON = (
+    dg.AutomationCondition.cron_tick_passed(API_CRON_SCHEDULE) & ~dg.AutomationCondition.in_progress()
+).with_label("hourly at :17")
 
 layercode_automation = dg.AutomationConditionSensorDefinition(
-    "layercode_automation", target=dg.AssetSelection.all(), minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING, run_tags={"layercode/stage": "automation"},
+    "layercode_automation",
+    target=dg.AssetSelection.all(),
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    run_tags={"layercode/stage": "automation"},
     description="Evaluates every asset's automation condition: downstream assets follow their parents (eager), "
-                "the REST backfill, recordings and agents list run hourly.")
+    "the REST backfill, recordings and agents list run hourly.",
+)

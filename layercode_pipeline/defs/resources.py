@@ -1,6 +1,5 @@
 """Resources, built from the one settings module (`resources_from_settings`)."""
 
-
 import contextlib
 import json
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ class StorageResource(dg.ConfigurableResource):
     landing_url: str | None = None
     aws_endpoint_url: str | None = None
     aws_region: str | None = None
-    aws_access_key_id: str | None = None      # EnvVar
+    aws_access_key_id: str | None = None  # EnvVar
     aws_secret_access_key: str | None = None  # EnvVar
     warehouse_target: str | None = None  # a DuckDB file, or md:<database> (MotherDuck)
     motherduck_token: str | None = None  # an EnvVar (see resources_from_settings)
@@ -42,22 +41,32 @@ class StorageResource(dg.ConfigurableResource):
     def paths(self) -> DataPaths:
         # From this resource's own fields only (not the process environment, which the
         # resource was already configured from through EnvVar).
-        return DataPaths.derive(self.data_dir, landing=self.landing_dir, recordings=self.recordings_dir,
-                                serving=self.serving_dir)
+        return DataPaths.derive(
+            self.data_dir, landing=self.landing_dir, recordings=self.recordings_dir, serving=self.serving_dir
+        )
 
     @property
     def object_landing(self) -> ObjectLanding | None:
         """The object store the ingest reads, or None for the local landing directory."""
         if not is_object_url(self.landing_url):
             return None
-        return ObjectLanding(str(self.landing_url), endpoint=self.aws_endpoint_url, region=self.aws_region,
-                             access_key_id=self.aws_access_key_id, secret_access_key=self.aws_secret_access_key)
+        return ObjectLanding(
+            str(self.landing_url),
+            endpoint=self.aws_endpoint_url,
+            region=self.aws_region,
+            access_key_id=self.aws_access_key_id,
+            secret_access_key=self.aws_secret_access_key,
+        )
 
     @property
     def warehouse(self) -> Warehouse:
         """The warehouse seam: every asset reaches the warehouse through it."""
-        return Warehouse.at(self.warehouse_target, data_dir=self.paths.data_dir, open_timeout_s=self.open_timeout_s,
-                            motherduck_token=self.motherduck_token)
+        return Warehouse.at(
+            self.warehouse_target,
+            data_dir=self.paths.data_dir,
+            open_timeout_s=self.open_timeout_s,
+            motherduck_token=self.motherduck_token,
+        )
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -90,10 +99,16 @@ class LayercodeAPIResource(dg.ConfigurableResource):
     def client(self):  # -> LayercodeClient (imported lazily: httpx is not needed to load definitions)
         from layercode_pipeline.lib.layercode_client import LayercodeClient
 
-        return LayercodeClient(self.api_key or "", self.base_url, timeout_s=self.timeout_s,
-                               max_concurrency=self.max_concurrency, max_attempts=self.max_attempts,
-                               backoff_initial_s=self.backoff_initial_s, backoff_max_s=self.backoff_max_s,
-                               private_redirects=self.private_redirects)
+        return LayercodeClient(
+            self.api_key or "",
+            self.base_url,
+            timeout_s=self.timeout_s,
+            max_concurrency=self.max_concurrency,
+            max_attempts=self.max_attempts,
+            backoff_initial_s=self.backoff_initial_s,
+            backoff_max_s=self.backoff_max_s,
+            private_redirects=self.private_redirects,
+        )
 
 
 class OpenAIResource(dg.ConfigurableResource):
@@ -149,26 +164,41 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
     paths = settings.paths
     return {
         "storage": StorageResource(
-            data_dir=str(paths.data_dir), landing_dir=str(paths.landing), warehouse_target=Warehouse.from_settings(settings).target,
+            data_dir=str(paths.data_dir),
+            landing_dir=str(paths.landing),
+            warehouse_target=Warehouse.from_settings(settings).target,
             motherduck_token=_secret(settings, "motherduck_token"),
             landing_url=settings.landing_url if is_object_url(settings.landing_url) else None,
-            aws_endpoint_url=settings.aws_endpoint_url, aws_region=settings.aws_region,
+            aws_endpoint_url=settings.aws_endpoint_url,
+            aws_region=settings.aws_region,
             aws_access_key_id=_secret(settings, "aws_access_key_id"),
             aws_secret_access_key=_secret(settings, "aws_secret_access_key"),
-            recordings_dir=str(paths.recordings), serving_dir=str(paths.serving),
-            open_timeout_s=settings.warehouse_open_timeout_s, promoted_metadata_keys=settings.promoted_metadata_keys),
+            recordings_dir=str(paths.recordings),
+            serving_dir=str(paths.serving),
+            open_timeout_s=settings.warehouse_open_timeout_s,
+            promoted_metadata_keys=settings.promoted_metadata_keys,
+        ),
         "layercode_api": LayercodeAPIResource(
-            base_url=settings.api_base_url, api_key=_secret(settings, "api_key"), timeout_s=settings.api_timeout_s,
-            max_concurrency=settings.api_max_concurrency, max_attempts=settings.api_max_attempts,
-            backoff_initial_s=settings.api_backoff_initial_s, backoff_max_s=settings.api_backoff_max_s,
-            private_redirects=settings.recording_private_redirects),
+            base_url=settings.api_base_url,
+            api_key=_secret(settings, "api_key"),
+            timeout_s=settings.api_timeout_s,
+            max_concurrency=settings.api_max_concurrency,
+            max_attempts=settings.api_max_attempts,
+            backoff_initial_s=settings.api_backoff_initial_s,
+            backoff_max_s=settings.api_backoff_max_s,
+            private_redirects=settings.recording_private_redirects,
+        ),
         "openai": OpenAIResource(
-            api_key=_secret(settings, "openai_api_key"), base_url=settings.openai_base_url,
+            api_key=_secret(settings, "openai_api_key"),
+            base_url=settings.openai_base_url,
             model=settings.enrichment_model,
-            enrichment_config=str(settings.enrichment_config) if settings.enrichment_config else None),
+            enrichment_config=str(settings.enrichment_config) if settings.enrichment_config else None,
+        ),
         "result_webhooks": ResultWebhooksResource(
-            endpoints_json=_secret(settings, "result_webhooks"), outbox_path=str(settings.outbox),
+            endpoints_json=_secret(settings, "result_webhooks"),
+            outbox_path=str(settings.outbox),
             timeout_s=settings.result_webhook_timeout_s,
-            retry_schedule_s=list(settings.result_webhook_retry_schedule_s)),
+            retry_schedule_s=list(settings.result_webhook_retry_schedule_s),
+        ),
         "dbt": dbt_resource(),
     }

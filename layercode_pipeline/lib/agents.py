@@ -23,13 +23,19 @@ def store_agents(con: duckdb.DuckDBPyConnection, agents: list[dict[str, Any]]) -
         con.execute("create or replace temp table _agents (agent_id varchar, record json, record_sha256 varchar)")
         if rows:
             con.executemany("insert into _agents values (?, ?::json, ?)", rows)
-        unchanged = scalar(con, """
+        unchanged = scalar(
+            con,
+            """
             update raw.layercode_agents a set last_seen_at = now()
-            from _agents t where a.agent_id = t.agent_id and a.record_sha256 = t.record_sha256""")
-        changed = scalar(con, """
+            from _agents t where a.agent_id = t.agent_id and a.record_sha256 = t.record_sha256""",
+        )
+        changed = scalar(
+            con,
+            """
             insert into raw.layercode_agents by name
             select t.agent_id, t.record, t.record_sha256, now() as first_seen_at, now() as last_seen_at
-            from _agents t anti join raw.layercode_agents a using (agent_id, record_sha256)""")
+            from _agents t anti join raw.layercode_agents a using (agent_id, record_sha256)""",
+        )
         con.execute("drop table _agents")
         con.execute("commit")
     except BaseException:

@@ -90,13 +90,17 @@ def sessions_needing_details(con: duckdb.DuckDBPyConnection, grace_minutes: int)
     gaps = [DetailRequest(*row) for row in con.execute(NEEDS_DETAILS_SQL, [grace_minutes]).fetchall()]
     # an agent with a session.end whose record is fetched anyway is compared through it
     agents_with_gaps = {r.agent_id for r in gaps if r.reason == "recording_unresolved"}
-    probes = [DetailRequest(*row) for row in con.execute(LATENCY_UNIT_PROBE_SQL, [grace_minutes]).fetchall()
-              if row[0] not in agents_with_gaps]
+    probes = [
+        DetailRequest(*row)
+        for row in con.execute(LATENCY_UNIT_PROBE_SQL, [grace_minutes]).fetchall()
+        if row[0] not in agents_with_gaps
+    ]
     return gaps + probes
 
 
-async def fetch_details(client: LayercodeClient, requests: Iterable[DetailRequest],
-                        on_done: Callable[[DetailOutcome], None] | None = None) -> list[DetailOutcome]:
+async def fetch_details(
+    client: LayercodeClient, requests: Iterable[DetailRequest], on_done: Callable[[DetailOutcome], None] | None = None
+) -> list[DetailOutcome]:
     """Fetch concurrently (the client's limit applies). One session's failure does not stop
     the others; an auth failure (401) stops everything, since every call would fail."""
     from layercode_pipeline.lib.layercode_client import LayercodeAuthError
@@ -119,11 +123,22 @@ def store_details(con: duckdb.DuckDBPyConnection, outcomes: list[DetailOutcome])
     """Append each answer (200 with its record, or 404) with its fetch time, and each failure
     to raw.layercode_api_errors (the session stays pending and is asked again next run).
     Returns (found, not_found)."""
-    rows = [(o.request.agent_id, o.request.session_id, o.fetch.status,
-             json.dumps(o.fetch.record) if o.fetch.record is not None else None, o.request.reason)
-            for o in outcomes if o.fetch is not None]
-    errors = [(o.request.agent_id, o.request.session_id, "session_details", o.request.reason, o.error)
-              for o in outcomes if o.fetch is None and o.error]
+    rows = [
+        (
+            o.request.agent_id,
+            o.request.session_id,
+            o.fetch.status,
+            json.dumps(o.fetch.record) if o.fetch.record is not None else None,
+            o.request.reason,
+        )
+        for o in outcomes
+        if o.fetch is not None
+    ]
+    errors = [
+        (o.request.agent_id, o.request.session_id, "session_details", o.request.reason, o.error)
+        for o in outcomes
+        if o.fetch is None and o.error
+    ]
     if rows:
         con.executemany("insert into raw.layercode_session_details values (?, ?, ?, ?::json, ?, now())", rows)
     if errors:

@@ -102,15 +102,20 @@ def dirty_partitions(con: duckdb.DuckDBPyConnection, landing_dir: Path) -> list[
     return [hour_dir for hour_dir, mtime_ns in partition_mtimes(landing_dir) if clean.get(str(hour_dir)) != mtime_ns]
 
 
-def pending_segments(con: duckdb.DuckDBPyConnection, landing_dir: Path,
-                     partitions: list[Path] | None = None) -> list[Path]:
+def pending_segments(
+    con: duckdb.DuckDBPyConnection, landing_dir: Path, partitions: list[Path] | None = None
+) -> list[Path]:
     """Sealed segments (of every partition, or of `partitions`) not yet in the manifest."""
     sealed = list(iter_sealed_segments(landing_dir, partitions))
     if not sealed:
         return []
-    done = {row[0] for row in con.execute(
-        "select path from raw.layercode_ingested_files where path in (select unnest(?::varchar[]))",
-        [[str(p) for p in sealed]]).fetchall()}
+    done = {
+        row[0]
+        for row in con.execute(
+            "select path from raw.layercode_ingested_files where path in (select unnest(?::varchar[]))",
+            [[str(p) for p in sealed]],
+        ).fetchall()
+    }
     return [p for p in sealed if str(p) not in done]
 
 
@@ -143,10 +148,12 @@ def _read_lines_sql(files: list[str]) -> str:
     # The paths go through the one quoting helper: Python's repr of a list is no SQL (a path
     # holding both ' and " became a syntax error, and every segment looked unreadable).
     paths = "[" + ", ".join(sql_string(f) for f in files) + "]"
-    return (f"select filename as source_file, line from read_csv({paths}, columns={{'line': 'VARCHAR'}}, "
-            "header=false, delim=chr(1), quote='', escape='', auto_detect=false, filename=true, "
-            "new_line='\\n', strict_mode=false, max_line_size=33554432, parallel=true) "
-            "where line is not null and trim(line) <> ''")
+    return (
+        f"select filename as source_file, line from read_csv({paths}, columns={{'line': 'VARCHAR'}}, "
+        "header=false, delim=chr(1), quote='', escape='', auto_detect=false, filename=true, "
+        "new_line='\\n', strict_mode=false, max_line_size=33554432, parallel=true) "
+        "where line is not null and trim(line) <> ''"
+    )
 
 
 def _sanitise(path: Path, out_dir: Path) -> tuple[Path, list[tuple[int, str, str]]]:
@@ -191,7 +198,9 @@ def _readable(con: duckdb.DuckDBPyConnection, path: str) -> str | None:
         return str(exc).splitlines()[0]
 
 
-def _fallback_lines_source(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path) -> tuple[str, list[tuple[str, int | None, str, str | None]]]:
+def _fallback_lines_source(
+    con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path
+) -> tuple[str, list[tuple[str, int | None, str, str | None]]]:
     """The slow path, for a batch DuckDB could not scan (bad UTF-8, stray control bytes): a
     SELECT of (source_file, line) over the files, each cleaned where needed, and the rejects
     found while cleaning. A file that cannot be read even then is rejected whole (one reject
@@ -216,10 +225,14 @@ def _fallback_lines_source(con: duckdb.DuckDBPyConnection, files: list[Path], sc
             python_rejects.append((str(f), None, f"segment unreadable after cleaning: {error}", None))
     if not read_as:
         return "select null::varchar as source_file, null::varchar as line where false", python_rejects
-    con.execute("create or replace temp table _names as select unnest(?) as read_as, unnest(?) as original",
-                [list(read_as), list(read_as.values())])
-    sql = ("select n.original as source_file, l.line from (" + _read_lines_sql(list(read_as)) + ") l "
-           "join _names n on n.read_as = l.source_file")
+    con.execute(
+        "create or replace temp table _names as select unnest(?) as read_as, unnest(?) as original",
+        [list(read_as), list(read_as.values())],
+    )
+    sql = (
+        "select n.original as source_file, l.line from (" + _read_lines_sql(list(read_as)) + ") l "
+        "join _names n on n.read_as = l.source_file"
+    )
     return sql, python_rejects
 
 
@@ -227,12 +240,15 @@ def _named(lines_sql: str, names: dict[str, str] | None) -> str:
     """The lines with `source_file` as the manifest knows it (an object's URL for a local copy)."""
     if not names:
         return lines_sql
-    return ("select coalesce(n.name, l.source_file) as source_file, l.line from (" + lines_sql + ") l "
-            "left join _object_names n on n.local_path = l.source_file")
+    return (
+        "select coalesce(n.name, l.source_file) as source_file, l.line from (" + lines_sql + ") l "
+        "left join _object_names n on n.local_path = l.source_file"
+    )
 
 
-def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path,
-                 names: dict[str, str] | None = None) -> IngestResult:
+def ingest_batch(
+    con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path, names: dict[str, str] | None = None
+) -> IngestResult:
     """Ingest `files`: their rows, rejects and manifest entries commit together or not at all.
     `names` maps a local copy to the name it is recorded under (an object store URL)."""
     result = IngestResult(files=len(files), bytes=sum(f.stat().st_size for f in files))
@@ -241,14 +257,17 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     names = names or {}
     local_of = {name: local for local, name in names.items()}
     if names:
-        con.execute("create or replace temp table _object_names as select unnest(?) as local_path, unnest(?) as name",
-                    [list(names), list(names.values())])
+        con.execute(
+            "create or replace temp table _object_names as select unnest(?) as local_path, unnest(?) as name",
+            [list(names), list(names.values())],
+        )
     # One parse per line and one per body: try() turns a parse error into NULL, which marks
     # the line as a reject instead of failing the batch. The lines stream from the files.
     python_rejects: list[tuple[str, int | None, str, str | None]] = []
     try:
-        con.execute(PARSE_SQL.format(lines_sql=_named(_read_lines_sql([str(f) for f in files]), names),
-                                     event_key=EVENT_KEY_SQL))
+        con.execute(
+            PARSE_SQL.format(lines_sql=_named(_read_lines_sql([str(f) for f in files]), names), event_key=EVENT_KEY_SQL)
+        )
     except duckdb.Error:
         lines_sql, python_rejects = _fallback_lines_source(con, files, scratch_dir)
         con.execute(PARSE_SQL.format(lines_sql=_named(lines_sql, names), event_key=EVENT_KEY_SQL))
@@ -256,7 +275,8 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     reject_rows = list(python_rejects)
     by_file: dict[str, dict[str, str]] = {}
     for source_file, line, reason in con.execute(
-            "select source_file, bad_line, reject_reason from _parsed where reject_reason is not null").fetchall():
+        "select source_file, bad_line, reject_reason from _parsed where reject_reason is not null"
+    ).fetchall():
         by_file.setdefault(source_file, {})[line] = reason
     for source_file, lines in by_file.items():  # rare: find their line numbers
         numbers = _line_numbers(Path(local_of.get(source_file, source_file)), set(lines))
@@ -298,11 +318,14 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
                    case when json_type(headers) = 'OBJECT' then headers end
             from _parsed where rowid in (select id from _chosen)
         """)
-        con.execute("create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)")
+        con.execute(
+            "create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)"
+        )
         if reject_rows:
             con.executemany("insert into _rej values (?, ?, ?, ?)", reject_rows)
             con.execute("insert into raw.layercode_rejects select *, now() from _rej")
-        stats = con.execute("""
+        stats = con.execute(
+            """
             insert into raw.layercode_ingested_files
             select f.path, f.size,
                    coalesce(good.n, 0) + coalesce(rej.n, 0),
@@ -314,14 +337,18 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
                        group by 1) new on new.source_file = f.path
             left join (select source_file, count(*) n from _rej group by 1) rej on rej.source_file = f.path
             returning rows, inserted, duplicates, rejects
-        """, [[names.get(str(f), str(f)) for f in files], [f.stat().st_size for f in files]]).fetchall()
+        """,
+            [[names.get(str(f), str(f)) for f in files], [f.stat().st_size for f in files]],
+        ).fetchall()
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
         raise
     finally:
-        con.execute("drop table if exists _names; drop table if exists _parsed; drop table if exists _dup; "
-                    "drop table if exists _chosen; drop table if exists _rej; drop table if exists _object_names")
+        con.execute(
+            "drop table if exists _names; drop table if exists _parsed; drop table if exists _dup; "
+            "drop table if exists _chosen; drop table if exists _rej; drop table if exists _object_names"
+        )
     result.rows = sum(r[0] for r in stats)
     result.inserted = sum(r[1] for r in stats)
     result.duplicates = sum(r[2] for r in stats)
@@ -329,9 +356,15 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir:
     return result
 
 
-def ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int = 384 * 1024 * 1024,
-                   scratch_dir: Path | None = None, max_files: int | None = None,
-                   memory_limit: str | None = "1GB") -> IngestResult:
+def ingest_landing(
+    con: duckdb.DuckDBPyConnection,
+    landing_dir: Path,
+    *,
+    batch_bytes: int = 384 * 1024 * 1024,
+    scratch_dir: Path | None = None,
+    max_files: int | None = None,
+    memory_limit: str | None = "1GB",
+) -> IngestResult:
     """Seal orphans, then ingest every sealed segment not yet in the manifest.
 
     Batches of ~384 MB: smaller ones cost a commit and a pass over the key column each
@@ -352,8 +385,14 @@ def _memory_limit(con: duckdb.DuckDBPyConnection, limit: str | None) -> Iterator
         con.execute(f"set memory_limit = '{previous}'")
 
 
-def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_bytes: int,
-                    scratch_dir: Path | None, max_files: int | None) -> IngestResult:
+def _ingest_landing(
+    con: duckdb.DuckDBPyConnection,
+    landing_dir: Path,
+    *,
+    batch_bytes: int,
+    scratch_dir: Path | None,
+    max_files: int | None,
+) -> IngestResult:
     total = IngestResult()
     scan_started_ns = time.time_ns()
     dirty = dirty_partitions(con, landing_dir)
@@ -391,17 +430,25 @@ def _ingest_landing(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, batch_
 
 # --- landing on object storage ----------------------------------------------------------------
 
+
 def listing_prefixes(con: duckdb.DuckDBPyConnection, landing: ObjectLanding, now: datetime) -> list[str] | None:
     """The hour prefixes to list: those since the last run's listing (see landing_store), or
     None on the first run, which lists the landing prefix whole once."""
-    row = con.execute("select listed_from from raw.layercode_listing_cursors where store_url = ?",
-                      [landing.url]).fetchone()
+    row = con.execute(
+        "select listed_from from raw.layercode_listing_cursors where store_url = ?", [landing.url]
+    ).fetchone()
     return None if row is None else list(recent_hour_prefixes(row[0], now))
 
 
-def ingest_object_landing(con: duckdb.DuckDBPyConnection, landing: ObjectLanding, *, scratch_dir: Path,
-                          batch_bytes: int = 384 * 1024 * 1024, memory_limit: str | None = "1GB",
-                          download_concurrency: int = 16) -> IngestResult:
+def ingest_object_landing(
+    con: duckdb.DuckDBPyConnection,
+    landing: ObjectLanding,
+    *,
+    scratch_dir: Path,
+    batch_bytes: int = 384 * 1024 * 1024,
+    memory_limit: str | None = "1GB",
+    download_concurrency: int = 16,
+) -> IngestResult:
     """Ingest every object under the landing URL not yet in the manifest (recorded by URL),
     with the same parse, de-duplication, rejects and one-transaction commit as local files.
     Objects are downloaded to `scratch_dir` a batch at a time, and removed after their commit."""
@@ -412,9 +459,13 @@ def ingest_object_landing(con: duckdb.DuckDBPyConnection, landing: ObjectLanding
     total = IngestResult(partitions_listed=len(prefixes) if prefixes is not None else 1)
     done: set[str] = set()
     if objects:
-        done = {row[0] for row in con.execute(
-            "select path from raw.layercode_ingested_files where path in (select unnest(?::varchar[]))",
-            [[landing.object_url(m["path"]) for m in objects]]).fetchall()}
+        done = {
+            row[0]
+            for row in con.execute(
+                "select path from raw.layercode_ingested_files where path in (select unnest(?::varchar[]))",
+                [[landing.object_url(m["path"]) for m in objects]],
+            ).fetchall()
+        }
     pending = [m for m in objects if landing.object_url(m["path"]) not in done]
     downloads = scratch_dir / "objects"
     with _memory_limit(con, memory_limit):
@@ -429,8 +480,12 @@ def ingest_object_landing(con: duckdb.DuckDBPyConnection, landing: ObjectLanding
             downloads.mkdir(parents=True, exist_ok=True)
             local = asyncio.run(_download(store, batch, downloads, download_concurrency))
             try:
-                r = ingest_batch(con, local, scratch_dir,
-                                 names={str(path): landing.object_url(m["path"]) for path, m in zip(local, batch)})
+                r = ingest_batch(
+                    con,
+                    local,
+                    scratch_dir,
+                    names={str(path): landing.object_url(m["path"]) for path, m in zip(local, batch)},
+                )
             finally:
                 for path in local:
                     path.unlink(missing_ok=True)

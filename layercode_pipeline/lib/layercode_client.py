@@ -39,9 +39,9 @@ FATAL_STATUS = {
     400: "Layercode API answered 400 Bad Request (an invalid or missing bearer token): check LAYERCODE_API_KEY",
     401: "Layercode API answered 401 Unauthorized: check LAYERCODE_API_KEY and that the key's org owns the agent",
     402: "Layercode API answered 402 Payment Required: the org's balance is insufficient; top it up in the "
-         "Layercode dashboard",
+    "Layercode dashboard",
     403: "Layercode API answered 403 Forbidden: the key may not read this agent's sessions; use an org key of "
-         "the org that owns the agent",
+    "the org that owns the agent",
 }
 
 
@@ -131,12 +131,18 @@ class RecordingDownload:
 
 
 class LayercodeClient:
-    def __init__(self, api_key: str, base_url: str = DEFAULT_API_BASE_URL, *,
-                 timeout_s: float = Settings.default("api_timeout_s"), max_concurrency: int = Settings.default("api_max_concurrency"),
-                 max_attempts: int = Settings.default("api_max_attempts"),
-                 backoff_initial_s: float = Settings.default("api_backoff_initial_s"),
-                 backoff_max_s: float = Settings.default("api_backoff_max_s"),
-                 private_redirects: bool | None = Settings.default("recording_private_redirects")):
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_API_BASE_URL,
+        *,
+        timeout_s: float = Settings.default("api_timeout_s"),
+        max_concurrency: int = Settings.default("api_max_concurrency"),
+        max_attempts: int = Settings.default("api_max_attempts"),
+        backoff_initial_s: float = Settings.default("api_backoff_initial_s"),
+        backoff_max_s: float = Settings.default("api_backoff_max_s"),
+        private_redirects: bool | None = Settings.default("recording_private_redirects"),
+    ):
         if not api_key:
             raise LayercodeAuthError("no Layercode API key configured (set LAYERCODE_API_KEY)")
         self._api_key = api_key
@@ -162,15 +168,23 @@ class LayercodeClient:
 
         async def refuse_private_hops(request: httpx.Request) -> None:
             """Every request leaving the API's origin (a redirect hop) is checked before it is sent."""
-            if _origin(request.url) != api_origin and not self.private_redirects \
-                    and await _is_private_host(request.url.host):
-                raise RefusedRedirect(f"refused a redirect to {request.url.host}, a loopback, link-local or private "
-                                      "address (set LAYERCODE_RECORDING_PRIVATE_REDIRECTS=true to allow it)")
+            if (
+                _origin(request.url) != api_origin
+                and not self.private_redirects
+                and await _is_private_host(request.url.host)
+            ):
+                raise RefusedRedirect(
+                    f"refused a redirect to {request.url.host}, a loopback, link-local or private "
+                    "address (set LAYERCODE_RECORDING_PRIVATE_REDIRECTS=true to allow it)"
+                )
 
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=self.timeout, headers={"Authorization": f"Bearer {self._api_key}"},
+            base_url=self.base_url,
+            timeout=self.timeout,
+            headers={"Authorization": f"Bearer {self._api_key}"},
             limits=httpx.Limits(max_connections=self.max_concurrency),
-            event_hooks={"request": [refuse_private_hops]})
+            event_hooks={"request": [refuse_private_hops]},
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -178,8 +192,12 @@ class LayercodeClient:
         await self._client.aclose()
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(retry=retry_if_exception_type(RETRYABLE), wait=self._wait,
-                             stop=stop_after_attempt(self.max_attempts), reraise=True)
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            wait=self._wait,
+            stop=stop_after_attempt(self.max_attempts),
+            reraise=True,
+        )
 
     @staticmethod
     def session_path(agent_id: str, session_id: str) -> str:
@@ -269,8 +287,9 @@ class LayercodeClient:
         await response.aread()
         if response.status_code in (403, 429) or response.status_code >= 500:
             raise RetryableHTTPError(response.status_code, _retry_after(response))
-        return RecordingDownload("error", detail=f"redirected recording host {response.url.host} answered HTTP "
-                                                 f"{response.status_code}")
+        return RecordingDownload(
+            "error", detail=f"redirected recording host {response.url.host} answered HTTP {response.status_code}"
+        )
 
     async def _download_once(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
         assert self._client is not None
@@ -282,8 +301,11 @@ class LayercodeClient:
             # leaves the API's origin, so the key never reaches that host.
             async with contextlib.AsyncExitStack() as stack:
                 try:
-                    response = await stack.enter_async_context(self._client.stream(
-                        "GET", self.session_path(agent_id, session_id) + "/recording", follow_redirects=True))
+                    response = await stack.enter_async_context(
+                        self._client.stream(
+                            "GET", self.session_path(agent_id, session_id) + "/recording", follow_redirects=True
+                        )
+                    )
                 except RefusedRedirect as exc:  # this recording's error; the run goes on
                     return RecordingDownload("error", detail=str(exc))
                 # judged by every hop, not the last: a chain that returns to the API's origin
@@ -321,4 +343,3 @@ class LayercodeClient:
         finally:
             if tmp.exists():
                 tmp.unlink()
-

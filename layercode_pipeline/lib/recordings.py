@@ -114,9 +114,9 @@ def kept_file_problem(path: Path, size: int | None) -> str | None:
 @dataclass
 class RecordingPlan:
     downloads: list[tuple[str, str, Path]]  # (agent_id, session_id, destination) to fetch
-    rows: list[RecordingRow]                # to record without downloading
-    held: int                               # kept and verified: never fetched again
-    broken: list[dict[str, str]]            # kept once, but gone or damaged on disk: fetched again
+    rows: list[RecordingRow]  # to record without downloading
+    held: int  # kept and verified: never fetched again
+    broken: list[dict[str, str]]  # kept once, but gone or damaged on disk: fetched again
 
 
 def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> RecordingPlan:
@@ -124,8 +124,9 @@ def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> RecordingPlan
     only); a broken one is planned for download again."""
     plan = RecordingPlan([], [], 0, [])
     downloads, rows = plan.downloads, plan.rows
-    for agent_id, session_id, state, webhook_error, dt, have_status, have_path, have_bytes in \
-            con.execute(CANDIDATES_SQL).fetchall():
+    for agent_id, session_id, state, webhook_error, dt, have_status, have_path, have_bytes in con.execute(
+        CANDIDATES_SQL
+    ).fetchall():
         if have_status == "downloaded" and have_path:
             problem = kept_file_problem(Path(have_path), have_bytes)
             if problem is None:
@@ -145,9 +146,20 @@ def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> RecordingPlan
         if path.exists():  # e.g. a run killed after the rename but before its row: verify, keep
             try:
                 info = inspect_wav(path)
-                rows.append(RecordingRow(session_id, agent_id, "downloaded", str(path), info.file_bytes,
-                                         sha256_file(path), info.sample_rate, info.channels, round(info.duration_s, 3),
-                                         encoding=info.encoding))
+                rows.append(
+                    RecordingRow(
+                        session_id,
+                        agent_id,
+                        "downloaded",
+                        str(path),
+                        info.file_bytes,
+                        sha256_file(path),
+                        info.sample_rate,
+                        info.channels,
+                        round(info.duration_s, 3),
+                        encoding=info.encoding,
+                    )
+                )
                 continue
             except InvalidWav:
                 path.unlink()
@@ -155,16 +167,28 @@ def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> RecordingPlan
     return plan
 
 
-async def download_recordings(client: LayercodeClient, downloads: list[tuple[str, str, Path]],
-                              on_done: Callable[[RecordingRow], None] | None = None) -> list[RecordingRow]:
+async def download_recordings(
+    client: LayercodeClient,
+    downloads: list[tuple[str, str, Path]],
+    on_done: Callable[[RecordingRow], None] | None = None,
+) -> list[RecordingRow]:
     async def one(agent_id: str, session_id: str, path: Path) -> RecordingRow:
         try:
             d = await client.download_recording(agent_id, session_id, path)
             if d.status == "downloaded":
                 assert d.wav is not None
-                row = RecordingRow(session_id, agent_id, "downloaded", str(d.path), d.bytes, d.sha256,
-                                   d.wav.sample_rate, d.wav.channels, round(d.wav.duration_s, 3),
-                                   encoding=d.wav.encoding)
+                row = RecordingRow(
+                    session_id,
+                    agent_id,
+                    "downloaded",
+                    str(d.path),
+                    d.bytes,
+                    d.sha256,
+                    d.wav.sample_rate,
+                    d.wav.channels,
+                    round(d.wav.duration_s, 3),
+                    encoding=d.wav.encoding,
+                )
             elif d.status == "not_ready":
                 row = RecordingRow(session_id, agent_id, "not_ready", error=d.detail)
             else:
@@ -188,16 +212,33 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
     try:
         con.execute("create or replace temp table _rec as select * from raw.layercode_recordings limit 0")
         # by column name: a warehouse migrated in place has its added columns last
-        con.executemany("insert into _rec (session_id, agent_id, status, path, bytes, sha256, sample_rate, channels, "
-                        "duration_s, encoding, fetched_at, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
-                        [(r.session_id, r.agent_id, r.status, r.path, r.bytes, r.sha256, r.sample_rate, r.channels,
-                          r.duration_s, r.encoding, r.error) for r in rows])
-        con.execute("delete from raw.layercode_recordings r using _rec t "
-                    "where r.agent_id = t.agent_id and r.session_id = t.session_id")
+        con.executemany(
+            "insert into _rec (session_id, agent_id, status, path, bytes, sha256, sample_rate, channels, "
+            "duration_s, encoding, fetched_at, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+            [
+                (
+                    r.session_id,
+                    r.agent_id,
+                    r.status,
+                    r.path,
+                    r.bytes,
+                    r.sha256,
+                    r.sample_rate,
+                    r.channels,
+                    r.duration_s,
+                    r.encoding,
+                    r.error,
+                )
+                for r in rows
+            ],
+        )
+        con.execute(
+            "delete from raw.layercode_recordings r using _rec t "
+            "where r.agent_id = t.agent_id and r.session_id = t.session_id"
+        )
         con.execute("insert into raw.layercode_recordings by name select * from _rec")
         con.execute("drop table _rec")
         con.execute("commit")
     except BaseException:
         con.execute("rollback")
         raise
-

@@ -41,9 +41,13 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
     try:
         con.execute(f"attach {sql_string(tmp)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
         warehouse.attach(con, "wh")
-        tables = [r[0] for r in con.execute(
-            "select table_name from duckdb_tables() where database_name = 'wh' and schema_name = ? order by 1",
-            [schema]).fetchall()]
+        tables = [
+            r[0]
+            for r in con.execute(
+                "select table_name from duckdb_tables() where database_name = 'wh' and schema_name = ? order by 1",
+                [schema],
+            ).fetchall()
+        ]
         con.execute(f"create schema serving.{schema}")
         for table in tables:
             con.execute(f'create table serving.{schema}."{table}" as select * from wh.{schema}."{table}"')

@@ -20,8 +20,11 @@ class TurnText:
 
 
 def turns_from_session_end(transcript: list[dict[str, Any]] | None) -> list[TurnText]:
-    return [TurnText(str(t.get("role") or "unknown"), str(t.get("text")))
-            for t in transcript or [] if isinstance(t, dict) and t.get("text")]
+    return [
+        TurnText(str(t.get("role") or "unknown"), str(t.get("text")))
+        for t in transcript or []
+        if isinstance(t, dict) and t.get("text")
+    ]
 
 
 def turns_from_rest(transcript: list[dict[str, Any]] | None) -> list[TurnText]:
@@ -42,5 +45,6 @@ def transcript_sha256(turns: list[TurnText]) -> str:
 
 
 def render(turns: list[TurnText]) -> str:
-    return "\n".join(f"{'Caller' if t.role == 'user' else 'Agent' if t.role == 'assistant' else t.role}: {t.text}"
-                     for t in turns)
+    return "\n".join(
+        f"{'Caller' if t.role == 'user' else 'Agent' if t.role == 'assistant' else t.role}: {t.text}" for t in turns
+    )

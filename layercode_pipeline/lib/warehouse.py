@@ -162,8 +162,10 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("alter table raw.layercode_events add column event_key_md5 uhugeint")
         con.execute("update raw.layercode_events set event_key_md5 = md5_number(event_key)")
     # columns added since the first release: (table, column, type), appended in place
-    for table, column, type_ in (("raw.layercode_events", "headers", "json"),
-                                 ("raw.layercode_recordings", "encoding", "varchar")):
+    for table, column, type_ in (
+        ("raw.layercode_events", "headers", "json"),
+        ("raw.layercode_recordings", "encoding", "varchar"),
+    ):
         add_missing_column(con, table, column, type_)
     ensure_enrichment_schema(con)
 
@@ -213,8 +215,9 @@ def _holder(error: str) -> str:
     return f"PID {match['pid']} ({match['program']})"
 
 
-def retry_while_locked(action: Callable[[], T], target: Path | str, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
-                       poll_s: float = 0.25) -> T:
+def retry_while_locked(
+    action: Callable[[], T], target: Path | str, *, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S, poll_s: float = 0.25
+) -> T:
     """Run `action` (a connect or an attach of `target`), again while another process holds the
     file's lock (a BI tool or a notebook opened the warehouse itself), for up to `timeout_s`;
     then `WarehouseBusy`, naming the holder and what to do."""
@@ -230,7 +233,8 @@ def retry_while_locked(action: Callable[[], T], target: Path | str, *, timeout_s
                     f"{target} has been held open by {_holder(str(exc))} for {timeout_s:.0f} s, so the pipeline "
                     f"cannot use it. That is not a pipeline writer (they queue): close it, and point BI tools "
                     f"and notebooks at serving/analytics.duckdb, the copy published for readers. "
-                    f"(LAYERCODE_WAREHOUSE_OPEN_TIMEOUT_S sets the wait.)") from None
+                    f"(LAYERCODE_WAREHOUSE_OPEN_TIMEOUT_S sets the wait.)"
+                ) from None
             time.sleep(poll_s)
 
 
@@ -267,8 +271,8 @@ class Warehouse:
       as before (or read MotherDuck directly, with their own MotherDuck token).
     """
 
-    target: str                        # an absolute file path, or md:<database>
-    lock_path: Path                    # the writers' lock, a file on this host
+    target: str  # an absolute file path, or md:<database>
+    lock_path: Path  # the writers' lock, a file on this host
     open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S
     motherduck_token: str | None = field(default=None, repr=False)
 
@@ -276,20 +280,29 @@ class Warehouse:
     def from_settings(cls, settings: Settings) -> Warehouse:
         """The warehouse seam for this configuration (a local file or MotherDuck)."""
         token = settings.motherduck_token.get_secret_value() if settings.motherduck_token else None
-        return cls.at(settings.warehouse_target, data_dir=settings.paths.data_dir,
-                      open_timeout_s=settings.warehouse_open_timeout_s, motherduck_token=token)
+        return cls.at(
+            settings.warehouse_target,
+            data_dir=settings.paths.data_dir,
+            open_timeout_s=settings.warehouse_open_timeout_s,
+            motherduck_token=token,
+        )
 
     @classmethod
-    def at(cls, target: str | Path | None, *, data_dir: Path, open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
-           motherduck_token: str | None = None) -> Warehouse:
+    def at(
+        cls,
+        target: str | Path | None,
+        *,
+        data_dir: Path,
+        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
+        motherduck_token: str | None = None,
+    ) -> Warehouse:
         """`target` as configured: a path (relative to the working directory), `md:<name>`, or
         None for `<data dir>/warehouse.duckdb`."""
         data_dir = Path(data_dir).expanduser().resolve()
         text = str(target) if target else ""
         if text.startswith(MOTHERDUCK_PREFIX):
-            name = text[len(MOTHERDUCK_PREFIX):] or "my_db"
-            return cls(MOTHERDUCK_PREFIX + name, data_dir / f"motherduck-{name}.lock", open_timeout_s,
-                       motherduck_token)
+            name = text[len(MOTHERDUCK_PREFIX) :] or "my_db"
+            return cls(MOTHERDUCK_PREFIX + name, data_dir / f"motherduck-{name}.lock", open_timeout_s, motherduck_token)
         path = Path(text).expanduser().resolve() if text else data_dir / "warehouse.duckdb"
         return cls(str(path), path.with_name(path.name + ".lock"), open_timeout_s, motherduck_token)
 
@@ -309,8 +322,11 @@ class Warehouse:
         """A connection, waiting while a process outside the pipeline holds a local file."""
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        return retry_while_locked(lambda: duckdb.connect(self.target, read_only=read_only, config=self._config()),
-                                  self.target, timeout_s=self.open_timeout_s)
+        return retry_while_locked(
+            lambda: duckdb.connect(self.target, read_only=read_only, config=self._config()),
+            self.target,
+            timeout_s=self.open_timeout_s,
+        )
 
     @contextlib.contextmanager
     def lock(self, timeout_s: float = 3600.0) -> Iterator[None]:
@@ -334,8 +350,11 @@ class Warehouse:
         if self.is_motherduck and self.motherduck_token:
             con.execute("set motherduck_token = ?", [self.motherduck_token])
         mode = " (read_only)" if read_only and not self.is_motherduck else ""
-        retry_while_locked(lambda: con.execute(f"attach {sql_string(self.target)} as {alias}{mode}"), self.target,
-                           timeout_s=self.open_timeout_s)
+        retry_while_locked(
+            lambda: con.execute(f"attach {sql_string(self.target)} as {alias}{mode}"),
+            self.target,
+            timeout_s=self.open_timeout_s,
+        )
 
     def dbt_vars(self) -> dict[str, str]:
         """What dbt's profile needs (`profiles.yml` reads `warehouse_path`)."""

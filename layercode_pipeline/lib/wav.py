@@ -48,17 +48,29 @@ class WavInfo:
         return self.data_bytes / frame / self.sample_rate if frame and self.sample_rate else 0.0
 
 
-def wav_header(data_bytes: int, sample_rate: int = 8000, channels: int = 1, bits: int = 16, *,
-               format_tag: int = PCM, placeholder: int | None = None) -> bytes:
+def wav_header(
+    data_bytes: int,
+    sample_rate: int = 8000,
+    channels: int = 1,
+    bits: int = 16,
+    *,
+    format_tag: int = PCM,
+    placeholder: int | None = None,
+) -> bytes:
     """A canonical 44-byte header; `placeholder` (0 or 0xFFFFFFFF) replaces both sizes, as a
     streaming writer that does not know the length yet would."""
     block_align = channels * bits // 8
     riff_size = 36 + data_bytes if placeholder is None else placeholder
     data_size = data_bytes if placeholder is None else placeholder
-    return (b"RIFF" + struct.pack("<I", riff_size) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, format_tag, channels, sample_rate, sample_rate * block_align,
-                                    block_align, bits)
-            + b"data" + struct.pack("<I", data_size))
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, format_tag, channels, sample_rate, sample_rate * block_align, block_align, bits)
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
 
 
 def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
@@ -97,8 +109,9 @@ def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
                 raise InvalidWav(f"{FORMAT_NAMES[format_tag]} must be 8 bit, header says {bits}")
             if block_align and chunk_size % block_align and not data_placeholder:
                 raise InvalidWav(f"data size {chunk_size} is not a whole number of {block_align}-byte frames")
-            return WavInfo(sample_rate, channels, bits, chunk_size, file_bytes, format_tag,
-                           riff_placeholder or data_placeholder)
+            return WavInfo(
+                sample_rate, channels, bits, chunk_size, file_bytes, format_tag, riff_placeholder or data_placeholder
+            )
         if chunk_size in PLACEHOLDER_SIZES and chunk_id != b"data":
             raise InvalidWav(f"chunk {chunk_id!r} has a placeholder size before the data chunk")
         pos += 8 + chunk_size + (chunk_size & 1)

@@ -21,6 +21,19 @@ def listener_secrets_json(batch: SimBatch) -> str:
     return json.dumps({a.agent_id: a.secret for a in batch.agents})
 
 
-__all__ = ["API_FAULTS", "DEFAULT_FAULTS", "WEBHOOK_FAULTS", "Deliverer", "DeliveryReport", "SimAgent", "SimBatch",
-           "SimSession", "SimulatorAPI", "default_agents", "deliver", "generate_batch", "listener_secrets_json",
-           "parse_fault_specs"]
+__all__ = [
+    "API_FAULTS",
+    "DEFAULT_FAULTS",
+    "WEBHOOK_FAULTS",
+    "Deliverer",
+    "DeliveryReport",
+    "SimAgent",
+    "SimBatch",
+    "SimSession",
+    "SimulatorAPI",
+    "default_agents",
+    "deliver",
+    "generate_batch",
+    "listener_secrets_json",
+    "parse_fault_specs",
+]

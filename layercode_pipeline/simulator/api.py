@@ -112,12 +112,14 @@ class SimulatorAPI:
         # (kind, session_id, status; 0 = slow answer begun). kind: details / recording (the API's
         # answer, 302 when it redirects) / storage (the download itself) / agents
         self.requests: list[tuple[str, str, int]] = []
-        self.app = Starlette(routes=[
-            Route("/v1/agents", self._list_agents, methods=["GET"]),
-            Route("/v1/agents/{agent_id}", self._one_agent, methods=["GET"]),
-            Route("/v1/agents/{agent_id}/sessions/{session_id}", self._details, methods=["GET"]),
-            Route("/v1/agents/{agent_id}/sessions/{session_id}/recording", self._recording, methods=["GET"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/agents", self._list_agents, methods=["GET"]),
+                Route("/v1/agents/{agent_id}", self._one_agent, methods=["GET"]),
+                Route("/v1/agents/{agent_id}/sessions/{session_id}", self._details, methods=["GET"]),
+                Route("/v1/agents/{agent_id}/sessions/{session_id}/recording", self._recording, methods=["GET"]),
+            ]
+        )
         self.storage_app = Starlette(routes=[Route("/o/{agent_id}/{session_id}.wav", self._storage, methods=["GET"])])
 
     @contextlib.contextmanager
@@ -161,7 +163,9 @@ class SimulatorAPI:
             self._scripts[session_id].extend(outcomes)
 
     def count(self, kind: str | None = None, session_id: str | None = None) -> int:
-        return sum(1 for k, s, _ in self.requests if (kind is None or k == kind) and (session_id is None or s == session_id))
+        return sum(
+            1 for k, s, _ in self.requests if (kind is None or k == kind) and (session_id is None or s == session_id)
+        )
 
     # --- request handling ----------------------------------------------------------------
     def _fault(self, session_id: str) -> str | None:
@@ -241,12 +245,16 @@ class SimulatorAPI:
             with self._lock:
                 self._truncate.add(s.session_id)
         self.requests.append(("recording", s.session_id, 302))
-        return Response(status_code=302, headers={"Location": self.signed_url(s, -1 if fault == "expired_url" else URL_TTL_S)})
+        return Response(
+            status_code=302, headers={"Location": self.signed_url(s, -1 if fault == "expired_url" else URL_TTL_S)}
+        )
 
     def signed_url(self, s: SimSession, ttl_s: int = URL_TTL_S) -> str:
         expires = int(time.time()) + ttl_s
-        return (f"{self.storage_url}/o/{quote(s.agent_id)}/{quote(s.session_id)}.wav"
-                f"?expires={expires}&signature={self._signature(s.agent_id, s.session_id, expires)}")
+        return (
+            f"{self.storage_url}/o/{quote(s.agent_id)}/{quote(s.session_id)}.wav"
+            f"?expires={expires}&signature={self._signature(s.agent_id, s.session_id, expires)}"
+        )
 
     def _signature(self, agent_id: str, session_id: str, expires: int) -> str:
         return hmac.new(self._url_key, f"{agent_id}/{session_id}/{expires}".encode(), "sha256").hexdigest()
@@ -255,8 +263,11 @@ class SimulatorAPI:
         agent_id, session_id = request.path_params["agent_id"], request.path_params["session_id"]
         if "authorization" in request.headers:  # as S3 and GCS answer a signed URL that also carries a key
             self.requests.append(("storage", session_id, 400))
-            return Response("<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed"
-                            "</Message></Error>", 400, media_type="application/xml")
+            return Response(
+                "<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed</Message></Error>",
+                400,
+                media_type="application/xml",
+            )
         try:
             expires = int(request.query_params.get("expires", ""))
         except ValueError:
@@ -270,8 +281,13 @@ class SimulatorAPI:
             self.requests.append(("storage", session_id, 404))
             return Response("<Error><Code>NoSuchKey</Code></Error>", 404, media_type="application/xml")
         s = entry.session
-        header = wav_header(s.recording_data_bytes, s.sample_rate, bits=8 * s.recording_bytes_per_sample,
-                            format_tag=MU_LAW if s.wav_format == "mulaw" else PCM, placeholder=s.wav_placeholder)
+        header = wav_header(
+            s.recording_data_bytes,
+            s.sample_rate,
+            bits=8 * s.recording_bytes_per_sample,
+            format_tag=MU_LAW if s.wav_format == "mulaw" else PCM,
+            placeholder=s.wav_placeholder,
+        )
         samples = s.recording_samples
         with self._lock:
             truncated = s.session_id in self._truncate
@@ -286,8 +302,9 @@ class SimulatorAPI:
             async for chunk in pcm:
                 yield chunk
 
-        return StreamingResponse(body(), media_type="audio/wav",
-                                 headers={"Content-Length": str(len(header) + s.recording_data_bytes)})
+        return StreamingResponse(
+            body(), media_type="audio/wav", headers={"Content-Length": str(len(header) + s.recording_data_bytes)}
+        )
 
     async def _list_agents(self, request: Request) -> Response:
         refused = self._refused(request, "agents", "")

@@ -79,10 +79,17 @@ class DeliveryReport:
         return sum(1 for a in self.log if a.sse_torn)
 
     def summary(self) -> dict[str, Any]:
-        return {"sent": self.sent, "acknowledged": len(self.acknowledged), "failed": self.failed,
-                "sse_replies": self.sse_replies, "sse_complete": self.sse_complete, "sse_torn_by_barge_in": self.sse_torn,
-                "dropped_by_fault": len(self.dropped), "elapsed_s": round(self.elapsed_s, 3),
-                "events_per_s": round(self.sent / self.elapsed_s, 1) if self.elapsed_s else None}
+        return {
+            "sent": self.sent,
+            "acknowledged": len(self.acknowledged),
+            "failed": self.failed,
+            "sse_replies": self.sse_replies,
+            "sse_complete": self.sse_complete,
+            "sse_torn_by_barge_in": self.sse_torn,
+            "dropped_by_fault": len(self.dropped),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.sent / self.elapsed_s, 1) if self.elapsed_s else None,
+        }
 
 
 def parse_fault_specs(specs: list[str] | tuple[str, ...]) -> dict[str, float]:
@@ -101,7 +108,9 @@ def parse_fault_specs(specs: list[str] | tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def plan_session(session: SimSession, faults: dict[str, float], r: random.Random) -> tuple[list[dict[str, Any]], list[str]]:
+def plan_session(
+    session: SimSession, faults: dict[str, float], r: random.Random
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The bodies to post for one session, in delivery order, and the event types dropped."""
     events: list[dict[str, Any]] = session.conversation_events()
     dropped: list[str] = []
@@ -128,11 +137,22 @@ def plan_session(session: SimSession, faults: dict[str, float], r: random.Random
 
 
 class Deliverer:
-    def __init__(self, batch: SimBatch, webhook_url: str, *, faults: dict[str, float] | None = None,
-                 concurrency: int = 32, pace_s: float = 0.0, update_delay_s: float = 0.0, seed: int | None = None,
-                 secret_override: str | None = None, timeout_s: float = 30.0, max_attempts: int = 1,
-                 on_session_end: Callable[[SimSession], None] | None = None,
-                 on_event: Callable[[Attempt], None] | None = None):
+    def __init__(
+        self,
+        batch: SimBatch,
+        webhook_url: str,
+        *,
+        faults: dict[str, float] | None = None,
+        concurrency: int = 32,
+        pace_s: float = 0.0,
+        update_delay_s: float = 0.0,
+        seed: int | None = None,
+        secret_override: str | None = None,
+        timeout_s: float = 30.0,
+        max_attempts: int = 1,
+        on_session_end: Callable[[SimSession], None] | None = None,
+        on_event: Callable[[Attempt], None] | None = None,
+    ):
         self.batch = batch
         self.webhook_url = webhook_url
         self.faults = {k: v for k, v in (faults or {}).items() if k in WEBHOOK_FAULTS}
@@ -175,6 +195,7 @@ class Deliverer:
         connector = aiohttp.TCPConnector(limit=self.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+
             async def one(s: SimSession, events: list[dict[str, Any]], burst: bool) -> None:
                 async with sem:
                     await self._deliver_session(client, s, events, burst)
@@ -183,8 +204,9 @@ class Deliverer:
         self.report.elapsed_s = time.perf_counter() - started
         return self.report
 
-    async def _deliver_session(self, client: aiohttp.ClientSession, s: SimSession, events: list[dict[str, Any]],
-                               burst: bool) -> None:
+    async def _deliver_session(
+        self, client: aiohttp.ClientSession, s: SimSession, events: list[dict[str, Any]], burst: bool
+    ) -> None:
         secret = self.secret_override or self.batch.agent(s.agent_id).secret
         url = self.url_for(s.agent_id)
         torn = s.torn_replies()
@@ -199,14 +221,26 @@ class Deliverer:
             if self.pace_s and not burst:
                 await asyncio.sleep(self.pace_s)
 
-    async def _post(self, client: aiohttp.ClientSession, url: str, secret: str, s: SimSession,
-                    event: dict[str, Any], body: bytes, tear: bool = False) -> None:
+    async def _post(
+        self,
+        client: aiohttp.ClientSession,
+        url: str,
+        secret: str,
+        s: SimSession,
+        event: dict[str, Any],
+        body: bytes,
+        tear: bool = False,
+    ) -> None:
         sha = hashlib.sha256(body).hexdigest()
         for attempt in range(1, self.max_attempts + 1):
             rec = Attempt(s.session_id, s.agent_id, event["type"], event.get("turn_id"), sha, None)
             try:
-                headers = {**s.headers, SIGNATURE_HEADER: sign(body, secret), "content-type": "application/json",
-                           "user-agent": "layercode-simulator"}
+                headers = {
+                    **s.headers,
+                    SIGNATURE_HEADER: sign(body, secret),
+                    "content-type": "application/json",
+                    "user-agent": "layercode-simulator",
+                }
                 async with client.post(url, data=body, headers=headers) as resp:
                     rec.status = resp.status
                     if resp.status == 200 and resp.content_type == "text/event-stream" and tear:
@@ -251,8 +285,13 @@ def deliver_with_progress(deliverer: Deliverer, console: Any | None) -> Delivery
         return asyncio.run(deliverer.run())
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("delivering signed webhooks", total=deliverer.planned_events)
         deliverer.on_event = lambda attempt: progress.advance(task)
         return asyncio.run(deliverer.run())

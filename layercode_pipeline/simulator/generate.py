@@ -17,17 +17,27 @@ from layercode_pipeline.contract.events import DATA, MESSAGE, SESSION_END, SESSI
 
 from .scenarios import pick_script
 
-COUNTRIES = [("US", "+1", 40), ("GB", "+44", 15), ("DE", "+49", 10), ("IN", "+91", 10), ("BR", "+55", 8),
-             ("JP", "+81", 7), ("ES", "+34", 5), ("AU", "+61", 5)]
+COUNTRIES = [
+    ("US", "+1", 40),
+    ("GB", "+44", 15),
+    ("DE", "+49", 10),
+    ("IN", "+91", 10),
+    ("BR", "+55", 8),
+    ("JP", "+81", 7),
+    ("ES", "+34", 5),
+    ("AU", "+61", 5),
+]
 PHONE_RATE = 8000  # telephony recordings
 WEB_RATE = 16000  # browser recordings
 PLACEHOLDERS = (0, 0xFFFFFFFF)  # what a streaming WAV writer puts where it does not know a size yet
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 TYPED_TEXTS = ["my email is jo@example.com", "order 55512", "can I get a callback tomorrow?"]
-DATA_EVENTS: list[dict[str, Any]] = [{"event": "form_submitted", "form": "contact", "fields": ["email"]},
-               {"event": "button_clicked", "button": "talk_to_human"},
-               {"event": "page_viewed", "path": "/pricing"},
-               {"event": "cart_updated", "items": 2, "total": 59.9}]
+DATA_EVENTS: list[dict[str, Any]] = [
+    {"event": "form_submitted", "form": "contact", "fields": ["email"]},
+    {"event": "button_clicked", "button": "talk_to_human"},
+    {"event": "page_viewed", "path": "/pricing"},
+    {"event": "cart_updated", "items": 2, "total": 59.9},
+]
 
 
 @dataclass
@@ -51,11 +61,23 @@ class SimAgent:
 
     def api_record(self) -> dict[str, Any]:
         """The agent as `GET /v1/agents` lists it (contract section 5)."""
-        return {"id": self.agent_id, "name": self.name, "type": self.agent_type,
-                "agent_template_id": self.template_id, "created_at": self.created_at, "updated_at": self.created_at,
-                "assigned_phone_numbers": [{"phone_number": n, "twilio_sid": "PN" + hashlib.sha256(n.encode()).hexdigest()[:32],
-                                            "friendly_name": f"{self.name} line {i + 1}", "assigned_at": self.created_at}
-                                           for i, n in enumerate(self.phone_numbers)]}
+        return {
+            "id": self.agent_id,
+            "name": self.name,
+            "type": self.agent_type,
+            "agent_template_id": self.template_id,
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+            "assigned_phone_numbers": [
+                {
+                    "phone_number": n,
+                    "twilio_sid": "PN" + hashlib.sha256(n.encode()).hexdigest()[:32],
+                    "friendly_name": f"{self.name} line {i + 1}",
+                    "assigned_at": self.created_at,
+                }
+                for i, n in enumerate(self.phone_numbers)
+            ],
+        }
 
     def detail_record(self) -> dict[str, Any]:
         """The agent as `GET /v1/agents/{id}` answers: the list entry and its configuration,
@@ -138,7 +160,11 @@ class SimSession:
 
     # --- webhook payloads (contract sections 1 and 5) -----------------------------------
     def _common(self, event_type: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": event_type, "session_id": self.session_id, "conversation_id": self.conversation_id}
+        out: dict[str, Any] = {
+            "type": event_type,
+            "session_id": self.session_id,
+            "conversation_id": self.conversation_id,
+        }
         if self.from_phone_number:
             out["from_phone_number"] = self.from_phone_number
             out["to_phone_number"] = self.to_phone_number
@@ -177,8 +203,11 @@ class SimSession:
             prev = self.turns[i - 1] if i else None
             if prev is not None and prev.role == "assistant":
                 heard = prev.words_heard if prev.interrupted else len(prev.text.split())
-                ctx: dict[str, Any] = {"previous_turn_interrupted": prev.interrupted, "words_heard": heard,
-                                       "text_heard": prev.text_heard if prev.interrupted else prev.text}
+                ctx: dict[str, Any] = {
+                    "previous_turn_interrupted": prev.interrupted,
+                    "words_heard": heard,
+                    "text_heard": prev.text_heard if prev.interrupted else prev.text,
+                }
                 if self.agent.metadata_field != "metadata":  # newer payloads name the turn (optional field)
                     ctx["assistant_turn_id"] = prev.turn_id
                 body["interruption_context"] = ctx
@@ -220,15 +249,21 @@ class SimSession:
 
     def session_end(self) -> dict[str, Any]:
         return {
-            **self._common(SESSION_END), "agent_id": self.agent_id,
-            "started_at": self.iso(self.started_at), "ended_at": self.iso(self.ended_at),
-            "duration": self.duration_ms, "transcription_duration_seconds": self.transcription_duration_seconds,
-            "tts_duration_seconds": self.tts_duration_seconds, "latency": self.webhook_latency,
-            "ip_address": self.ip_address, "country_code": self.country_code,
+            **self._common(SESSION_END),
+            "agent_id": self.agent_id,
+            "started_at": self.iso(self.started_at),
+            "ended_at": self.iso(self.ended_at),
+            "duration": self.duration_ms,
+            "transcription_duration_seconds": self.transcription_duration_seconds,
+            "tts_duration_seconds": self.tts_duration_seconds,
+            "latency": self.webhook_latency,
+            "ip_address": self.ip_address,
+            "country_code": self.country_code,
             "recording_status": "enabled" if self.recording_enabled else "disabled",
-            "transcript": [{"role": t.role, "text": t.text,
-                            "timestamp": int(self.started_at.timestamp() * 1000) + t.offset_ms}
-                           for t in self.turns],
+            "transcript": [
+                {"role": t.role, "text": t.text, "timestamp": int(self.started_at.timestamp() * 1000) + t.offset_ms}
+                for t in self.turns
+            ],
         }
 
     def session_update(self) -> dict[str, Any] | None:
@@ -236,7 +271,9 @@ class SimSession:
             return None
         body: dict[str, Any] = {**self._common(SESSION_UPDATE), "recording_status": self.recording_outcome}
         if self.recording_outcome == "completed":
-            body["recording_url"] = f"https://api.layercode.com/v1/agents/{self.agent_id}/sessions/{self.session_id}/recording"
+            body["recording_url"] = (
+                f"https://api.layercode.com/v1/agents/{self.agent_id}/sessions/{self.session_id}/recording"
+            )
             body["recording_duration"] = round(self.duration_ms / 1000, 3)
         else:
             body["error_message"] = "recording processing failed"
@@ -263,17 +300,27 @@ class SimSession:
         else:
             status = "not_available"
         rec: dict[str, Any] = {
-            "session_id": self.session_id, "agent_id": self.agent_id,
-            "started_at": self.iso(self.started_at), "ended_at": self.iso(self.ended_at),
-            "duration_ms": self.duration_ms, "latency_ms": self.latency_ms,
+            "session_id": self.session_id,
+            "agent_id": self.agent_id,
+            "started_at": self.iso(self.started_at),
+            "ended_at": self.iso(self.ended_at),
+            "duration_ms": self.duration_ms,
+            "latency_ms": self.latency_ms,
             "transcription_duration_seconds": self.transcription_duration_seconds,
-            "tts_duration_seconds": self.tts_duration_seconds, "metadata": self.metadata,
-            "ip_address": self.ip_address, "country_code": self.country_code,
-            "transcript": exchanges, "recording_status": status,
+            "tts_duration_seconds": self.tts_duration_seconds,
+            "metadata": self.metadata,
+            "ip_address": self.ip_address,
+            "country_code": self.country_code,
+            "transcript": exchanges,
+            "recording_status": status,
         }
         if self.from_phone_number:
-            rec.update(from_phone_number=self.from_phone_number, from_phone_country=self.from_phone_country,
-                       to_phone_number=self.to_phone_number, to_phone_country=self.to_phone_country)
+            rec.update(
+                from_phone_number=self.from_phone_number,
+                from_phone_country=self.from_phone_country,
+                to_phone_number=self.to_phone_number,
+                to_phone_country=self.to_phone_country,
+            )
         if status == "completed":
             rec["recording_url"] = f"/v1/agents/{self.agent_id}/sessions/{self.session_id}/recording"
         return rec
@@ -281,10 +328,12 @@ class SimSession:
     def _exchange(self, user: Turn | None, assistant: Turn | None) -> dict[str, Any]:
         first = user or assistant
         assert first is not None
-        return {"timestamp": self.iso(self.started_at + timedelta(milliseconds=first.offset_ms)),
-                "user_message": user.text if user else None,
-                "assistant_message": assistant.text if assistant else None,
-                "latency_ms": assistant.latency_ms if user and assistant else None}
+        return {
+            "timestamp": self.iso(self.started_at + timedelta(milliseconds=first.offset_ms)),
+            "user_message": user.text if user else None,
+            "assistant_message": assistant.text if assistant else None,
+            "latency_ms": assistant.latency_ms if user and assistant else None,
+        }
 
     # --- the recording -----------------------------------------------------------------
     @property
@@ -304,34 +353,54 @@ class SimSession:
         turns = self.turns
         words = {r: sum(len(t.text.split()) for t in turns if t.role == r) for r in ("user", "assistant")}
         return {
-            "session_id": self.session_id, "conversation_id": self.conversation_id, "agent_id": self.agent_id,
-            "agent_name": self.agent.name, "scenario": self.scenario, "channel": self.channel,
-            "started_at": self.iso(self.started_at), "ended_at": self.iso(self.ended_at),
-            "duration_ms": self.duration_ms, "latency_ms": self.latency_ms,
-            "webhook_latency": self.webhook_latency, "webhook_latency_unit": self.agent.latency_unit,
+            "session_id": self.session_id,
+            "conversation_id": self.conversation_id,
+            "agent_id": self.agent_id,
+            "agent_name": self.agent.name,
+            "scenario": self.scenario,
+            "channel": self.channel,
+            "started_at": self.iso(self.started_at),
+            "ended_at": self.iso(self.ended_at),
+            "duration_ms": self.duration_ms,
+            "latency_ms": self.latency_ms,
+            "webhook_latency": self.webhook_latency,
+            "webhook_latency_unit": self.agent.latency_unit,
             "transcription_duration_seconds": self.transcription_duration_seconds,
             "tts_duration_seconds": self.tts_duration_seconds,
-            "country_code": self.country_code, "from_phone_number": self.from_phone_number,
+            "country_code": self.country_code,
+            "from_phone_number": self.from_phone_number,
             "to_phone_number": self.to_phone_number,
-            "turns": len(turns), "user_turns": sum(t.role == "user" for t in turns),
+            "turns": len(turns),
+            "user_turns": sum(t.role == "user" for t in turns),
             "assistant_turns": sum(t.role == "assistant" for t in turns),
-            "user_words": words["user"], "assistant_words": words["assistant"],
+            "user_words": words["user"],
+            "assistant_words": words["assistant"],
             "turn_texts": [[t.role, t.text] for t in turns],
             "barge_ins_observable": self.barge_ins_observable,
             "interruptions": sum(t.interrupted for t in turns) if self.barge_ins_observable else None,
             # (position, words heard, text heard) of each assistant turn the caller barged into
-            "interrupted_turns": [[i + 1, t.words_heard, t.text_heard] for i, t in enumerate(turns)
-                                  if t.interrupted and self.barge_ins_observable],
+            "interrupted_turns": [
+                [i + 1, t.words_heard, t.text_heard]
+                for i, t in enumerate(turns)
+                if t.interrupted and self.barge_ins_observable
+            ],
             "turn_latency_ms": [t.latency_ms for t in turns],
             "data_events": [d for _, d in self.data_events] if self.agent.backend == "agent.webhook" else [],
             "custom_headers": self.headers,
             "metadata_field": self.agent.metadata_field,
             "recording_state": self.recording_outcome or ("disabled" if not self.recording_enabled else "in_progress"),
-            "recording_duration_s": round(self.recording_samples / self.sample_rate, 3) if self.recording_outcome == "completed" else None,
-            "recording_format": {"sample_rate": self.sample_rate, "encoding": self.wav_format,
-                                 "placeholder_sizes": self.wav_placeholder is not None},
-            "expected_sentiment": self.expected_sentiment, "expected_outcome": self.expected_outcome,
-            "caller_name": self.caller_name, "metadata": self.metadata,
+            "recording_duration_s": round(self.recording_samples / self.sample_rate, 3)
+            if self.recording_outcome == "completed"
+            else None,
+            "recording_format": {
+                "sample_rate": self.sample_rate,
+                "encoding": self.wav_format,
+                "placeholder_sizes": self.wav_placeholder is not None,
+            },
+            "expected_sentiment": self.expected_sentiment,
+            "expected_outcome": self.expected_outcome,
+            "caller_name": self.caller_name,
+            "metadata": self.metadata,
         }
 
 
@@ -348,18 +417,38 @@ class SimBatch:
         sessions = [s.truth() for s in self.sessions]
         conversations: dict[str, dict[str, Any]] = {}
         for s in sorted(self.sessions, key=lambda s: (s.conversation_id, s.sequence)):
-            c = conversations.setdefault(s.conversation_id, {
-                "conversation_id": s.conversation_id, "agent_id": s.agent_id, "sessions": 0,
-                "started_at": s.iso(s.started_at), "ended_at": s.iso(s.ended_at), "duration_ms": 0, "turns": 0})
+            c = conversations.setdefault(
+                s.conversation_id,
+                {
+                    "conversation_id": s.conversation_id,
+                    "agent_id": s.agent_id,
+                    "sessions": 0,
+                    "started_at": s.iso(s.started_at),
+                    "ended_at": s.iso(s.ended_at),
+                    "duration_ms": 0,
+                    "turns": 0,
+                },
+            )
             c["sessions"] += 1
             c["ended_at"] = max(c["ended_at"], s.iso(s.ended_at))
             c["duration_ms"] += s.duration_ms
             c["turns"] += len(s.turns)
-        return {"seed": self.seed,
-                "agents": [{"agent_id": a.agent_id, "name": a.name, "records_sessions": a.records_sessions,
-                            "metadata_field": a.metadata_field, "latency_unit": a.latency_unit,
-                            "phone_numbers": a.phone_numbers} for a in self.agents],
-                "sessions": sessions, "conversations": list(conversations.values())}
+        return {
+            "seed": self.seed,
+            "agents": [
+                {
+                    "agent_id": a.agent_id,
+                    "name": a.name,
+                    "records_sessions": a.records_sessions,
+                    "metadata_field": a.metadata_field,
+                    "latency_unit": a.latency_unit,
+                    "phone_numbers": a.phone_numbers,
+                }
+                for a in self.agents
+            ],
+            "sessions": sessions,
+            "conversations": list(conversations.values()),
+        }
 
 
 def _id(r: random.Random, length: int = 24) -> str:
@@ -374,11 +463,13 @@ def _phone(r: random.Random, prefix: str) -> str:
 # (name, metadata field, latency unit of session.end, custom headers, backend): the agents differ
 # the way an org's agents built at different times do; one runs on Layercode's hosted LLM, so
 # only its session webhook reaches us (no `message`, no `data`: barge-ins unobservable).
-AGENT_STYLES = [("Acme Support", "custom_metadata", "ms", True, "agent.webhook"),
-                ("Acme Sales", "metadata", "s", False, "agent.webhook"),
-                ("Acme Booking", "both", "ms", True, "agent.webhook"),
-                ("Acme Billing", "custom_metadata", "ms", False, "agent.llm"),
-                ("Acme Intake", "metadata", "ms", False, "agent.webhook")]
+AGENT_STYLES = [
+    ("Acme Support", "custom_metadata", "ms", True, "agent.webhook"),
+    ("Acme Sales", "metadata", "s", False, "agent.webhook"),
+    ("Acme Booking", "both", "ms", True, "agent.webhook"),
+    ("Acme Billing", "custom_metadata", "ms", False, "agent.llm"),
+    ("Acme Intake", "metadata", "ms", False, "agent.webhook"),
+]
 
 
 def default_agents(seed: int, count: int = 4) -> list[SimAgent]:
@@ -386,11 +477,21 @@ def default_agents(seed: int, count: int = 4) -> list[SimAgent]:
     agents = []
     for i, (name, metadata_field, latency_unit, headers, backend) in enumerate(AGENT_STYLES[:count]):
         agent_id = _id(r, 8)
-        agents.append(SimAgent(
-            agent_id=agent_id, secret=hashlib.sha256(f"{seed}-{name}-{r.random()}".encode()).hexdigest()[:40],
-            records_sessions=(i != count - 1), name=name, template_id=_id(r, 8) if i % 2 == 0 else None,
-            created_at=f"2026-0{1 + i}-1{i}T09:30:00.000Z", phone_numbers=[_phone(r, "+1") for _ in range(1 + i % 2)],
-            metadata_field=metadata_field, latency_unit=latency_unit, sends_custom_headers=headers, backend=backend))
+        agents.append(
+            SimAgent(
+                agent_id=agent_id,
+                secret=hashlib.sha256(f"{seed}-{name}-{r.random()}".encode()).hexdigest()[:40],
+                records_sessions=(i != count - 1),
+                name=name,
+                template_id=_id(r, 8) if i % 2 == 0 else None,
+                created_at=f"2026-0{1 + i}-1{i}T09:30:00.000Z",
+                phone_numbers=[_phone(r, "+1") for _ in range(1 + i % 2)],
+                metadata_field=metadata_field,
+                latency_unit=latency_unit,
+                sends_custom_headers=headers,
+                backend=backend,
+            )
+        )
     return agents
 
 
@@ -406,9 +507,15 @@ def _interrupt_and_time(r: random.Random, turns: list[Turn], latency_ms: float) 
             t.words_heard = r.randint(1, words - 1)
 
 
-def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = None,
-                   agents: list[SimAgent] | None = None, reconnect_rate: float = 0.12,
-                   recording_failure_rate: float = 0.08) -> SimBatch:
+def generate_batch(
+    calls: int,
+    *,
+    seed: int = 0,
+    base_time: datetime | None = None,
+    agents: list[SimAgent] | None = None,
+    reconnect_rate: float = 0.12,
+    recording_failure_rate: float = 0.08,
+) -> SimBatch:
     """`calls` conversations; some reconnect (a second session, same conversation_id)."""
     r = random.Random(seed)
     base = (base_time or datetime(2026, 11, 20, 9, 0, tzinfo=UTC)).astimezone(UTC)
@@ -423,10 +530,17 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
         country, dial, _ = r.choices(COUNTRIES, weights=[c[2] for c in COUNTRIES])[0]
         from_phone = _phone(r, dial) if telephony else None
         to_phone = (r.choice(agent.phone_numbers) if agent.phone_numbers else _phone(r, "+1")) if telephony else None
-        metadata = {"tenant_id": f"t-{r.randint(100, 999)}", "crm_id": f"crm_{r.getrandbits(32):08x}",
-                    "customer_tier": r.choice(["free", "pro", "enterprise"]), "campaign": r.choice(["organic", "spring_promo"])}
-        headers = {"x-tenant-id": metadata["tenant_id"], "x-request-source": r.choice(["ivr", "website"])} \
-            if agent.sends_custom_headers else {}
+        metadata = {
+            "tenant_id": f"t-{r.randint(100, 999)}",
+            "crm_id": f"crm_{r.getrandbits(32):08x}",
+            "customer_tier": r.choice(["free", "pro", "enterprise"]),
+            "campaign": r.choice(["organic", "spring_promo"]),
+        }
+        headers = (
+            {"x-tenant-id": metadata["tenant_id"], "x-request-source": r.choice(["ivr", "website"])}
+            if agent.sends_custom_headers
+            else {}
+        )
         for seq in range(n_sessions):
             welcome, script = pick_script(r)
             turns_spec = [("assistant", welcome if seq == 0 else "Welcome back. Let's continue."), *script.turns]
@@ -455,23 +569,42 @@ def generate_batch(calls: int, *, seed: int = 0, base_time: datetime | None = No
             outcome = None
             if recorded:
                 outcome = "failed" if r.random() < recording_failure_rate else "completed"
-            data_events: list[tuple[str, dict[str, Any]]] = [] if telephony else [
-                (t.turn_id, r.choice(DATA_EVENTS)) for t in turns if t.role == "user" and r.random() < 0.3]
+            data_events: list[tuple[str, dict[str, Any]]] = (
+                []
+                if telephony
+                else [(t.turn_id, r.choice(DATA_EVENTS)) for t in turns if t.role == "user" and r.random() < 0.3]
+            )
             session = SimSession(
-                session_id=_id(r), conversation_id=conversation_id, agent=agent, sequence=seq,
-                scenario=script.scenario, started_at=start, duration_ms=duration_ms, latency_ms=session_latency,
+                session_id=_id(r),
+                conversation_id=conversation_id,
+                agent=agent,
+                sequence=seq,
+                scenario=script.scenario,
+                started_at=start,
+                duration_ms=duration_ms,
+                latency_ms=session_latency,
                 transcription_duration_seconds=round(user_words / 2.6 + r.uniform(0.2, 1.5), 2),
                 tts_duration_seconds=round(asst_words / 2.8, 2),
                 ip_address=None if telephony else f"203.0.113.{r.randint(1, 254)}",
-                country_code=country, from_phone_number=from_phone, to_phone_number=to_phone,
-                from_phone_country=country if telephony else None, to_phone_country="US" if telephony else None,
-                metadata=metadata, welcome_turn_id=turns[0].turn_id, turns=turns,
-                recording_enabled=recorded, recording_outcome=outcome,
-                expected_sentiment=script.sentiment, expected_outcome=script.outcome, caller_name=script.caller_name,
-                headers=headers, data_events=data_events,
+                country_code=country,
+                from_phone_number=from_phone,
+                to_phone_number=to_phone,
+                from_phone_country=country if telephony else None,
+                to_phone_country="US" if telephony else None,
+                metadata=metadata,
+                welcome_turn_id=turns[0].turn_id,
+                turns=turns,
+                recording_enabled=recorded,
+                recording_outcome=outcome,
+                expected_sentiment=script.sentiment,
+                expected_outcome=script.outcome,
+                caller_name=script.caller_name,
+                headers=headers,
+                data_events=data_events,
                 sample_rate=PHONE_RATE if telephony else WEB_RATE,
                 wav_format="mulaw" if telephony and r.random() < 0.4 else "pcm",
-                wav_placeholder=r.choice(PLACEHOLDERS) if r.random() < 0.25 else None)
+                wav_placeholder=r.choice(PLACEHOLDERS) if r.random() < 0.25 else None,
+            )
             batch.sessions.append(session)
             start = session.ended_at + timedelta(milliseconds=r.randint(2000, 20000))
     return batch

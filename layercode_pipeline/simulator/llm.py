@@ -49,8 +49,12 @@ def example_for(schema: dict[str, Any], root: dict[str, Any] | None = None) -> A
 
 
 class OpenAIStub:
-    def __init__(self, api_key: str = "sk-test", delay_s: float = 0.0,
-                 answer: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        api_key: str = "sk-test",
+        delay_s: float = 0.0,
+        answer: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+    ):
         self.api_key = api_key
         self.delay_s = delay_s
         self.answer = answer
@@ -71,8 +75,9 @@ class OpenAIStub:
             self.requests.append(body)
             outcome = self._script.popleft() if self._script else "ok"
         if outcome == "rate_limit":
-            return JSONResponse({"error": {"message": "Rate limit reached", "type": "requests"}}, 429,
-                                headers={"retry-after": "0.2"})
+            return JSONResponse(
+                {"error": {"message": "Rate limit reached", "type": "requests"}}, 429, headers={"retry-after": "0.2"}
+            )
         if outcome == "server_error":
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
         if self.delay_s:
@@ -90,9 +95,18 @@ class OpenAIStub:
             message["content"] = json.dumps(content)
         prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
         completion = len(message["content"] or "") // 4
-        return JSONResponse({
-            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model"), "system_fingerprint": "stub",
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-        })
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "system_fingerprint": "stub",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }
+        )

@@ -67,8 +67,15 @@ class ResultReceiver:
                 self.rejected += 1
             return JSONResponse({"error": str(exc)}, status_code=401)
         with self._lock:
-            self.received.append(Received(request.headers["webhook-id"], payload.get("type"),
-                                          (payload.get("data") or {}).get("session_id"), payload, time.time()))
+            self.received.append(
+                Received(
+                    request.headers["webhook-id"],
+                    payload.get("type"),
+                    (payload.get("data") or {}).get("session_id"),
+                    payload,
+                    time.time(),
+                )
+            )
         status = self.status_after(n) if self.status_after is not None else 200
         return JSONResponse({"ok": status < 300}, status_code=status)
 

@@ -23,8 +23,11 @@ class BackgroundServer:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, **config: Any):
         self.host = host
         self.port = port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, access_log=False,
-                                                    log_level=config.pop("log_level", "warning"), **config))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=self.port, access_log=False, log_level=config.pop("log_level", "warning"), **config
+            )
+        )
         # uvicorn < 0.29 installs signal handlers in run(); newer ones skip them off the main thread
         self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)

@@ -6,9 +6,12 @@ import dagster as dg
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
 
 backfill_job = dg.define_asset_job(
-    "backfill_job", selection=dg.AssetSelection.assets(
-        SESSION_DETAILS, dg.AssetKey("layercode_recordings"), dg.AssetKey("layercode_agents")).downstream(),
+    "backfill_job",
+    selection=dg.AssetSelection.assets(
+        SESSION_DETAILS, dg.AssetKey("layercode_recordings"), dg.AssetKey("layercode_agents")
+    ).downstream(),
     executor_def=dg.in_process_executor,
     tags={"layercode/stage": "backfill"},
     description="List the agents, fill gaps from the REST API, fetch ready recordings, then refresh what depends "
-                "on them.")
+    "on them.",
+)

@@ -44,8 +44,12 @@ class LayercodeDbtTranslator(DagsterDbtTranslator):
 TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
 
-@dbt_assets(manifest=layercode_dbt_project().manifest_path, project=layercode_dbt_project(), pool=WAREHOUSE_POOL,
-            dagster_dbt_translator=TRANSLATOR)
+@dbt_assets(
+    manifest=layercode_dbt_project().manifest_path,
+    project=layercode_dbt_project(),
+    pool=WAREHOUSE_POOL,
+    dagster_dbt_translator=TRANSLATOR,
+)
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
     warehouse = storage.warehouse
     with warehouse.open_for_writing():
@@ -60,8 +64,9 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         # state stays valid from run to run (a full parse costs seconds of every run's
         # freshness), and runs leave no directory behind. The writers' lock held here means
         # no two builds share it at once.
-        events = list(dbt.cli(["build", "--vars", storage.dbt_vars()], context=context,
-                              target_path=RUN_TARGET_PATH).stream())
+        events = list(
+            dbt.cli(["build", "--vars", storage.dbt_vars()], context=context, target_path=RUN_TARGET_PATH).stream()
+        )
         yield from with_row_counts(events, warehouse)
 
 
@@ -71,8 +76,11 @@ def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
     nodes = json.loads(layercode_dbt_project().manifest_path.read_text())["nodes"]
     # schema.alias, not the manifest's relation_name: that one names the database after the
     # file dbt parsed with, which need not be the warehouse this run builds
-    relations = {uid: (node["schema"], node.get("alias") or node["name"]) for uid, node in nodes.items()
-                 if node.get("resource_type") == "model"}
+    relations = {
+        uid: (node["schema"], node.get("alias") or node["name"])
+        for uid, node in nodes.items()
+        if node.get("resource_type") == "model"
+    }
     con = warehouse.connect(read_only=True)
     try:
         for event in events:
@@ -91,6 +99,9 @@ def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
 
 def column_schema(con, schema: str, name: str, node: Mapping[str, Any]) -> dg.TableSchema:
     described = {c: (v.get("description") or None) for c, v in node.get("columns", {}).items()}
-    rows = con.execute("select column_name, data_type from information_schema.columns where table_schema = ? "
-                       "and table_name = ? order by ordinal_position", [schema, name]).fetchall()
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = ? "
+        "and table_name = ? order by ordinal_position",
+        [schema, name],
+    ).fetchall()
     return dg.TableSchema(columns=[dg.TableColumn(c, t.lower(), description=described.get(c)) for c, t in rows])

@@ -35,9 +35,15 @@ def _manifest_is_stale(manifest: Path) -> bool:
     if not manifest.exists():
         return True
     built = manifest.stat().st_mtime
-    return any(p.stat().st_mtime > built for folder in ("models", "macros", "tests")
-               for p in (DBT_PROJECT_DIR / folder).rglob("*") if p.is_file()) \
+    return (
+        any(
+            p.stat().st_mtime > built
+            for folder in ("models", "macros", "tests")
+            for p in (DBT_PROJECT_DIR / folder).rglob("*")
+            if p.is_file()
+        )
         or (DBT_PROJECT_DIR / "dbt_project.yml").stat().st_mtime > built
+    )
 
 
 class DbtParser(DagsterDbtProjectPreparer):
@@ -46,7 +52,8 @@ class DbtParser(DagsterDbtProjectPreparer):
 
     def _prepare_manifest(self, project: DbtProject) -> None:
         DbtCliResource(project_dir=project, dbt_executable=DBT_EXECUTABLE).cli(
-            ["parse", "--quiet"], target_path=project.target_path).wait()
+            ["parse", "--quiet"], target_path=project.target_path
+        ).wait()
 
 
 @cache

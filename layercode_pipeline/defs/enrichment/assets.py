@@ -31,28 +31,42 @@ class EnrichmentRunConfig(dg.Config):
     pool=WAREHOUSE_POOL,
     automation_condition=DOWNSTREAM,
     check_specs=[
-        dg.AssetCheckSpec("no_enrichment_errors", asset="session_enrichments",
-                          description="No provider call of this run failed or answered outside the schema (those "
-                                      "are error rows, retried on the next run)."),
-        dg.AssetCheckSpec("enrichment_coverage", asset="session_enrichments",
-                          description="Every session with a transcript has an answer for the current provider, "
-                                      "model, prompt version and schema (failures and budget stops leave gaps)."),
+        dg.AssetCheckSpec(
+            "no_enrichment_errors",
+            asset="session_enrichments",
+            description="No provider call of this run failed or answered outside the schema (those "
+            "are error rows, retried on the next run).",
+        ),
+        dg.AssetCheckSpec(
+            "enrichment_coverage",
+            asset="session_enrichments",
+            description="Every session with a transcript has an answer for the current provider, "
+            "model, prompt version and schema (failures and budget stops leave gaps).",
+        ),
     ],
     kinds={"duckdb", "openai"},
     description="enrichment.session_enrichments: summary, caller name, sentiment, outcome, topics, quality, "
-                "compliance flags, action items and custom fields per session, cached by transcript, prompt "
-                "version, schema version and model. Rows say which provider made them.",
+    "compliance flags, action items and custom fields per session, cached by transcript, prompt "
+    "version, schema version and model. Rows say which provider made them.",
 )
-def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRunConfig, storage: StorageResource,
-                        openai: OpenAIResource) -> dg.MaterializeResult:
+def session_enrichments(
+    context: dg.AssetExecutionContext, config: EnrichmentRunConfig, storage: StorageResource, openai: OpenAIResource
+) -> dg.MaterializeResult:
     settings = EnrichmentSettings.load(config.config_file or openai.enrichment_config)
     if config.prompt_version:
         settings.prompt_version = config.prompt_version
     schema = build_analysis_model(settings)
     try:
-        provider = build_provider(config.provider, settings, schema, api_key=openai.api_key, model=openai.model,
-                                  base_url=openai.base_url, timeout_s=openai.timeout_s,
-                                  max_retries=openai.max_retries)
+        provider = build_provider(
+            config.provider,
+            settings,
+            schema,
+            api_key=openai.api_key,
+            model=openai.model,
+            base_url=openai.base_url,
+            timeout_s=openai.timeout_s,
+            max_retries=openai.max_retries,
+        )
     except ValueError as exc:
         raise dg.Failure(str(exc)) from None
     if provider.name == "offline":
@@ -60,9 +74,16 @@ def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRun
 
     async def run(con):
         try:
-            return await enrich_sessions(con, provider, settings, schema_version(schema),
-                                         redact_pii=config.redact_pii, concurrency=config.concurrency,
-                                         max_calls=config.max_calls, max_usd=config.max_usd)
+            return await enrich_sessions(
+                con,
+                provider,
+                settings,
+                schema_version(schema),
+                redact_pii=config.redact_pii,
+                concurrency=config.concurrency,
+                max_calls=config.max_calls,
+                max_usd=config.max_usd,
+            )
         finally:
             await provider.aclose()
 
@@ -76,18 +97,40 @@ def session_enrichments(context: dg.AssetExecutionContext, config: EnrichmentRun
     missing = stats.failed + stats.skipped_budget
     coverage = 1.0 if not stats.candidates else (stats.candidates - missing) / stats.candidates
     checks = [
-        dg.AssetCheckResult(check_name="no_enrichment_errors", passed=stats.failed == 0,
-                            severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"errors": stats.failed, "examples": dg.MetadataValue.json(stats.errors[:10])}),
-        dg.AssetCheckResult(check_name="enrichment_coverage", passed=missing == 0, severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"coverage": dg.MetadataValue.float(round(coverage, 4)),
-                                      "sessions_without_answer": missing, "failed": stats.failed,
-                                      "left_by_budget": stats.skipped_budget}),
+        dg.AssetCheckResult(
+            check_name="no_enrichment_errors",
+            passed=stats.failed == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"errors": stats.failed, "examples": dg.MetadataValue.json(stats.errors[:10])},
+        ),
+        dg.AssetCheckResult(
+            check_name="enrichment_coverage",
+            passed=missing == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "coverage": dg.MetadataValue.float(round(coverage, 4)),
+                "sessions_without_answer": missing,
+                "failed": stats.failed,
+                "left_by_budget": stats.skipped_budget,
+            },
+        ),
     ]
-    return dg.MaterializeResult(check_results=checks, metadata={
-        "provider": provider.name, "model": provider.model, "prompt_version": settings.prompt_version,
-        "schema_version": schema_version(schema), "candidates": stats.candidates, "enriched": stats.enriched,
-        "cached": stats.cached, "failed": stats.failed, "skipped_budget": stats.skipped_budget,
-        "llm_calls": stats.calls, "input_tokens": stats.input_tokens, "output_tokens": stats.output_tokens,
-        "cost_usd": dg.MetadataValue.float(stats.cost_usd), "dagster/row_count": total,
-    })
+    return dg.MaterializeResult(
+        check_results=checks,
+        metadata={
+            "provider": provider.name,
+            "model": provider.model,
+            "prompt_version": settings.prompt_version,
+            "schema_version": schema_version(schema),
+            "candidates": stats.candidates,
+            "enriched": stats.enriched,
+            "cached": stats.cached,
+            "failed": stats.failed,
+            "skipped_budget": stats.skipped_budget,
+            "llm_calls": stats.calls,
+            "input_tokens": stats.input_tokens,
+            "output_tokens": stats.output_tokens,
+            "cost_usd": dg.MetadataValue.float(stats.cost_usd),
+            "dagster/row_count": total,
+        },
+    )

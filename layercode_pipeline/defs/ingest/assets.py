@@ -1,6 +1,5 @@
 """Landed webhook segments -> `raw.layercode_events`."""
 
-
 import json
 import os
 import time
@@ -30,19 +29,25 @@ def _preview(con) -> dg.MetadataValue:
 # Bad input is isolated, never fatal: the run goes on, and these checks (warnings) say what
 # was set aside in this run, with examples, where the UI shows it beside the asset.
 CHECK_NO_REJECTS = dg.AssetCheckSpec(
-    "no_rejected_lines", asset=RAW_EVENTS,
+    "no_rejected_lines",
+    asset=RAW_EVENTS,
     description="Every line of the segments ingested in this run was a valid envelope (the others are in "
-                "raw.layercode_rejects with file, line number and reason).")
+    "raw.layercode_rejects with file, line number and reason).",
+)
 CHECK_NO_INVALID = dg.AssetCheckSpec(
-    "no_invalid_events", asset=RAW_EVENTS,
+    "no_invalid_events",
+    asset=RAW_EVENTS,
     description="No event ingested in this run failed validation (those stay in raw.layercode_events with "
-                "validation_error set, and are kept out of the marts).")
+    "validation_error set, and are kept out of the marts).",
+)
 CHECK_NO_DRIFT = dg.AssetCheckSpec(
-    "no_payload_drift", asset=RAW_EVENTS,
+    "no_payload_drift",
+    asset=RAW_EVENTS,
     description="Every field, value type and event type in the payloads ingested in this run is one the wire "
-                "contract (layercode_pipeline/contract/events.py) describes. A failure lists what is new, with "
-                "counts and example sessions: Layercode changed its payloads, so the contract and the models "
-                "should follow.")
+    "contract (layercode_pipeline/contract/events.py) describes. A failure lists what is new, with "
+    "counts and example sessions: Layercode changed its payloads, so the contract and the models "
+    "should follow.",
+)
 # payloads read per run for the drift check (the newest first): enough to see any change
 DRIFT_SAMPLE = 20_000
 
@@ -50,8 +55,11 @@ DRIFT_SAMPLE = 20_000
 def payload_drift_summary(con, run_started) -> tuple[int, list[dict]]:
     """Drift in the payloads ingested since `run_started`: events with drift, and one row per
     (event type, path, kind, type) with its count and up to three example sessions."""
-    rows = con.execute("select event_type, session_id, body from raw.layercode_events where ingested_at >= ? "
-                       "order by ingested_at desc limit ?", [run_started, DRIFT_SAMPLE]).fetchall()
+    rows = con.execute(
+        "select event_type, session_id, body from raw.layercode_events where ingested_at >= ? "
+        "order by ingested_at desc limit ?",
+        [run_started, DRIFT_SAMPLE],
+    ).fetchall()
 
     def drifts():
         for event_type, session_id, body in rows:
@@ -64,7 +72,9 @@ def payload_drift_summary(con, run_started) -> tuple[int, list[dict]]:
 
 
 def _examples(con, sql: str, params: list) -> dg.MetadataValue:
-    return dg.MetadataValue.json([dict(zip(("what", "why"), map(str, row))) for row in con.execute(sql, params).fetchall()])
+    return dg.MetadataValue.json(
+        [dict(zip(("what", "why"), map(str, row))) for row in con.execute(sql, params).fetchall()]
+    )
 
 
 @dg.asset(
@@ -75,7 +85,7 @@ def _examples(con, sql: str, params: list) -> dg.MetadataValue:
     check_specs=[CHECK_NO_REJECTS, CHECK_NO_INVALID, CHECK_NO_DRIFT],
     freshness_policy=FRESHNESS,
     description="Every distinct webhook event the listener landed (table raw.layercode_events). Reads only "
-                "sealed segments not yet in raw.layercode_ingested_files; rows and manifest commit together.",
+    "sealed segments not yet in raw.layercode_ingested_files; rows and manifest commit together.",
 )
 def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     with storage.connect() as con:
@@ -92,45 +102,71 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
         seconds = time.perf_counter() - started
         total = scalar(con, "select count(*) from raw.layercode_events")
         rejects_total = scalar(con, "select count(*) from raw.layercode_rejects")
-        invalid = scalar(con, "select count(*) from raw.layercode_events where ingested_at >= ? "
-                              "and validation_error is not null", [run_started])
-        reject_examples = _examples(con, "select source_file || ':' || coalesce(line_number::varchar, '-'), reason "
-                                         "from raw.layercode_rejects where rejected_at >= ? limit 5", [run_started])
-        invalid_examples = _examples(con, "select event_type || ' ' || coalesce(session_id, '?'), validation_error "
-                                          "from raw.layercode_events where ingested_at >= ? and validation_error "
-                                          "is not null limit 5", [run_started])
+        invalid = scalar(
+            con,
+            "select count(*) from raw.layercode_events where ingested_at >= ? and validation_error is not null",
+            [run_started],
+        )
+        reject_examples = _examples(
+            con,
+            "select source_file || ':' || coalesce(line_number::varchar, '-'), reason "
+            "from raw.layercode_rejects where rejected_at >= ? limit 5",
+            [run_started],
+        )
+        invalid_examples = _examples(
+            con,
+            "select event_type || ' ' || coalesce(session_id, '?'), validation_error "
+            "from raw.layercode_events where ingested_at >= ? and validation_error "
+            "is not null limit 5",
+            [run_started],
+        )
         preview = _preview(con)
         drifting, drift = payload_drift_summary(con, run_started)
     if drift:
-        context.log.warning(f"payload drift: {drifting} events carry what the contract does not know, e.g. "
-                            + "; ".join(f"{d['event_type']} {d['path']} ({d['kind']}, {d['json_type']})"
-                                        for d in drift[:3]))
+        context.log.warning(
+            f"payload drift: {drifting} events carry what the contract does not know, e.g. "
+            + "; ".join(f"{d['event_type']} {d['path']} ({d['kind']}, {d['json_type']})" for d in drift[:3])
+        )
     if result.rejects:
         context.log.warning(f"{result.rejects} unparseable lines recorded in raw.layercode_rejects")
     checks = [
-        dg.AssetCheckResult(check_name=CHECK_NO_REJECTS.name, passed=result.rejects == 0,
-                            severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"rejects": result.rejects, "examples": reject_examples}),
-        dg.AssetCheckResult(check_name=CHECK_NO_INVALID.name, passed=invalid == 0, severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"invalid_events": invalid, "examples": invalid_examples}),
-        dg.AssetCheckResult(check_name=CHECK_NO_DRIFT.name, passed=not drift, severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"events_with_drift": drifting, "new_in_payloads": dg.MetadataValue.json(drift[:20])}),
+        dg.AssetCheckResult(
+            check_name=CHECK_NO_REJECTS.name,
+            passed=result.rejects == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"rejects": result.rejects, "examples": reject_examples},
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_NO_INVALID.name,
+            passed=invalid == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"invalid_events": invalid, "examples": invalid_examples},
+        ),
+        dg.AssetCheckResult(
+            check_name=CHECK_NO_DRIFT.name,
+            passed=not drift,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"events_with_drift": drifting, "new_in_payloads": dg.MetadataValue.json(drift[:20])},
+        ),
     ]
-    return dg.MaterializeResult(check_results=checks, metadata={
-        HIGH_WATER_KEY: dg.MetadataValue.int(high_water_ns),
-        "new_files": result.files,
-        "ingest_seconds": round(seconds, 3),
-        "new_bytes": dg.MetadataValue.int(result.bytes),
-        "lines_read": result.rows,
-        "rows_inserted": result.inserted,
-        "duplicates_dropped": result.duplicates,
-        "rejects": result.rejects,
-        "orphan_segments_sealed": result.recovered_segments,
-        "partitions_listed": result.partitions_listed,
-        "dagster/row_count": total,
-        "rejects_total": rejects_total,
-        "preview": preview,
-    })
+    return dg.MaterializeResult(
+        check_results=checks,
+        metadata={
+            HIGH_WATER_KEY: dg.MetadataValue.int(high_water_ns),
+            "new_files": result.files,
+            "ingest_seconds": round(seconds, 3),
+            "new_bytes": dg.MetadataValue.int(result.bytes),
+            "lines_read": result.rows,
+            "rows_inserted": result.inserted,
+            "duplicates_dropped": result.duplicates,
+            "rejects": result.rejects,
+            "orphan_segments_sealed": result.recovered_segments,
+            "partitions_listed": result.partitions_listed,
+            "dagster/row_count": total,
+            "rejects_total": rejects_total,
+            "preview": preview,
+        },
+    )
 
 
 def newest_sealed_ctime(storage: StorageResource, since_ns: int = 0) -> int:

@@ -17,8 +17,7 @@ ingest_job = dg.define_asset_job(
     "ingest_job",
     # every dbt model, not only those downstream of the raw events: the marts also read the
     # agents, REST and recordings models, which must exist (empty) on a fresh warehouse
-    selection=(dg.AssetSelection.assets(RAW_EVENTS).downstream()
-               | dg.AssetSelection.groups(*DBT_GROUPS))
+    selection=(dg.AssetSelection.assets(RAW_EVENTS).downstream() | dg.AssetSelection.groups(*DBT_GROUPS))
     - dg.AssetSelection.groups("agents", "backfill", "recordings"),
     executor_def=dg.in_process_executor,
     tags={"layercode/stage": "ingest"},
@@ -33,11 +32,15 @@ RETRY_AFTER_FAILURE_S = 30.0
 OBJECT_CLOCK_SLACK_NS = 5_000_000_000
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=2, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Requests an ingest run when a segment was sealed after the last successful ingest's "
-                       "high-water mark (or after the start of the run executing now) and no ingest run is waiting; "
-                       "also every 30 min without traffic (so the freshness policies see a live pipeline). A failed "
-                       "run's data is asked for again.")
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=2,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests an ingest run when a segment was sealed after the last successful ingest's "
+    "high-water mark (or after the start of the run executing now) and no ingest run is waiting; "
+    "also every 30 min without traffic (so the freshness policies see a live pipeline). A failed "
+    "run's data is asked for again.",
+)
 def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult | dg.SkipReason:
     instance = context.instance
     # One run may wait while another executes: it starts (process, code location) meanwhile
@@ -52,8 +55,9 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
     last = instance.get_latest_materialization_event(RAW_EVENTS)
     mat = last.asset_materialization if last else None
     high_water = int(str(mat.metadata[HIGH_WATER_KEY].value)) if mat and HIGH_WATER_KEY in mat.metadata else 0
-    running = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name,
-                                                     statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
+    running = instance.get_run_records(
+        dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.STARTED]), limit=1
+    )
     if running and running[0].start_time:
         high_water = max(high_water, int(running[0].start_time * 1e9))
     slack = OBJECT_CLOCK_SLACK_NS if storage.object_landing is not None else 0
@@ -63,8 +67,12 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
     if newest <= since and not heartbeat_due:
         return dg.SkipReason("nothing sealed since the last ingest")
     latest = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name), limit=1)
-    if latest and latest[0].dagster_run.status == dg.DagsterRunStatus.FAILURE and latest[0].end_time \
-            and time.time() - latest[0].end_time < RETRY_AFTER_FAILURE_S:
+    if (
+        latest
+        and latest[0].dagster_run.status == dg.DagsterRunStatus.FAILURE
+        and latest[0].end_time
+        and time.time() - latest[0].end_time < RETRY_AFTER_FAILURE_S
+    ):
         return dg.SkipReason(f"the last ingest run failed; asking again {RETRY_AFTER_FAILURE_S:.0f} s after it")
     reason = "sealed segments" if newest > since else "heartbeat"
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"layercode/reason": reason})])

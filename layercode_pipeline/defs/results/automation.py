@@ -6,7 +6,6 @@ most `TICK_WAIT_S`; a hung endpoint's worker keeps its endpoint until its deadli
 next ticks skip that endpoint only.
 """
 
-
 import dagster as dg
 
 from layercode_pipeline.defs.resources import ResultWebhooksResource
@@ -15,9 +14,12 @@ from layercode_pipeline.defs.results.assets import dispatcher_for
 TICK_WAIT_S = 1.0
 
 
-@dg.sensor(minimum_interval_seconds=2, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Delivers due result webhook messages from the outbox (first attempts a run could not make, "
-                       "retries on the schedule), one worker per endpoint, without launching a run.")
+@dg.sensor(
+    minimum_interval_seconds=2,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Delivers due result webhook messages from the outbox (first attempts a run could not make, "
+    "retries on the schedule), one worker per endpoint, without launching a run.",
+)
 def result_webhooks_sensor(result_webhooks: ResultWebhooksResource) -> dg.SkipReason:
     endpoints = result_webhooks.endpoints()
     if not endpoints:

@@ -20,15 +20,17 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
     freshness_policy=FRESHNESS,
     kinds={"duckdb"},
     description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
-                "open) and serving/parquet/<mart>.parquet: written as new files, then renamed over the old ones, "
-                "so BI readers never block the pipeline and never see a half-written file.",
+    "open) and serving/parquet/<mart>.parquet: written as new files, then renamed over the old ones, "
+    "so BI readers never block the pipeline and never see a half-written file.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     warehouse = storage.warehouse
     with warehouse.lock():  # a consistent set of marts: no dbt build in between
         counts = publish_serving_copy(warehouse, storage.paths.serving)
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
-        "parquet_dir": dg.MetadataValue.path(str(storage.paths.serving / "parquet")),
-        "tables": dg.MetadataValue.json(counts),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
+            "parquet_dir": dg.MetadataValue.path(str(storage.paths.serving / "parquet")),
+            "tables": dg.MetadataValue.json(counts),
+        }
+    )

@@ -62,15 +62,24 @@ def build_analysis_model(settings: EnrichmentSettings) -> type[BaseModel]:
     # Literals built at run time from the configuration: mypy checks what they are used in
     topic: Any = Literal[tuple(settings.topics)] if settings.topics else str
     # models built at run time from the configuration: fields mypy cannot see
-    checks = create_model("ComplianceFlags", __config__=strict, **{  # type: ignore[call-overload]
-        c.name: (bool, Field(description=c.description)) for c in settings.compliance_checks})
+    checks = create_model(
+        "ComplianceFlags",
+        __config__=strict,
+        **{  # type: ignore[call-overload]
+            c.name: (bool, Field(description=c.description)) for c in settings.compliance_checks
+        },
+    )
     fields: dict[str, Any] = {
         "summary": (str, Field(description="What the call was about and how it ended, in at most three sentences.")),
         "caller_name": (str | None, Field(description="The caller's name if they said it, else null.")),
         "sentiment": (Literal[SENTIMENTS], Field(description="The caller's overall sentiment.")),
         "sentiment_score": (float, Field(description="-1 (very negative) to 1 (very positive).")),
-        "outcome": (Literal[OUTCOMES], Field(description="resolved, unresolved, escalated (to a human), "
-                                                          "abandoned (caller left early) or voicemail.")),
+        "outcome": (
+            Literal[OUTCOMES],
+            Field(
+                description="resolved, unresolved, escalated (to a human), abandoned (caller left early) or voicemail."
+            ),
+        ),
         "topics": (list[topic], Field(description="Topics discussed, from the allowed list.")),
         "quality_score": (int, Field(description="The agent's performance from 1 (poor) to 5 (excellent).")),
         "quality_rationale": (str, Field(description="One line explaining the quality score.")),
@@ -82,8 +91,10 @@ def build_analysis_model(settings: EnrichmentSettings) -> type[BaseModel]:
         for f in settings.custom_fields:
             base: Any = Literal[tuple(f.allowed_values)] if f.allowed_values else FIELD_TYPES[f.type]
             custom[f.name] = (base | None, Field(description=f.description))
-        fields["custom_fields"] = (create_model("CustomFields", __config__=strict, **custom),
-                                   Field(description="Extra fields; null when the call does not say."))
+        fields["custom_fields"] = (
+            create_model("CustomFields", __config__=strict, **custom),
+            Field(description="Extra fields; null when the call does not say."),
+        )
     return create_model("SessionAnalysis", __config__=strict, **fields)
 
 

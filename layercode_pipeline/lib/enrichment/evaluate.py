@@ -50,7 +50,7 @@ class LabelledCall(BaseModel):
         for i, turn in enumerate(value):
             if not (isinstance(turn, dict) and len(turn) == 1 and next(iter(turn)) in _ROLES):
                 raise ValueError(f"turn {i + 1} must be one `agent: text` or `caller: text`, got {turn!r}")
-            (role, text), = turn.items()
+            ((role, text),) = turn.items()
             out.append(TurnText(_ROLES[role], str(text)))
         return out
 
@@ -109,8 +109,15 @@ def _leaks(sent: str, pii: list[str]) -> list[str]:
     return leaked
 
 
-async def evaluate_provider(provider: Provider, settings: EnrichmentSettings, calls: list[LabelledCall], *,
-                            variant: str, redact_pii: bool = True, concurrency: int = 4) -> pl.DataFrame:
+async def evaluate_provider(
+    provider: Provider,
+    settings: EnrichmentSettings,
+    calls: list[LabelledCall],
+    *,
+    variant: str,
+    redact_pii: bool = True,
+    concurrency: int = 4,
+) -> pl.DataFrame:
     """One row per call: what was expected, what the provider said, whether each field is right."""
     sem = asyncio.Semaphore(concurrency)
 
@@ -129,19 +136,37 @@ async def evaluate_provider(provider: Provider, settings: EnrichmentSettings, ca
 
 
 _SCHEMA: dict[str, Any] = {
-    "variant": pl.String, "provider": pl.String, "model": pl.String, "prompt_version": pl.String,
-    "call_id": pl.String, "expected_caller_name": pl.String, "caller_name": pl.String,
-    "expected_sentiment": pl.String, "sentiment": pl.String, "expected_outcome": pl.String, "outcome": pl.String,
-    "expected_topics": pl.List(pl.String), "topics": pl.List(pl.String), "pii_leaked": pl.List(pl.String),
-    "caller_name_correct": pl.Boolean, "sentiment_correct": pl.Boolean, "outcome_correct": pl.Boolean,
-    "topics_correct": pl.Boolean, "topics_jaccard": pl.Float64, "pii_redacted_correct": pl.Boolean,
-    "error": pl.String, "latency_ms": pl.Float64, "input_tokens": pl.Int64, "output_tokens": pl.Int64,
+    "variant": pl.String,
+    "provider": pl.String,
+    "model": pl.String,
+    "prompt_version": pl.String,
+    "call_id": pl.String,
+    "expected_caller_name": pl.String,
+    "caller_name": pl.String,
+    "expected_sentiment": pl.String,
+    "sentiment": pl.String,
+    "expected_outcome": pl.String,
+    "outcome": pl.String,
+    "expected_topics": pl.List(pl.String),
+    "topics": pl.List(pl.String),
+    "pii_leaked": pl.List(pl.String),
+    "caller_name_correct": pl.Boolean,
+    "sentiment_correct": pl.Boolean,
+    "outcome_correct": pl.Boolean,
+    "topics_correct": pl.Boolean,
+    "topics_jaccard": pl.Float64,
+    "pii_redacted_correct": pl.Boolean,
+    "error": pl.String,
+    "latency_ms": pl.Float64,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
     "cost_usd": pl.Float64,
 }
 
 
-def _row(call: LabelledCall, a: Analysis, sent: str, variant: str, provider: Provider,
-         settings: EnrichmentSettings) -> dict[str, Any]:
+def _row(
+    call: LabelledCall, a: Analysis, sent: str, variant: str, provider: Provider, settings: EnrichmentSettings
+) -> dict[str, Any]:
     r = a.result or {}
     expected_topics = sorted(set(call.topics))
     topics = sorted(set(r.get("topics") or []) - {"other"}) if a.result else []
@@ -150,58 +175,75 @@ def _row(call: LabelledCall, a: Analysis, sent: str, variant: str, provider: Pro
     leaked = _leaks(sent, call.pii)
     ok = a.result is not None
     return {
-        "variant": variant, "provider": provider.name, "model": provider.model,
-        "prompt_version": settings.prompt_version, "call_id": call.id,
-        "expected_caller_name": call.caller_name[0] if call.caller_name else None, "caller_name": name,
-        "expected_sentiment": call.sentiment, "sentiment": r.get("sentiment"),
-        "expected_outcome": call.outcome, "outcome": r.get("outcome"),
-        "expected_topics": expected_topics, "topics": topics, "pii_leaked": leaked,
-        "caller_name_correct": ok and (_norm(name) in {_norm(n) for n in call.caller_name} if call.caller_name
-                                       else name is None or not _norm(name)),
+        "variant": variant,
+        "provider": provider.name,
+        "model": provider.model,
+        "prompt_version": settings.prompt_version,
+        "call_id": call.id,
+        "expected_caller_name": call.caller_name[0] if call.caller_name else None,
+        "caller_name": name,
+        "expected_sentiment": call.sentiment,
+        "sentiment": r.get("sentiment"),
+        "expected_outcome": call.outcome,
+        "outcome": r.get("outcome"),
+        "expected_topics": expected_topics,
+        "topics": topics,
+        "pii_leaked": leaked,
+        "caller_name_correct": ok
+        and (
+            _norm(name) in {_norm(n) for n in call.caller_name} if call.caller_name else name is None or not _norm(name)
+        ),
         "sentiment_correct": ok and r.get("sentiment") == call.sentiment,
         "outcome_correct": ok and r.get("outcome") == call.outcome,
         "topics_correct": ok and set(topics) == set(expected_topics),
         "topics_jaccard": (len(set(topics) & set(expected_topics)) / len(union) if union else 1.0) if ok else 0.0,
         "pii_redacted_correct": not leaked,
-        "error": a.error, "latency_ms": a.latency_ms, "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
+        "error": a.error,
+        "latency_ms": a.latency_ms,
+        "input_tokens": a.input_tokens,
+        "output_tokens": a.output_tokens,
         "cost_usd": settings.cost_usd(provider.model, a.input_tokens, a.output_tokens) or 0.0,
     }
 
 
 def summary(results: pl.DataFrame) -> pl.DataFrame:
     """One row per variant: accuracy per field (an error row counts as a miss), errors, cost, latency."""
-    return (results.group_by("variant", "provider", "model", "prompt_version", maintain_order=True)
-            .agg(pl.len().alias("calls"),
-                 *[pl.col(f"{f}_correct").mean().alias(f"{f}_accuracy") for f in FIELDS],
-                 pl.col("topics_jaccard").mean().alias("topics_jaccard"),
-                 pl.col("error").is_not_null().sum().alias("errors"),
-                 pl.col("cost_usd").sum().alias("cost_usd"),
-                 pl.col("input_tokens").sum().alias("input_tokens"),
-                 pl.col("output_tokens").sum().alias("output_tokens"),
-                 pl.col("latency_ms").median().alias("latency_ms_p50"),
-                 pl.col("latency_ms").quantile(0.95, "nearest").alias("latency_ms_p95")))
+    return results.group_by("variant", "provider", "model", "prompt_version", maintain_order=True).agg(
+        pl.len().alias("calls"),
+        *[pl.col(f"{f}_correct").mean().alias(f"{f}_accuracy") for f in FIELDS],
+        pl.col("topics_jaccard").mean().alias("topics_jaccard"),
+        pl.col("error").is_not_null().sum().alias("errors"),
+        pl.col("cost_usd").sum().alias("cost_usd"),
+        pl.col("input_tokens").sum().alias("input_tokens"),
+        pl.col("output_tokens").sum().alias("output_tokens"),
+        pl.col("latency_ms").median().alias("latency_ms_p50"),
+        pl.col("latency_ms").quantile(0.95, "nearest").alias("latency_ms_p95"),
+    )
 
 
 def confusion(results: pl.DataFrame, field: Literal["sentiment", "outcome"]) -> pl.DataFrame:
     """Rows: the expected label; columns: what the provider said (`error` when it failed)."""
     labels = SENTIMENTS if field == "sentiment" else OUTCOMES
     said = pl.col(field).fill_null("error")
-    table = (results.with_columns(said.alias("said"))
-             .group_by(f"expected_{field}", "said").len()
-             .pivot(on="said", index=f"expected_{field}", values="len")
-             .fill_null(0))
+    table = (
+        results.with_columns(said.alias("said"))
+        .group_by(f"expected_{field}", "said")
+        .len()
+        .pivot(on="said", index=f"expected_{field}", values="len")
+        .fill_null(0)
+    )
     columns = [c for c in (*labels, "error") if c in table.columns]
     order = {label: i for i, label in enumerate(labels)}
-    return (table.select(f"expected_{field}", *columns)
-            .sort(pl.col(f"expected_{field}").replace_strict(order, default=99)))
+    return table.select(f"expected_{field}", *columns).sort(
+        pl.col(f"expected_{field}").replace_strict(order, default=99)
+    )
 
 
 def misses(results: pl.DataFrame, field: str) -> pl.DataFrame:
     """The calls a variant got wrong on one field, with what was expected and what it said."""
     if field == "pii_redacted":
         return results.filter(~pl.col("pii_redacted_correct")).select("variant", "call_id", "pii_leaked")
-    return (results.filter(~pl.col(f"{field}_correct"))
-            .select("variant", "call_id", f"expected_{field}", field, "error"))
+    return results.filter(~pl.col(f"{field}_correct")).select("variant", "call_id", f"expected_{field}", field, "error")
 
 
 def compare(results: pl.DataFrame) -> pl.DataFrame:
@@ -209,16 +251,26 @@ def compare(results: pl.DataFrame) -> pl.DataFrame:
     variants = results["variant"].unique(maintain_order=True).to_list()
     if len(variants) < 2:
         return pl.DataFrame()
-    wide = results.pivot(on="variant", index="call_id",
-                         values=[f"{f}_correct" for f in ("caller_name", "sentiment", "outcome")])
+    wide = results.pivot(
+        on="variant", index="call_id", values=[f"{f}_correct" for f in ("caller_name", "sentiment", "outcome")]
+    )
     differs = pl.any_horizontal(
-        pl.concat_list(pl.col(f"^{f}_correct_.*$")).list.n_unique() > 1 for f in ("caller_name", "sentiment", "outcome"))
+        pl.concat_list(pl.col(f"^{f}_correct_.*$")).list.n_unique() > 1 for f in ("caller_name", "sentiment", "outcome")
+    )
     return wide.filter(differs)
 
 
-def run_variants(labelled_path: str | Path | None, *, provider: str, models: list[str], prompt_versions: list[str],
-                 config_file: str | Path | None, api_key: str | None, base_url: str | None,
-                 concurrency: int = 4) -> pl.DataFrame:
+def run_variants(
+    labelled_path: str | Path | None,
+    *,
+    provider: str,
+    models: list[str],
+    prompt_versions: list[str],
+    config_file: str | Path | None,
+    api_key: str | None,
+    base_url: str | None,
+    concurrency: int = 4,
+) -> pl.DataFrame:
     """Every variant (model x prompt version; one for offline per prompt version) over the same calls."""
     from layercode_pipeline.lib.enrichment.analysis import build_analysis_model
     from layercode_pipeline.lib.enrichment.providers import build_provider
@@ -228,8 +280,10 @@ def run_variants(labelled_path: str | Path | None, *, provider: str, models: lis
     versions = prompt_versions or [base.prompt_version]
     unknown = [v for v in versions if base.prompt_instructions and v not in base.prompt_instructions]
     if unknown:
-        raise ValueError(f"prompt version(s) {unknown} have no instructions in the config "
-                         f"(known: {sorted(base.prompt_instructions)})")
+        raise ValueError(
+            f"prompt version(s) {unknown} have no instructions in the config "
+            f"(known: {sorted(base.prompt_instructions)})"
+        )
     frames: list[pl.DataFrame] = []
     for version in versions:
         settings = base.model_copy(update={"prompt_version": version})
@@ -271,22 +325,46 @@ def print_report(results: pl.DataFrame, console: Any, *, max_misses: int = 10) -
         for name in df.columns:
             t.add_column(name, justify="right" if df[name].dtype.is_numeric() else "left")
         for row in df.iter_rows():
-            t.add_row(*("" if v is None else f"{v:.3f}" if isinstance(v, float) else
-                        ", ".join(v) if isinstance(v, list) else str(v) for v in row))
+            t.add_row(
+                *(
+                    ""
+                    if v is None
+                    else f"{v:.3f}"
+                    if isinstance(v, float)
+                    else ", ".join(v)
+                    if isinstance(v, list)
+                    else str(v)
+                    for v in row
+                )
+            )
         return t
 
     stats = summary(results)
-    fields = [*(f"{f}_accuracy" for f in FIELDS), "topics_jaccard", "errors", "cost_usd", "input_tokens",
-              "output_tokens", "latency_ms_p50", "latency_ms_p95"]
-    acc = Table(title=f"Accuracy on {stats['calls'][0]} labelled calls (an error counts as a miss)",
-                title_justify="left")
+    fields = [
+        *(f"{f}_accuracy" for f in FIELDS),
+        "topics_jaccard",
+        "errors",
+        "cost_usd",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms_p50",
+        "latency_ms_p95",
+    ]
+    acc = Table(
+        title=f"Accuracy on {stats['calls'][0]} labelled calls (an error counts as a miss)", title_justify="left"
+    )
     acc.add_column("measure")
     for variant in stats["variant"]:
         acc.add_column(variant, justify="right")
     for name in fields:
         values = stats[name].to_list()
-        acc.add_row(name, *(f"{v:.1%}" if name.endswith("_accuracy") else f"{v:.3f}" if isinstance(v, float)
-                            else str(v) for v in values))
+        acc.add_row(
+            name,
+            *(
+                f"{v:.1%}" if name.endswith("_accuracy") else f"{v:.3f}" if isinstance(v, float) else str(v)
+                for v in values
+            ),
+        )
     console.print(acc)
     for variant, part in results.group_by("variant", maintain_order=True):
         for name in ("sentiment", "outcome"):
@@ -295,8 +373,12 @@ def print_report(results: pl.DataFrame, console: Any, *, max_misses: int = 10) -
         for name in FIELDS:
             wrong = misses(part, name)
             if wrong.height:
-                console.print(table(wrong.drop("variant").head(max_misses),
-                                    f"{variant[0]}: {name} misses ({wrong.height}, first {min(max_misses, wrong.height)})"))
+                console.print(
+                    table(
+                        wrong.drop("variant").head(max_misses),
+                        f"{variant[0]}: {name} misses ({wrong.height}, first {min(max_misses, wrong.height)})",
+                    )
+                )
     differs = compare(results)
     if differs.height:
         console.print(table(differs, "Calls the variants disagree on (True: right)"))

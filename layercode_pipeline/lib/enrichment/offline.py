@@ -39,8 +39,10 @@ _TOKEN = rf"[{_UP}](?:[{_LO}]+|['’][{_UP}][{_LO}]+)(?:[-'’][{_UP}]?[{_LO}]+)
 _PARTICLE = r"(?:de la|de los|van der|van den|von der|de|del|da|di|van|von|le)"
 _NAME = rf"(?P<name>{_TOKEN}(?:\s+(?:{_PARTICLE}\s+)?{_TOKEN})?)(?!['’]s\b)"
 # cue phrases are matched in any case; the name itself must be capitalised
-_CUES = (r"my name is|my name's|the name's|the name is|name's|this is|it's|it is|i'm|i am|"
-         r"you can call me|call me|me llamo|mi nombre es|soy|ich bin|ich heiße|mein name ist|hier ist|hier spricht")
+_CUES = (
+    r"my name is|my name's|the name's|the name is|name's|this is|it's|it is|i'm|i am|"
+    r"you can call me|call me|me llamo|mi nombre es|soy|ich bin|ich heiße|mein name ist|hier ist|hier spricht"
+)
 _INTRO = re.compile(rf"(?:^|[\s,;])(?i:{_CUES})\s+{_NAME}")
 _GREETING = r"(?:(?i:hi|hello|hey|yes|yeah|morning|afternoon|evening|good morning|good afternoon|good evening|hola|hallo)[,!.]?\s+)*"
 _SUFFIX = re.compile(rf"^\s*{_GREETING}{_NAME}\s+(?i:here|speaking|calling)\b")
@@ -48,18 +50,96 @@ _SUFFIX = re.compile(rf"^\s*{_GREETING}{_NAME}\s+(?i:here|speaking|calling)\b")
 _ASKS_NAME = re.compile(
     r"your name|your full name|what name|who am i speaking|who am i talking|who do i have|who's calling|"
     r"who is calling|speaking with|speaking to|call you\?|con quién hablo|cómo se llama|su nombre|wie heißen sie|"
-    r"ihr name|mit wem spreche", re.IGNORECASE)
-_FILLER = re.compile(r"^\s*(?:(?:sure|yes|yeah|yep|uh|um|erm|oh|ok|okay|hi|hello|sí|si|ja|it's|it is|that's|"
-                     r"this is|under|it's under|of course|certainly|claro)[,.!]?\s+)*", re.IGNORECASE)
+    r"ihr name|mit wem spreche",
+    re.IGNORECASE,
+)
+_FILLER = re.compile(
+    r"^\s*(?:(?:sure|yes|yeah|yep|uh|um|erm|oh|ok|okay|hi|hello|sí|si|ja|it's|it is|that's|"
+    r"this is|under|it's under|of course|certainly|claro)[,.!]?\s+)*",
+    re.IGNORECASE,
+)
 _ANSWER_NAME = re.compile(rf"^{_NAME}\s*(?:[,.!?]|$)")  # the name is the whole answer, or its first clause
 # capitalised words that follow "I'm", "it's", "this is" without being names
 _NOT_NAMES = {
-    "Calling", "Just", "Sorry", "Here", "Fine", "Good", "Okay", "Ok", "Not", "Very", "So", "Really", "The", "A", "An",
-    "It", "This", "That", "Me", "My", "Your", "Our", "About", "Still", "Also", "Afraid", "Trying", "Looking", "Back",
-    "Glad", "Happy", "Sure", "Yes", "No", "Hi", "Hello", "Thanks", "Thank", "Please", "Yeah", "Well", "Oh", "Um", "Uh",
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Today", "Tomorrow", "Ich", "Das",
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
-    "December", "English", "Spanish", "Español", "Deutsch", "Hola", "Hallo", "Ja", "Sí", "Si", "Is", "Are", "Can",
+    "Calling",
+    "Just",
+    "Sorry",
+    "Here",
+    "Fine",
+    "Good",
+    "Okay",
+    "Ok",
+    "Not",
+    "Very",
+    "So",
+    "Really",
+    "The",
+    "A",
+    "An",
+    "It",
+    "This",
+    "That",
+    "Me",
+    "My",
+    "Your",
+    "Our",
+    "About",
+    "Still",
+    "Also",
+    "Afraid",
+    "Trying",
+    "Looking",
+    "Back",
+    "Glad",
+    "Happy",
+    "Sure",
+    "Yes",
+    "No",
+    "Hi",
+    "Hello",
+    "Thanks",
+    "Thank",
+    "Please",
+    "Yeah",
+    "Well",
+    "Oh",
+    "Um",
+    "Uh",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Today",
+    "Tomorrow",
+    "Ich",
+    "Das",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+    "English",
+    "Spanish",
+    "Español",
+    "Deutsch",
+    "Hola",
+    "Hallo",
+    "Ja",
+    "Sí",
+    "Si",
+    "Is",
+    "Are",
+    "Can",
 }
 _SENTENCE_END = re.compile(r"(?<=[.!?¿¡])\s+")
 
@@ -96,24 +176,34 @@ _MAILBOX = re.compile(
     r"leave (?:a|your) message|leave your name and number|after the (?:tone|beep)|record your message|"
     r"not available|can't take your call|cannot take your call|you've reached|you have reached|"
     r"buzón de voz|deje su mensaje|deje un mensaje|después de la señal|mailbox|nach dem signalton|"
-    r"hinterlassen sie", re.IGNORECASE)
+    r"hinterlassen sie",
+    re.IGNORECASE,
+)
 # the agent hands the call to a person (said as done, not offered)
 _TRANSFER = re.compile(
     r"transferring you|transfer you|put you through|putting you through|connect you|connecting you|"
-    r"hand you over|handing you over|le paso con|le transfiero|verbinde sie|stelle sie durch", re.IGNORECASE)
-_NEGATED = re.compile(r"(?:can't|cannot|can not|unable to|not able to|won't|no puedo|kann .{0,20}nicht)\s*$",
-                      re.IGNORECASE)
+    r"hand you over|handing you over|le paso con|le transfiero|verbinde sie|stelle sie durch",
+    re.IGNORECASE,
+)
+_NEGATED = re.compile(
+    r"(?:can't|cannot|can not|unable to|not able to|won't|no puedo|kann .{0,20}nicht)\s*$", re.IGNORECASE
+)
 # the agent cannot help
 _CANNOT = re.compile(
     r"\b(?:can't|cannot|unable to|not able to|i'm afraid|unfortunately|can only|no one is available|"
     r"you'll need to|you will need to|please call back|please try again|leider|no puedo|no es posible)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # the caller says it did not help
-_NOT_HELPED = re.compile(r"useless|didn't help|doesn't help|still not|still doesn't|still isn't|waste of time",
-                         re.IGNORECASE)
+_NOT_HELPED = re.compile(
+    r"useless|didn't help|doesn't help|still not|still doesn't|still isn't|waste of time", re.IGNORECASE
+)
 # the caller leaves before anything was done
-_LEAVING = re.compile(r"never ?mind|forget it|wrong number|call back later|don't have time|gotta go|have to go|"
-                      r"got to go|someone's at the door|da igual|olvídalo|vergessen sie es", re.IGNORECASE)
+_LEAVING = re.compile(
+    r"never ?mind|forget it|wrong number|call back later|don't have time|gotta go|have to go|"
+    r"got to go|someone's at the door|da igual|olvídalo|vergessen sie es",
+    re.IGNORECASE,
+)
 
 
 def outcome(turns: list[TurnText]) -> str:
@@ -123,7 +213,7 @@ def outcome(turns: list[TurnText]) -> str:
         return "voicemail"
     for text in agent:
         for match in _TRANSFER.finditer(text):
-            if not _NEGATED.search(text[:match.start()]):
+            if not _NEGATED.search(text[: match.start()]):
                 return "escalated"
     if any(_CANNOT.search(t) for t in agent[-2:]) or (user and _NOT_HELPED.search(user[-1])):
         return "unresolved"
@@ -137,31 +227,81 @@ def outcome(turns: list[TurnText]) -> str:
 # plain politeness carries no sentiment about the call; emphatic gratitude does
 _EMPHATIC_THANKS = re.compile(
     r"\b(?:thank you (?:so|very) much|thanks (?:a lot|so much|very much)|thank you!|thanks!|really appreciate(?: it)?|"
-    r"muchas gracias|vielen dank)", re.IGNORECASE)
+    r"muchas gracias|vielen dank)",
+    re.IGNORECASE,
+)
 _PLEASANTRIES = re.compile(
     r"\b(?:thank you|thanks|cheers|bye|goodbye|no problem|have a (?:nice|good|great) (?:day|evening)|please|"
-    r"por favor|gracias|hasta luego|adiós|danke(?: schön)?|tschüss|auf wiederhören)\b", re.IGNORECASE)
+    r"por favor|gracias|hasta luego|adiós|danke(?: schön)?|tschüss|auf wiederhören)\b",
+    re.IGNORECASE,
+)
 # a sentence that only acknowledges ("Okay.", "That's fine.", "Oh good.") says nothing about the call
-_ACK_ONLY = re.compile(r"^\W*(?:(?:oh|ok|okay|alright|all right|right|sure|fine|good|cool|yes|yeah|yep|got it|"
-                       r"good to know|that's fine|that's all|that's it|vale|bueno|na gut|gut|ja|sí)\W*)+$", re.IGNORECASE)
+_ACK_ONLY = re.compile(
+    r"^\W*(?:(?:oh|ok|okay|alright|all right|right|sure|fine|good|cool|yes|yeah|yep|got it|"
+    r"good to know|that's fine|that's all|that's it|vale|bueno|na gut|gut|ja|sí)\W*)+$",
+    re.IGNORECASE,
+)
 # a contrast splits a sentence into clauses that can feel differently ("I love it, but ...")
 _CONTRAST = re.compile(r",?\s+\b(?:but|although|though|pero|aber)\b\s+", re.IGNORECASE)
 # words VADER scores that say nothing in a service call ("I'd like", "can you help"), and
 # German and Spanish words that are English lexicon entries ("die", "war", "por favor")
-_NEUTRAL_WORDS = ("okay", "ok", "alright", "sure", "yes", "yeah", "please", "like", "help", "hmm", "sorry",
-                  "die", "war", "favor")
+_NEUTRAL_WORDS = (
+    "okay",
+    "ok",
+    "alright",
+    "sure",
+    "yes",
+    "yeah",
+    "please",
+    "like",
+    "help",
+    "hmm",
+    "sorry",
+    "die",
+    "war",
+    "favor",
+)
 _EXTRA_LEXICON = {
     # Spanish
-    "excelente": 3.0, "perfecto": 2.5, "genial": 2.5, "amable": 2.0, "encantado": 2.5, "encantada": 2.5,
-    "molesto": -2.3, "molesta": -2.3, "desastre": -2.8, "terrible": -2.5, "horrible": -2.5, "enfadado": -2.5,
-    "roto": -1.5, "fatal": -2.5, "vergüenza": -2.0,
+    "excelente": 3.0,
+    "perfecto": 2.5,
+    "genial": 2.5,
+    "amable": 2.0,
+    "encantado": 2.5,
+    "encantada": 2.5,
+    "molesto": -2.3,
+    "molesta": -2.3,
+    "desastre": -2.8,
+    "terrible": -2.5,
+    "horrible": -2.5,
+    "enfadado": -2.5,
+    "roto": -1.5,
+    "fatal": -2.5,
+    "vergüenza": -2.0,
     # German
-    "super": 2.5, "toll": 2.5, "prima": 2.2, "freut": 2.0, "ärgerlich": -2.3, "unverschämt": -2.8,
-    "schrecklich": -2.5, "enttäuscht": -2.3, "wütend": -2.5,
+    "super": 2.5,
+    "toll": 2.5,
+    "prima": 2.2,
+    "freut": 2.0,
+    "ärgerlich": -2.3,
+    "unverschämt": -2.8,
+    "schrecklich": -2.5,
+    "enttäuscht": -2.3,
+    "wütend": -2.5,
     # English words VADER lacks or mis-weights for service calls
-    "incompetent": -2.5, "ridiculous": -2.0, "unacceptable": -2.5, "embarrassed": -1.8, "relief": 2.0,
-    "forever": -1.5, "finally": -0.5, "whatever": -1.0, "rude": -2.0, "broke": -1.5, "slow": -1.5,
-    "quick": 1.5, "grateful": 2.0,
+    "incompetent": -2.5,
+    "ridiculous": -2.0,
+    "unacceptable": -2.5,
+    "embarrassed": -1.8,
+    "relief": 2.0,
+    "forever": -1.5,
+    "finally": -0.5,
+    "whatever": -1.0,
+    "rude": -2.0,
+    "broke": -1.5,
+    "slow": -1.5,
+    "quick": 1.5,
+    "grateful": 2.0,
 }
 CLEARLY = 0.3
 
@@ -203,9 +343,11 @@ class SentimentRules:
 # --- the provider ----------------------------------------------------------------------------
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[a-zA-Z']+")
-_STOP = set("a an the and or but if to of in on for with at by from is are was were be been it this that i you we "
-            "he she they me my your our us can will would could should do does did have has had not no so just "
-            "please thanks thank okay ok hi hello yes".split())
+_STOP = set(
+    "a an the and or but if to of in on for with at by from is are was were be been it this that i you we "
+    "he she they me my your our us can will would could should do does did have has had not no so just "
+    "please thanks thank okay ok hi hello yes".split()
+)
 
 
 class OfflineProvider:
@@ -232,8 +374,9 @@ class OfflineProvider:
         else:
             sentiment, score = self.sentiment.classify(user)
             name = caller_name(turns)
-        topics = [name_ for name_, words in self.settings.topics.items() if any(w in everything for w in words)] or \
-            (["other"] if "other" in self.settings.topics else [])
+        topics = [name_ for name_, words in self.settings.topics.items() if any(w in everything for w in words)] or (
+            ["other"] if "other" in self.settings.topics else []
+        )
         result: dict[str, Any] = {
             "summary": self._summary(turns),
             "caller_name": name,
@@ -295,6 +438,8 @@ class OfflineProvider:
         if f.type == "boolean" and f.keywords:
             return any(k in everything for k in f.keywords)
         if f.allowed_values and set(f.allowed_values) >= {"english", "spanish"}:
-            spanish = sum(w in " ".join(user).lower().split() for w in ("hola", "gracias", "quiero", "pedido", "buenos"))
+            spanish = sum(
+                w in " ".join(user).lower().split() for w in ("hola", "gracias", "quiero", "pedido", "buenos")
+            )
             return "spanish" if spanish >= 2 else "english"
         return None  # the offline provider cannot answer free-form custom fields

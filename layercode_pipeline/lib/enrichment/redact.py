@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 
-NUMBER_WORDS = (r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple"
-                r"|cero|uno|dos|tres|cuatro|cinco|seis|siete|ocho|nueve"
-                r"|null|eins|zwei|drei|vier|fünf|sechs|sieben|acht|neun)")
+NUMBER_WORDS = (
+    r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple"
+    r"|cero|uno|dos|tres|cuatro|cinco|seis|siete|ocho|nueve"
+    r"|null|eins|zwei|drei|vier|fünf|sechs|sieben|acht|neun)"
+)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # "kwame underscore mensah at gmail dot com", "mueller punkt klaus at web punkt de": a local
 # part, "at", then a domain with at least one spoken dot
 _JOINER = r"(?:dot|underscore|dash|hyphen|punkt|punto|unterstrich|guion bajo|guion)"
 _DOT = r"(?:dot|punkt|punto)"
-_SPOKEN_EMAIL = re.compile(rf"\b\w+(?:\s+{_JOINER}\s+\w+)*\s+(?:at|arroba|ät)\s+\w+(?:\s+{_DOT}\s+\w+)+\b",
-                           re.IGNORECASE)
+_SPOKEN_EMAIL = re.compile(
+    rf"\b\w+(?:\s+{_JOINER}\s+\w+)*\s+(?:at|arroba|ät)\s+\w+(?:\s+{_DOT}\s+\w+)+\b", re.IGNORECASE
+)
 # 13-19 digits, optionally grouped by spaces or dashes: card numbers (checked before phones)
 CARD_NUMBER = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 # 7+ digits with the usual separators, optional +country code

@@ -74,20 +74,33 @@ def load_transcripts(con: duckdb.DuckDBPyConnection) -> list[SessionTranscript]:
     out = []
     for session_id, agent_id, webhook, rest in con.execute(TRANSCRIPTS_SQL).fetchall():
         webhook_items = orjson.loads(webhook) if webhook else None
-        turns = (turns_from_session_end(webhook_items) if isinstance(webhook_items, list)
-                 else turns_from_rest(orjson.loads(rest) if rest else None))
+        turns = (
+            turns_from_session_end(webhook_items)
+            if isinstance(webhook_items, list)
+            else turns_from_rest(orjson.loads(rest) if rest else None)
+        )
         out.append(SessionTranscript(session_id, agent_id, turns))
     return out
 
 
 def cache_key(transcript_hash: str, prompt_version: str, schema_version: str, provider: str, model: str) -> str:
-    return hashlib.sha256("|".join((transcript_hash, prompt_version, schema_version, provider, model)).encode()).hexdigest()
+    return hashlib.sha256(
+        "|".join((transcript_hash, prompt_version, schema_version, provider, model)).encode()
+    ).hexdigest()
 
 
-async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, settings: EnrichmentSettings,
-                          schema_version: str, *, redact_pii: bool = True, concurrency: int = 8,
-                          max_calls: int | None = None, max_usd: float | None = None,
-                          max_output_tokens: int = 800) -> RunStats:
+async def enrich_sessions(
+    con: duckdb.DuckDBPyConnection,
+    provider: Provider,
+    settings: EnrichmentSettings,
+    schema_version: str,
+    *,
+    redact_pii: bool = True,
+    concurrency: int = 8,
+    max_calls: int | None = None,
+    max_usd: float | None = None,
+    max_output_tokens: int = 800,
+) -> RunStats:
     stats = RunStats()
     sessions = load_transcripts(con)
     stats.candidates = len(sessions)
@@ -104,8 +117,16 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
         elif key in answered:  # same transcript as another session's: reuse its answer, no call
             stats.cached += 1
             # the call was paid for by the session that made it: this row carries no tokens or cost
-            rows.append({**answered[key], "session_id": s.session_id, "agent_id": s.agent_id,
-                         "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+            rows.append(
+                {
+                    **answered[key],
+                    "session_id": s.session_id,
+                    "agent_id": s.agent_id,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "cost_usd": 0.0,
+                }
+            )
         else:
             groups.setdefault(key, []).append((s, t_hash))
 
@@ -147,8 +168,19 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
             else:
                 stats.enriched += 1
             # the call is paid once: later sessions sharing the transcript carry no tokens or cost
-            rows.append(_row(member, member_hash, key, provider, settings, schema_version, result,
-                             cost if i == 0 else 0.0, first=i == 0))
+            rows.append(
+                _row(
+                    member,
+                    member_hash,
+                    key,
+                    provider,
+                    settings,
+                    schema_version,
+                    result,
+                    cost if i == 0 else 0.0,
+                    first=i == 0,
+                )
+            )
 
     await asyncio.gather(*(one(k, m) for k, m in groups.items()))
     write_enrichments(con, rows)
@@ -156,10 +188,30 @@ async def enrich_sessions(con: duckdb.DuckDBPyConnection, provider: Provider, se
     return stats
 
 
-def _row(s: SessionTranscript, t_hash: str, key: str, provider: Provider, settings: EnrichmentSettings,
-         schema_version: str, a: Analysis, cost: float | None, first: bool = True) -> dict:
-    return {"session_id": s.session_id, "agent_id": s.agent_id, "cache_key": key, "transcript_sha256": t_hash,
-            "provider": provider.name, "model": provider.model, "prompt_version": settings.prompt_version,
-            "schema_version": schema_version, **answer_columns(a.result),
-            "input_tokens": a.input_tokens if first else 0, "output_tokens": a.output_tokens if first else 0,
-            "cost_usd": cost, "latency_ms": a.latency_ms, "error": a.error}
+def _row(
+    s: SessionTranscript,
+    t_hash: str,
+    key: str,
+    provider: Provider,
+    settings: EnrichmentSettings,
+    schema_version: str,
+    a: Analysis,
+    cost: float | None,
+    first: bool = True,
+) -> dict:
+    return {
+        "session_id": s.session_id,
+        "agent_id": s.agent_id,
+        "cache_key": key,
+        "transcript_sha256": t_hash,
+        "provider": provider.name,
+        "model": provider.model,
+        "prompt_version": settings.prompt_version,
+        "schema_version": schema_version,
+        **answer_columns(a.result),
+        "input_tokens": a.input_tokens if first else 0,
+        "output_tokens": a.output_tokens if first else 0,
+        "cost_usd": cost,
+        "latency_ms": a.latency_ms,
+        "error": a.error,
+    }

@@ -45,12 +45,32 @@ create table if not exists enrichment.session_enrichments (
 """
 
 # the analysis fields a provider answers (JSON ones are lists or objects)
-ANSWER_FIELDS = ("summary", "caller_name", "sentiment", "sentiment_score", "outcome", "topics", "quality_score",
-                 "quality_rationale", "compliance_flags", "action_items", "custom_fields")
+ANSWER_FIELDS = (
+    "summary",
+    "caller_name",
+    "sentiment",
+    "sentiment_score",
+    "outcome",
+    "topics",
+    "quality_score",
+    "quality_rationale",
+    "compliance_flags",
+    "action_items",
+    "custom_fields",
+)
 JSON_FIELDS = frozenset({"topics", "compliance_flags", "action_items", "custom_fields"})
 # what one call to a provider produced, copied to every session sharing its transcript
-CALL_FIELDS = ("cache_key", "transcript_sha256", "provider", "model", "prompt_version", "schema_version",
-               *ANSWER_FIELDS, "latency_ms", "error")
+CALL_FIELDS = (
+    "cache_key",
+    "transcript_sha256",
+    "provider",
+    "model",
+    "prompt_version",
+    "schema_version",
+    *ANSWER_FIELDS,
+    "latency_ms",
+    "error",
+)
 COLUMNS = ("session_id", "agent_id", *CALL_FIELDS, "input_tokens", "output_tokens", "cost_usd")
 
 
@@ -61,8 +81,10 @@ def ensure_enrichment_schema(con: duckdb.DuckDBPyConnection) -> None:
 def answer_columns(result: Mapping[str, Any] | None) -> dict[str, Any]:
     """A provider's answer as column values (JSON fields serialised)."""
     r = result or {}
-    return {name: (json.dumps(r[name]) if name in JSON_FIELDS and r.get(name) is not None else r.get(name))
-            for name in ANSWER_FIELDS}
+    return {
+        name: (json.dumps(r[name]) if name in JSON_FIELDS and r.get(name) is not None else r.get(name))
+        for name in ANSWER_FIELDS
+    }
 
 
 def write_enrichments(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -77,21 +99,26 @@ def write_enrichments(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str
     con.executemany(
         f"insert into enrichment.session_enrichments ({', '.join(COLUMNS)}, enriched_at) "
         f"values ({', '.join(casts[c] for c in COLUMNS)}, now())",
-        [[row[c] for c in COLUMNS] for row in rows])
+        [[row[c] for c in COLUMNS] for row in rows],
+    )
     return len(rows)
 
 
 def answered_sessions(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
     """(session_id, cache_key) of every successful row: those sessions need no call."""
-    return {(r[0], r[1]) for r in con.execute(
-        "select session_id, cache_key from enrichment.session_enrichments where error is null").fetchall()}
+    return {
+        (r[0], r[1])
+        for r in con.execute(
+            "select session_id, cache_key from enrichment.session_enrichments where error is null"
+        ).fetchall()
+    }
 
 
 def answers_by_cache_key(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
     """The newest successful answer per cache key, as {column: value} of `CALL_FIELDS`: a
     session whose transcript another session already had reuses it with no call."""
     cursor = con.execute(f"""
-        select {', '.join(CALL_FIELDS)} from enrichment.session_enrichments where error is null
+        select {", ".join(CALL_FIELDS)} from enrichment.session_enrichments where error is null
         qualify row_number() over (partition by cache_key order by enriched_at desc) = 1""")
     names = [d[0] for d in cursor.description]
     return {row[0]: dict(zip(names, row)) for row in cursor.fetchall()}

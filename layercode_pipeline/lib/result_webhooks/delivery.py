@@ -52,8 +52,9 @@ class RoundStats:
         self.errors += other.errors[:5]
 
     def summary(self) -> str:
-        return (f"delivered {self.delivered}, retrying {self.retrying}, dead-lettered {self.dead}, "
-                f"deferred {self.deferred}")
+        return (
+            f"delivered {self.delivered}, retrying {self.retrying}, dead-lettered {self.dead}, deferred {self.deferred}"
+        )
 
 
 def retry_after_s(value: str | None, now: float) -> float | None:
@@ -78,9 +79,16 @@ class Dispatcher:
     """Delivers due messages. `run_round()` does one round for every endpoint; workers of a
     round still busy (a hung endpoint) keep their endpoint, and the next round skips it."""
 
-    def __init__(self, outbox: Outbox, endpoints: list[ResultEndpoint], *, timeout_s: float = 10.0,
-                 schedule_s: list[float] | tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000),
-                 clock: Clock = time.time, batch: int = 5):
+    def __init__(
+        self,
+        outbox: Outbox,
+        endpoints: list[ResultEndpoint],
+        *,
+        timeout_s: float = 10.0,
+        schedule_s: list[float] | tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000),
+        clock: Clock = time.time,
+        batch: int = 5,
+    ):
         self.outbox = outbox
         self.endpoints = {e.url: e for e in endpoints}
         self.timeout_s = timeout_s
@@ -90,8 +98,11 @@ class Dispatcher:
         self._busy: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(endpoints)), thread_name_prefix="result-webhooks")
-        self._client = httpx.Client(follow_redirects=False, timeout=httpx.Timeout(timeout_s),
-                                    limits=httpx.Limits(max_connections=4 * max(1, len(endpoints))))
+        self._client = httpx.Client(
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=4 * max(1, len(endpoints))),
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -142,14 +153,15 @@ class Dispatcher:
     def _drain_endpoint(self, endpoint: ResultEndpoint) -> RoundStats:
         stats = RoundStats()
         while True:
-            claimed = self.outbox.claim_due(endpoint.url, self.clock(), limit=self.batch,
-                                             lease_s=self.batch * self.timeout_s + LEASE_MARGIN_S)
+            claimed = self.outbox.claim_due(
+                endpoint.url, self.clock(), limit=self.batch, lease_s=self.batch * self.timeout_s + LEASE_MARGIN_S
+            )
             if not claimed:
                 return stats
             for i, d in enumerate(claimed):
                 outcome = self._attempt(endpoint, d, stats)
                 if outcome == "unresponsive":  # skip its other messages this round
-                    rest = claimed[i + 1:]
+                    rest = claimed[i + 1 :]
                     self.outbox.release(rest)
                     stats.deferred += len(rest)
                     return stats

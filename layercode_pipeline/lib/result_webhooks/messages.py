@@ -23,8 +23,15 @@ CALL_RECORDING_READY = "call.recording_ready"
 CALL_ERASED = "call.erased"
 
 # the staging views the facts are read from (dbt creates them on its first build)
-FACT_VIEWS = ("stg_webhook_events", "stg_webhook_session_ends", "stg_rest_sessions", "stg_webhook_messages",
-              "stg_webhook_session_updates", "stg_recordings", "stg_agents")
+FACT_VIEWS = (
+    "stg_webhook_events",
+    "stg_webhook_session_ends",
+    "stg_rest_sessions",
+    "stg_webhook_messages",
+    "stg_webhook_session_updates",
+    "stg_recordings",
+    "stg_agents",
+)
 
 
 @dataclass(frozen=True)
@@ -36,18 +43,29 @@ class Message:
     body: bytes  # the exact bytes signed and sent, the same on every attempt
 
     @classmethod
-    def build(cls, event_type: str, key_parts: tuple[str, ...], data: dict[str, Any],
-              created_at: datetime | None = None) -> Message:
+    def build(
+        cls, event_type: str, key_parts: tuple[str, ...], data: dict[str, Any], created_at: datetime | None = None
+    ) -> Message:
         msg_id = "msg_" + hashlib.sha256(orjson.dumps([event_type, *key_parts])).hexdigest()[:32]
-        body = orjson.dumps({"type": event_type, "timestamp": (created_at or datetime.now(UTC)).isoformat(),
-                             "schema_version": SCHEMA_VERSION, "data": data})
+        body = orjson.dumps(
+            {
+                "type": event_type,
+                "timestamp": (created_at or datetime.now(UTC)).isoformat(),
+                "schema_version": SCHEMA_VERSION,
+                "data": data,
+            }
+        )
         return cls(msg_id, event_type, data["session_id"], data.get("agent_id"), body)
 
 
 def facts_ready(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether dbt has created the staging views (not yet on a fresh warehouse)."""
-    have = {r[0] for r in con.execute(
-        "select table_name from information_schema.tables where table_schema = 'staging'").fetchall()}
+    have = {
+        r[0]
+        for r in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'staging'"
+        ).fetchall()
+    }
     return set(FACT_VIEWS) <= have
 
 
@@ -156,17 +174,47 @@ def analyzed_messages(con: duckdb.DuckDBPyConnection, since: datetime) -> tuple[
         return [], None
     facts = session_facts(con, sorted({r[0] for r in rows}))
     messages = []
-    for (sid, agent_id, cache_key, provider, model, prompt_version, schema_version, summary, caller_name,
-         sentiment, sentiment_score, outcome, topics, quality, rationale, flags, actions, custom, enriched_at) in rows:
+    for (
+        sid,
+        agent_id,
+        cache_key,
+        provider,
+        model,
+        prompt_version,
+        schema_version,
+        summary,
+        caller_name,
+        sentiment,
+        sentiment_score,
+        outcome,
+        topics,
+        quality,
+        rationale,
+        flags,
+        actions,
+        custom,
+        enriched_at,
+    ) in rows:
         fact = dict(facts.get(sid) or {"session_id": sid})
         fact["agent_id"] = fact.get("agent_id") or agent_id
         fact["analysis"] = {
-            "summary": summary, "caller_name": caller_name, "sentiment": sentiment,
-            "sentiment_score": sentiment_score, "outcome": outcome, "topics": _json(topics) or [],
-            "quality_score": quality, "quality_rationale": rationale, "compliance_flags": _json(flags) or [],
-            "action_items": _json(actions) or [], "custom_fields": _json(custom) or {}, "provider": provider,
-            "model": model, "prompt_version": prompt_version, "schema_version": schema_version,
-            "analyzed_at": enriched_at.isoformat()}
+            "summary": summary,
+            "caller_name": caller_name,
+            "sentiment": sentiment,
+            "sentiment_score": sentiment_score,
+            "outcome": outcome,
+            "topics": _json(topics) or [],
+            "quality_score": quality,
+            "quality_rationale": rationale,
+            "compliance_flags": _json(flags) or [],
+            "action_items": _json(actions) or [],
+            "custom_fields": _json(custom) or {},
+            "provider": provider,
+            "model": model,
+            "prompt_version": prompt_version,
+            "schema_version": schema_version,
+            "analyzed_at": enriched_at.isoformat(),
+        }
         messages.append(Message.build(CALL_ANALYZED, (sid, cache_key), fact))
     return messages, max(r[-1] for r in rows)
 
@@ -181,8 +229,10 @@ order by fetched_at, session_id
 
 def recording_messages(con: duckdb.DuckDBPyConnection, since: datetime) -> tuple[list[Message], datetime | None]:
     """`call.recording_ready` for every WAV kept at or after `since`."""
-    have = {r[0] for r in con.execute(
-        "select table_name from information_schema.tables where table_schema = 'raw'").fetchall()}
+    have = {
+        r[0]
+        for r in con.execute("select table_name from information_schema.tables where table_schema = 'raw'").fetchall()
+    }
     if "layercode_recordings" not in have:
         return [], None
     rows = con.execute(RECORDINGS_SQL, [since]).fetchall()
@@ -192,17 +242,32 @@ def recording_messages(con: duckdb.DuckDBPyConnection, since: datetime) -> tuple
     messages = []
     for sid, agent_id, path, size, sha, rate, channels, encoding, duration, fetched_at in rows:
         fact = facts.get(sid) or {}
-        data = {"session_id": sid, "conversation_id": fact.get("conversation_id"), "agent_id": agent_id,
-                "agent_name": fact.get("agent_name"), "started_at": fact.get("started_at"),
-                "ended_at": fact.get("ended_at"), "duration_ms": fact.get("duration_ms"),
-                "recording": {"uri": path, "format": "wav", "encoding": encoding, "sample_rate": rate,
-                              "channels": channels, "duration_s": duration, "bytes": size, "sha256": sha,
-                              "kept_at": fetched_at.isoformat()}}
+        data = {
+            "session_id": sid,
+            "conversation_id": fact.get("conversation_id"),
+            "agent_id": agent_id,
+            "agent_name": fact.get("agent_name"),
+            "started_at": fact.get("started_at"),
+            "ended_at": fact.get("ended_at"),
+            "duration_ms": fact.get("duration_ms"),
+            "recording": {
+                "uri": path,
+                "format": "wav",
+                "encoding": encoding,
+                "sample_rate": rate,
+                "channels": channels,
+                "duration_s": duration,
+                "bytes": size,
+                "sha256": sha,
+                "kept_at": fetched_at.isoformat(),
+            },
+        }
         messages.append(Message.build(CALL_RECORDING_READY, (sid, sha or path), data))
     return messages, max(r[-1] for r in rows)
 
 
 def erased_message(session_id: str, agent_id: str | None, erased_at: datetime) -> Message:
     """`call.erased`: receivers delete their copy of the session."""
-    return Message.build(CALL_ERASED, (session_id,), {"session_id": session_id, "agent_id": agent_id,
-                                                       "erased_at": erased_at.isoformat()})
+    return Message.build(
+        CALL_ERASED, (session_id,), {"session_id": session_id, "agent_id": agent_id, "erased_at": erased_at.isoformat()}
+    )

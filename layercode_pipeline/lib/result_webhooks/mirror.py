@@ -22,17 +22,44 @@ def mirror_deliveries(con: duckdb.DuckDBPyConnection, outbox: Outbox) -> int:
     def ts(value: float | None) -> datetime | None:
         return datetime.fromtimestamp(value, UTC) if value is not None else None
 
-    columns = ("message_id", "event_type", "session_id", "agent_id", "endpoint", "status", "attempts", *TIMES,
-               "last_status", "last_error", "mirrored_at")
-    values = [(r["message_id"], r["type"], r["session_id"], r["agent_id"], redact_url(r["endpoint_url"]),
-               r["status"], r["attempts"], *(ts(r[k]) for k in TIMES), r["last_status"], r["last_error"], now)
-              for r in rows]
+    columns = (
+        "message_id",
+        "event_type",
+        "session_id",
+        "agent_id",
+        "endpoint",
+        "status",
+        "attempts",
+        *TIMES,
+        "last_status",
+        "last_error",
+        "mirrored_at",
+    )
+    values = [
+        (
+            r["message_id"],
+            r["type"],
+            r["session_id"],
+            r["agent_id"],
+            redact_url(r["endpoint_url"]),
+            r["status"],
+            r["attempts"],
+            *(ts(r[k]) for k in TIMES),
+            r["last_status"],
+            r["last_error"],
+            now,
+        )
+        for r in rows
+    ]
     con.execute("begin")
     try:
         con.execute("delete from raw.result_webhook_deliveries")
         if values:
-            con.executemany(f"insert into raw.result_webhook_deliveries ({', '.join(columns)}) "
-                            f"values ({', '.join('?' * len(columns))})", values)
+            con.executemany(
+                f"insert into raw.result_webhook_deliveries ({', '.join(columns)}) "
+                f"values ({', '.join('?' * len(columns))})",
+                values,
+            )
         con.execute("commit")
     except BaseException:
         con.execute("rollback")

@@ -106,13 +106,17 @@ class Outbox:
         added = 0
         with self._tx() as con:
             for m in messages:
-                con.execute("insert or ignore into messages values (?, ?, ?, ?, ?, ?)",
-                            (m.id, m.type, m.session_id, m.agent_id, m.body, now))
+                con.execute(
+                    "insert or ignore into messages values (?, ?, ?, ?, ?, ?)",
+                    (m.id, m.type, m.session_id, m.agent_id, m.body, now),
+                )
                 for ep in endpoints:
                     if ep.wants(m.type, m.agent_id):
                         added += con.execute(
                             "insert or ignore into deliveries (message_id, endpoint_url, status, next_attempt_at) "
-                            "values (?, ?, 'pending', ?)", (m.id, ep.url, now)).rowcount
+                            "values (?, ?, 'pending', ?)",
+                            (m.id, ep.url, now),
+                        ).rowcount
         return added
 
     def claim_due(self, endpoint_url: str, now: float, limit: int, lease_s: float) -> list[Delivery]:
@@ -120,51 +124,80 @@ class Outbox:
         (long enough to attempt them all: a live worker's lease never runs out first; a dead
         worker's deliveries are claimed again when it does)."""
         with self._tx() as con:
-            rows = con.execute("""
+            rows = con.execute(
+                """
                 select d.message_id, d.endpoint_url, m.type, m.session_id, m.body, d.attempts, d.first_attempt_at
                 from deliveries d join messages m on m.id = d.message_id
                 where d.endpoint_url = ? and d.status = 'pending' and d.next_attempt_at <= ?
                   and (d.leased_until is null or d.leased_until < ?)
-                order by d.next_attempt_at, m.created_at limit ?""", (endpoint_url, now, now, limit)).fetchall()
-            con.executemany("update deliveries set leased_until = ? where message_id = ? and endpoint_url = ?",
-                            [(now + lease_s, r[0], r[1]) for r in rows])
+                order by d.next_attempt_at, m.created_at limit ?""",
+                (endpoint_url, now, now, limit),
+            ).fetchall()
+            con.executemany(
+                "update deliveries set leased_until = ? where message_id = ? and endpoint_url = ?",
+                [(now + lease_s, r[0], r[1]) for r in rows],
+            )
         return [Delivery(*r) for r in rows]
 
-    def record_attempt(self, d: Delivery, *, at: float, status: int | None, error: str | None,
-                       outcome: str, next_attempt_at: float | None = None) -> None:
+    def record_attempt(
+        self,
+        d: Delivery,
+        *,
+        at: float,
+        status: int | None,
+        error: str | None,
+        outcome: str,
+        next_attempt_at: float | None = None,
+    ) -> None:
         """One attempt's result: `delivered`, `retry` (due again at `next_attempt_at`) or `dead`."""
         new_status = {"delivered": "delivered", "retry": "pending", "dead": "dead"}[outcome]
         with self._tx() as con:
-            con.execute("""
+            con.execute(
+                """
                 update deliveries set status = ?, attempts = attempts + 1, leased_until = null,
                     first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, last_status = ?,
                     last_error = ?, next_attempt_at = coalesce(?, next_attempt_at),
                     delivered_at = case when ? = 'delivered' then ? end
                 where message_id = ? and endpoint_url = ?""",
-                        (new_status, at, at, status, error, next_attempt_at, new_status, at, d.message_id,
-                         d.endpoint_url))
+                (new_status, at, at, status, error, next_attempt_at, new_status, at, d.message_id, d.endpoint_url),
+            )
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
         """Give leases back without counting an attempt (the endpoint is unresponsive this round)."""
         with self._tx() as con:
-            con.executemany("update deliveries set leased_until = null where message_id = ? and endpoint_url = ?",
-                            [(d.message_id, d.endpoint_url) for d in deliveries])
+            con.executemany(
+                "update deliveries set leased_until = null where message_id = ? and endpoint_url = ?",
+                [(d.message_id, d.endpoint_url) for d in deliveries],
+            )
 
     def disable_endpoint(self, url: str, reason: str, now: float) -> int:
         """410 Gone: the endpoint gets nothing more; its pending deliveries are dead-lettered
         (a `replay` re-enables it)."""
         with self._tx() as con:
-            con.execute("insert into endpoints values (?, ?, ?) on conflict (url) do update set "
-                        "disabled_at = excluded.disabled_at, reason = excluded.reason", (url, now, reason))
-            return con.execute("update deliveries set status = 'dead', leased_until = null, last_error = ? "
-                               "where endpoint_url = ? and status = 'pending'", (reason, url)).rowcount
+            con.execute(
+                "insert into endpoints values (?, ?, ?) on conflict (url) do update set "
+                "disabled_at = excluded.disabled_at, reason = excluded.reason",
+                (url, now, reason),
+            )
+            return con.execute(
+                "update deliveries set status = 'dead', leased_until = null, last_error = ? "
+                "where endpoint_url = ? and status = 'pending'",
+                (reason, url),
+            ).rowcount
 
     def disabled_endpoints(self) -> dict[str, str]:
         with self._connect() as con:
             return dict(con.execute("select url, reason from endpoints where disabled_at is not null").fetchall())
 
-    def replay(self, *, message_ids: list[str] | None = None, status: str | None = None, since: float | None = None,
-               endpoint_url: str | None = None, now: float | None = None) -> int:
+    def replay(
+        self,
+        *,
+        message_ids: list[str] | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        endpoint_url: str | None = None,
+        now: float | None = None,
+    ) -> int:
         """Make the selected deliveries pending and due now, with a fresh retry schedule (the
         same `webhook-id`: a receiver that kept it may drop the copy). Re-enables their
         endpoints."""
@@ -172,12 +205,16 @@ class Outbox:
         where, args = self._filter(message_ids=message_ids, status=status, since=since, endpoint_url=endpoint_url)
         with self._tx() as con:
             urls = [r[0] for r in con.execute(f"select distinct endpoint_url from deliveries d {where}", args)]
-            con.executemany("update endpoints set disabled_at = null, reason = null where url = ?",
-                            [(u,) for u in urls])
-            return con.execute(f"""
+            con.executemany(
+                "update endpoints set disabled_at = null, reason = null where url = ?", [(u,) for u in urls]
+            )
+            return con.execute(
+                f"""
                 update deliveries set status = 'pending', next_attempt_at = ?, leased_until = null,
                     first_attempt_at = null, attempts = 0, delivered_at = null
-                where rowid in (select d.rowid from deliveries d {where})""", [now, *args]).rowcount
+                where rowid in (select d.rowid from deliveries d {where})""",
+                [now, *args],
+            ).rowcount
 
     # --- reading -------------------------------------------------------------------------
     @staticmethod
@@ -203,12 +240,15 @@ class Outbox:
         """One row per message and endpoint (newest first), for the CLI and the warehouse mirror."""
         where, args = self._filter(**filters)
         with self._connect() as con:
-            cur = con.execute(f"""
+            cur = con.execute(
+                f"""
                 select d.message_id, m.type, m.session_id, m.agent_id, d.endpoint_url, d.status, d.attempts,
                        m.created_at, d.first_attempt_at, d.last_attempt_at, d.delivered_at, d.next_attempt_at,
                        d.last_status, d.last_error
                 from deliveries d join messages m on m.id = d.message_id {where}
-                order by m.created_at desc, d.endpoint_url""", args)
+                order by m.created_at desc, d.endpoint_url""",
+                args,
+            )
             names = [c[0] for c in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
@@ -224,8 +264,11 @@ class Outbox:
         if not endpoint_urls:
             return None
         with self._connect() as con:
-            return con.execute(f"select min(next_attempt_at) from deliveries where status = 'pending' and "
-                               f"endpoint_url in ({', '.join('?' * len(endpoint_urls))})", endpoint_urls).fetchone()[0]
+            return con.execute(
+                f"select min(next_attempt_at) from deliveries where status = 'pending' and "
+                f"endpoint_url in ({', '.join('?' * len(endpoint_urls))})",
+                endpoint_urls,
+            ).fetchone()[0]
 
     def mark(self, name: str) -> str | None:
         with self._connect() as con:
@@ -234,5 +277,6 @@ class Outbox:
 
     def set_mark(self, name: str, value: str) -> None:
         with self._tx() as con:
-            con.execute("insert into marks values (?, ?) on conflict (name) do update set value = excluded.value",
-                        (name, value))
+            con.execute(
+                "insert into marks values (?, ?) on conflict (name) do update set value = excluded.value", (name, value)
+            )

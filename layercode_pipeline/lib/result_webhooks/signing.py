@@ -13,15 +13,20 @@ from collections.abc import Iterable
 
 def signature_header(secrets: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return " ".join("v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-                    for key in secrets)
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in secrets
+    )
 
 
 def webhook_headers(secrets: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The three headers of one attempt (the timestamp is the attempt's, the id the message's)."""
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(secrets, msg_id, timestamp, body),
-            "content-type": "application/json", "user-agent": "layercode-pipeline-webhooks/1"}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(secrets, msg_id, timestamp, body),
+        "content-type": "application/json",
+        "user-agent": "layercode-pipeline-webhooks/1",
+    }
 
 
 def new_secret() -> str:
