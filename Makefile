@@ -25,8 +25,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
+PY_SOURCES = layercode_pipeline webhook_listener tests bench
+
+# ruff (lint and format), mypy, and sqlfluff over the dbt models (its dbt templater compiles
+# them against a scratch warehouse, never the pipeline's)
 lint: $(STAMP)
-	$(BIN)/ruff check layercode_pipeline webhook_listener tests bench
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy
+	cd dbt_project && LAYERCODE_WAREHOUSE=$$(mktemp -d)/lint.duckdb ../$(BIN)/sqlfluff lint models tests --processes 2
 
 clean:
 	rm -rf $(VENV) data

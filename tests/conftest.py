@@ -152,8 +152,19 @@ SLOW_TESTS = {
 }
 
 
+# What a module needs beyond Python: `pytest -m "not postgres"` on a machine without it.
+NEEDS = {
+    "test_production_instance": ("postgres", "daemon"),
+    "test_automation": ("daemon",),
+    "test_dashboard": ("chromium",),
+    "test_object_landing": ("s3",),
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        for need in NEEDS.get(item.module.__name__.rsplit(".", 1)[-1], ()):
+            item.add_marker(getattr(pytest.mark, need))
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
         if "shared_marts" in getattr(item, "fixturenames", ()):
