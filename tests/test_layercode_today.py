@@ -88,6 +88,29 @@ def test_data_events_json_reply_and_custom_headers_landed_without_credentials(li
     assert not {"authorization", "cookie", "layercode-signature"} & set(env["headers"])
 
 
+@pytest.mark.parametrize(
+    "name", ["x-api-token", "x-customer-secret", "backend-auth", "x-crm-api-key", "X-Bearer", "my-password"]
+)
+def test_custom_headers_that_name_a_credential_are_never_landed(listener, name):
+    """Custom headers are free-form (contract section 6) and may carry the customer's credentials
+    for its own backend: a name that suggests one is not landed, whatever the allow-list says."""
+    url, data = listener
+    sid = f"sess_{name.lower()}"
+    r = post(
+        url,
+        {"type": "data", "session_id": sid, "turn_id": "t1", "data": {}},
+        headers={name: "s3cr3t-value", "x-request-source": "ivr"},
+    )
+    assert r.status_code == 200
+    [env] = [
+        e
+        for e in landed_envelopes_so_far(data)
+        if e.get("session_id", "") == sid or orjson.loads(e["body"]).get("session_id") == sid
+    ]
+    assert env["headers"]["x-request-source"] == "ivr" and name.lower() not in env["headers"]
+    assert all("s3cr3t" not in v for v in env["headers"].values())
+
+
 def landed_envelopes_so_far(data: Path) -> list[dict]:
     """Every envelope landed so far, sealed or in the open segment (acknowledged = fsynced)."""
     out = []

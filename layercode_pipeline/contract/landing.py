@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,11 @@ NEVER_KEPT_HEADERS = frozenset(
 )
 
 
+# Layercode's custom headers are free-form (contract section 6) and may carry the customer's own
+# credentials for its backend: a name that suggests one is never kept either.
+CREDENTIAL_NAME = re.compile(r"auth|token|secret|passw|api[-_]?key|cookie|signature|credential|bearer|session-?key")
+
+
 def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:
     """A predicate on raw (lower-case) header names: exact names, or prefixes ending in `*`.
     Answers are cached per name: the listener asks for every header of every request."""
@@ -53,7 +59,9 @@ def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:
     @functools.lru_cache(maxsize=1024)
     def keep(name: bytes) -> bool:
         text = name.decode("latin-1").lower()
-        return text not in NEVER_KEPT_HEADERS and (text in exact or text.startswith(prefixes))
+        if text in NEVER_KEPT_HEADERS or CREDENTIAL_NAME.search(text):
+            return False
+        return text in exact or text.startswith(prefixes)
 
     return keep
 
