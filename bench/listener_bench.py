@@ -23,8 +23,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PY, ROOT, ensure_wrk, parse_wrk, start, wait_healthy  # noqa: E402
 
-from layercode_pipeline.contract.landing import iter_sealed_segments, recover_orphan_segments  # noqa: E402
 from layercode_pipeline.contract.signing import sign  # noqa: E402
+from layercode_pipeline.landing.segments import iter_sealed_segments, recover_orphan_segments  # noqa: E402
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json  # noqa: E402
 from layercode_pipeline.simulator.server import free_port  # noqa: E402
 

@@ -60,7 +60,7 @@ def main() -> None:
         import boto3
         import obstore
 
-        from layercode_pipeline.landing_store import ObjectLanding
+        from layercode_pipeline.landing.objects import ObjectLanding
 
         s3 = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"

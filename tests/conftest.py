@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from layercode_pipeline.contract.landing import iter_sealed_segments, recover_orphan_segments
+from layercode_pipeline.landing.segments import iter_sealed_segments, recover_orphan_segments
 from layercode_pipeline.simulator.server import free_port
 
 SECRET = "whsec_test_default"

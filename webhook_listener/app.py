@@ -20,14 +20,11 @@ import gc
 import hashlib
 import inspect
 import logging
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -49,18 +46,16 @@ from layercode_pipeline.contract.events import (
     parse_event_json,
     validation_reason,
 )
-from layercode_pipeline.contract.landing import build_envelope, header_allow_list, recover_orphan_segments
+from layercode_pipeline.contract.landing import build_envelope, header_allow_list
 from layercode_pipeline.contract.signing import SIGNATURE_HEADER, SignatureError, verify_signature
-from layercode_pipeline.durable_files import fsync_dir, write_whole
-from layercode_pipeline.landing_store import ObjectLanding
+from layercode_pipeline.landing.durable import quarantine
+from layercode_pipeline.landing.segments import recover_orphan_segments
 
 from .access_log import AccessLog
-from .lander import SegmentLander
+from .group_commit import GroupCommitLander
+from .lander import SegmentLander, choose_lander
 from .responder import Data, DataResponder, Responder, load_data_responder, load_responder
 from .slow_clients import HeaderTimeoutProtocol
-
-if TYPE_CHECKING:  # imported where used: object storage is optional
-    from .object_lander import BucketLander
 
 log = logging.getLogger("webhook_listener")
 
@@ -158,47 +153,13 @@ def _utf8_problem(body: bytes) -> str | None:
         return f"body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})"
 
 
-def quarantine(quarantine_dir: Path, *, agent_id: str, reason: str, body: bytes, received_at: datetime) -> Path:
-    """Keep a signed but unusable body, byte for byte, with why it was refused. Both files are
-    written whole and fsynced, or neither is left behind (the caller answers 503)."""
-    day = quarantine_dir / f"dt={received_at:%Y-%m-%d}"
-    day.mkdir(parents=True, exist_ok=True)
-    stem = f"{received_at:%H%M%S}-{uuid.uuid4().hex}"
-    meta = orjson.dumps(
-        {
-            "received_at": received_at.isoformat(),
-            "agent_id": agent_id,
-            "reason": reason,
-            "content_sha256": hashlib.sha256(body).hexdigest(),
-            "bytes": len(body),
-        }
-    )
-    written: list[Path] = []
-    try:
-        for name, data in ((f"{stem}.body", body), (f"{stem}.meta.json", meta)):
-            fd = os.open(day / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            written.append(day / name)
-            try:
-                write_whole(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(day)
-    except OSError:
-        for path in written:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise
-    return day / f"{stem}.body"
-
-
 class WebhookEndpoint:
     """ASGI endpoint for both webhook routes (the agent comes from the path or the default)."""
 
     def __init__(
         self,
         settings: Settings,
-        lander: SegmentLander | BucketLander,
+        lander: GroupCommitLander[Any],
         respond: Responder,
         access_log: AccessLog,
         *,
@@ -431,42 +392,7 @@ def create_app(
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET or LAYERCODE_WEBHOOK_SECRETS "
             "(or pass --insecure-skip-verify for local experiments only)"
         )
-    object_landing = ObjectLanding.from_settings(settings)
-    shipper = None
-    if object_landing is not None and settings.landing_mode == "bucket":
-        from .object_lander import BucketLander
-
-        lander: SegmentLander | BucketLander = BucketLander(object_landing)
-        landing = {
-            "url": object_landing.url,
-            "mode": "bucket",
-            "acknowledged_after": "the group's object is written to the store",
-        }
-    else:
-        lander = SegmentLander(
-            settings.paths.landing,
-            max_bytes=settings.segment_max_bytes,
-            max_age_s=settings.segment_max_age_s,
-            idle_seal_s=settings.segment_idle_seal_s,
-        )
-        landing = {
-            "url": str(settings.paths.landing),
-            "mode": "local",
-            "acknowledged_after": "the group is fsynced to the local disk",
-        }
-        if object_landing is not None:  # local+ship
-            from .object_lander import SegmentShipper
-
-            shipper = SegmentShipper(
-                settings.paths.landing, object_landing, interval_s=settings.landing_ship_interval_s
-            )
-            landing = {
-                "url": object_landing.url,
-                "mode": "local+ship",
-                "spool": str(settings.paths.landing),
-                "acknowledged_after": "the group is fsynced to the local spool; sealed segments are "
-                "shipped to the store in the background",
-            }
+    lander, shipper, landing = choose_lander(settings)
     access_log = AccessLog()
     if data_responder is None and settings.data_responder:
         data_responder = load_data_responder(settings.data_responder)

@@ -1,10 +1,9 @@
 """Durable, group-committed landing of envelopes into append-only segment files.
 
-Requests hand their line to `SegmentLander.land()` and wait. One writer task drains
-everything queued, writes it with one `write`, and fdatasyncs once for the whole group;
-requests that arrive meanwhile form the next group. A request is released only after its
-bytes are on disk, so nothing acknowledged can be lost, and the fsync cost is shared by
-all concurrent requests.
+The writer task (see `group_commit`) takes everything queued, writes it with one `write`, and
+fdatasyncs once for the whole group: a request is released only after its bytes are on
+disk, so nothing acknowledged can be lost, and the fsync cost is shared by all concurrent
+requests.
 """
 
 from __future__ import annotations
@@ -13,49 +12,20 @@ import asyncio
 import fcntl
 import logging
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from layercode_pipeline.config import Settings
 from layercode_pipeline.contract.landing import OPEN_SUFFIX, partition_dir, seal_path
-from layercode_pipeline.durable_files import fsync_dir, write_whole
+from layercode_pipeline.landing.durable import fsync_dir, write_whole
+from layercode_pipeline.landing.objects import ObjectLanding
+
+from .group_commit import GroupCommitLander
 
 log = logging.getLogger("webhook_listener.lander")
-
-
-class RateLimitedErrorLog:
-    """One ERROR line per `every_s` for a failing disk, with how many writes failed since the
-    last line: a full disk under load fails every group, and a line per group (thousands a
-    second) would fill the next disk with logs."""
-
-    def __init__(self, every_s: float = 10.0):
-        self.every_s = every_s
-        self.failed_events = 0
-        self._suppressed = 0
-        self._last_logged = -float("inf")
-
-    def report(self, exc: OSError, events: int) -> None:
-        self.failed_events += events
-        self._suppressed += events
-        now = time.monotonic()
-        if now - self._last_logged >= self.every_s:
-            log.error(
-                "landing write failed (%s): %d events answered 503 since the last report, %d in all",
-                exc,
-                self._suppressed,
-                self.failed_events,
-            )
-            self._last_logged = now
-            self._suppressed = 0
-
-
-def new_writer_id() -> str:
-    """Unique per process, so several listeners can share one landing directory."""
-    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:32] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass
@@ -68,7 +38,9 @@ class _Segment:
     last_write: float = 0.0
 
 
-class SegmentLander:
+class SegmentLander(GroupCommitLander[Path]):
+    task_name = "segment-lander"
+
     def __init__(
         self,
         landing_dir: Path,
@@ -79,8 +51,8 @@ class SegmentLander:
         idle_seal_s: float = 1.0,
         inline_sync_below_s: float = 0.002,
     ):
+        super().__init__(writer_id)
         self.landing_dir = landing_dir
-        self.writer_id = writer_id or new_writer_id()
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         # A segment is sealed (handed to the ingest) when it is full, old, or when no event
@@ -90,13 +62,6 @@ class SegmentLander:
         self.idle_seal_s = idle_seal_s
         self._seq = 0
         self._segment: _Segment | None = None
-        # A plain list and one wake-up future: asyncio.Queue's bookkeeping per item showed
-        # up in the listener's profile, and the writer always takes everything at once.
-        self._pending: list[tuple[bytes, Path, asyncio.Future[None]]] = []
-        self._wake: asyncio.Future[None] | None = None
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         # Where a group's write+fdatasync runs. A worker thread lets the loop parse the next
         # group meanwhile, but each hand-off contends for the GIL with the busy loop: on a disk
         # that syncs in ~0.3 ms that cost the listener a fifth of its throughput
@@ -104,21 +69,14 @@ class SegmentLander:
         # while a sync takes less than `inline_sync_below_s` on average, in the thread otherwise.
         self.inline_sync_below_s = inline_sync_below_s
         self.sync_seconds_avg = 0.0  # exponentially weighted, over recent groups
-        self.landed = 0
-        self._write_errors = RateLimitedErrorLog()
-        self.groups = 0
         self.threaded_groups = 0
 
-    @property
-    def failed_writes(self) -> int:
-        """Events answered 503 because their write failed (a full disk), since start."""
-        return self._write_errors.failed_events
+    def where(self, received_at: datetime) -> Path:
+        return partition_dir(self.landing_dir, received_at)
 
     def health(self) -> dict:
         return {
-            "writer_id": self.writer_id,
-            "landed": self.landed,
-            "failed_writes": self.failed_writes,
+            **super().health(),
             "fsync_groups": self.groups,
             "fsync_groups_in_thread": self.threaded_groups,
             "fsync_ms_avg": round(self.sync_seconds_avg * 1000, 3),
@@ -127,30 +85,12 @@ class SegmentLander:
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         self.landing_dir.mkdir(parents=True, exist_ok=True)
-        # Kept: asyncio.get_running_loop() makes a getpid() system call on every request.
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._run(), name="segment-lander")
+        await super().start()
 
     async def close(self) -> None:
         """Finish queued work, then seal the open segment (graceful shutdown)."""
-        if self._task is not None:
-            self._closing = True
-            self._wake_writer()
-            await self._task
-            self._task = None
+        await super().close()
         self._seal()
-
-    # --- the request side -------------------------------------------------------------
-    async def land(self, line: bytes, received_at: datetime) -> None:
-        """Return once `line` is fsynced; raise OSError if it could not be written."""
-        fut: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
-        self._pending.append((line, partition_dir(self.landing_dir, received_at), fut))
-        self._wake_writer()
-        await fut
-
-    def _wake_writer(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
 
     # --- the writer task --------------------------------------------------------------
     async def _run(self) -> None:
@@ -169,18 +109,10 @@ class SegmentLander:
                         0.0, min(seg.opened_at + self.max_age_s, seg.last_write + self.idle_seal_s) - time.monotonic()
                     )
                 )
-                self._wake = loop.create_future()
-                try:
-                    await asyncio.wait_for(self._wake, timeout)
-                except TimeoutError:
+                if not await self._wait_for_work(loop, timeout):
                     self._seal()
                     continue
-                finally:
-                    self._wake = None
-            # Let every handler that is already runnable reach land() before the group closes:
-            # one loop turn makes groups several times larger at no cost in latency.
-            await asyncio.sleep(0)
-            batch, self._pending = self._pending, []
+            batch = await self._take()
             try:
                 if self.sync_seconds_avg < self.inline_sync_below_s:
                     errors = self._write_group(batch)
@@ -190,11 +122,7 @@ class SegmentLander:
             except BaseException as exc:  # never leave a request hanging
                 errors = [exc] * len(batch)
             for (_, _, fut), err in zip(batch, errors, strict=True):
-                if not fut.done():
-                    if err is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(err)
+                self._release([fut], err)
 
     def _write_group(self, batch: list[tuple[bytes, Path, asyncio.Future[None]]]) -> list[BaseException | None]:
         """Lines of one partition are written and synced together (on the loop or in a thread)."""
@@ -274,3 +202,51 @@ class SegmentLander:
             fsync_dir(seg.partition)
         finally:
             os.close(seg.fd)
+
+
+def choose_lander(settings: Settings) -> tuple[GroupCommitLander[Any], Any, dict[str, str]]:
+    """The lander `settings` ask for, the background shipper of `local+ship` (else None), and
+    how the listener describes its landing on /healthz. The one place the mode is decided."""
+    object_landing = ObjectLanding.from_settings(settings)
+    if object_landing is not None and settings.landing_mode == "bucket":
+        from .object_lander import BucketLander
+
+        return (
+            BucketLander(object_landing),
+            None,
+            {
+                "url": object_landing.url,
+                "mode": "bucket",
+                "acknowledged_after": "the group's object is written to the store",
+            },
+        )
+    lander = SegmentLander(
+        settings.paths.landing,
+        max_bytes=settings.segment_max_bytes,
+        max_age_s=settings.segment_max_age_s,
+        idle_seal_s=settings.segment_idle_seal_s,
+    )
+    if object_landing is None:
+        return (
+            lander,
+            None,
+            {
+                "url": str(settings.paths.landing),
+                "mode": "local",
+                "acknowledged_after": "the group is fsynced to the local disk",
+            },
+        )
+    from .object_lander import SegmentShipper
+
+    shipper = SegmentShipper(settings.paths.landing, object_landing, interval_s=settings.landing_ship_interval_s)
+    return (
+        lander,
+        shipper,
+        {
+            "url": object_landing.url,
+            "mode": "local+ship",
+            "spool": str(settings.paths.landing),
+            "acknowledged_after": "the group is fsynced to the local spool; sealed segments are "
+            "shipped to the store in the background",
+        },
+    )

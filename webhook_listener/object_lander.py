@@ -22,71 +22,43 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from layercode_pipeline.contract.landing import iter_sealed_segments
-from layercode_pipeline.durable_files import fsync_dir
-from layercode_pipeline.landing_store import ObjectLanding, hour_prefix, object_key
+from layercode_pipeline.landing.durable import fsync_dir
+from layercode_pipeline.landing.objects import ObjectLanding, hour_prefix, object_key
+from layercode_pipeline.landing.segments import iter_sealed_segments
 
-from .lander import RateLimitedErrorLog, new_writer_id
+from .group_commit import GroupCommitLander
 
 log = logging.getLogger("webhook_listener.object_lander")
 
 
-class BucketLander:
+class BucketLander(GroupCommitLander[str]):
+    task_name = "bucket-lander"
+
     def __init__(self, landing: ObjectLanding, *, writer_id: str | None = None, max_in_flight: int = 4):
+        super().__init__(writer_id)
         self.landing = landing
         self.store = landing.store()
-        self.writer_id = writer_id or new_writer_id()
         self.max_in_flight = max_in_flight
         self._seq = 0
-        self._pending: list[tuple[bytes, str, asyncio.Future[None]]] = []
-        self._wake: asyncio.Future[None] | None = None
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._write_errors = RateLimitedErrorLog()
-        self.landed = 0
-        self.groups = 0
         self.objects = 0
         self.put_seconds_avg = 0.0
 
-    @property
-    def failed_writes(self) -> int:
-        return self._write_errors.failed_events
+    def where(self, received_at: datetime) -> str:
+        return hour_prefix(received_at)
 
     def health(self) -> dict[str, Any]:
         return {
-            "writer_id": self.writer_id,
-            "landed": self.landed,
-            "failed_writes": self.failed_writes,
+            **super().health(),
             "groups": self.groups,
             "objects_written": self.objects,
             "put_ms_avg": round(self.put_seconds_avg * 1000, 3),
         }
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(self.max_in_flight)
-        self._task = asyncio.create_task(self._run(), name="bucket-lander")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._closing = True
-            self._wake_writer()
-            await self._task
-            self._task = None
-
-    async def land(self, line: bytes, received_at: datetime) -> None:
-        """Return once `line` is in the store; raise OSError if it could not be written."""
-        fut: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
-        self._pending.append((line, hour_prefix(received_at), fut))
-        self._wake_writer()
-        await fut
-
-    def _wake_writer(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        await super().start()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,13 +71,8 @@ class BucketLander:
                     if self._in_flight:
                         await asyncio.gather(*self._in_flight, return_exceptions=True)
                     return
-                self._wake = loop.create_future()
-                try:
-                    await self._wake
-                finally:
-                    self._wake = None
-            await asyncio.sleep(0)  # let every runnable handler reach land() first
-            batch, self._pending = self._pending, []
+                await self._wait_for_work(loop)
+            batch = await self._take()
             if not batch:
                 self._slots.release()
                 continue
@@ -137,12 +104,7 @@ class BucketLander:
             except Exception as exc:  # noqa: BLE001 - any store failure is a 503 for these requests
                 error = OSError(f"object store write failed: {type(exc).__name__}: {str(exc)[:200]}")
                 self._write_errors.report(error, len(items))
-            for _, fut in items:
-                if not fut.done():
-                    if error is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(error)
+            self._release([fut for _, fut in items], error)
         self.groups += 1
         self.put_seconds_avg = 0.8 * self.put_seconds_avg + 0.2 * (time.perf_counter() - started)
 

@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 
 from layercode_pipeline.config import DataPaths, ResultEndpoint, Settings, parse_result_endpoints
-from layercode_pipeline.landing_store import ObjectLanding, is_object_url
+from layercode_pipeline.landing.objects import ObjectLanding, is_object_url
 from layercode_pipeline.lib.warehouse import Warehouse
 
 # Every asset that writes the warehouse runs in this pool; give it a limit of 1 in the

@@ -23,13 +23,9 @@ import duckdb
 import orjson
 
 from layercode_pipeline.contract.events import event_key_sql
-from layercode_pipeline.contract.landing import (
-    OPEN_SUFFIX,
-    iter_sealed_segments,
-    partition_mtimes,
-    recover_orphan_segments,
-)
-from layercode_pipeline.landing_store import ObjectLanding, list_objects, recent_hour_prefixes
+from layercode_pipeline.contract.landing import OPEN_SUFFIX
+from layercode_pipeline.landing.objects import ObjectLanding, list_objects, recent_hour_prefixes
+from layercode_pipeline.landing.segments import iter_sealed_segments, partition_mtimes, recover_orphan_segments
 from layercode_pipeline.lib.warehouse import scalar, sql_string
 
 # The identity of an event, from the event registry (see contract.events.event_key_sql).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from layercode_pipeline.durable_files import fsync_dir, fsync_file
+from layercode_pipeline.landing.durable import fsync_dir, fsync_file
 from layercode_pipeline.lib.warehouse import Warehouse, scalar, sql_string
 
 SERVING_FILE = "analytics.duckdb"

@@ -7,9 +7,9 @@ import time
 import dagster as dg
 
 from layercode_pipeline.contract.events import payload_drift, summarise_drift
-from layercode_pipeline.contract.landing import iter_sealed_segments, partition_mtimes
 from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
+from layercode_pipeline.landing.segments import iter_sealed_segments, partition_mtimes
 from layercode_pipeline.lib.ingest import ingest_landing, ingest_object_landing, newest_object_ns
 from layercode_pipeline.lib.warehouse import scalar
 
