@@ -30,6 +30,23 @@ DEFAULT_ENRICHMENT_MODEL = "gpt-5-mini"
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Where events land and the warehouse is, as plain values: what `Settings` and the Dagster
+    storage resource each hold, and the one input `Warehouse.from_config` and
+    `ObjectLanding.from_config` build their objects from (so neither is derived twice)."""
+
+    data_dir: Path
+    landing_url: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    warehouse_target: str | None = None
+    motherduck_token: str | None = None
+    open_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class DataPaths:
     """Where the files live: `<data dir>/{landing,quarantine,recordings,serving}`, each
     overridable on its own. Always absolute, so dbt's working directory does not matter. (The
@@ -327,6 +344,24 @@ class Settings(BaseSettings):
     @property
     def outbox(self) -> Path:
         return (self.outbox_path or self.paths.data_dir / "outbox" / "result_webhooks.sqlite3").expanduser().resolve()
+
+    def storage(self) -> StorageConfig:
+        """The storage settings as plain values (secrets unwrapped: for building objects only)."""
+
+        def plain(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        return StorageConfig(
+            data_dir=self.paths.data_dir,
+            landing_url=self.landing_url,
+            aws_endpoint_url=self.aws_endpoint_url,
+            aws_region=self.aws_region,
+            aws_access_key_id=plain(self.aws_access_key_id),
+            aws_secret_access_key=plain(self.aws_secret_access_key),
+            warehouse_target=self.warehouse_target,
+            motherduck_token=plain(self.motherduck_token),
+            open_timeout_s=self.warehouse_open_timeout_s,
+        )
 
     @property
     def paths(self) -> DataPaths:

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.config import DataPaths, ResultEndpoint, Settings, parse_result_endpoints
+from layercode_pipeline.config import DataPaths, ResultEndpoint, Settings, StorageConfig, parse_result_endpoints
 from layercode_pipeline.landing.objects import ObjectLanding, is_object_url
 from layercode_pipeline.lib.warehouse import Warehouse
 
@@ -45,28 +45,30 @@ class StorageResource(dg.ConfigurableResource):
             self.data_dir, landing=self.landing_dir, recordings=self.recordings_dir, serving=self.serving_dir
         )
 
+    def storage(self) -> StorageConfig:
+        """This resource's own fields (not the process environment, which configured it
+        through EnvVar) as the plain values the objects are built from."""
+        return StorageConfig(
+            data_dir=self.paths.data_dir,
+            landing_url=self.landing_url,
+            aws_endpoint_url=self.aws_endpoint_url,
+            aws_region=self.aws_region,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            warehouse_target=self.warehouse_target,
+            motherduck_token=self.motherduck_token,
+            open_timeout_s=self.open_timeout_s,
+        )
+
     @property
     def object_landing(self) -> ObjectLanding | None:
         """The object store the ingest reads, or None for the local landing directory."""
-        if not is_object_url(self.landing_url):
-            return None
-        return ObjectLanding(
-            str(self.landing_url),
-            endpoint=self.aws_endpoint_url,
-            region=self.aws_region,
-            access_key_id=self.aws_access_key_id,
-            secret_access_key=self.aws_secret_access_key,
-        )
+        return ObjectLanding.from_config(self.storage())
 
     @property
     def warehouse(self) -> Warehouse:
         """The warehouse seam: every asset reaches the warehouse through it."""
-        return Warehouse.at(
-            self.warehouse_target,
-            data_dir=self.paths.data_dir,
-            open_timeout_s=self.open_timeout_s,
-            motherduck_token=self.motherduck_token,
-        )
+        return Warehouse.from_config(self.storage())
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:

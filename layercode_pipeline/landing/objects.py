@@ -24,9 +24,7 @@ from urllib.parse import urlparse
 from layercode_pipeline.contract.landing import SEALED_SUFFIX
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
-
-    from layercode_pipeline.config import Settings
+    from layercode_pipeline.config import Settings, StorageConfig
 
 # Objects whose key hour is this far behind the newest listing are still looked for: covers
 # writers whose clocks lag and a PUT that started in one hour and finished in the next.
@@ -50,18 +48,18 @@ class ObjectLanding:
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectLanding | None:
         """The object store events land in, when LAYERCODE_LANDING_URL is an s3:// URL."""
-        if not is_object_url(settings.landing_url):
+        return cls.from_config(settings.storage())
+
+    @classmethod
+    def from_config(cls, storage: StorageConfig) -> ObjectLanding | None:
+        if not is_object_url(storage.landing_url):
             return None
-
-        def plain(value: SecretStr | None) -> str | None:
-            return value.get_secret_value() if value is not None else None
-
         return cls(
-            str(settings.landing_url),
-            endpoint=settings.aws_endpoint_url,
-            region=settings.aws_region,
-            access_key_id=plain(settings.aws_access_key_id),
-            secret_access_key=plain(settings.aws_secret_access_key),
+            str(storage.landing_url),
+            endpoint=storage.aws_endpoint_url,
+            region=storage.aws_region,
+            access_key_id=storage.aws_access_key_id,
+            secret_access_key=storage.aws_secret_access_key,
         )
 
     @property

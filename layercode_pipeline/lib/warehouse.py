@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from layercode_pipeline.config import Settings
+from layercode_pipeline.config import Settings, StorageConfig
 
 RAW_DDL = """
 create schema if not exists raw;
@@ -279,12 +279,15 @@ class Warehouse:
     @classmethod
     def from_settings(cls, settings: Settings) -> Warehouse:
         """The warehouse seam for this configuration (a local file or MotherDuck)."""
-        token = settings.motherduck_token.get_secret_value() if settings.motherduck_token else None
+        return cls.from_config(settings.storage())
+
+    @classmethod
+    def from_config(cls, storage: StorageConfig) -> Warehouse:
         return cls.at(
-            settings.warehouse_target,
-            data_dir=settings.paths.data_dir,
-            open_timeout_s=settings.warehouse_open_timeout_s,
-            motherduck_token=token,
+            storage.warehouse_target,
+            data_dir=storage.data_dir,
+            open_timeout_s=storage.open_timeout_s,
+            motherduck_token=storage.motherduck_token,
         )
 
     @classmethod
