@@ -1,0 +1,132 @@
+"""`/`: calls and minutes per day by agent; duration, turn latency p50/p95 and interruption
+rate over time; outcome and sentiment mix; recording coverage; the lowest-quality calls."""
+
+from __future__ import annotations
+
+from html import escape as html_escape
+from pathlib import Path
+from urllib.parse import quote
+
+import plotly.graph_objects as go  # graph objects need no numpy (Plotly Express would)
+import polars as pl
+from dash import dcc, html
+
+from .queries import daily, fmt, kpis, lowest_quality
+
+
+def kpi(label: str, value: str, kpi_id: str):
+    return html.Div(
+        [
+            html.Div(label, style={"color": "#666", "fontSize": "0.85rem"}),
+            html.Div(value, id=kpi_id, style={"fontSize": "1.6rem", "fontWeight": 600}),
+        ],
+        style={"padding": "0.6rem 1rem", "border": "1px solid #ddd", "borderRadius": "6px"},
+    )
+
+
+def overview_page(serving: Path, agent: str | None):
+    """The overview: headline numbers, charts per day, and the lowest-quality calls."""
+    if not serving.exists():
+        return html.P(f"No serving copy yet at {serving}: run the pipeline (layercode-pipeline demo).", id="empty")
+    k, d = kpis(serving, agent), daily(serving, agent)
+    cards = html.Div(
+        [
+            kpi("Calls", fmt(k["calls"]), "kpi-calls"),
+            kpi("Sessions", fmt(k["sessions"]), "kpi-sessions"),
+            kpi("Minutes of speech", fmt(k["speech_minutes"]), "kpi-minutes"),
+            kpi("Turn latency p50", fmt(k["turn_latency_ms_p50"], "ms"), "kpi-latency-p50"),
+            kpi("Turn latency p95", fmt(k["turn_latency_ms_p95"], "ms"), "kpi-latency-p95"),
+            kpi("Interruption rate", fmt(k["interruption_rate"], "pct"), "kpi-interruption-rate"),
+            kpi("Containment", fmt(k["containment_rate"], "pct"), "kpi-containment"),
+            kpi("Recording coverage", fmt(k["recording_coverage"], "pct"), "kpi-recording-coverage"),
+            kpi("Estimated LLM cost", fmt(k["estimated_cost_usd"], "usd"), "kpi-cost"),
+        ],
+        style={"display": "flex", "flexWrap": "wrap", "gap": "0.6rem"},
+    )
+    charts = []
+    if d.height:
+
+        def chart(traces, title: str, chart_id: str, bars: bool = False):
+            fig = go.Figure(traces)
+            fig.update_layout(
+                title=title,
+                height=300,
+                margin={"l": 40, "r": 10, "t": 40, "b": 30},
+                barmode="stack" if bars else None,
+            )
+            fig.update_xaxes(type="category")  # one tick per day
+            return dcc.Graph(figure=fig, id=chart_id, style={"width": "49%", "display": "inline-block"})
+
+        def per_agent(column: str, kind: str = "line", suffix: str = ""):
+            out = []
+            for (name,), part in d.group_by("agent", maintain_order=True):
+                x, y = [str(v) for v in part["call_date"].to_list()], part[column].to_list()
+                label = html_escape(f"{name}{suffix}")  # Plotly reads tags (<a href>) in trace names
+                out.append(
+                    go.Bar(x=x, y=y, name=label)
+                    if kind == "bar"
+                    else go.Scatter(x=x, y=y, name=label, mode="lines+markers")
+                )
+            return out
+
+        def mix(prefix: str):  # counts per label over the period
+            columns = [c for c in d.columns if c.startswith(prefix)]
+            return [go.Bar(x=[c.removeprefix(prefix) for c in columns], y=[d[c].sum() for c in columns])]
+
+        charts = [
+            chart(per_agent("calls", "bar"), "Calls per day by agent", "chart-calls", bars=True),
+            chart(per_agent("speech_minutes", "bar"), "Minutes of speech per day", "chart-minutes", bars=True),
+            chart(
+                per_agent("turn_latency_ms_p50", suffix=" p50") + per_agent("turn_latency_ms_p95", suffix=" p95"),
+                "Turn latency (ms), interrupted turns excluded",
+                "chart-latency",
+            ),
+            chart(
+                per_agent("interruption_rate"),
+                "Interruption rate (barge-ins per assistant turn)",
+                "chart-interruptions",
+            ),
+            chart(per_agent("duration_ms_p50"), "Median session duration (ms)", "chart-duration"),
+            chart(per_agent("recording_coverage"), "Recording coverage", "chart-recordings"),
+            chart(mix("outcome_"), "Outcome mix", "chart-outcomes"),
+            chart(mix("sentiment_"), "Sentiment mix", "chart-sentiment"),
+        ]
+    table = lowest_quality_table(lowest_quality(serving, agent))
+    return html.Div([cards, html.Div(charts), html.H2("Lowest-quality calls"), table])
+
+
+def lowest_quality_table(low: pl.DataFrame):
+    """Every value from calls is text: the session id is a link's text, never markdown or
+    HTML (a crafted id rendered as markdown became a live external link)."""
+    columns = (
+        "agent",
+        "started_at",
+        "quality_score",
+        "sentiment",
+        "outcome",
+        "interruptions",
+        "turn_latency_ms_p95",
+        "summary",
+    )
+    cell = {
+        "textAlign": "left",
+        "verticalAlign": "top",
+        "padding": "0.3rem 0.5rem",
+        "maxWidth": "520px",
+        "borderBottom": "1px solid #eee",
+        "fontSize": "0.85rem",
+    }
+    header = html.Tr([html.Th(c, style=cell) for c in ("session", *columns)])
+    body = [
+        html.Tr(
+            [
+                html.Td(
+                    dcc.Link(r["session_id"], href="/call/" + quote(r["session_id"], safe=""), refresh=True),
+                    style=cell,
+                ),
+                *[html.Td(str(r[c])[:19] if c == "started_at" else fmt(r[c]), style=cell) for c in columns],
+            ]
+        )
+        for r in low.iter_rows(named=True)
+    ]
+    return html.Table([html.Thead(header), html.Tbody(body)], id="lowest-quality", style={"borderCollapse": "collapse"})

@@ -1,0 +1,126 @@
+"""The dashboard's queries: each opens the serving copy read-only for one query and closes it
+(a publish renames a new file over the old one; the dashboard never holds a lock the pipeline
+needs). Results are polars frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+REFRESH_S = 10  # how often an open page reads the serving copy again
+ALL = "__all__"
+
+
+def frame(serving: Path, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    """One query against the serving copy, opened read-only for this query only."""
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        cursor = con.execute(sql, params or [])
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    finally:
+        con.close()
+    return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+
+
+def _agent_filter(agent: str | None) -> tuple[str, list[Any]]:
+    return ("", []) if not agent or agent == ALL else (" and agent_id = ?", [agent])
+
+
+def kpis(serving: Path, agent: str | None) -> dict[str, Any]:
+    """The headline numbers, over the agent's (or every agent's) calls."""
+    where, params = _agent_filter(agent)
+    daily = frame(
+        serving,
+        f"""
+        select coalesce(sum(calls), 0) as calls, coalesce(sum(sessions), 0) as sessions,
+               coalesce(sum(speech_minutes), 0) as speech_minutes,
+               sum(interrupted_turns) / nullif(sum(assistant_turns_observed), 0) as interruption_rate,
+               sum(outcome_resolved) / nullif(sum(sessions_analysed), 0) as containment_rate,
+               sum(sessions_with_recording) / nullif(sum(sessions_recording_expected), 0) as recording_coverage,
+               coalesce(sum(estimated_cost_usd), 0) as estimated_cost_usd
+        from marts.agg_daily_call_metrics where true{where}""",
+        params,
+    ).row(0, named=True)
+    turns = frame(
+        serving,
+        f"""
+        select quantile_cont(latency_ms, 0.5) as p50, quantile_cont(latency_ms, 0.95) as p95
+        from marts.fct_turns where role = 'assistant' and interrupted is not true{where}""",
+        params,
+    ).row(0, named=True)
+    return {**daily, "turn_latency_ms_p50": turns["p50"], "turn_latency_ms_p95": turns["p95"]}
+
+
+def daily(serving: Path, agent: str | None) -> pl.DataFrame:
+    where, params = _agent_filter(agent)
+    return frame(
+        serving,
+        f"""
+        select call_date, coalesce(agent_name, agent_id) as agent, calls, speech_minutes, duration_ms_p50,
+               turn_latency_ms_p50, turn_latency_ms_p95, interruption_rate, recording_coverage,
+               sentiment_positive, sentiment_neutral, sentiment_negative, sentiment_mixed,
+               outcome_resolved, outcome_unresolved, outcome_escalated, outcome_abandoned, outcome_voicemail
+        from marts.agg_daily_call_metrics where true{where} order by call_date, agent""",
+        params,
+    )
+
+
+def lowest_quality(serving: Path, agent: str | None, limit: int = 15) -> pl.DataFrame:
+    where, params = _agent_filter(agent)
+    return frame(
+        serving,
+        f"""
+        select session_id, coalesce(agent_name, agent_id) as agent, started_at, quality_score, sentiment, outcome,
+               interruptions, turn_latency_ms_p95, summary
+        from marts.fct_sessions where quality_score is not null{where}
+        order by quality_score, sentiment_score nulls last, session_id limit {int(limit)}""",
+        params,
+    )
+
+
+def transcript(serving: Path, session_id: str) -> tuple[dict[str, Any] | None, pl.DataFrame]:
+    head = frame(
+        serving,
+        """
+        select session_id, coalesce(agent_name, agent_id) as agent, started_at, duration_ms, caller_name, sentiment,
+               outcome, quality_score, summary, interruptions, turn_latency_ms_p50, turn_latency_ms_p95,
+               caller_talk_share
+        from marts.fct_sessions where session_id = ?""",
+        [session_id],
+    )
+    turns = frame(
+        serving,
+        """
+        select position, role, text, offset_ms, latency_ms, response_gap_ms, interrupted, words_heard, text_heard
+        from marts.fct_turns where session_id = ? order by position""",
+        [session_id],
+    )
+    return (head.row(0, named=True) if head.height else None), turns
+
+
+def agents(serving: Path) -> list[dict[str, str]]:
+    rows = frame(
+        serving, "select agent_id, coalesce(agent_name, agent_id) as label from marts.dim_agents order by label"
+    )
+    return [{"label": "All agents", "value": ALL}] + [
+        {"label": r["label"], "value": r["agent_id"]} for r in rows.iter_rows(named=True)
+    ]
+
+
+def fmt(value: Any, kind: str = "") -> str:
+    """A figure as the dashboard shows it: – for unknown, then by kind (pct, ms, usd)."""
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return f"{value * 100:.1f} %"
+    if kind == "ms":
+        return f"{value:,.0f} ms"
+    if kind == "usd":
+        return f"${value:,.4f}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
