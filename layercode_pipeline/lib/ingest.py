@@ -242,6 +242,49 @@ def _named(lines_sql: str, names: dict[str, str] | None) -> str:
     )
 
 
+Reject = tuple[str, int | None, str, str | None]  # (file, line number, reason, the line)
+
+
+def _parse_batch(
+    con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path, names: dict[str, str]
+) -> list[Reject]:
+    """Parse `files` into the temp table `_parsed`; the rejects found while cleaning a file
+    DuckDB could not scan. One parse per line and one per body: try() turns a parse error into
+    NULL, which marks the line as a reject instead of failing the batch. The lines stream from
+    the files."""
+    if names:
+        con.execute(
+            "create or replace temp table _object_names as select unnest(?) as local_path, unnest(?) as name",
+            [list(names), list(names.values())],
+        )
+    try:
+        con.execute(
+            PARSE_SQL.format(lines_sql=_named(_read_lines_sql([str(f) for f in files]), names), event_key=EVENT_KEY_SQL)
+        )
+        return []
+    except duckdb.Error:
+        lines_sql, python_rejects = _fallback_lines_source(con, files, scratch_dir)
+        con.execute(PARSE_SQL.format(lines_sql=_named(lines_sql, names), event_key=EVENT_KEY_SQL))
+        return [(names.get(f, f), line, reason, raw) for f, line, reason, raw in python_rejects]
+
+
+def _located_rejects(con: duckdb.DuckDBPyConnection, local_of: dict[str, str]) -> list[Reject]:
+    """The lines `_parsed` marked as rejects, each with its line number in its file (rare: the
+    file is read again only when it has one)."""
+    by_file: dict[str, dict[str, str]] = {}
+    for source_file, line, reason in con.execute(
+        "select source_file, bad_line, reject_reason from _parsed where reject_reason is not null"
+    ).fetchall():
+        by_file.setdefault(source_file, {})[line] = reason
+    out: list[Reject] = []
+    for source_file, lines in by_file.items():
+        numbers = _line_numbers(Path(local_of.get(source_file, source_file)), set(lines))
+        for line, reason in lines.items():
+            for n in numbers.get(line, [None]):
+                out.append((source_file, n, reason, line[:10000]))
+    return out
+
+
 def ingest_batch(
     con: duckdb.DuckDBPyConnection, files: list[Path], scratch_dir: Path, names: dict[str, str] | None = None
 ) -> IngestResult:
@@ -251,34 +294,8 @@ def ingest_batch(
     if not files:
         return result
     names = names or {}
-    local_of = {name: local for local, name in names.items()}
-    if names:
-        con.execute(
-            "create or replace temp table _object_names as select unnest(?) as local_path, unnest(?) as name",
-            [list(names), list(names.values())],
-        )
-    # One parse per line and one per body: try() turns a parse error into NULL, which marks
-    # the line as a reject instead of failing the batch. The lines stream from the files.
-    python_rejects: list[tuple[str, int | None, str, str | None]] = []
-    try:
-        con.execute(
-            PARSE_SQL.format(lines_sql=_named(_read_lines_sql([str(f) for f in files]), names), event_key=EVENT_KEY_SQL)
-        )
-    except duckdb.Error:
-        lines_sql, python_rejects = _fallback_lines_source(con, files, scratch_dir)
-        con.execute(PARSE_SQL.format(lines_sql=_named(lines_sql, names), event_key=EVENT_KEY_SQL))
-        python_rejects = [(names.get(f, f), line, reason, raw) for f, line, reason, raw in python_rejects]
-    reject_rows = list(python_rejects)
-    by_file: dict[str, dict[str, str]] = {}
-    for source_file, line, reason in con.execute(
-        "select source_file, bad_line, reject_reason from _parsed where reject_reason is not null"
-    ).fetchall():
-        by_file.setdefault(source_file, {})[line] = reason
-    for source_file, lines in by_file.items():  # rare: find their line numbers
-        numbers = _line_numbers(Path(local_of.get(source_file, source_file)), set(lines))
-        for line, reason in lines.items():
-            for n in numbers.get(line, [None]):
-                reject_rows.append((source_file, n, reason, line[:10000]))
+    reject_rows = _parse_batch(con, files, scratch_dir, names)
+    reject_rows += _located_rejects(con, {name: local for local, name in names.items()})
 
     con.execute("begin transaction")
     try:
