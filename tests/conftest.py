@@ -149,6 +149,11 @@ SLOW_TESTS = {
     "test_without_an_api_key_the_marts_still_refresh_and_checks_warn",
     # `dg check defs` loads the code location in two fresh processes
     "test_dg_check_defs_and_both_workspaces_load",
+    # a fresh Python per deployed service, or per concurrent instance initialisation
+    "test_each_service_command_accepts_its_options",
+    "test_concurrent_first_uses_of_a_new_home_leave_one_usable_instance",
+    # `dbt docs generate` over the shared build: the documentation, not a number
+    "test_dbt_docs_generate_and_every_column_is_described",
 }
 
 
