@@ -11,6 +11,16 @@ import sys
 import click
 
 
+def _settings():
+    """The settings, or one line naming the variable that is wrong (never its value)."""
+    from layercode_pipeline.config import ConfigError, Settings
+
+    try:
+        return Settings.load()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -43,11 +53,10 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 
     import uvicorn
 
-    from layercode_pipeline.config import Settings
     from webhook_listener.app import create_app, tune_gc_for_serving
     from webhook_listener.slow_clients import HeaderTimeoutProtocol
 
-    settings = Settings()
+    settings = _settings()
     _configure_logging(settings.log_level)
     configure_access_log(settings.log_level)
     if not settings.agent_secrets and not insecure_skip_verify:
@@ -238,13 +247,12 @@ def backfill(agent_id: str, session_ids: tuple[str, ...], from_file: str | None)
     import dagster as dg
     from rich.console import Console
 
-    from layercode_pipeline.config import Settings
     from layercode_pipeline.defs.backfill.assets import layercode_session_details
     from layercode_pipeline.defs.resources import resources_from_settings
 
     if not session_ids and not from_file:
         raise click.UsageError("give --session-id (repeatable) or --from-file")
-    settings = Settings()
+    settings = _settings()
     if settings.api_key is None:
         raise click.ClickException("LAYERCODE_API_KEY is not set")
     console = Console()
@@ -300,10 +308,9 @@ def init_instance(dagster_home: str | None) -> None:
     run at the same time (two `dagster asset materialize` on a new home race on its schema)."""
     from pathlib import Path
 
-    from layercode_pipeline.config import Settings
     from layercode_pipeline.dagster_instance import initialise_instance
 
-    home = Path(dagster_home) if dagster_home else Settings().dagster_home
+    home = Path(dagster_home) if dagster_home else _settings().dagster_home
     if home is None:
         raise click.UsageError("set DAGSTER_HOME or pass --dagster-home")
     click.echo(f"Dagster instance ready at {initialise_instance(home)}")
@@ -328,10 +335,9 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
 
     from rich.console import Console
 
-    from layercode_pipeline.config import Settings
     from layercode_pipeline.dagster_instance import initialise_instance
 
-    home = initialise_instance(Settings().dagster_home or Path(data_dir).resolve() / "dagster_home")
+    home = initialise_instance(_settings().dagster_home or Path(data_dir).resolve() / "dagster_home")
     logging.getLogger("dagster").setLevel(logging.WARNING)
     console = Console()
     started = time.perf_counter()
@@ -410,11 +416,10 @@ def evaluate(
     misses, leaked PII, cost and latency; compare models or prompt versions side by side."""
     from rich.console import Console
 
-    from layercode_pipeline.config import Settings
     from layercode_pipeline.lib.enrichment import evaluate as ev
 
     console = Console(width=max(Console().width, 140))
-    settings = Settings()
+    settings = _settings()
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     try:
         results = ev.run_variants(
@@ -457,13 +462,11 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
     turn latency, barge-ins, outcomes, recordings, and each call's transcript."""
     from pathlib import Path
 
-    from layercode_pipeline.config import Settings
-
     try:
         from layercode_pipeline.dashboard import serve
     except ImportError as exc:  # the extra is not installed
         raise click.ClickException(f"{exc.name} is missing: pip install 'layercode-pipeline[dashboard]'") from None
-    serving = Path(serving_path) if serving_path else Settings().paths.serving / "analytics.duckdb"
+    serving = Path(serving_path) if serving_path else _settings().paths.serving / "analytics.duckdb"
     click.echo(f"Dashboard over {serving} on http://{host}:{port}/ (Ctrl-C to stop)")
     serve(serving, host=host, port=port, refresh_s=refresh_s)
 
@@ -474,10 +477,10 @@ def deliveries() -> None:
 
 
 def _outbox_and_settings():
-    from layercode_pipeline.config import ConfigError, Settings
+    from layercode_pipeline.config import ConfigError
     from layercode_pipeline.lib.result_webhooks.outbox import Outbox
 
-    settings = Settings()
+    settings = _settings()
     try:
         settings.result_endpoints()
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
@@ -220,7 +220,7 @@ class Settings(BaseSettings):
     agent_id: str = DEFAULT_AGENT_ID
     webhook_secret: SecretStr | None = None
     # JSON object: agent_id -> secret or list of secrets (several while rotating).
-    webhook_secrets: str | None = None
+    webhook_secrets: SecretStr | None = None
     signature_tolerance_s: int = 300
     max_body_bytes: int = 10 * 1024 * 1024
     # A client gets this long to send its headers (from its first byte, or from connecting) and
@@ -314,12 +314,33 @@ class Settings(BaseSettings):
 
     @field_validator("webhook_secrets")
     @classmethod
-    def _secrets_are_json(cls, value: str | None) -> str | None:
-        if value:
-            parsed = json.loads(value)
-            if not isinstance(parsed, dict):
-                raise ValueError("LAYERCODE_WEBHOOK_SECRETS must be a JSON object agent_id -> secret(s)")
+    def _secrets_are_json(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            try:
+                parsed = json.loads(value.get_secret_value())
+            except json.JSONDecodeError as exc:  # its message quotes no input, only a position
+                raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
+            if not isinstance(parsed, dict) or not all(
+                isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+                for v in parsed.values()
+            ):
+                raise ValueError("must be a JSON object: agent_id -> secret, or a list of secrets while rotating")
         return value
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """The settings from the environment, or a `ConfigError` of one line per problem that
+        names the variable and what is wrong, never the value (pydantic's own message quotes
+        the input, which may be a secret)."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors(include_input=False, include_url=False):
+                field = str(err["loc"][0]) if err["loc"] else ""
+                name = "DAGSTER_HOME" if field == "dagster_home" else f"LAYERCODE_{field.upper()}"
+                problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+            raise ConfigError("; ".join(problems)) from None
 
     def result_endpoints(self) -> list[ResultEndpoint]:
         """The result webhook endpoints, validated; a `ConfigError` naming the variable (never
@@ -331,8 +352,8 @@ class Settings(BaseSettings):
     def agent_secrets(self) -> dict[str, tuple[str, ...]]:
         """agent_id -> accepted secrets (any of them verifies; rotation keeps two)."""
         out: dict[str, tuple[str, ...]] = {}
-        if self.webhook_secrets:
-            for agent, value in json.loads(self.webhook_secrets).items():
+        if self.webhook_secrets is not None and self.webhook_secrets.get_secret_value():
+            for agent, value in json.loads(self.webhook_secrets.get_secret_value()).items():
                 values = [value] if isinstance(value, str) else list(value)
                 out[str(agent)] = tuple(str(v) for v in values if v)
         if self.webhook_secret is not None and self.webhook_secret.get_secret_value():

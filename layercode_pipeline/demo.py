@@ -178,7 +178,7 @@ def run_demo(
         landing_dir=None,
         quarantine_dir=None,
         webhook_secret=None,
-        webhook_secrets=listener_secrets_json(batch),
+        webhook_secrets=SecretStr(listener_secrets_json(batch)),
         segment_max_age_s=5.0,
         log_level="WARNING",
     )

@@ -96,3 +96,28 @@ def test_the_dbt_warehouse_path_is_a_variable_not_an_environment_change(tmp_path
         text=True,
     )
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['{"ag_support": "whsec_TOPSECRET', '["whsec_TOPSECRET"]', '{"ag_support": {"key": "whsec_TOPSECRET"}}'],
+)
+def test_a_malformed_secret_setting_is_one_line_naming_the_variable_never_the_value(tmp_path, value):
+    """pydantic's own error quotes the input (here a webhook secret) in a 31-line traceback that
+    names the field, not the variable."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERCODE_")}
+    env |= {"LAYERCODE_WEBHOOK_SECRETS": value, "LAYERCODE_DATA_DIR": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-m", "layercode_pipeline.cli", "listen", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "LAYERCODE_WEBHOOK_SECRETS" in lines[0], r.stderr
+    assert "TOPSECRET" not in r.stderr + r.stdout and "Traceback" not in r.stderr

@@ -386,7 +386,7 @@ def create_app(
     responder: Responder | None = None,
     data_responder: DataResponder | None = None,
 ) -> Router:
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     if not settings.agent_secrets and not insecure_skip_verify:
         raise RuntimeError(
             "no webhook secret configured: set LAYERCODE_WEBHOOK_SECRET or LAYERCODE_WEBHOOK_SECRETS "
@@ -466,6 +466,6 @@ def app_from_env() -> Router:
     """uvicorn factory: `uvicorn --factory webhook_listener.app:app_from_env --http
     webhook_listener.slow_clients:HeaderTimeoutProtocol` (what `listen --workers N` runs)."""
     tune_gc_for_serving()
-    settings = Settings()
+    settings = Settings.load()
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s  # this worker's protocol
     return create_app(settings, insecure_skip_verify=settings.insecure_skip_verify)

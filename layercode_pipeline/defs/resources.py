@@ -161,7 +161,7 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
     """Every resource the definitions need, from one `Settings` (the environment's by default)."""
     from layercode_pipeline.defs.dbt.project import dbt_resource
 
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     settings.result_endpoints()  # a malformed LAYERCODE_RESULT_WEBHOOKS fails here, at load, naming it
     paths = settings.paths
     return {
