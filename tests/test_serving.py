@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -129,3 +130,27 @@ def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duc
     assert read["version"] == OLD_DUCKDB
     assert read["marts"] == counts and read["parquet"] == counts
     assert sorted(p.stem for p in (serving / "parquet").glob("*.parquet")) == sorted(counts)
+
+
+def test_json_columns_are_utf8_strings_in_the_parquet_files(shared_marts, tmp_path):
+    """DuckDB's JSON type lands in Parquet as bytes with a JSON annotation, which polars and
+    older pyarrow read as Binary: the published files carry JSON as UTF-8 strings."""
+    import polars as pl
+
+    from layercode_pipeline.lib.serving_copy import publish_serving_copy
+
+    publish_serving_copy(shared_marts.warehouse, tmp_path / "serving")
+    path = tmp_path / "serving" / "parquet" / "fct_sessions.parquet"
+    con = duckdb.connect()
+    try:
+        converted, logical = con.execute(
+            "select converted_type, coalesce(logical_type::varchar, '') from parquet_schema(?) where name = 'metadata'",
+            [str(path)],
+        ).fetchone()
+    finally:
+        con.close()
+    assert converted == "UTF8" and "JSON" not in logical.upper(), (converted, logical)
+    frame = pl.read_parquet(path, columns=["session_id", "metadata"])
+    assert frame.schema["metadata"] == pl.String
+    row = frame.filter(pl.col("session_id") == "s_match").row(0, named=True)
+    assert json.loads(row["metadata"]) == {"tenant_id": "acme"}

@@ -53,7 +53,10 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
             con.execute(f'create table serving.{schema}."{table}" as select * from wh.{schema}."{table}"')
             counts[table] = scalar(con, f'select count(*) from serving.{schema}."{table}"')
             part = parquet_dir / f".{table}.parquet.{os.getpid()}.tmp"
-            con.execute(f'copy serving.{schema}."{table}" to {sql_string(part)} (format parquet, compression zstd)')
+            con.execute(
+                f"copy (select {_parquet_columns(con, schema, table)} from serving.{schema}.{_ident(table)}) "
+                f"to {sql_string(part)} (format parquet, compression zstd)"
+            )
             fsync_file(part)
             os.replace(part, parquet_dir / f"{table}.parquet")
         con.execute("detach wh")
@@ -68,3 +71,22 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
     os.replace(tmp, final)
     fsync_dir(serving_dir)
     return counts
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _parquet_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
+    """The select list for a mart's Parquet file: JSON columns as UTF-8 strings. DuckDB writes
+    its JSON type as a byte array with a JSON annotation, which polars and older pyarrow read
+    as Binary; a string column is read as text everywhere."""
+    columns = con.execute(
+        "select column_name, data_type from duckdb_columns() where database_name = 'serving' "
+        "and schema_name = ? and table_name = ? order by column_index",
+        [schema, table],
+    ).fetchall()
+    return ", ".join(
+        f"{_ident(name)}::varchar as {_ident(name)}" if data_type == "JSON" else _ident(name)
+        for name, data_type in columns
+    )
