@@ -225,6 +225,13 @@ def simulate(
                 f"[red]{report.failed} deliveries failed[/] (not retried unless --retries; the REST backfill "
                 f"repairs what it can); first: {first}"
             )
+        refused = sum(1 for a in report.log if a.status in (401, 403))
+        if refused or not report.acknowledged:
+            # a wrong secret or agent id refuses every delivery: that is a failed run, not a result
+            raise click.ClickException(
+                f"{refused} deliveries refused (401/403: check the webhook secret and agent ids), "
+                f"{len(report.acknowledged)} acknowledged"
+            )
         if api_port is not None:
             console.print("Serving the REST API until Ctrl-C.")
             with contextlib.suppress(KeyboardInterrupt):

@@ -324,3 +324,31 @@ def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "acknowledged" in r.stdout and "sse_complete" in r.stdout
     assert json.loads(manifest.read_text()) == json.loads(json.dumps(batch.manifest()))
+
+
+def test_cli_simulate_fails_when_the_listener_refuses_the_deliveries(listener_factory):
+    batch = generate_batch(2, seed=3)
+    listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "layercode_pipeline.cli",
+            "simulate",
+            "--calls",
+            "2",
+            "--seed",
+            "3",
+            "--webhook-url",
+            listener.url + "/agents/{agent_id}/webhook",
+            "--secret",
+            "not-the-secret",
+            "--pace",
+            "0.001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "refused" in r.stderr and "acknowledged" in r.stderr
