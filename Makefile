@@ -17,8 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/layercode-pipeline demo $(DEMO_ARGS)
 
+# everything, what CI runs: two workers (the machine's two cores); each slow module and the
+# shared marts build run whole on one worker (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # the inner loop: everything but the tests marked slow (see tests/conftest.py), on two
 # workers; the tests reading the shared marts build share one worker, so it is built once

@@ -141,8 +141,10 @@ def run_demo(
     processing_delay_s: float = 1.0,
     instance=None,
     warehouse_target: str | None = None,
+    receiver_port: int = DEMO_RECEIVER_PORT,
 ) -> DemoResult:
-    """Deliver `calls` simulated calls through a real listener and materialise every asset."""
+    """Deliver `calls` simulated calls through a real listener and materialise every asset.
+    `receiver_port`: where the demo's result webhook receiver listens when free (else any port)."""
     from layercode_pipeline.config import Settings
     from layercode_pipeline.lib.result_webhooks.signing import new_secret
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
@@ -188,7 +190,7 @@ def run_demo(
     receiver_secret = new_secret()  # a new one per run, never stored (the outbox signs with the current one)
     receiver = ResultReceiver(receiver_secret)
     try:
-        receiver_server = BackgroundServer(receiver.app, port=DEMO_RECEIVER_PORT).start()
+        receiver_server = BackgroundServer(receiver.app, port=receiver_port).start()
     except (OSError, RuntimeError):
         receiver_server = BackgroundServer(receiver.app, port=free_port()).start()
     receiver_url = receiver_server.url + "/layercode/results"

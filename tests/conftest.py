@@ -172,9 +172,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, need))
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        # under `-n 2 --dist loadgroup` (make test, make test-fast) a group runs on one worker:
+        # the tests reading the shared marts (one build), and each slow module (its module-scoped
+        # chain, dashboard or daemon is built once)
+        module = item.module.__name__.rsplit(".", 1)[-1]
         if "shared_marts" in getattr(item, "fixturenames", ()):
-            # under `-n 2 --dist loadgroup` (make test-fast) one worker runs them: one build
             item.add_marker(pytest.mark.xdist_group("shared_marts"))
+        elif module in SLOW_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 from layercode_pipeline.demo import DEMO_API_KEY, materialize_all, run_demo
 from layercode_pipeline.lib.transcripts import turns_from_rest, turns_from_session_end
 from layercode_pipeline.lib.wav import inspect_wav
+from layercode_pipeline.simulator.server import free_port
 
 FAULTS = {"drop_session_end": 0.15, "drop_session_update": 0.15, "duplicate": 0.1, "out_of_order": 0.2, "burst": 0.2}
 API_FAULTS = {"rate_limit": 0.05, "server_error": 0.05}
@@ -29,7 +30,11 @@ def chain(tmp_path_factory):
     data = tmp_path_factory.mktemp("chain") / "data"
     with pytest.MonkeyPatch.context() as mp:  # an operator promotes a metadata key to its own column
         mp.setenv("LAYERCODE_PROMOTED_METADATA_KEYS", "tenant_id")
-        result = run_demo(data, 80, seed=77, faults=FAULTS, api_faults=API_FAULTS, processing_delay_s=0.0)
+        # a port of its own: a later test starts a receiver at the same address, and the demo's
+        # usual port may by then belong to another test's demo
+        result = run_demo(
+            data, 80, seed=77, faults=FAULTS, api_faults=API_FAULTS, processing_delay_s=0.0, receiver_port=free_port()
+        )
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     yield result, con
     con.close()
