@@ -6,27 +6,24 @@ with what to install, unless LAYERCODE_REQUIRE_CHROMIUM=1 (CI), where it fails i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
 import httpx
 import pytest
 
-from layercode_pipeline.contract.landing import build_envelope
 from layercode_pipeline.defs.dbt.assets import dbt_resource, layercode_dbt_models
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
 from layercode_pipeline.defs.serving.assets import analytics_serving
 from layercode_pipeline.simulator.server import free_port
 
-from .test_voice_metrics import DAY, build_voice_warehouse, epoch, ts
+from .test_voice_metrics import DAY, build_voice_warehouse, envelope, epoch, ts
 
 
 def chromium() -> str:
@@ -145,34 +142,29 @@ def test_the_dashboard_shows_the_serving_files_numbers_and_opens_a_transcript(da
     page.screenshot(path=str(serving.parent / "call.png"))
 
 
+def land_short_call(storage, session_id: str, agent_id: str, start: float, *, segment: int) -> None:
+    """A three-second call's session.end, landed in a segment of its own (as the listener lands it)."""
+    body = {
+        "type": "session.end",
+        "session_id": session_id,
+        "agent_id": agent_id,
+        "conversation_id": f"conv_{session_id}",
+        "started_at": ts(start),
+        "ended_at": ts(start + 3),
+        "duration": 3000,
+        "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(start)}],
+    }
+    part = storage.paths.landing / f"dt={DAY}" / "hour=10"
+    (part / f"wtest-{segment:06d}.jsonl").write_bytes(envelope(body, start + 3, agent_id))
+
+
 def test_a_new_publish_shows_without_a_reload(dashboard):
     page, storage = dashboard["page"], dashboard["storage"]
     page.goto(dashboard["url"])
     page.wait_for_selector("#kpi-calls", timeout=30_000)
     assert page.inner_text("#kpi-calls") == "3"
     # a fourth call lands, the pipeline ingests, builds and publishes it
-    body = json.dumps(
-        {
-            "type": "session.end",
-            "session_id": "sess_d",
-            "agent_id": "ag_b",
-            "conversation_id": "conv_sess_d",
-            "started_at": ts(300),
-            "ended_at": ts(303),
-            "duration": 3000,
-            "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(300)}],
-        }
-    ).encode()
-    line = build_envelope(
-        received_at=datetime.fromtimestamp(epoch(303), UTC),
-        agent_id="ag_b",
-        event_type="session.end",
-        content_sha256=hashlib.sha256(body).hexdigest(),
-        body=body,
-        headers={},
-        writer_id="wtest",
-    )
-    (storage.paths.landing / f"dt={DAY}" / "hour=10" / "wtest-000002.jsonl").write_bytes(line)
+    land_short_call(storage, "sess_d", "ag_b", 300, segment=2)
     assert dg.materialize(
         [raw_layercode_events, layercode_dbt_models, analytics_serving],
         resources={"storage": storage, "dbt": dbt_resource()},
@@ -188,28 +180,7 @@ def test_values_from_calls_are_rendered_as_text(dashboard):
     page, storage = dashboard["page"], dashboard["storage"]
     crafted_id = "x](https://evil.example/phish)[y"
     crafted_name = "<a href='https://evil.example/'>Support</a>"
-    body = json.dumps(
-        {
-            "type": "session.end",
-            "session_id": crafted_id,
-            "agent_id": "ag_evil",
-            "conversation_id": "conv_evil",
-            "started_at": ts(400),
-            "ended_at": ts(403),
-            "duration": 3000,
-            "transcript": [{"role": "assistant", "text": "Hi", "timestamp": epoch(400)}],
-        }
-    ).encode()
-    line = build_envelope(
-        received_at=datetime.fromtimestamp(epoch(403), UTC),
-        agent_id="ag_evil",
-        event_type="session.end",
-        content_sha256=hashlib.sha256(body).hexdigest(),
-        body=body,
-        headers={},
-        writer_id="wtest",
-    )
-    (storage.paths.landing / f"dt={DAY}" / "hour=10" / "wtest-000003.jsonl").write_bytes(line)
+    land_short_call(storage, crafted_id, "ag_evil", 400, segment=3)
     from layercode_pipeline.lib.enrichment.store import write_enrichments
 
     from .test_voice_metrics import enrichment
