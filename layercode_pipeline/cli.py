@@ -100,7 +100,7 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 
 
 @main.command()
-@click.option("--calls", default=100, show_default=True, type=int, help="Conversations to generate.")
+@click.option("--calls", default=100, show_default=True, type=click.IntRange(min=1), help="Conversations to generate.")
 @click.option(
     "--webhook-url",
     default="http://127.0.0.1:8787/agents/{agent_id}/webhook",
@@ -324,7 +324,13 @@ def init_instance(dagster_home: str | None) -> None:
 
 
 @main.command()
-@click.option("--calls", default=300, show_default=True, type=int, help="Simulated calls (conversations) to deliver.")
+@click.option(
+    "--calls",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Simulated calls (conversations) to deliver.",
+)
 @click.option("--seed", default=None, type=int, help="Seed for the simulated calls (default: a new one per run).")
 @click.option(
     "--data-dir",

@@ -352,3 +352,14 @@ def test_cli_simulate_fails_when_the_listener_refuses_the_deliveries(listener_fa
     )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "refused" in r.stderr and "acknowledged" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["demo", "simulate"])
+def test_zero_calls_is_a_usage_error_not_a_whole_run(command):
+    r = subprocess.run(
+        [sys.executable, "-m", "layercode_pipeline.cli", command, "--calls", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--calls" in r.stderr
