@@ -65,6 +65,11 @@ def test_first_incremental_and_empty_runs(listener_factory, storage, tmp_path):
     assert meta["duplicates_dropped"] == len(acked) - len(set(acked)) > 0
     assert meta["rejects"] == 0
     assert "| received_at |" in meta["preview"]
+    # the raw table's columns are typed and described in the UI, as the marts' are
+    columns = {c.name: c for c in meta["dagster/column_schema"].columns}
+    assert {"event_key", "body", "headers", "ingested_at"} <= set(columns)
+    assert all(c.description for c in columns.values()), [n for n, c in columns.items() if not c.description]
+    assert columns["received_at"].type.startswith("timestamp") and columns["body"].type == "varchar"
     assert query(storage, "select count(*) from raw.layercode_ingested_files")[0][0] == files_1
 
     acked_2 = land_batch(listener_factory, tmp_path / "data", 5, seed=2)

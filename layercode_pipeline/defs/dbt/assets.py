@@ -11,6 +11,7 @@ from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: t
     DBT_EXECUTABLE,
     DBT_PROJECT_DIR,
     RUN_TARGET_PATH,
+    column_schema,
     dbt_group,
     dbt_resource,
     layercode_dbt_project,
@@ -95,13 +96,3 @@ def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
             yield event
     finally:
         con.close()
-
-
-def column_schema(con, schema: str, name: str, node: Mapping[str, Any]) -> dg.TableSchema:
-    described = {c: (v.get("description") or None) for c, v in node.get("columns", {}).items()}
-    rows = con.execute(
-        "select column_name, data_type from information_schema.columns where table_schema = ? "
-        "and table_name = ? order by ordinal_position",
-        [schema, name],
-    ).fetchall()
-    return dg.TableSchema(columns=[dg.TableColumn(c, t.lower(), description=described.get(c)) for c, t in rows])

@@ -3,15 +3,20 @@ executable and the CLI resource. `defs/resources.py` builds the resource from he
 `assets.py` the assets, so building resources never imports the assets."""
 
 import importlib.metadata
+import json
 import shutil
 import sys
+from collections.abc import Mapping
 from functools import cache, cached_property
 from pathlib import Path
+from typing import Any
 
+import dagster as dg
 from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
 from packaging import version
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
+DBT_PROJECT_NAME = "layercode_analytics"  # dbt_project.yml's name
 # the folders under models/; each is a Dagster asset group (the translator names them, and the
 # jobs and the demo select by them)
 DBT_LAYERS = ("staging", "intermediate", "marts")
@@ -79,6 +84,28 @@ class LayercodeDbtCli(DbtCliResource):
 
     def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001 - dagster-dbt's signature
         return None
+
+
+def column_schema(con, schema: str, name: str, node: Mapping[str, Any]) -> dg.TableSchema:
+    """A table's columns as the warehouse types them, described as the dbt project's YAML
+    (`node`: a model's or a source's manifest entry) describes them."""
+    described = {c: (v.get("description") or None) for c, v in node.get("columns", {}).items()}
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = ? "
+        "and table_name = ? order by ordinal_position",
+        [schema, name],
+    ).fetchall()
+    return dg.TableSchema(columns=[dg.TableColumn(c, t.lower(), description=described.get(c)) for c, t in rows])
+
+
+def source_node(source: str, table: str) -> Mapping[str, Any]:
+    """A dbt source's manifest entry (its description and column descriptions); empty if absent
+    or unreadable (descriptions are documentation: they never fail a run)."""
+    try:
+        manifest = json.loads(layercode_dbt_project().manifest_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest.get("sources", {}).get(f"source.{DBT_PROJECT_NAME}.{source}.{table}", {})
 
 
 def dbt_resource() -> DbtCliResource:

@@ -7,6 +7,7 @@ import time
 import dagster as dg
 
 from layercode_pipeline.contract.events import payload_drift, summarise_drift
+from layercode_pipeline.defs.dbt.project import column_schema, source_node
 from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.landing.segments import iter_sealed_segments, partition_mtimes
@@ -121,6 +122,8 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
             [run_started],
         )
         preview = _preview(con)
+        # the raw table's columns, typed and described in the UI as the marts' are
+        columns = column_schema(con, "raw", "layercode_events", source_node("raw", "layercode_events"))
         drifting, drift = payload_drift_summary(con, run_started)
     if drift:
         context.log.warning(
@@ -163,6 +166,7 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
             "orphan_segments_sealed": result.recovered_segments,
             "partitions_listed": result.partitions_listed,
             "dagster/row_count": total,
+            "dagster/column_schema": columns,
             "rejects_total": rejects_total,
             "preview": preview,
         },
