@@ -91,6 +91,31 @@ def pipeline_env(home: Path, data: Path, **extra: str) -> dict[str, str]:
     return env | {"DAGSTER_HOME": str(home), "LAYERCODE_DATA_DIR": str(data), **extra}
 
 
+def start_listener_and_daemon(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, subprocess.Popen, int, float]:
+    """A listener on a free port and a dagster-daemon over the workspace (its log in
+    `root/daemon.log`), as an operator runs them. Returns (listener, daemon, port, the
+    daemon's start time): the benches count Dagster's start-up from then, and say so."""
+    from layercode_pipeline.simulator.server import free_port
+
+    port = free_port()
+    listener = subprocess.Popen(
+        [PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.time()
+    with (root / "daemon.log").open("w") as log:  # the daemon writes through its own copy
+        daemon = subprocess.Popen(
+            [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return listener, daemon, port, started
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

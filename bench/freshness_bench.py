@@ -26,12 +26,11 @@ import dagster as dg
 import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PY, ROOT, dagster_home, percentile, pipeline_env, wait_healthy  # noqa: E402
+from _common import dagster_home, percentile, pipeline_env, start_listener_and_daemon, wait_healthy  # noqa: E402
 
 from layercode_pipeline.contract.events import SESSION_END  # noqa: E402
 from layercode_pipeline.simulator import Deliverer, generate_batch, listener_secrets_json  # noqa: E402
 from layercode_pipeline.simulator.generate import SimBatch  # noqa: E402
-from layercode_pipeline.simulator.server import free_port  # noqa: E402
 
 
 def watch_serving(path: Path, seen: dict[str, float], stop: threading.Event) -> None:
@@ -67,22 +66,7 @@ def main() -> None:
     env = pipeline_env(
         home, data, LAYERCODE_LOG_LEVEL="WARNING", LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch)
     )
-    port = free_port()
-    listener = subprocess.Popen(
-        [PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    log = (root / "daemon.log").open("w")
-    started = time.time()
-    daemon = subprocess.Popen(
-        [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    listener, daemon, port, started = start_listener_and_daemon(root, env)
     seen: dict[str, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(
@@ -136,7 +120,6 @@ def main() -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        log.close()
     lags = [seen[s] - t for s, t in acked.items() if s in seen]
     missing = len(set(acked) - set(seen))
     print("\nfreshness: session.end acknowledged -> the session's row readable in serving/analytics.duckdb")

@@ -30,7 +30,7 @@ from pathlib import Path
 import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PY, ROOT, dagster_home, percentile, pipeline_env, wait_healthy  # noqa: E402
+from _common import dagster_home, percentile, pipeline_env, start_listener_and_daemon, wait_healthy  # noqa: E402
 
 from layercode_pipeline.contract.events import SESSION_END  # noqa: E402
 from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED  # noqa: E402
@@ -39,7 +39,7 @@ from layercode_pipeline.simulator import Deliverer, generate_batch, listener_sec
 from layercode_pipeline.simulator.generate import SimBatch  # noqa: E402
 from layercode_pipeline.simulator.llm import OpenAIStub  # noqa: E402
 from layercode_pipeline.simulator.receiver import ResultReceiver  # noqa: E402
-from layercode_pipeline.simulator.server import BackgroundServer, free_port  # noqa: E402
+from layercode_pipeline.simulator.server import BackgroundServer  # noqa: E402
 
 
 def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
@@ -61,22 +61,7 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
     if stub_server:
         extra |= {"OPENAI_API_KEY": stub.api_key, "OPENAI_BASE_URL": stub_server.url + "/v1"}
     env = pipeline_env(home, data, **extra)
-    port = free_port()
-    listener = subprocess.Popen(
-        [PY, "-m", "layercode_pipeline.cli", "listen", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    log = (root / "daemon.log").open("w")
-    started = time.time()
-    daemon = subprocess.Popen(
-        [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    listener, daemon, port, started = start_listener_and_daemon(root, env)
     acked: dict[str, float] = {}
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
@@ -125,7 +110,6 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        log.close()
         receiver_server.stop()
         if stub_server:
             stub_server.stop()
