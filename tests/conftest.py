@@ -135,6 +135,7 @@ SLOW_MODULES = {
     "test_automation",
     "test_dashboard",
     "test_demo_cli",
+    "test_incremental_runs",
     "test_layercode_today",
     "test_object_landing",
     "test_poison_pills",

@@ -130,7 +130,9 @@ def test_cache_then_version_bump_then_model_change(env):
     before = len(env["stub"].requests)
     meta = enrich(env)
     assert len(env["stub"].requests) == before  # zero requests
-    assert (meta["cached"], meta["enriched"], meta["llm_calls"]) == (n, 0, 0)
+    # nothing new landed and every session has its answer: the run looks at no session at all
+    # (its cost follows the new data, not the history)
+    assert (meta["candidates"], meta["cached"], meta["enriched"], meta["llm_calls"]) == (0, 0, 0, 0)
     meta = enrich(env, {"prompt_version": "v2"})
     assert meta["enriched"] == n and len(env["stub"].requests) == before + calls
     other = OpenAIResource(api_key=KEY, base_url=env["openai"].base_url, model="gpt-5-nano")
@@ -156,8 +158,8 @@ def test_malformed_and_refused_answers_are_error_rows_and_the_run_goes_on(env):
     errors = [r[0] for r in rows(env, "select error from enrichment.session_enrichments where error is not null")]
     assert len(errors) == failed and any("malformed" in e for e in errors) and any("refused" in e for e in errors)
     calls = len(env["stub"].requests)
-    meta = enrich(env)  # the failures are retried, the rest are cached
-    assert (meta["enriched"], meta["cached"], meta["failed"]) == (failed, n - failed, 0)
+    meta = enrich(env)  # the failures are retried; the answered sessions are not looked at again
+    assert (meta["candidates"], meta["enriched"], meta["cached"], meta["failed"]) == (failed, failed, 0, 0)
     assert len(env["stub"].requests) == calls + 2
 
 
@@ -171,8 +173,14 @@ def test_budget_stops_cleanly(env):
     assert (meta["llm_calls"], meta["skipped_budget"]) == (0, n - first)
     meta = enrich(env, {"max_usd": 0.01})  # a few cents' worth, not all
     assert 0 < meta["llm_calls"] < distinct_transcripts(env["batch"]) - 5 and meta["cost_usd"] <= 0.01
-    meta = enrich(env)
-    assert meta["enriched"] + meta["cached"] == n and meta["skipped_budget"] == 0
+    answered_before = rows(
+        env, "select count(distinct session_id) from enrichment.session_enrichments where error is null"
+    )[0][0]
+    meta = enrich(env)  # no budget: the sessions still without an answer, and only those
+    assert meta["candidates"] == n - answered_before and meta["skipped_budget"] == 0
+    assert rows(env, "select count(distinct session_id) from enrichment.session_enrichments where error is null") == [
+        (n,)
+    ]
 
 
 def test_offline_provider_on_the_simulator_scenarios(env):

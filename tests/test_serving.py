@@ -71,13 +71,15 @@ def test_reader_keeps_querying_during_a_full_materialisation(tmp_path, listener_
 
 OLD_DUCKDB = "1.1.3"  # the oldest DuckDB the serving copy promises to open (SERVING_STORAGE_VERSION)
 OLD_READER = textwrap.dedent("""
-    import json, sys, duckdb
+    import json, os, sys, duckdb
     con = duckdb.connect(sys.argv[1], read_only=True)
     out = {"version": duckdb.__version__, "marts": {}, "parquet": {}}
     for (table,) in con.execute("select table_name from duckdb_tables() where schema_name = 'marts'").fetchall():
         out["marts"][table] = len(con.execute(f'select * from marts."{table}"').fetchall())  # every column, typed
-        out["parquet"][table] = len(duckdb.connect().execute(
-            f"select * from read_parquet('{sys.argv[2]}/{table}.parquet')").fetchall())
+        folder = os.path.join(sys.argv[2], table)  # the large marts: one file per day (Hive partitions)
+        files = f"read_parquet('{folder}/*/*.parquet', hive_partitioning = true)" if os.path.isdir(folder) \
+            else f"read_parquet('{folder}.parquet')"
+        out["parquet"][table] = len(duckdb.connect().execute(f"select * from {files}").fetchall())
     print(json.dumps(out))
 """)
 
@@ -107,9 +109,11 @@ def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duc
     data = tmp_path / "data"
     result = run_demo(data, 12, seed=31, processing_delay_s=0.0)
     serving = data / "serving"
-    counts = publish_serving_copy(
+    published = publish_serving_copy(
         Warehouse.at(None, data_dir=data), serving
-    )  # what the asset ran, once more: idempotent
+    )  # what the asset ran, once more: idempotent, and now by what changed (nothing)
+    assert not published.whole and published.rows_copied["fct_sessions"] == 0
+    counts = published.counts
     assert {
         "fct_sessions",
         "fct_turns",
@@ -129,7 +133,9 @@ def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duc
     read = json.loads(r.stdout)
     assert read["version"] == OLD_DUCKDB
     assert read["marts"] == counts and read["parquet"] == counts
-    assert sorted(p.stem for p in (serving / "parquet").glob("*.parquet")) == sorted(counts)
+    partitioned = {"fct_sessions", "fct_turns", "fct_conversations"}
+    assert sorted(p.stem for p in (serving / "parquet").glob("*.parquet")) == sorted(set(counts) - partitioned)
+    assert {p.name for p in (serving / "parquet").iterdir() if p.is_dir()} == partitioned
 
 
 def test_json_columns_are_utf8_strings_in_the_parquet_files(shared_marts, tmp_path):
@@ -140,7 +146,8 @@ def test_json_columns_are_utf8_strings_in_the_parquet_files(shared_marts, tmp_pa
     from layercode_pipeline.lib.serving_copy import publish_serving_copy
 
     publish_serving_copy(shared_marts.warehouse, tmp_path / "serving")
-    path = tmp_path / "serving" / "parquet" / "fct_sessions.parquet"
+    paths = sorted((tmp_path / "serving" / "parquet" / "fct_sessions").glob("*/part.parquet"))
+    path = paths[0]
     con = duckdb.connect()
     try:
         converted, logical = con.execute(
@@ -150,7 +157,7 @@ def test_json_columns_are_utf8_strings_in_the_parquet_files(shared_marts, tmp_pa
     finally:
         con.close()
     assert converted == "UTF8" and "JSON" not in logical.upper(), (converted, logical)
-    frame = pl.read_parquet(path, columns=["session_id", "metadata"])
+    frame = pl.concat([pl.read_parquet(p, columns=["session_id", "metadata"]) for p in paths])
     assert frame.schema["metadata"] == pl.String
     row = frame.filter(pl.col("session_id") == "s_match").row(0, named=True)
     assert json.loads(row["metadata"]) == {"tenant_id": "acme"}

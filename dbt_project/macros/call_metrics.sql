@@ -8,6 +8,12 @@ with sessions as (
     select *, {{ period }} as {{ period_name }}
     from {{ ref('fct_sessions') }}
     where agent_id is not null and session_date_at is not null  -- a session known by no dated source has no period
+    {%- if is_incremental() %}
+      -- incremental: only the periods of the sessions fct_sessions rebuilt since this table's
+      -- last build, each recomputed from all of its sessions
+      and {{ period }} in (select distinct {{ period }} from {{ ref('fct_sessions') }}
+                           where built_at > {{ watermark('built_at') }} and session_date_at is not null)
+    {%- endif %}
 ),
 turns as (
     select s.{{ period_name }}, s.agent_id,
@@ -80,7 +86,8 @@ select
     coalesce(t.turns_with_latency, 0) as turns_with_latency,
     t.turn_latency_ms_p50,
     t.turn_latency_ms_p95,
-    t.turn_latency_ms_p99
+    t.turn_latency_ms_p99,
+    {{ run_started_literal() }} as built_at
 from session_metrics m
 left join turns t using ({{ period_name }}, agent_id)
 {% endmacro %}

@@ -16,15 +16,6 @@
          else len(regexp_split_to_array(trim({{ text }}), '\s+')) end
 {%- endmacro %}
 
-{# Sessions whose sources changed since this incremental model last ran. #}
-{% macro touched_sessions() -%}
-    {% if is_incremental() %}
-    select session_id from {{ ref('int_session_sources') }}
-    where source_loaded_at > (select coalesce(max(source_loaded_at), '1970-01-01'::timestamptz) from {{ this }})
-    {% else %}
-    select session_id from {{ ref('int_session_sources') }}
-    {% endif %}
-{%- endmacro %}
 
 {# A duration or latency from a payload, or null when it is not a number in [0, upper]:
    a negative, infinite or absurd value (1e300 ms) is no measurement, and must neither fail a

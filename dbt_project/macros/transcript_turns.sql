@@ -5,9 +5,8 @@
    transcript size: 50,000 turns ran out of disk). #}
 with webhook_lists as (
     select e.session_id, e.started_at, json_extract(e.transcript, '$[*]') as items
-    from {{ ref('stg_webhook_session_ends') }} e
+    from ({{ session_ends(session_filter) }}) e
     where json_type(e.transcript) = 'ARRAY'
-    {% if session_filter %}and e.session_id in ({{ session_filter }}){% endif %}
 ),
 webhook_items as (
     select session_id, started_at, unnest(range(1, len(items) + 1)) as item_pos, unnest(items) as item
@@ -29,11 +28,9 @@ webhook_turns as (
 ),
 rest_lists as (
     select r.session_id, r.started_at, json_extract(r.transcript, '$[*]') as items
-    from {{ ref('stg_rest_sessions') }} r
+    from ({{ rest_sessions(session_filter) }}) r
     where json_type(r.transcript) = 'ARRAY'
-      and r.session_id not in (select session_id from {{ ref('stg_webhook_session_ends') }}
-                               where json_type(transcript) = 'ARRAY')
-      {% if session_filter %}and r.session_id in ({{ session_filter }}){% endif %}
+      and r.session_id not in (select session_id from webhook_lists)  -- session.end's transcript wins
 ),
 rest_items as (
     select session_id, started_at, unnest(range(1, len(items) + 1)) as item_pos, unnest(items) as item

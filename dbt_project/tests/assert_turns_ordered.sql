@@ -2,7 +2,7 @@
 with t as (
     select session_id, position,
            row_number() over (partition by session_id order by position) as expected_position
-    from {{ ref('fct_turns') }}
+    from {{ under_test(ref('fct_turns')) }}
 )
 select * from t
 where position <> expected_position

@@ -5,5 +5,5 @@
 -- averaged as milliseconds); fetching one REST record of the agent teaches fct_sessions the
 -- agent's unit and fixes them all.
 select session_id, agent_id, webhook_latency_reported
-from {{ ref('fct_sessions') }}
+from {{ under_test(ref('fct_sessions')) }}
 where webhook_latency_unit_unknown

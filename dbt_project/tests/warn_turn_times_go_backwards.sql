@@ -4,7 +4,7 @@
 with t as (
     select session_id, position, spoken_at,
            lag(spoken_at) over (partition by session_id order by position) as previous_spoken_at
-    from {{ ref('fct_turns') }}
+    from {{ under_test(ref('fct_turns')) }}
 )
 select * from t
 where spoken_at < previous_spoken_at

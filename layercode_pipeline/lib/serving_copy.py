@@ -1,4 +1,4 @@
-"""Publish the marts for BI tools: `serving/analytics.duckdb`, and one Parquet file per mart.
+"""Publish the marts for BI tools: `serving/analytics.duckdb`, and Parquet files.
 
 The DuckDB copy is written to a new file and atomically renamed over the old one. A BI tool
 that holds the old file open (read-only) keeps reading its snapshot and never blocks the
@@ -7,12 +7,25 @@ pipeline; the next connection it opens sees the new one.
 It is written in an older storage format (`SERVING_STORAGE_VERSION`): DBeaver, Metabase,
 Superset, Evidence and most notebooks bundle their own DuckDB, often a 1.x, which cannot
 open a file in DuckDB 2.0's format. The warehouse itself stays in the current format. Tools
-that speak no DuckDB read `serving/parquet/<mart>.parquet` (each file replaced atomically).
+that speak no DuckDB read the Parquet files (each replaced atomically): the large marts as
+`serving/parquet/<mart>/<date column>=<YYYY-MM-DD>/part.parquet` (Hive partitions), the others
+as `serving/parquet/<mart>.parquet`.
+
+A publish costs what changed, not the history (issue 27). The first publish copies every mart.
+Later ones copy the previous file (a file copy, no re-encoding), replace in it only the rows of
+the sessions and conversations the marts rebuilt since (their `built_at`), copy the small marts
+whole, and rewrite only the Parquet partitions of the days those rows belong to, before and
+after. A mart whose columns changed, or whose row count disagrees afterwards (rows deleted in
+the warehouse), is copied whole.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -22,13 +35,51 @@ from layercode_pipeline.lib.warehouse import Warehouse, scalar, sql_string
 
 SERVING_FILE = "analytics.duckdb"
 PARQUET_DIR = "parquet"
+STATE_FILE = ".publish_state.json"
 # The oldest DuckDB that can open the serving copy: 1.1 (DuckDB 1.1.0 through 2.x read it).
 SERVING_STORAGE_VERSION = "v1.1.0"
+# Hive's name for a partition whose value is null (DuckDB, Spark and polars read it as null).
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 
 
-def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = "marts") -> dict[str, int]:
-    """Copy every table of `schema` of the warehouse (a local file or MotherDuck, attached
-    read-only) into the serving file and its Parquet files. Returns the row count per table."""
+@dataclass(frozen=True)
+class Incremental:
+    """A mart published by what changed: its rows are replaced by `key` where `built_at` is
+    newer than the last publish, and its Parquet files are split by the date `partition`
+    (SQL over the mart, or over `partition_from` joined on `key`)."""
+
+    key: str
+    partition_column: str
+    partition: str
+    partition_from: str | None = None
+
+
+INCREMENTAL = {
+    "fct_sessions": Incremental("session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)"),
+    # a turn's file is its session's day: a session's turns are never split across files
+    "fct_turns": Incremental(
+        "session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)", "fct_sessions"
+    ),
+    "fct_conversations": Incremental(
+        "conversation_id", "started_date", "cast({a}started_at at time zone 'UTC' as date)"
+    ),
+}
+
+
+@dataclass
+class Publication:
+    """What one publish did: every mart's row count, whether it was a whole copy, the rows
+    copied per mart, and the Parquet partitions (or files) written."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    whole: bool = True
+    rows_copied: dict[str, int] = field(default_factory=dict)
+    parquet_written: dict[str, list[str]] = field(default_factory=dict)
+
+
+def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = "marts") -> Publication:
+    """Publish every table of `schema` of the warehouse (a local file or MotherDuck, attached
+    read-only) into the serving file and its Parquet files."""
     serving_dir.mkdir(parents=True, exist_ok=True)
     parquet_dir = serving_dir / PARQUET_DIR
     parquet_dir.mkdir(exist_ok=True)
@@ -36,10 +87,19 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
     tmp = serving_dir / f".{SERVING_FILE}.{os.getpid()}.tmp"
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    counts: dict[str, int] = {}
+    state = _read_state(serving_dir / STATE_FILE) if final.exists() else {}
+    whole = not state
+    if not whole:
+        shutil.copyfile(final, tmp)  # the previous copy, in its own (old) storage format
+    pub = Publication(whole=whole)
+    new_state: dict[str, str] = {}
     con = duckdb.connect()
     try:
-        con.execute(f"attach {sql_string(tmp)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
+        if whole:
+            con.execute(f"attach {sql_string(tmp)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
+            con.execute(f"create schema serving.{schema}")
+        else:
+            con.execute(f"attach {sql_string(tmp)} as serving")
         warehouse.attach(con, "wh")
         tables = [
             r[0]
@@ -48,36 +108,207 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
                 [schema],
             ).fetchall()
         ]
-        con.execute(f"create schema serving.{schema}")
+        for dropped in set(_tables(con, "serving", schema)) - set(tables):  # a mart that no longer exists
+            con.execute(f"drop table serving.{schema}.{_ident(dropped)}")
+        # the days each incremental mart's changed rows had before this publish
+        old_days: dict[str, set] = {}
+        changed: dict[str, str] = {}  # mart -> the SQL of its changed keys
         for table in tables:
-            con.execute(f'create table serving.{schema}."{table}" as select * from wh.{schema}."{table}"')
-            counts[table] = scalar(con, f'select count(*) from serving.{schema}."{table}"')
-            part = parquet_dir / f".{table}.parquet.{os.getpid()}.tmp"
-            con.execute(
-                f"copy (select {_parquet_columns(con, schema, table)} from serving.{schema}.{_ident(table)}) "
-                f"to {sql_string(part)} (format parquet, compression zstd)"
-            )
-            fsync_file(part)
-            os.replace(part, parquet_dir / f"{table}.parquet")
+            spec = INCREMENTAL.get(table)
+            since = state.get(table)
+            if spec and since and _same_columns(con, schema, table):
+                changed[table] = (
+                    f"select {spec.key} from wh.{schema}.{_ident(table)} where built_at > '{since}'::timestamptz"
+                )
+                old_days[table] = _days(con, "serving", schema, table, spec, changed[table])
+        for table in tables:
+            target = f"serving.{schema}.{_ident(table)}"
+            source = f"wh.{schema}.{_ident(table)}"
+            if table in changed:
+                con.execute(f"delete from {target} where {INCREMENTAL[table].key} in ({changed[table]})")
+                con.execute(
+                    f"insert into {target} select * from {source} where {INCREMENTAL[table].key} in ({changed[table]})"
+                )
+                copied = scalar(
+                    con, f"select count(*) from {source} where {INCREMENTAL[table].key} in ({changed[table]})"
+                )
+                if scalar(con, f"select count(*) from {target}") != scalar(con, f"select count(*) from {source}"):
+                    del changed[table]  # rows left the warehouse (an erasure): the whole mart
+            if table not in changed:
+                con.execute(f"create or replace table {target} as select * from {source}")
+                copied = scalar(con, f"select count(*) from {target}")
+            pub.rows_copied[table] = copied
+            pub.counts[table] = scalar(con, f"select count(*) from {target}")
+            if table in INCREMENTAL and _has_column(con, "wh", schema, table, "built_at"):
+                newest = scalar(con, f"select max(built_at)::varchar from {source}")
+                if newest:
+                    new_state[table] = newest
+        for table in tables:
+            spec = INCREMENTAL.get(table)
+            if spec is None:
+                pub.parquet_written[table] = [
+                    _write_parquet(
+                        con,
+                        schema,
+                        table,
+                        f"select * from serving.{schema}.{_ident(table)}",
+                        parquet_dir / f"{table}.parquet",
+                    )
+                ]
+                continue
+            (parquet_dir / f"{table}.parquet").unlink(missing_ok=True)  # the layout before partitions
+            if table in changed:
+                days = old_days[table] | _days(con, "serving", schema, table, spec, changed[table])
+                pub.parquet_written[table] = [
+                    _write_partition(con, schema, table, spec, day, parquet_dir) for day in sorted(days, key=str)
+                ]
+            else:
+                pub.parquet_written[table] = _write_all_partitions(con, schema, table, spec, parquet_dir)
         con.execute("detach wh")
         con.execute("detach serving")
     finally:
         con.close()
     for stale in parquet_dir.glob("*.parquet"):  # a mart that no longer exists
-        if stale.stem not in counts:
+        if stale.stem not in pub.counts:
             stale.unlink()
     fsync_dir(parquet_dir)
     fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(serving_dir)
-    return counts
+    _write_state(serving_dir / STATE_FILE, new_state)
+    return pub
+
+
+def _read_state(path: Path) -> dict[str, str]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none, or unreadable: the next publish is a whole one
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(path: Path, state: dict[str, str]) -> None:
+    """Written after the serving file it describes: a crash in between leaves an older state,
+    whose changes the next publish applies once more (replacing rows is idempotent)."""
+    part = path.with_name(path.name + ".tmp")
+    part.write_text(json.dumps({**state, "published_at": datetime.now().astimezone().isoformat()}))
+    fsync_file(part)
+    os.replace(part, path)
+
+
+def _tables(con: duckdb.DuckDBPyConnection, database: str, schema: str) -> list[str]:
+    return [
+        r[0]
+        for r in con.execute(
+            "select table_name from duckdb_tables() where database_name = ? and schema_name = ?", [database, schema]
+        ).fetchall()
+    ]
+
+
+def _columns(con: duckdb.DuckDBPyConnection, database: str, schema: str, table: str) -> list[tuple[str, str]]:
+    return con.execute(
+        "select column_name, data_type from duckdb_columns() where database_name = ? and schema_name = ? "
+        "and table_name = ? order by column_index",
+        [database, schema, table],
+    ).fetchall()
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, database: str, schema: str, table: str, column: str) -> bool:
+    return any(name == column for name, _ in _columns(con, database, schema, table))
+
+
+def _same_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return _columns(con, "serving", schema, table) == _columns(con, "wh", schema, table) and _has_column(
+        con, "wh", schema, table, "built_at"
+    )
+
+
+def _day_sql(schema: str, table: str, spec: Incremental) -> tuple[str, str]:
+    """The day of each row of `table` in the serving copy (the FROM clause and the expression)."""
+    if spec.partition_from:
+        return (
+            f"serving.{schema}.{_ident(table)} t join serving.{schema}.{_ident(spec.partition_from)} p using ({spec.key})",
+            spec.partition.format(a="p."),
+        )
+    return f"serving.{schema}.{_ident(table)} t", spec.partition.format(a="t.")
+
+
+def _days(
+    con: duckdb.DuckDBPyConnection, database: str, schema: str, table: str, spec: Incremental, keys: str | None
+) -> set:
+    source, day = _day_sql(schema, table, spec)
+    where = f"where t.{spec.key} in ({keys})" if keys else ""
+    return {r[0] for r in con.execute(f"select distinct {day} from {source} {where}").fetchall()}
+
+
+def _partition_dir(parquet_dir: Path, table: str, spec: Incremental, day) -> Path:
+    return parquet_dir / table / f"{spec.partition_column}={day if day is not None else NULL_PARTITION}"
+
+
+def _write_partition(
+    con: duckdb.DuckDBPyConnection, schema: str, table: str, spec: Incremental, day, parquet_dir: Path
+) -> str:
+    """One day's file of a partitioned mart, replaced atomically (removed when the day has no
+    rows left)."""
+    folder = _partition_dir(parquet_dir, table, spec, day)
+    source, day_sql = _day_sql(schema, table, spec)
+    match = f"{day_sql} is null" if day is None else f"{day_sql} = '{day}'::date"
+    rows = scalar(con, f"select count(*) from {source} where {match}")
+    if not rows:
+        shutil.rmtree(folder, ignore_errors=True)
+        return folder.name
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_parquet(con, schema, table, f"select t.* from {source} where {match}", folder / "part.parquet")
+    return folder.name
+
+
+def _write_all_partitions(
+    con: duckdb.DuckDBPyConnection, schema: str, table: str, spec: Incremental, parquet_dir: Path
+) -> list[str]:
+    """Every day's file of a partitioned mart, in one pass (DuckDB's PARTITION_BY into a scratch
+    folder), each then renamed over its old file; days that no longer have rows are removed."""
+    folder = parquet_dir / table
+    scratch = parquet_dir / f".{table}.{os.getpid()}.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    source, day_sql = _day_sql(schema, table, spec)
+    con.execute(
+        f"copy (select {_parquet_columns(con, schema, table, prefix='t.')}, {day_sql} as {spec.partition_column} "
+        f"from {source}) to {sql_string(scratch)} "
+        f"(format parquet, compression zstd, partition_by ({spec.partition_column}), filename_pattern 'part')"
+    )
+    written = []
+    folder.mkdir(exist_ok=True)
+    for made in sorted(scratch.iterdir()):
+        value = made.name.split("=", 1)[1]
+        name = f"{spec.partition_column}={NULL_PARTITION if value in ('NULL', NULL_PARTITION) else value}"
+        (folder / name).mkdir(exist_ok=True)
+        files = list(made.glob("*.parquet"))
+        fsync_file(files[0])
+        os.replace(files[0], folder / name / "part.parquet")
+        written.append(name)
+    shutil.rmtree(scratch, ignore_errors=True)
+    for child in folder.iterdir():
+        if child.is_dir() and child.name not in written:
+            shutil.rmtree(child, ignore_errors=True)
+    return written
+
+
+def _write_parquet(con: duckdb.DuckDBPyConnection, schema: str, table: str, select: str, path: Path) -> str:
+    part = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    con.execute(
+        f"copy (select {_parquet_columns(con, schema, table)} from ({select})) "
+        f"to {sql_string(part)} (format parquet, compression zstd)"
+    )
+    fsync_file(part)
+    os.replace(part, path)
+    return path.name
 
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _parquet_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
+def _parquet_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str, prefix: str = "") -> str:
     """The select list for a mart's Parquet file: JSON columns as UTF-8 strings. DuckDB writes
     its JSON type as a byte array with a JSON annotation, which polars and older pyarrow read
     as Binary; a string column is read as text everywhere."""
@@ -87,6 +318,6 @@ def _parquet_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) ->
         [schema, table],
     ).fetchall()
     return ", ".join(
-        f"{_ident(name)}::varchar as {_ident(name)}" if data_type == "JSON" else _ident(name)
+        f"{prefix}{_ident(name)}::varchar as {_ident(name)}" if data_type == "JSON" else prefix + _ident(name)
         for name, data_type in columns
     )

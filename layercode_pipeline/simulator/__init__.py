@@ -12,6 +12,7 @@ Python API (what the demo and tests use):
 from .api import API_FAULTS, SimulatorAPI
 from .deliver import DEFAULT_FAULTS, WEBHOOK_FAULTS, Deliverer, DeliveryReport, deliver, parse_fault_specs
 from .generate import SimAgent, SimBatch, SimSession, default_agents, generate_batch
+from .segments import write_segment
 
 
 def listener_secrets_json(batch: SimBatch) -> str:
@@ -36,4 +37,5 @@ __all__ = [
     "generate_batch",
     "listener_secrets_json",
     "parse_fault_specs",
+    "write_segment",
 ]

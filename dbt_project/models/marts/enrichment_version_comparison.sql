@@ -3,10 +3,12 @@
 -- successful version of it (another prompt version, model or provider), one row per pair:
 -- what changed when the prompt or model changed, before the marts move to it. The marts
 -- themselves read only the current version.
-with ok as (
+-- not materialized: a filter on session_id (a test's, a reader's) then reaches the table scan,
+-- instead of every session's versions being numbered first
+with ok as not materialized (
     select * from {{ ref('stg_session_enrichments') }} where error is null
 ),
-cur as (select * from ok where is_latest)
+cur as not materialized (select * from ok where is_latest)
 select
     cur.session_id,
     cur.agent_id,

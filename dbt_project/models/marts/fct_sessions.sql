@@ -1,9 +1,11 @@
 {{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert',
-          on_schema_change='append_new_columns') }}
+          on_schema_change='append_new_columns',
+          post_hook="{{ build_remaining_chunks() }}") }}
 -- One row per session (connection), merging session.end, session.update, the REST record,
 -- the downloaded recording and the latest enrichment. Where sources disagree the REST record
 -- (the platform's authoritative copy) wins over the session.end webhook; *_source columns
 -- say which one each value came from.
+-- depends_on: {{ ref('int_session_sources') }} {{ ref('stg_webhook_session_ends') }} {{ ref('stg_rest_sessions') }} {{ ref('stg_session_enrichments') }}
 with touched as (
     {{ touched_sessions() }}
     {% if is_incremental() and 'latency_source' in adapter.get_columns_in_relation(this) | map(attribute='name') | list %}
@@ -21,9 +23,7 @@ with touched as (
     {%- endfor %}
     {%- endif %}
 ),
-src as (
-    select * from {{ ref('int_session_sources') }} where session_id in (select session_id from touched)
-),
+src as ({{ session_sources("select session_id from touched") }}),
 starts as (
     select session_id, min(conversation_id) as conversation_id, min(from_phone_number) as from_phone_number,
            min(to_phone_number) as to_phone_number, min(received_at) as first_event_at, any_value(metadata) as metadata
@@ -37,9 +37,9 @@ any_events as (
            first(headers order by received_at) filter (where headers is not null) as request_headers
     from {{ ref('stg_webhook_events') }} where session_id in (select session_id from touched) group by 1
 ),
-ends as (select * from {{ ref('stg_webhook_session_ends') }} where session_id in (select session_id from touched)),
+ends as ({{ session_ends("select session_id from touched") }}),
 updates as (select * from {{ ref('stg_webhook_session_updates') }} where session_id in (select session_id from touched)),
-rest as (select * from {{ ref('stg_rest_sessions') }} where session_id in (select session_id from touched)),
+rest as ({{ rest_sessions("select session_id from touched") }}),
 recs as (select * from {{ ref('stg_recordings') }} where session_id in (select session_id from touched)),
 agents as (select agent_id, agent_name from {{ ref('stg_agents') }}),
 message_stats as (  -- what the `message` webhooks reported about barge-ins
@@ -51,7 +51,7 @@ data_events as (
     where session_id in (select session_id from touched) group by 1
 ),
 latency_units as (select agent_id, webhook_latency_unit from {{ ref('int_webhook_latency_units') }}),
-enr as (select * from {{ ref('stg_session_enrichments') }} where is_latest and session_id in (select session_id from touched)),
+enr as (select * from ({{ session_enrichments("select session_id from touched") }}) where is_latest),
 turn_stats as (
     select session_id,
            count(*) as turns,
@@ -180,7 +180,8 @@ merged as (
         enr.cost_usd as enrichment_cost_usd,
         any_events.first_seen_at,
         ts.first_spoken_at,
-        src.source_loaded_at
+        src.source_loaded_at,
+        {{ run_started_literal() }} as built_at
     from src
     left join starts using (session_id)
     left join any_events using (session_id)

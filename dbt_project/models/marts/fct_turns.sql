@@ -1,8 +1,9 @@
 {{ config(materialized='incremental', unique_key='session_id', incremental_strategy='delete+insert',
-          on_schema_change='append_new_columns') }}
+          on_schema_change='append_new_columns',
+          post_hook="{{ build_remaining_chunks() }}") }}
 -- One row per transcript turn. Incremental by session: a session whose sources changed gets
 -- all its turns rebuilt (its transcript may have come from REST first, from session.end later).
--- depends_on: {{ ref('int_transcript_turns') }}
+-- depends_on: {{ ref('int_transcript_turns') }} {{ ref('stg_rest_sessions') }} {{ ref('stg_webhook_session_ends') }}
 with touched as ({{ touched_sessions() }}),
 ordered as (
     select *,
@@ -27,8 +28,9 @@ turns as (
 ),
 rest_items as (
     select session_id, unnest(range(1, len(items) + 1)) as item_pos, unnest(items) as item
-    from (select session_id, json_extract(transcript, '$[*]') as items from {{ ref('stg_rest_sessions') }}
-          where json_type(transcript) = 'ARRAY' and session_id in (select session_id from touched))
+    from (select session_id, json_extract(transcript, '$[*]') as items
+          from ({{ rest_sessions("select session_id from touched") }})
+          where json_type(transcript) = 'ARRAY')
 ),
 exchange_latencies as (  -- the platform's own per-exchange latency, where a REST record was fetched
     select session_id, row_number() over (partition by session_id order by item_pos) as reply_ordinal,
@@ -125,7 +127,8 @@ select
          then epoch_ms(t.spoken_at) - epoch_ms(t.previous_spoken_at) end as response_gap_ms,
     case when t.spoken_at is not null and t.previous_spoken_at is not null
          then epoch_ms(t.spoken_at) - epoch_ms(t.previous_spoken_at) end as gap_before_ms,
-    s.source_loaded_at
+    s.source_loaded_at,
+    {{ run_started_literal() }} as built_at
 from turns t
 join {{ ref('int_session_sources') }} s using (session_id)
 left join barge_ins b on b.session_id = t.session_id and b.interrupted_position = t.position

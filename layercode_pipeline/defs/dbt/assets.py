@@ -10,10 +10,11 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: the project's names
     DBT_EXECUTABLE,
     DBT_PROJECT_DIR,
-    RUN_TARGET_PATH,
     column_schema,
+    dbt_args,
     dbt_group,
     dbt_resource,
+    dbt_target_path,
     layercode_dbt_project,
 )
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
@@ -61,14 +62,36 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
     with warehouse.lock():
         # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
         # open in this process, which would lock the warehouse against every other process.
-        # One fixed target directory, not dagster-dbt's new one per run: dbt's partial-parse
-        # state stays valid from run to run (a full parse costs seconds of every run's
-        # freshness), and runs leave no directory behind. The writers' lock held here means
-        # no two builds share it at once.
-        events = list(
-            dbt.cli(["build", "--vars", storage.dbt_vars()], context=context, target_path=RUN_TARGET_PATH).stream()
+        # One fixed target directory per kind of invocation (data/dbt/<kind>), not dagster-dbt's
+        # new one per run: dbt's partial-parse state stays valid from run to run (a full parse
+        # costs seconds of every run's freshness), and runs leave no directory behind. The
+        # writers' lock held here means no two builds share it at once.
+        # "run": the incremental models build the sessions, days and hours the new data touches
+        # and the tests check the rows this run wrote. A run of checks alone (dbt_full_tests_job,
+        # on its schedule) tests every row: dagster-dbt selects the tests, dbt builds nothing.
+        mode = "run" if context.selected_asset_keys else "scheduled_tests"
+        invocation = dbt.cli(
+            dbt_args(mode, json.loads(storage.dbt_vars())),
+            context=context,
+            target_path=dbt_target_path(mode, storage.paths.data_dir),
+            raise_on_error=False,  # the results first (failed checks shown as such), then the verdict
         )
+        events = list(invocation.stream())
         yield from with_row_counts(events, warehouse)
+    if not invocation.is_successful():
+        results = invocation.get_artifact("run_results.json").get("results", [])
+        errors = [r["unique_id"] for r in results if r.get("status") in ("error", "runtime error")]
+        failed = [r["unique_id"] for r in results if r.get("status") == "fail"]
+        # A failed test in a pipeline run fails the run (dbt skipped what depends on it); in the
+        # scheduled test job it is a failed asset check, and only errors fail the run.
+        if mode == "run" or errors or not failed:
+            raise dg.Failure(
+                f"dbt {mode}: {len(errors)} errors, {len(failed)} failed tests",
+                metadata={
+                    "errors": dg.MetadataValue.json(errors[:20]),
+                    "failed_tests": dg.MetadataValue.json(failed[:20]),
+                },
+            )
 
 
 def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:

@@ -27,7 +27,6 @@ def dbt_group(layer: str) -> str:
 
 
 DBT_GROUPS = tuple(dbt_group(layer) for layer in DBT_LAYERS)
-RUN_TARGET_PATH = DBT_PROJECT_DIR / "target" / "run"
 
 # The dbt installed beside this Python, so an un-activated virtualenv works too; else PATH's.
 _BESIDE = Path(sys.executable).parent / "dbt"
@@ -111,3 +110,46 @@ def source_node(source: str, table: str) -> Mapping[str, Any]:
 def dbt_resource() -> DbtCliResource:
     # dagster-dbt's validator takes the DbtProject (its field is annotated str)
     return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=DBT_EXECUTABLE)  # type: ignore[arg-type]
+
+
+# How much each kind of dbt invocation builds and tests (the `test_scope` var; the project's
+# `get_where_subquery` reads it):
+# - "run": what every pipeline run does. Incremental models build only the sessions, days and
+#   hours the new data touches, and their tests check only the rows this run wrote.
+# - "full": everything from scratch (`--full-refresh`), every row tested.
+# - "scheduled_tests": no model built; every test over whole tables (the schedule's job), so a
+#   defect in an old row is still found.
+# Each kind has its own target directory under the data directory (one per pipeline, so two
+# pipelines on one checkout never share dbt's artifacts): dbt re-parses the whole project when
+# its vars change, so runs and scheduled test runs keep their partial-parse state apart, and a
+# kind's state stays valid from one invocation to the next.
+DBT_MODES = {
+    "run": (["build"], "new"),
+    "full": (["build", "--full-refresh"], "all"),
+    "scheduled_tests": (["test"], "all"),
+}
+
+
+def dbt_target_path(mode: str, data_dir: Path) -> Path:
+    return data_dir / "dbt" / mode
+
+
+def dbt_args(mode: str, dbt_vars: Mapping[str, str]) -> list[str]:
+    """The dbt CLI arguments (without the executable) of one kind of invocation."""
+    command, scope = DBT_MODES[mode]
+    return [*command, "--vars", json.dumps({**dbt_vars, "test_scope": scope})]
+
+
+def dbt_command(mode: str, dbt_vars: Mapping[str, str], data_dir: Path) -> list[str]:
+    """The whole command line, as the benches run it outside Dagster."""
+    return [
+        DBT_EXECUTABLE,
+        *dbt_args(mode, dbt_vars),
+        "--quiet",
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+        "--target-path",
+        str(dbt_target_path(mode, data_dir)),
+    ]

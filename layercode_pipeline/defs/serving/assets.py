@@ -20,17 +20,25 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
     freshness_policy=FRESHNESS,
     kinds={"duckdb"},
     description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
-    "open) and serving/parquet/<mart>.parquet: written as new files, then renamed over the old ones, "
-    "so BI readers never block the pipeline and never see a half-written file.",
+    "open) and Parquet files (serving/parquet/<mart>/<date>=<day>/part.parquet for the session, turn and "
+    "conversation marts, serving/parquet/<mart>.parquet for the others): written as new files, then renamed "
+    "over the old ones, so BI readers never block the pipeline and never see a half-written file. After the "
+    "first publish, only the rows and days the marts rebuilt are copied.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     warehouse = storage.warehouse
     with warehouse.lock():  # a consistent set of marts: no dbt build in between
-        counts = publish_serving_copy(warehouse, storage.paths.serving)
+        published = publish_serving_copy(warehouse, storage.paths.serving)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
             "parquet_dir": dg.MetadataValue.path(str(storage.paths.serving / "parquet")),
-            "tables": dg.MetadataValue.json(counts),
+            "tables": dg.MetadataValue.json(published.counts),
+            # what this publish wrote: a whole copy, or the rows and days that changed
+            "whole_copy": published.whole,
+            "rows_copied": dg.MetadataValue.json(published.rows_copied),
+            "parquet_partitions_written": dg.MetadataValue.json(
+                {table: len(parts) for table, parts in published.parquet_written.items()}
+            ),
         }
     )

@@ -32,14 +32,39 @@ from layercode_pipeline.lib.transcripts import (
     turns_from_session_end,
 )
 
+# The sessions a run looks at, so its cost follows the new data, not the history: those whose
+# transcript landed after the newest enrichment row was written (a first transcript, a newer
+# session.end, a REST record), and those with no successful answer under the current prompt
+# version, schema, provider and model (a failed call is asked again; a version bump re-runs all).
+CANDIDATES_SQL = """
+create or replace temp table enrichment_candidates as
+with since as (
+    select coalesce(max(enriched_at), '-infinity'::timestamptz) as t from enrichment.session_enrichments
+), with_transcript as (
+    select session_id, ingested_at as loaded_at from raw.layercode_events
+    where event_type = 'session.end' and session_id is not null and validation_error is null
+    union all
+    select session_id, fetched_at from raw.layercode_session_details where http_status = 200
+)
+select session_id from with_transcript where loaded_at > (select t from since)
+union
+(select session_id from with_transcript
+ except
+ select session_id from enrichment.session_enrichments
+ where error is null and prompt_version = $prompt_version and schema_version = $schema_version
+   and provider = $provider and model = $model)
+"""
+
 TRANSCRIPTS_SQL = """
 with ends as (
     select session_id, agent_id, body->'$.transcript' as transcript
     from raw.layercode_events where event_type = 'session.end' and session_id is not null and validation_error is null
+      and session_id in (select session_id from enrichment_candidates)
     qualify row_number() over (partition by session_id order by received_at desc) = 1
 ), rest as (
     select session_id, agent_id, record->'$.transcript' as transcript
     from raw.layercode_session_details where http_status = 200
+      and session_id in (select session_id from enrichment_candidates)
     qualify row_number() over (partition by session_id order by fetched_at desc) = 1
 )
 select coalesce(e.session_id, r.session_id) as session_id, coalesce(e.agent_id, r.agent_id) as agent_id,
@@ -70,7 +95,14 @@ class RunStats:
     errors: list[str] = field(default_factory=list)
 
 
-def load_transcripts(con: duckdb.DuckDBPyConnection) -> list[SessionTranscript]:
+def load_transcripts(
+    con: duckdb.DuckDBPyConnection, *, prompt_version: str, schema_version: str, provider: str, model: str
+) -> list[SessionTranscript]:
+    """The transcripts of the sessions this run must look at (`CANDIDATES_SQL`)."""
+    con.execute(
+        CANDIDATES_SQL,
+        {"prompt_version": prompt_version, "schema_version": schema_version, "provider": provider, "model": model},
+    )
     out = []
     for session_id, agent_id, webhook, rest in con.execute(TRANSCRIPTS_SQL).fetchall():
         webhook_items = orjson.loads(webhook) if webhook else None
@@ -102,16 +134,28 @@ async def enrich_sessions(
     max_output_tokens: int = 800,
 ) -> RunStats:
     stats = RunStats()
-    sessions = load_transcripts(con)
+    sessions = load_transcripts(
+        con,
+        prompt_version=settings.prompt_version,
+        schema_version=schema_version,
+        provider=provider.name,
+        model=provider.model,
+    )
     stats.candidates = len(sessions)
+    keys = {
+        s.session_id: cache_key(
+            transcript_sha256(s.turns), settings.prompt_version, schema_version, provider.name, provider.model
+        )
+        for s in sessions
+    }
     # Content-addressed: a key answered once is never asked again, for any session.
-    have = answered_sessions(con)
-    answered = answers_by_cache_key(con)
+    have = answered_sessions(con, list(keys))
+    answered = answers_by_cache_key(con, sorted(set(keys.values())))
     groups: dict[str, list[tuple[SessionTranscript, str]]] = {}
     rows: list[dict] = []
     for s in sessions:
         t_hash = transcript_sha256(s.turns)
-        key = cache_key(t_hash, settings.prompt_version, schema_version, provider.name, provider.model)
+        key = keys[s.session_id]
         if (s.session_id, key) in have:
             stats.cached += 1
         elif key in answered:  # same transcript as another session's: reuse its answer, no call

@@ -104,21 +104,27 @@ def write_enrichments(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str
     return len(rows)
 
 
-def answered_sessions(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
-    """(session_id, cache_key) of every successful row: those sessions need no call."""
+def answered_sessions(con: duckdb.DuckDBPyConnection, session_ids: list[str]) -> set[tuple[str, str]]:
+    """(session_id, cache_key) of the successful rows of `session_ids`: those need no call."""
     return {
         (r[0], r[1])
         for r in con.execute(
-            "select session_id, cache_key from enrichment.session_enrichments where error is null"
+            "select session_id, cache_key from enrichment.session_enrichments "
+            "where error is null and session_id in (select unnest($ids))",
+            {"ids": session_ids},
         ).fetchall()
     }
 
 
-def answers_by_cache_key(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
-    """The newest successful answer per cache key, as {column: value} of `CALL_FIELDS`: a
+def answers_by_cache_key(con: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest successful answer of each of `keys`, as {column: value} of `CALL_FIELDS`: a
     session whose transcript another session already had reuses it with no call."""
-    cursor = con.execute(f"""
-        select {", ".join(CALL_FIELDS)} from enrichment.session_enrichments where error is null
-        qualify row_number() over (partition by cache_key order by enriched_at desc) = 1""")
+    cursor = con.execute(
+        f"""
+        select {", ".join(CALL_FIELDS)} from enrichment.session_enrichments
+        where error is null and cache_key in (select unnest($keys))
+        qualify row_number() over (partition by cache_key order by enriched_at desc) = 1""",
+        {"keys": keys},
+    )
     names = [d[0] for d in cursor.description]
     return {row[0]: dict(zip(names, row)) for row in cursor.fetchall()}

@@ -1,0 +1,231 @@
+"""A run's cost follows the new calls, not the warehouse (issue 27).
+
+A history of calls over three days is built by the real assets; then one new call lands and
+the same assets run again, as the landing sensor's run would. The tests assert on what that
+run selected and wrote (never on time): the sessions, conversations, days and hours its
+incremental marts rebuilt, the rows each of its dbt tests examined, the rows and Parquet
+partitions its publish copied, and the sessions its enrichment looked at. The scheduled full
+test run (a check-only Dagster run) still finds a defect planted in an old row, which the
+pipeline's own runs by design no longer read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pytest
+
+from layercode_pipeline.defs.dbt.assets import dbt_resource, layercode_dbt_models
+from layercode_pipeline.defs.dbt.automation import dbt_full_tests_job
+from layercode_pipeline.defs.dbt.project import dbt_target_path
+from layercode_pipeline.defs.enrichment.assets import session_enrichments
+from layercode_pipeline.defs.ingest.assets import raw_layercode_events
+from layercode_pipeline.defs.resources import OpenAIResource, StorageResource
+from layercode_pipeline.defs.serving.assets import analytics_serving
+from layercode_pipeline.simulator import generate_batch, write_segment
+
+RUN_ASSETS = [raw_layercode_events, session_enrichments, layercode_dbt_models, analytics_serving]
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def run_pipeline(storage: StorageResource) -> dg.ExecuteInProcessResult:
+    """What the landing sensor's ingest run executes: ingest, enrichment (offline), dbt, publish."""
+    result = dg.materialize(
+        RUN_ASSETS, resources={"storage": storage, "dbt": dbt_resource(), "openai": OpenAIResource()}
+    )
+    assert result.success
+    return result
+
+
+def query(storage: StorageResource, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(storage.warehouse.path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def newest(storage: StorageResource, table: str, columns: str) -> set[tuple]:
+    """The rows of `table` the newest dbt invocation wrote (their `built_at`)."""
+    return set(
+        query(
+            storage,
+            f"select {columns} from marts.{table} where built_at = (select max(built_at) from marts.{table})",
+        )
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    mat = result.asset_materializations_for_node(key.replace("-", "_"))
+    return {k: v.value for k, v in mat[-1].metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Three days of calls built, then one new call (today) through a second run."""
+    data = tmp_path_factory.mktemp("incremental") / "data"
+    landing = data / "landing"
+    for days_ago in (3, 2, 1):
+        day = TODAY - timedelta(days=days_ago) + timedelta(hours=9)
+        write_segment(
+            landing, generate_batch(6, seed=40 + days_ago, base_time=day), received_at=day, name=f"d{days_ago}"
+        )
+    storage = StorageResource(data_dir=str(data))
+    first = run_pipeline(storage)
+    old = {r[0] for r in query(storage, "select session_id from marts.fct_sessions")}
+    new_batch = generate_batch(1, seed=7, base_time=TODAY + timedelta(hours=9), reconnect_rate=0.0)
+    write_segment(landing, new_batch, received_at=datetime.now(UTC), name="new-call")
+    second = run_pipeline(storage)
+    return {
+        "storage": storage,
+        "first": first,
+        "second": second,
+        "old": old,
+        "new": new_batch.sessions[0],
+    }
+
+
+def test_a_run_after_one_new_session_rebuilds_only_its_rows_days_and_hours(pipeline):
+    storage, new = pipeline["storage"], pipeline["new"]
+    assert len(pipeline["old"]) >= 18 and new.session_id not in pipeline["old"]
+    assert newest(storage, "fct_sessions", "session_id") == {(new.session_id,)}
+    assert newest(storage, "fct_turns", "distinct session_id") == {(new.session_id,)}
+    assert newest(storage, "fct_conversations", "conversation_id") == {(new.conversation_id,)}
+    started = new.started_at.astimezone(UTC)
+    assert newest(storage, "agg_daily_call_metrics", "call_date, agent_id") == {(started.date(), new.agent_id)}
+    hours = newest(storage, "agg_hourly_call_metrics", "call_hour, agent_id")
+    assert {(h.replace(tzinfo=None), a) for h, a in hours} == {
+        (started.replace(tzinfo=None, minute=0, second=0, microsecond=0), new.agent_id)
+    }
+    # the old rows were left as the first run wrote them
+    (older,) = query(
+        storage,
+        "select count(*) from marts.fct_sessions where built_at < (select max(built_at) from marts.fct_sessions)",
+    )[0]
+    assert older == len(pipeline["old"])
+    # and every day is still whole: the incremental day equals a recomputation from scratch
+    daily = query(
+        storage,
+        f"select sessions from marts.agg_daily_call_metrics where call_date = '{started.date()}' "
+        f"and agent_id = '{new.agent_id}'",
+    )
+    assert daily == [(1,)] or daily[0][0] == len(
+        query(
+            storage,
+            f"select 1 from marts.fct_sessions where agent_id = '{new.agent_id}' "
+            f"and cast(session_date_at at time zone 'UTC' as date) = '{started.date()}'",
+        )
+    )
+
+
+def test_each_test_of_the_run_examined_only_the_new_rows(pipeline):
+    storage, new = pipeline["storage"], pipeline["new"]
+    run_results = json.loads((dbt_target_path("run", storage.paths.data_dir) / "run_results.json").read_text())
+    tests = [r for r in run_results["results"] if r["unique_id"].startswith("test.")]
+    assert len(tests) > 100 and all(r["status"] in ("pass", "warn") for r in tests)
+    examined: dict[str, int] = {}
+    con = duckdb.connect(str(storage.warehouse.path), read_only=True)
+    try:
+        for r in tests:
+            for relation, condition in re.findall(
+                r'\(select \* from ("[^"]+"\."[^"]+"\."[^"]+") where \((.+?)\)\) dbt_subquery', r["compiled_code"]
+            ):
+                table = relation.split(".")[-1].strip('"')
+                examined[table] = con.execute(f"select count(*) from {relation} where {condition}").fetchone()[0]
+        whole = {t: con.execute(f"select count(*) from marts.{t}").fetchone()[0] for t in ("fct_sessions", "fct_turns")}
+    finally:
+        con.close()
+    # the marts' tests saw the new session's rows, and only them
+    assert examined["fct_sessions"] == 1 < whole["fct_sessions"]
+    assert examined["fct_turns"] == len(new.session_end()["transcript"]) < whole["fct_turns"]
+    assert examined["fct_conversations"] == 1
+    # the staging views' tests saw the events (and sessions) landed since the previous run
+    events = 2 + len(new.messages()) + (1 if new.session_update() else 0)
+    assert examined["stg_webhook_events"] == events
+    assert examined["stg_webhook_session_ends"] == 1
+    assert examined["int_session_sources"] == 1
+
+
+def test_the_run_enriched_and_published_only_what_changed(pipeline):
+    first, second = pipeline["first"], pipeline["second"]
+    enrichment = metadata(second, "session_enrichments")
+    assert enrichment["candidates"] == 1 and enrichment["enriched"] == 1
+    published = metadata(second, "analytics_serving")
+    assert metadata(first, "analytics_serving")["whole_copy"] is True and published["whole_copy"] is False
+    assert published["rows_copied"]["fct_sessions"] == 1
+    assert published["rows_copied"]["fct_conversations"] == 1
+    # Parquet: today's partition of each partitioned mart, nothing else
+    assert published["parquet_partitions_written"] == {
+        **{t: 1 for t in ("fct_sessions", "fct_turns", "fct_conversations")},
+        **{
+            t: 1
+            for t in published["parquet_partitions_written"]
+            if not t.startswith(("fct_sessions", "fct_turns", "fct_conversations"))
+        },
+    }
+    serving = pipeline["storage"].paths.serving
+    days = sorted(p.name for p in (serving / "parquet" / "fct_sessions").iterdir())
+    assert len(days) == 4 and days[-1] == f"session_date={TODAY.date()}"
+    # the published copy holds every session, old and new, in both forms
+    con = duckdb.connect()
+    try:
+        total = con.execute(
+            f"select count(*) from read_parquet('{serving}/parquet/fct_sessions/*/*.parquet', hive_partitioning = true)"
+        ).fetchone()[0]
+        con.execute(f"attach '{serving / 'analytics.duckdb'}' as s (read_only)")
+        copied = con.execute("select count(*) from s.marts.fct_sessions").fetchone()[0]
+    finally:
+        con.close()
+    assert total == copied == len(pipeline["old"]) + 1
+
+
+def test_the_scheduled_full_test_run_still_finds_a_defect_in_an_old_row(pipeline):
+    storage = pipeline["storage"]
+    old_session = sorted(pipeline["old"])[0]
+    with storage.connect() as con:  # a defect in an old row: a hand edit, a bad backfill, a fixed bug
+        con.execute("update marts.fct_sessions set duration_ms = -5 where session_id = ?", [old_session])
+    try:
+        # a pipeline run (one more new call) does not read the old row: it passes
+        landing = storage.paths.landing
+        later = generate_batch(1, seed=8, base_time=TODAY + timedelta(hours=10), reconnect_rate=0.0)
+        write_segment(landing, later, received_at=datetime.now(UTC), name="later-call")
+        run_pipeline(storage)
+        # the schedule's job (checks only, every row) finds it, as a failed asset check
+        defs = dg.Definitions(
+            assets=[layercode_dbt_models],
+            jobs=[dbt_full_tests_job],
+            resources={"storage": storage, "dbt": dbt_resource()},
+        )
+        result = defs.resolve_job_def(dbt_full_tests_job.name).execute_in_process(raise_on_error=False)
+        failed = {
+            e.asset_check_evaluation_data.check_name
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed
+        }
+        assert {"assert_durations_non_negative", "dbt_utils_free_range_fct_sessions_duration_ms__0"} <= failed, failed
+        # error-severity checks block: the scheduled run fails, so it is seen and can alert
+        assert not result.success
+        materialized = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+        assert materialized == []  # the job built nothing
+    finally:
+        with storage.connect() as con:
+            con.execute("update marts.fct_sessions set duration_ms = 1000 where session_id = ?", [old_session])
+
+
+def test_the_first_run_on_a_warehouse_from_before_built_at_rebuilds_everything(tmp_path):
+    """An upgraded warehouse (marts without `built_at`): the first run fills every row."""
+    data = tmp_path / "data"
+    day = TODAY - timedelta(days=1) + timedelta(hours=9)
+    write_segment(data / "landing", generate_batch(3, seed=3, base_time=day), received_at=day, name="d")
+    storage = StorageResource(data_dir=str(data))
+    run_pipeline(storage)
+    with storage.connect() as con:
+        for table in ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics"):
+            con.execute(f"alter table marts.{table} drop column built_at")
+    run_pipeline(storage)
+    for table in ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics"):
+        assert query(storage, f"select count(*) from marts.{table} where built_at is null") == [(0,)], table
