@@ -84,6 +84,19 @@ def dagster_home(root: Path) -> Path:
     return initialise_instance(root / "dagster_home")
 
 
+def production_home(root: Path) -> Path:
+    """A DAGSTER_HOME with the production instance config (deploy/dagster.yaml) as written,
+    except its `storage:` block (Postgres), replaced by SQLite for one host."""
+    import re
+
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = (ROOT / "deploy" / "dagster.yaml").read_text()
+    config = re.sub(r"(?ms)^storage:\n.*?(?=^\S)", "", config)
+    (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n" + config)
+    return home
+
+
 def pipeline_env(home: Path, data: Path, **extra: str) -> dict[str, str]:
     """The process environment for Dagster and the listener: this data directory, no keys
     from the caller's shell."""

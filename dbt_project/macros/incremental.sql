@@ -49,7 +49,7 @@
     messages needed 10 GB. The model's own statement builds chunk 0; `build_remaining_chunks`
     (its post-hook) inserts the others with the same compiled SQL. -#}
 {% macro first_build_chunks() -%}
-    {%- if not execute -%}{{ return(1) }}{%- endif -%}
+    {%- if not execute or load_relation(ref('int_session_sources')) is none -%}{{ return(1) }}{%- endif -%}
     {%- set sessions = run_query("select count(*) from " ~ ref('int_session_sources')).columns[0].values()[0] -%}
     {{ return([1, ((sessions / var('first_build_chunk_sessions', 150000)) | round(0, 'ceil') | int)] | max) }}
 {%- endmacro %}

@@ -126,17 +126,14 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
             source = f"wh.{schema}.{_ident(table)}"
             if table in changed:
                 con.execute(f"delete from {target} where {INCREMENTAL[table].key} in ({changed[table]})")
-                con.execute(
-                    f"insert into {target} select * from {source} where {INCREMENTAL[table].key} in ({changed[table]})"
-                )
-                copied = scalar(
-                    con, f"select count(*) from {source} where {INCREMENTAL[table].key} in ({changed[table]})"
+                copied = scalar(  # an insert answers with its row count
+                    con,
+                    f"insert into {target} select * from {source} where {INCREMENTAL[table].key} in ({changed[table]})",
                 )
                 if scalar(con, f"select count(*) from {target}") != scalar(con, f"select count(*) from {source}"):
                     del changed[table]  # rows left the warehouse (an erasure): the whole mart
             if table not in changed:
-                con.execute(f"create or replace table {target} as select * from {source}")
-                copied = scalar(con, f"select count(*) from {target}")
+                copied = scalar(con, f"create or replace table {target} as select * from {source}")
             pub.rows_copied[table] = copied
             pub.counts[table] = scalar(con, f"select count(*) from {target}")
             if table in INCREMENTAL and _has_column(con, "wh", schema, table, "built_at"):
