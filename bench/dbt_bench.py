@@ -9,7 +9,6 @@ the pipeline's own ingest; dbt then runs exactly as the Dagster asset runs it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,42 +17,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
-
-from layercode_pipeline.contract.landing import build_envelope
 from layercode_pipeline.lib.ingest import ingest_landing
 from layercode_pipeline.lib.warehouse import Warehouse
-from layercode_pipeline.simulator import generate_batch
+from layercode_pipeline.simulator import generate_batch, write_segment
 
 ROOT = Path(__file__).resolve().parents[1]
 DBT = str(Path(sys.executable).parent / "dbt")
 
 
 def land(landing: Path, calls: int, seed: int, name: str) -> int:
-    batch = generate_batch(calls, seed=seed)
-    part = landing / "dt=2026-11-20" / "hour=09"
-    part.mkdir(parents=True, exist_ok=True)
     now = datetime(2026, 11, 20, 9, tzinfo=UTC)
-    lines = []
-    for s in batch.sessions:
-        events = [s.session_start(), *s.messages(), s.session_end()]
-        if s.session_update():
-            events.append(s.session_update())
-        for e in events:
-            body = orjson.dumps(e)
-            lines.append(
-                build_envelope(
-                    received_at=now,
-                    agent_id=s.agent_id,
-                    event_type=e["type"],
-                    content_sha256=hashlib.sha256(body).hexdigest(),
-                    body=body,
-                    headers={},
-                    writer_id="bench",
-                )
-            )
-    (part / f"{name}.jsonl").write_bytes(b"".join(lines))
-    return len(batch.sessions)
+    return write_segment(landing, generate_batch(calls, seed=seed), received_at=now, name=name)
 
 
 def dbt_build(warehouse: Path, target: Path) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -107,7 +108,25 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
     show_default=True,
     help="Listener URL; '{agent_id}' is replaced per agent.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed",
+    default=None,
+    type=int,
+    help="Replay the same calls (same ids, words and times). Default: new calls every run (the seed is printed).",
+)
+@click.option(
+    "--agents-seed",
+    default=7,
+    show_default=True,
+    type=int,
+    help="The simulated org's agents: their ids and webhook secrets stay the same across runs.",
+)
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=None,
+    help="When the calls begin (UTC). Default: 8 hours ago, so they spread over the last 8 hours.",
+)
 @click.option("--api-port", type=int, default=None, help="Also serve the simulated REST API on this port.")
 @click.option("--api-key", envvar="LAYERCODE_API_KEY", default="sim_api_key", show_default=True)
 @click.option(
@@ -148,7 +167,9 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 def simulate(
     calls: int,
     webhook_url: str,
-    seed: int,
+    seed: int | None,
+    agents_seed: int,
+    start: datetime | None,
     api_port: int | None,
     api_key: str,
     faults: tuple[str, ...],
@@ -163,6 +184,7 @@ def simulate(
     """Send realistic signed Layercode webhooks to a listener (and serve the REST API)."""
     import contextlib
     import json
+    import random
     import time
     from pathlib import Path
 
@@ -173,6 +195,7 @@ def simulate(
         API_FAULTS,
         Deliverer,
         SimulatorAPI,
+        default_agents,
         generate_batch,
         listener_secrets_json,
         parse_fault_specs,
@@ -184,7 +207,13 @@ def simulate(
         fault_rates = parse_fault_specs(faults)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from exc
-    batch = generate_batch(calls, seed=seed)
+    if seed is None:
+        seed = random.SystemRandom().randrange(1, 2**31)
+        if not print_secrets:
+            console.print(f"new calls (seed {seed}; pass --seed {seed} to replay them)")
+    # calls dated from now (they spread over the 8 hours from --start), the org's agents stable
+    begin = start.replace(tzinfo=UTC) if start else datetime.now(UTC) - timedelta(hours=8)
+    batch = generate_batch(calls, seed=seed, base_time=begin, agents=default_agents(agents_seed))
     if print_secrets:
         click.echo(listener_secrets_json(batch))
         return
@@ -348,7 +377,7 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
 
     from rich.console import Console
 
-    from layercode_pipeline.dagster_instance import initialise_instance
+    from layercode_pipeline.dagster_instance import daemon_heartbeat_age, initialise_instance
 
     home = initialise_instance(_settings().dagster_home or Path(data_dir).resolve() / "dagster_home")
     logging.getLogger("dagster").setLevel(logging.WARNING)
@@ -361,6 +390,12 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
     try:
         # a persistent instance, so `dagster dev` with the same DAGSTER_HOME shows these runs
         with dg.DagsterInstance.from_config(str(home)) as instance:
+            if daemon_heartbeat_age(instance) is not None:
+                console.print(
+                    f"[yellow]A dagster-daemon (or dagster dev) is running on {home}: its sensors will start "
+                    "runs as the demo lands data, and those runs queue with the demo's for the warehouse. "
+                    "Stop it first, or set DAGSTER_HOME to another directory for the demo.[/]"
+                )
             result = run_demo(Path(data_dir), calls, seed, console=console, instance=instance)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted: servers stopped, landing segments sealed. Run again to continue.[/]")

@@ -62,3 +62,20 @@ def initialise_instance(home: Path) -> Path:
             if instance.schedule_storage is not None:
                 instance.schedule_storage.all_instigator_state()
     return home
+
+
+# a dagster-daemon beats about every 20 s; a minute without one means none runs on the instance
+DAEMON_STALE_S = 60.0
+
+
+def daemon_heartbeat_age(instance) -> float | None:  # noqa: ANN001 - a DagsterInstance
+    """Seconds since a dagster-daemon (or `dagster dev`, which runs one) on this instance last
+    beat, or None when none has within `DAEMON_STALE_S`: its sensors would react to data the
+    demo lands, and its runs would queue with the demo's for the warehouse."""
+    import time
+
+    beats = instance.get_daemon_heartbeats()
+    if not beats:
+        return None
+    age = time.time() - max(beat.timestamp for beat in beats.values())
+    return age if age < DAEMON_STALE_S else None

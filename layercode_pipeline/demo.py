@@ -388,8 +388,8 @@ def next_steps(d: Path, serving: Path) -> list[str]:
         "  Dagster's UI over these runs, its sensors and automation on, the REST API pointed at the simulator's:",
         f"  {env} {api} .venv/bin/dagster dev -w workspace.yaml",
         "  A listener that accepts the simulator's agents:",
-        f'  LAYERCODE_DATA_DIR={d} LAYERCODE_WEBHOOK_SECRETS="$(.venv/bin/layercode-pipeline simulate --seed 7 '
+        f'  LAYERCODE_DATA_DIR={d} LAYERCODE_WEBHOOK_SECRETS="$(.venv/bin/layercode-pipeline simulate '
         '--print-secrets)" .venv/bin/layercode-pipeline listen',
         "  Calls to it, and the simulated REST API on port 8788 (the marts follow in about 30 s):",
-        "  .venv/bin/layercode-pipeline simulate --seed 7 --calls 50 --pace 0.2 --api-port 8788",
+        "  .venv/bin/layercode-pipeline simulate --calls 50 --pace 0.2 --api-port 8788",
     ]

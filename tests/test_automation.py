@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.dagster_instance import initialise_instance
+from layercode_pipeline.dagster_instance import daemon_heartbeat_age, initialise_instance
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 
 from .conftest import DaemonProcess, ListenerProcess, failure_messages
@@ -70,6 +70,10 @@ def test_sealed_segments_reach_the_serving_copy_and_a_failed_run_is_retried(tmp_
 
             # the landing sensor is on by default: a fresh instance gets a first run, which fails
             failed = wait_for("a failed ingest run", failed_ingest)[-1]
+            # the demo can tell a daemon runs on this instance (it warns before landing data)
+            assert daemon_heartbeat_age(instance) is not None
+            with dg.DagsterInstance.from_config(str(initialise_instance(tmp_path / "other_home"))) as other:
+                assert daemon_heartbeat_age(other) is None
             assert any("warehouse.duckdb" in m for m in failure_messages(instance, failed.run_id))
             notebook.close()
 

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
@@ -20,7 +21,14 @@ from starlette.routing import Route
 
 from layercode_pipeline.contract.events import RestSession, SessionEndEvent, SessionUpdateEvent
 from layercode_pipeline.lib.wav import read_wav_info
-from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json, parse_fault_specs
+from layercode_pipeline.simulator import (
+    SimulatorAPI,
+    default_agents,
+    deliver,
+    generate_batch,
+    listener_secrets_json,
+    parse_fault_specs,
+)
 from layercode_pipeline.simulator.server import BackgroundServer
 
 from .conftest import landed_envelopes
@@ -293,7 +301,8 @@ def test_agents_endpoint(api_server):
 
 
 def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
-    batch = generate_batch(5, seed=3)
+    start = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    batch = generate_batch(5, seed=3, base_time=start, agents=default_agents(7))
     listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
     manifest = tmp_path / "truth.json"
     r = subprocess.run(
@@ -306,6 +315,8 @@ def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
             "5",
             "--seed",
             "3",
+            "--start",
+            "2026-11-20T09:00:00Z",
             "--webhook-url",
             listener.url + "/agents/{agent_id}/webhook",
             "--manifest",
@@ -326,8 +337,39 @@ def test_cli_simulate_writes_manifest_and_summary(listener_factory, tmp_path):
     assert json.loads(manifest.read_text()) == json.loads(json.dumps(batch.manifest()))
 
 
+def test_cli_simulate_makes_new_calls_dated_from_now_for_the_same_agents(listener_factory, tmp_path):
+    """Two runs without --seed: new sessions each time, dated over the last 8 hours, from the
+    same agents (whose secrets the listener was given once); --seed replays a run's calls."""
+    agents = default_agents(7)
+    listener = listener_factory(
+        env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(generate_batch(1, agents=agents))}
+    )
+
+    def run(*extra: str) -> dict:
+        manifest = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
+        r = subprocess.run(
+            [sys.executable, "-m", "layercode_pipeline.cli", "simulate", "--calls", "3", "--pace", "0.001"]
+            + ["--webhook-url", listener.url + "/agents/{agent_id}/webhook", "--manifest", str(manifest), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        return {"out": r.stdout, **json.loads(manifest.read_text())}
+
+    first, second = run(), run()
+    ids = [{s["session_id"] for s in m["sessions"]} for m in (first, second)]
+    assert ids[0] and not ids[0] & ids[1]
+    assert {s["agent_id"] for m in (first, second) for s in m["sessions"]} <= {a.agent_id for a in agents}
+    now = datetime.now(UTC)
+    for s in first["sessions"]:
+        assert now - timedelta(hours=8, minutes=5) <= datetime.fromisoformat(s["started_at"]) <= now
+    seed = int(re.search(r"--seed (\d+)", first["out"]).group(1))
+    assert {s["session_id"] for s in run("--seed", str(seed))["sessions"]} == ids[0]
+
+
 def test_cli_simulate_fails_when_the_listener_refuses_the_deliveries(listener_factory):
-    batch = generate_batch(2, seed=3)
+    batch = generate_batch(2, seed=3, agents=default_agents(7))
     listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
     r = subprocess.run(
         [

@@ -73,6 +73,21 @@
     {%- endif -%}
 {%- endmacro %}
 
+{# The session ids `sql` returns, as a list of SQL literals when there are at most `limit` of
+   them (none: `null`), else `sql` itself. A literal list is a filter DuckDB applies in the table
+   scan, before a view's projections (JSON extraction) and windows; a subquery is a join applied
+   after them, which for a few sessions spread over the key range reads the whole history. #}
+{% macro session_id_list(sql, limit=2000) -%}
+    {#- a first build's chunk stays a query: its post-hook rewrites the chunk in the SQL #}
+    {%- if not execute or '/*chunk*/' in sql -%}{{ return(sql) }}{%- endif -%}
+    {%- set ids = run_query("select distinct session_id from (" ~ sql ~ ") where session_id is not null limit " ~ (limit + 1)).columns[0].values() -%}
+    {%- if ids | length == 0 -%}{{ return("null") }}{%- endif -%}
+    {%- if ids | length > limit -%}{{ return(sql) }}{%- endif -%}
+    {%- set quoted = [] -%}
+    {%- for id in ids -%}{%- do quoted.append("'" ~ (id | replace("'", "''")) ~ "'") -%}{%- endfor -%}
+    {{ return(quoted | join(', ')) }}
+{%- endmacro %}
+
 {# The sources of each session in `session_filter` (a query of session ids), as
    int_session_sources has them for every session. #}
 {% macro session_sources(session_filter=none) -%}
@@ -196,16 +211,7 @@ from {{ source('enrichment', 'session_enrichments') }}
             union select session_id from raw.layercode_recordings where fetched_at > {{ since }}
             union select session_id from enrichment.session_enrichments where enriched_at > {{ since }}
         {%- endset -%}
-        {%- set ids = run_query("select distinct session_id from (" ~ new_sessions ~ ") limit 5001").columns[0].values() -%}
-        {%- if ids | length == 0 -%}
-            {%- set listed = "null" -%}
-        {%- elif ids | length <= 5000 -%}
-            {%- set quoted = [] -%}
-            {%- for id in ids -%}{%- do quoted.append("'" ~ (id | replace("'", "''")) ~ "'") -%}{%- endfor -%}
-            {%- set listed = quoted | join(', ') -%}
-        {%- else -%}
-            {%- set listed = new_sessions -%}
-        {%- endif -%}
+        {%- set listed = session_id_list(new_sessions) -%}
         {%- set condition = condition | replace('{new_sessions}', listed) -%}
     {%- endif -%}
     {{ return(condition) }}

@@ -4,12 +4,15 @@
 -- One row per transcript turn. Incremental by session: a session whose sources changed gets
 -- all its turns rebuilt (its transcript may have come from REST first, from session.end later).
 -- depends_on: {{ ref('int_transcript_turns') }} {{ ref('stg_rest_sessions') }} {{ ref('stg_webhook_session_ends') }}
-with touched as ({{ touched_sessions() }}),
+{%- set touched_sql = touched_sessions() %}
+{#- the touched sessions as literals when few (see session_id_list) #}
+{%- set touched = session_id_list(touched_sql) %}
+with touched as ({{ touched_sql }}),
 ordered as (
     select *,
            lag(role) over (partition by session_id order by position) as previous_role,
            lag(spoken_at) over (partition by session_id order by position) as previous_spoken_at
-    from ({{ transcript_turns("select session_id from touched") }}) t
+    from ({{ transcript_turns(touched) }}) t
 ),
 turns as (
     select *,
@@ -29,7 +32,7 @@ turns as (
 rest_items as (
     select session_id, unnest(range(1, len(items) + 1)) as item_pos, unnest(items) as item
     from (select session_id, json_extract(transcript, '$[*]') as items
-          from ({{ rest_sessions("select session_id from touched") }})
+          from ({{ rest_sessions(touched) }})
           where json_type(transcript) = 'ARRAY')
 ),
 exchange_latencies as (  -- the platform's own per-exchange latency, where a REST record was fetched
@@ -45,7 +48,7 @@ messages as (
     select session_id, row_number() over (partition by session_id order by received_at, turn_id) as message_key,
            turn_id, received_at, previous_turn_interrupted, words_heard, text_heard, interrupted_assistant_turn_id,
            {{ comparable_text('text') }} as said
-    from {{ ref('stg_webhook_messages') }} where session_id in (select session_id from touched)
+    from {{ ref('stg_webhook_messages') }} where session_id in ({{ touched }})
 ),
 caller_turns as (
     select session_id, position, spoken_at, previous_assistant_position, next_assistant_position,
@@ -83,7 +86,7 @@ replies as (  -- the assistant turn answering each request, by the request's tur
     from {{ ref('stg_webhook_session_starts') }} s
     join (select session_id, min(position) as position from turns where role = 'assistant'
           and previous_role is null group by 1) w using (session_id)
-    where s.session_id in (select session_id from touched)
+    where s.session_id in ({{ touched }})
 ),
 barge_ins as (
     -- the interrupted turn: the reply to the request `assistant_turn_id` names where it is given
