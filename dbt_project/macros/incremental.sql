@@ -74,15 +74,16 @@
 {%- endmacro %}
 
 {# The session ids `sql` returns, as a list of SQL literals when there are at most `limit` of
-   them (none: `null`), else `sql` itself. A literal list is a filter DuckDB applies in the table
+   them (none: `null`), else `fallback` (a query of them: by default `sql` itself). A literal list is a filter DuckDB applies in the table
    scan, before a view's projections (JSON extraction) and windows; a subquery is a join applied
    after them, which for a few sessions spread over the key range reads the whole history. #}
-{% macro session_id_list(sql, limit=2000) -%}
+{% macro session_id_list(sql, fallback=none, limit=2000) -%}
+    {%- set fallback = fallback or sql -%}
     {#- a first build's chunk stays a query: its post-hook rewrites the chunk in the SQL #}
-    {%- if not execute or '/*chunk*/' in sql -%}{{ return(sql) }}{%- endif -%}
+    {%- if not execute or '/*chunk*/' in sql -%}{{ return(fallback) }}{%- endif -%}
     {%- set ids = run_query("select distinct session_id from (" ~ sql ~ ") where session_id is not null limit " ~ (limit + 1)).columns[0].values() -%}
     {%- if ids | length == 0 -%}{{ return("null") }}{%- endif -%}
-    {%- if ids | length > limit -%}{{ return(sql) }}{%- endif -%}
+    {%- if ids | length > limit -%}{{ return(fallback) }}{%- endif -%}
     {%- set quoted = [] -%}
     {%- for id in ids -%}{%- do quoted.append("'" ~ (id | replace("'", "''")) ~ "'") -%}{%- endfor -%}
     {{ return(quoted | join(', ')) }}

@@ -23,8 +23,8 @@
     {%- endfor %}
     {%- endif %}
 {%- endset %}
-{#- the touched sessions as literals when few (see session_id_list) #}
-{%- set touched = session_id_list(touched_sql) %}
+{#- the touched sessions as literals when few, else the CTE below (see session_id_list) #}
+{%- set touched = session_id_list(touched_sql, "select session_id from touched") %}
 with touched as ({{ touched_sql }}),
 src as ({{ session_sources(touched) }}),
 starts as (

@@ -5,8 +5,8 @@
 -- all its turns rebuilt (its transcript may have come from REST first, from session.end later).
 -- depends_on: {{ ref('int_transcript_turns') }} {{ ref('stg_rest_sessions') }} {{ ref('stg_webhook_session_ends') }}
 {%- set touched_sql = touched_sessions() %}
-{#- the touched sessions as literals when few (see session_id_list) #}
-{%- set touched = session_id_list(touched_sql) %}
+{#- the touched sessions as literals when few, else the CTE below (see session_id_list) #}
+{%- set touched = session_id_list(touched_sql, "select session_id from touched") %}
 with touched as ({{ touched_sql }}),
 ordered as (
     select *,
