@@ -9,7 +9,8 @@ from wait4):
 
   full        `dbt build` of everything (the first build), the full test run the schedule
               makes, and a full serving publish (every mart copied, every Parquet file written);
-              then a pipeline run with nothing new (dbt's parse state warm, as between runs)
+              then a pipeline run with nothing new (the first: it parses the project, so the
+              runs below start warm, as every later run does)
   one session land one call, ingest, enrich, then the run's incremental `dbt build` (its
               models and tests see only the touched sessions and days) and the serving publish
   +1%         the same after 1% new sessions
@@ -118,9 +119,9 @@ def main() -> None:
     # the incremental publish starts from a published copy, as in production
     step("serving publish (first)", PUBLISH, results, serving="serving", **p)
     # and a pipeline run starts from dbt's parse state of the run before it (data/dbt/run): the
-    # first run after a deployment parses the project once; this one, with nothing new, is the
-    # fixed cost every run pays
-    step("dbt run, nothing new (steady state)", DBT, results, mode="run", **p)
+    # first run after a deployment parses the project once; this one (nothing new) does that,
+    # so the one-session run below starts warm, as every later run does
+    step("dbt run, nothing new (first: parses)", DBT, results, mode="run", **p)
     now = datetime.now(UTC).replace(microsecond=0)
     for label, calls in (("one session", 1), ("+1%", max(1, round(built["sessions"] / 100 / 1.12)))):
         land_calls(data / "landing", calls, seed=11 + calls, base_time=now, name=f"new-{calls}")
@@ -155,10 +156,8 @@ def main() -> None:
         f"serving: full publish {full_pub:.1f} s; after one new session {one_pub:.1f} s = {pct_pub:.1f}% of full "
         f"(goal <= 10%: {'met' if pct_pub <= 10 else 'NOT met'})"
     )
-    idle = results["dbt run, nothing new (steady state)"][0]
-    print(
-        f"dbt: a run with nothing new (the fixed cost of every run) {idle:.1f} s = {100 * idle / full_dbt:.1f}% of full"
-    )
+    idle = results["dbt run, nothing new (first: parses)"][0]
+    print(f"dbt: the first pipeline run, nothing new (it parses the project once) {idle:.1f} s")
     print(f"peak memory of any step: {peak / GB:.2f} GB RSS (goal < 4 GB: {'met' if peak < 4 * GB else 'NOT met'})")
 
 
