@@ -129,6 +129,28 @@ def start_listener_and_daemon(root: Path, env: dict[str, str]) -> tuple[subproce
     return listener, daemon, port, started
 
 
+def wait_first_ingest(instance, daemon: subprocess.Popen, root: Path, poll_s: float = 0.5) -> None:
+    """Until the daemon's first ingest run succeeded (Dagster's start-up, which the benches
+    count apart); the daemon's log if it exits meanwhile."""
+    import dagster as dg
+
+    while not instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS])):
+        if daemon.poll() is not None:
+            raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
+        time.sleep(poll_s)
+
+
+def stop_processes(*procs: subprocess.Popen) -> None:
+    """Terminate, wait up to 30 s each, then kill."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

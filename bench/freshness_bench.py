@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,8 @@ from _common import (  # noqa: E402
     pipeline_env,
     production_home,
     start_listener_and_daemon,
+    stop_processes,
+    wait_first_ingest,
     wait_healthy,
 )
 from _history import build_history  # noqa: E402
@@ -90,10 +91,7 @@ def steady(args: argparse.Namespace) -> None:
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            while not instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS])):
-                if daemon.poll() is not None:
-                    raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
-                time.sleep(1)
+            wait_first_ingest(instance, daemon, root, 1)
             print(
                 f"Dagster start-up and the first run (the whole history built and published), not counted: "
                 f"{time.time() - started:.0f} s",
@@ -140,13 +138,7 @@ def steady(args: argparse.Namespace) -> None:
                         steps.setdefault(step.step_key, []).append(step.end_time - step.start_time)
     finally:
         stop.set()
-        daemon.terminate()
-        listener.terminate()
-        for proc in (daemon, listener):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(daemon, listener)
     lags = [seen[s] - t for s, t in acked.items() if s in seen]
     missing = len(set(acked) - set(seen))
     print(f"\nruns during the traffic: {len(durations)}, median {percentile(durations, 0.5):.1f} s from start to end")
@@ -195,10 +187,7 @@ def main() -> None:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
         with dg.DagsterInstance.from_config(str(home)) as instance:
             # Dagster's start-up: the daemon, the code location and the first (heartbeat) run
-            while not instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS])):
-                if daemon.poll() is not None:
-                    raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
-                time.sleep(0.5)
+            wait_first_ingest(instance, daemon, root, 0.5)
             startup_s = time.time() - started
             print(
                 f"Dagster start-up (daemon + code location + first run on a fresh instance), not counted: "
@@ -232,13 +221,7 @@ def main() -> None:
                     durations.append(stats.end_time - stats.start_time)
     finally:
         stop.set()
-        daemon.terminate()
-        listener.terminate()
-        for proc in (daemon, listener):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(daemon, listener)
     lags = [seen[s] - t for s, t in acked.items() if s in seen]
     missing = len(set(acked) - set(seen))
     print("\nfreshness: session.end acknowledged -> the session's row readable in serving/analytics.duckdb")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +29,15 @@ from pathlib import Path
 import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import dagster_home, percentile, pipeline_env, start_listener_and_daemon, wait_healthy  # noqa: E402
+from _common import (  # noqa: E402
+    dagster_home,
+    percentile,
+    pipeline_env,
+    start_listener_and_daemon,
+    stop_processes,
+    wait_first_ingest,
+    wait_healthy,
+)
 
 from layercode_pipeline.contract.events import SESSION_END  # noqa: E402
 from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED  # noqa: E402
@@ -66,10 +73,7 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            while not instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS])):
-                if daemon.poll() is not None:
-                    raise SystemExit("the daemon exited: " + (root / "daemon.log").read_text()[-2000:])
-                time.sleep(0.5)
+            wait_first_ingest(instance, daemon, root, 0.5)
             startup_s = time.time() - started
             print(
                 f"[{provider}] Dagster start-up (daemon + code location + first run), not counted: {startup_s:.1f} s",
@@ -103,13 +107,7 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
                 time.sleep(0.5)
             runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS]))
     finally:
-        daemon.terminate()
-        listener.terminate()
-        for proc in (daemon, listener):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(daemon, listener)
         receiver_server.stop()
         if stub_server:
             stub_server.stop()
