@@ -120,7 +120,7 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
                 changed[table] = (
                     f"select {spec.key} from wh.{schema}.{_ident(table)} where built_at > '{since}'::timestamptz"
                 )
-                old_days[table] = _days(con, "serving", schema, table, spec, changed[table])
+                old_days[table] = _days(con, schema, table, spec, changed[table])
         for table in tables:
             target = f"serving.{schema}.{_ident(table)}"
             source = f"wh.{schema}.{_ident(table)}"
@@ -155,7 +155,7 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
                 continue
             (parquet_dir / f"{table}.parquet").unlink(missing_ok=True)  # the layout before partitions
             if table in changed:
-                days = old_days[table] | _days(con, "serving", schema, table, spec, changed[table])
+                days = old_days[table] | _days(con, schema, table, spec, changed[table])
                 pub.parquet_written[table] = [
                     _write_partition(con, schema, table, spec, day, parquet_dir) for day in sorted(days, key=str)
                 ]
@@ -230,9 +230,9 @@ def _day_sql(schema: str, table: str, spec: Incremental) -> tuple[str, str]:
     return f"serving.{schema}.{_ident(table)} t", spec.partition.format(a="t.")
 
 
-def _days(
-    con: duckdb.DuckDBPyConnection, database: str, schema: str, table: str, spec: Incremental, keys: str | None
-) -> set:
+def _days(con: duckdb.DuckDBPyConnection, schema: str, table: str, spec: Incremental, keys: str | None) -> set:
+    """The days (partitions) of the serving copy's rows of `table` with the given keys (a query
+    of them), or of all its rows."""
     source, day = _day_sql(schema, table, spec)
     where = f"where t.{spec.key} in ({keys})" if keys else ""
     return {r[0] for r in con.execute(f"select distinct {day} from {source} {where}").fetchall()}

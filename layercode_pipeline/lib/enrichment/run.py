@@ -142,11 +142,10 @@ async def enrich_sessions(
         model=provider.model,
     )
     stats.candidates = len(sessions)
+    hashes = {s.session_id: transcript_sha256(s.turns) for s in sessions}
     keys = {
-        s.session_id: cache_key(
-            transcript_sha256(s.turns), settings.prompt_version, schema_version, provider.name, provider.model
-        )
-        for s in sessions
+        sid: cache_key(t_hash, settings.prompt_version, schema_version, provider.name, provider.model)
+        for sid, t_hash in hashes.items()
     }
     # Content-addressed: a key answered once is never asked again, for any session.
     have = answered_sessions(con, list(keys))
@@ -154,8 +153,7 @@ async def enrich_sessions(
     groups: dict[str, list[tuple[SessionTranscript, str]]] = {}
     rows: list[dict] = []
     for s in sessions:
-        t_hash = transcript_sha256(s.turns)
-        key = keys[s.session_id]
+        t_hash, key = hashes[s.session_id], keys[s.session_id]
         if (s.session_id, key) in have:
             stats.cached += 1
         elif key in answered:  # same transcript as another session's: reuse its answer, no call
