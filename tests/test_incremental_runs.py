@@ -119,6 +119,24 @@ def test_a_run_after_one_new_session_rebuilds_only_its_rows_days_and_hours(pipel
     assert any(d == started.date() and a == new.agent_id for d, a, _ in daily)
 
 
+def test_the_run_read_only_the_new_sessions_events(pipeline):
+    """The marts read the touched sessions' webhook events from their oldest load on: a
+    constant DuckDB prunes the events table with (a list of random session ids prunes nothing)."""
+    storage, new = pipeline["storage"], pipeline["new"]
+    ((oldest_new, newest_old),) = query(
+        storage,
+        f"select min(ingested_at) filter (where session_id = '{new.session_id}'), "
+        f"max(ingested_at) filter (where session_id <> '{new.session_id}') from raw.layercode_events",
+    )
+    assert oldest_new > newest_old
+    compiled = dbt_target_path("run", storage.paths.data_dir) / "compiled" / "layercode_analytics" / "models" / "marts"
+    for model, reads in (("fct_sessions", 6), ("fct_turns", 3)):
+        sql = (compiled / f"{model}.sql").read_text()
+        bounds = re.findall(r"ingested_at >= '([^']+)'::timestamptz", sql)
+        assert len(bounds) >= reads, model
+        assert {datetime.fromisoformat(b) for b in bounds} == {oldest_new}, model
+
+
 def test_each_test_of_the_run_examined_only_the_new_rows(pipeline):
     storage, new = pipeline["storage"], pipeline["new"]
     run_results = json.loads((dbt_target_path("run", storage.paths.data_dir) / "run_results.json").read_text())

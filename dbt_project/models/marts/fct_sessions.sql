@@ -6,6 +6,7 @@
 -- (the platform's authoritative copy) wins over the session.end webhook; *_source columns
 -- say which one each value came from.
 -- depends_on: {{ ref('int_session_sources') }} {{ ref('stg_webhook_session_ends') }} {{ ref('stg_rest_sessions') }} {{ ref('stg_session_enrichments') }}
+-- {{ ref('stg_webhook_session_updates') }}
 {%- set touched_sql %}
     {{ touched_sessions() }}
     {% if is_incremental() and 'latency_source' in adapter.get_columns_in_relation(this) | map(attribute='name') | list %}
@@ -30,7 +31,7 @@ src as ({{ session_sources(touched) }}),
 starts as (
     select session_id, min(conversation_id) as conversation_id, min(from_phone_number) as from_phone_number,
            min(to_phone_number) as to_phone_number, min(received_at) as first_event_at, any_value(metadata) as metadata
-    from {{ ref('stg_webhook_session_starts') }} where session_id in ({{ touched }}) group by 1
+    from {{ ref('stg_webhook_session_starts') }} where {{ sessions_in(touched) }} group by 1
 ),
 any_events as (
     select session_id, min(body->>'$.conversation_id') as conversation_id, min(received_at) as first_seen_at,
@@ -38,20 +39,20 @@ any_events as (
            first(metadata order by metadata_field = 'custom_metadata' desc, received_at)
                filter (where metadata is not null) as metadata,
            first(headers order by received_at) filter (where headers is not null) as request_headers
-    from {{ ref('stg_webhook_events') }} where session_id in ({{ touched }}) group by 1
+    from {{ ref('stg_webhook_events') }} where {{ sessions_in(touched) }} group by 1
 ),
 ends as ({{ session_ends(touched) }}),
-updates as (select * from {{ ref('stg_webhook_session_updates') }} where session_id in ({{ touched }})),
+updates as ({{ session_updates(touched) }}),
 rest as ({{ rest_sessions(touched) }}),
 recs as (select * from {{ ref('stg_recordings') }} where session_id in ({{ touched }})),
 agents as (select agent_id, agent_name from {{ ref('stg_agents') }}),
 message_stats as (  -- what the `message` webhooks reported about barge-ins
     select session_id, count(*) filter (where previous_turn_interrupted) as barge_ins_reported
-    from {{ ref('stg_webhook_messages') }} where session_id in ({{ touched }}) group by 1
+    from {{ ref('stg_webhook_messages') }} where {{ sessions_in(touched) }} group by 1
 ),
 data_events as (
     select session_id, count(*) as data_events from {{ ref('stg_webhook_data') }}
-    where session_id in ({{ touched }}) group by 1
+    where {{ sessions_in(touched) }} group by 1
 ),
 latency_units as (select agent_id, webhook_latency_unit from {{ ref('int_webhook_latency_units') }}),
 enr as (select * from ({{ session_enrichments(touched) }}) where is_latest),

@@ -48,7 +48,7 @@ messages as (
     select session_id, row_number() over (partition by session_id order by received_at, turn_id) as message_key,
            turn_id, received_at, previous_turn_interrupted, words_heard, text_heard, interrupted_assistant_turn_id,
            {{ comparable_text('text') }} as said
-    from {{ ref('stg_webhook_messages') }} where session_id in ({{ touched }})
+    from {{ ref('stg_webhook_messages') }} where {{ sessions_in(touched) }}
 ),
 caller_turns as (
     select session_id, position, spoken_at, previous_assistant_position, next_assistant_position,
@@ -86,7 +86,7 @@ replies as (  -- the assistant turn answering each request, by the request's tur
     from {{ ref('stg_webhook_session_starts') }} s
     join (select session_id, min(position) as position from turns where role = 'assistant'
           and previous_role is null group by 1) w using (session_id)
-    where s.session_id in ({{ touched }})
+    where {{ sessions_in(touched, 's') }}
 ),
 barge_ins as (
     -- the interrupted turn: the reply to the request `assistant_turn_id` names where it is given

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import duckdb
 import orjson
@@ -55,11 +56,16 @@ union
    and provider = $provider and model = $model)
 """
 
+EVENTS_SINCE_SQL = """
+select min(ingested_at) from raw.layercode_events
+where session_id in (select session_id from enrichment_candidates)
+"""
+
 TRANSCRIPTS_SQL = """
 with ends as (
     select session_id, agent_id, body->'$.transcript' as transcript
     from raw.layercode_events where event_type = 'session.end' and session_id is not null and validation_error is null
-      and session_id in (select session_id from enrichment_candidates)
+      and session_id in (select session_id from enrichment_candidates) and ingested_at >= $events_since
     qualify row_number() over (partition by session_id order by received_at desc) = 1
 ), rest as (
     select session_id, agent_id, record->'$.transcript' as transcript
@@ -103,8 +109,14 @@ def load_transcripts(
         CANDIDATES_SQL,
         {"prompt_version": prompt_version, "schema_version": schema_version, "provider": provider, "model": model},
     )
+    # The candidates' oldest event load, a constant DuckDB prunes the events table's row groups
+    # with (events are appended as loaded): an IN filter on random session ids prunes nothing,
+    # and the scan would read every session.end body in the history (0.9 s against 0.03 s at 1M).
+    events_since = con.execute(EVENTS_SINCE_SQL).fetchone()[0]
     out = []
-    for session_id, agent_id, webhook, rest in con.execute(TRANSCRIPTS_SQL).fetchall():
+    for session_id, agent_id, webhook, rest in con.execute(
+        TRANSCRIPTS_SQL, {"events_since": events_since or datetime.max.replace(tzinfo=UTC)}
+    ).fetchall():
         webhook_items = orjson.loads(webhook) if webhook else None
         turns = (
             turns_from_session_end(webhook_items)
