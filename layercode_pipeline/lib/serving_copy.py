@@ -126,9 +126,10 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
             source = f"wh.{schema}.{_ident(table)}"
             if table in changed:
                 con.execute(f"delete from {target} where {INCREMENTAL[table].key} in ({changed[table]})")
+                # the changed keys' rows are exactly those built since (a key's rows are rebuilt
+                # together): a constant on `built_at` prunes row groups, a key list would not
                 copied = scalar(  # an insert answers with its row count
-                    con,
-                    f"insert into {target} select * from {source} where {INCREMENTAL[table].key} in ({changed[table]})",
+                    con, f"insert into {target} select * from {source} where built_at > '{state[table]}'::timestamptz"
                 )
                 if scalar(con, f"select count(*) from {target}") != scalar(con, f"select count(*) from {source}"):
                     del changed[table]  # rows left the warehouse (an erasure): the whole mart
