@@ -327,6 +327,35 @@ def test_landing_sensor_requests_runs_for_new_segments(storage):
     assert isinstance(tick(), dg.SkipReason)
 
 
+def test_landing_sensor_asks_for_no_second_run_while_one_waits_for_the_warehouse(storage):
+    """A started ingest run whose ingest step has not begun (it waits for the warehouse pool)
+    will list what is sealed meanwhile: no other run is asked for until its ingest starts, and
+    then only for what is sealed after that."""
+    from layercode_pipeline.defs.ingest.automation import ingest_job
+
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick():
+        return landing_sensor(dg.build_sensor_context(resources={"storage": storage}, instance=instance))
+
+    assert dg.materialize([raw_layercode_events], resources={"storage": storage}, instance=instance).success
+    run = instance.add_run(dg.DagsterRun(job_name=ingest_job.name, status=dg.DagsterRunStatus.STARTED))
+    write_segment(storage.paths.landing, "w1-000001.jsonl", [envelope(END)])
+    skip = tick()
+    assert isinstance(skip, dg.SkipReason) and "waits for the warehouse" in skip.skip_message
+    # its ingest step starts: what was sealed before is its; a later segment asks for a run
+    instance.report_dagster_event(
+        dg.DagsterEvent(
+            dg.DagsterEventType.STEP_START.value, job_name=ingest_job.name, step_key="raw_layercode_events"
+        ),
+        run.run_id,
+    )
+    assert isinstance(tick(), dg.SkipReason)
+    time.sleep(0.01)
+    write_segment(storage.paths.landing, "w1-000002.jsonl", [envelope({**END, "session_id": "sess_after"})])
+    assert len(tick().run_requests) == 1
+
+
 def age(directory: Path, seconds: float = 60) -> None:
     """Stand-in for time passing: the partition directory was last changed `seconds` ago."""
     old = time.time_ns() - int(seconds * 1e9)

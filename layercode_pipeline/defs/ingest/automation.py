@@ -28,6 +28,9 @@ WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dagst
 # after an ingest run failed (and the instance's run retries, if any, were used up), wait this
 # long before asking again: the data is never forgotten, and a persistent fault is not hammered
 RETRY_AFTER_FAILURE_S = 30.0
+# a run started this long ago that has not begun its ingest is not counted on to do it (its
+# process may have died without the run being marked failed yet)
+POOL_WAIT_LIMIT_S = 600.0
 # object stores stamp objects with their own clock: a little slack against skew
 OBJECT_CLOCK_SLACK_NS = 5_000_000_000
 
@@ -37,29 +40,39 @@ OBJECT_CLOCK_SLACK_NS = 5_000_000_000
     minimum_interval_seconds=2,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests an ingest run when a segment was sealed after the last successful ingest's "
-    "high-water mark (or after the start of the run executing now) and no ingest run is waiting; "
+    "high-water mark (or after the ingest step of the run executing now) and no ingest run is waiting "
+    "(queued, starting, or started but waiting for the warehouse: it ingests what is sealed meanwhile); "
     "also every 30 min without traffic (so the freshness policies see a live pipeline). A failed "
     "run's data is asked for again.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult | dg.SkipReason:
     instance = context.instance
     # One run may wait while another executes: it starts (process, code location) meanwhile
-    # and ingests the moment the warehouse is free, so data sealed during a run waits for
-    # the rest of that run only.
+    # and ingests the moment the warehouse is free, listing what was sealed up to then. While
+    # one waits (queued, starting, or started but not yet ingesting: its steps wait for the
+    # warehouse pool), a new segment is its data, not a reason for another run, so a call never
+    # waits for two runs and no run with nothing new takes the warehouse between them.
     waiting = instance.get_run_records(dg.RunsFilter(job_name=ingest_job.name, statuses=WAITING), limit=1)
     if waiting:
         return dg.SkipReason(f"ingest run {waiting[0].dagster_run.run_id} is waiting to start")
     # The high-water mark comes from the last successful ingest, not from this sensor's cursor:
-    # a run that failed moved nothing, so its segments are asked for again. A run executing
-    # now lists everything sealed before it started.
+    # a run that failed moved nothing, so its segments are asked for again. A run executing now
+    # lists everything sealed before its ingest step started.
     last = instance.get_latest_materialization_event(RAW_EVENTS)
     mat = last.asset_materialization if last else None
     high_water = int(str(mat.metadata[HIGH_WATER_KEY].value)) if mat and HIGH_WATER_KEY in mat.metadata else 0
     running = instance.get_run_records(
-        dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.STARTED]), limit=1
+        dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.STARTED]), limit=2
     )
-    if running and running[0].start_time:
-        high_water = max(high_water, int(running[0].start_time * 1e9))
+    for record in running:
+        ingest_started = ingest_step_started(instance, record.dagster_run.run_id)
+        started = record.start_time or time.time()
+        if ingest_started is None and time.time() - started < POOL_WAIT_LIMIT_S:
+            return dg.SkipReason(
+                f"ingest run {record.dagster_run.run_id} waits for the warehouse; it ingests what is sealed meanwhile"
+            )
+        # (a run that has waited this long may be dead: what it would list counts from its start)
+        high_water = max(high_water, int((ingest_started or started) * 1e9))
     slack = OBJECT_CLOCK_SLACK_NS if storage.object_landing is not None else 0
     since = max(0, high_water - slack)
     newest = newest_sealed_ctime(storage, since_ns=since)
@@ -76,3 +89,12 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
         return dg.SkipReason(f"the last ingest run failed; asking again {RETRY_AFTER_FAILURE_S:.0f} s after it")
     reason = "sealed segments" if newest > since else "heartbeat"
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"layercode/reason": reason})])
+
+
+def ingest_step_started(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    """When the run's ingest step started (Unix time), or None if it has not: a step starts
+    once it holds the warehouse pool, so a run whose steps wait for it has none yet."""
+    starts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
+    return next(
+        (r.event_log_entry.timestamp for r in starts if r.event_log_entry.step_key == RAW_EVENTS.path[-1]), None
+    )
