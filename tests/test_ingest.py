@@ -15,9 +15,10 @@ import dagster as dg
 import duckdb
 import orjson
 import pytest
+from dagster._core.events import AssetObservationData
 
-from layercode_pipeline.defs.ingest.assets import raw_layercode_events
-from layercode_pipeline.defs.ingest.automation import landing_sensor
+from layercode_pipeline.defs.ingest.assets import HIGH_WATER_KEY, RAW_EVENTS, raw_layercode_events
+from layercode_pipeline.defs.ingest.automation import ingest_listed_at, landing_sensor
 from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 
@@ -338,15 +339,20 @@ def test_landing_sensor_asks_for_no_second_run_while_one_waits_for_the_warehouse
     def tick():
         return landing_sensor(dg.build_sensor_context(resources={"storage": storage}, instance=instance))
 
-    assert dg.materialize([raw_layercode_events], resources={"storage": storage}, instance=instance).success
+    done = dg.materialize([raw_layercode_events], resources={"storage": storage}, instance=instance)
+    assert ingest_listed_at(instance, done.run_id) is not None  # what a real ingest says as it lists
     run = instance.add_run(dg.DagsterRun(job_name=ingest_job.name, status=dg.DagsterRunStatus.STARTED))
     write_segment(storage.paths.landing, "w1-000001.jsonl", [envelope(END)])
     skip = tick()
     assert isinstance(skip, dg.SkipReason) and "waits for the warehouse" in skip.skip_message
-    # its ingest step starts: what was sealed before is its; a later segment asks for a run
+    # its ingest lists the landing (the asset observes itself with its high-water mark as it
+    # starts): what was sealed before is its; a later segment asks for another run
+    listed = dg.AssetObservation(RAW_EVENTS, metadata={HIGH_WATER_KEY: dg.MetadataValue.int(time.time_ns())})
     instance.report_dagster_event(
         dg.DagsterEvent(
-            dg.DagsterEventType.STEP_START.value, job_name=ingest_job.name, step_key="raw_layercode_events"
+            dg.DagsterEventType.ASSET_OBSERVATION.value,
+            job_name=ingest_job.name,
+            event_specific_data=AssetObservationData(listed),
         ),
         run.run_id,
     )

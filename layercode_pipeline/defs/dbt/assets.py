@@ -1,7 +1,7 @@
 """The dbt project as Dagster assets: one lineage from the raw tables to the marts."""
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -18,7 +18,7 @@ from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: t
     layercode_dbt_project,
 )
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
-from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
+from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.lib.warehouse import Warehouse, scalar
 
 
@@ -49,7 +49,10 @@ TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
 @dbt_assets(
     manifest=layercode_dbt_project().manifest_path,
     project=layercode_dbt_project(),
-    pool=WAREHOUSE_POOL,
+    # Not in the warehouse pool: the writers' lock below orders dbt with the other writers, and
+    # is let go as soon as dbt and the row counts are done. Dagster then records this step's
+    # couple of hundred results (seconds of its own work) while the next run's ingest, waiting
+    # in the pool, already has the warehouse.
     dagster_dbt_translator=TRANSLATOR,
 )
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
@@ -76,8 +79,8 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
             target_path=dbt_target_path(mode, storage.paths.data_dir),
             raise_on_error=False,  # the results first (failed checks shown as such), then the verdict
         )
-        events = list(invocation.stream())
-        yield from with_row_counts(events, warehouse)
+        events = with_row_counts(list(invocation.stream()), warehouse)
+    yield from events
     if not invocation.is_successful():
         results = invocation.get_artifact("run_results.json").get("results", [])
         errors = [r["unique_id"] for r in results if r.get("status") in ("error", "runtime error")]
@@ -94,9 +97,10 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
             )
 
 
-def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
+def with_row_counts(events: list, warehouse: Warehouse) -> list:
     """Each built model's row count and column schema (the warehouse's types, the descriptions
-    of its `_schema.yml`), so the UI shows every column typed and described."""
+    of its `_schema.yml`), so the UI shows every column typed and described. Read at once, with
+    the writers' lock still held, so the events can be recorded after it is let go."""
     nodes = json.loads(layercode_dbt_project().manifest_path.read_text())["nodes"]
     # schema.alias, not the manifest's relation_name: that one names the database after the
     # file dbt parsed with, which need not be the warehouse this run builds
@@ -105,6 +109,7 @@ def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
         for uid, node in nodes.items()
         if node.get("resource_type") == "model"
     }
+    out = []
     con = warehouse.connect(read_only=True)
     try:
         for event in events:
@@ -116,6 +121,7 @@ def with_row_counts(events: list, warehouse: Warehouse) -> Iterator:
                 if nodes[uid].get("config", {}).get("materialized") in ("table", "incremental"):
                     extra["dagster/row_count"] = scalar(con, f'select count(*) from "{schema}"."{name}"')
                 event = event.with_metadata({**event.metadata, **extra})
-            yield event
+            out.append(event)
     finally:
         con.close()
+    return out

@@ -94,6 +94,11 @@ def raw_layercode_events(context: dg.AssetExecutionContext, storage: StorageReso
         # everything sealed before this instant is in this run's listing: the landing sensor
         # asks for a run only while something newer exists (or this run failed)
         high_water_ns = time.time_ns()
+        # said at once, not at the end: the landing sensor reads it to know that this run has
+        # listed (segments sealed later need another run; earlier ones are this run's)
+        context.log_event(
+            dg.AssetObservation(RAW_EVENTS, metadata={HIGH_WATER_KEY: dg.MetadataValue.int(high_water_ns)})
+        )
         started = time.perf_counter()
         landing = storage.object_landing
         if landing is not None:  # every listener replica lands into the bucket

@@ -40,7 +40,7 @@ OBJECT_CLOCK_SLACK_NS = 5_000_000_000
     minimum_interval_seconds=2,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests an ingest run when a segment was sealed after the last successful ingest's "
-    "high-water mark (or after the ingest step of the run executing now) and no ingest run is waiting "
+    "high-water mark (or after the listing of the run executing now) and no ingest run is waiting "
     "(queued, starting, or started but waiting for the warehouse: it ingests what is sealed meanwhile); "
     "also every 30 min without traffic (so the freshness policies see a live pipeline). A failed "
     "run's data is asked for again.",
@@ -65,14 +65,14 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
         dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.STARTED]), limit=2
     )
     for record in running:
-        ingest_started = ingest_step_started(instance, record.dagster_run.run_id)
+        listed_ns = ingest_listed_at(instance, record.dagster_run.run_id)
         started = record.start_time or time.time()
-        if ingest_started is None and time.time() - started < POOL_WAIT_LIMIT_S:
+        if listed_ns is None and time.time() - started < POOL_WAIT_LIMIT_S:
             return dg.SkipReason(
                 f"ingest run {record.dagster_run.run_id} waits for the warehouse; it ingests what is sealed meanwhile"
             )
         # (a run that has waited this long may be dead: what it would list counts from its start)
-        high_water = max(high_water, int((ingest_started or started) * 1e9))
+        high_water = max(high_water, listed_ns if listed_ns is not None else int(started * 1e9))
     slack = OBJECT_CLOCK_SLACK_NS if storage.object_landing is not None else 0
     since = max(0, high_water - slack)
     newest = newest_sealed_ctime(storage, since_ns=since)
@@ -91,10 +91,13 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"layercode/reason": reason})])
 
 
-def ingest_step_started(instance: dg.DagsterInstance, run_id: str) -> float | None:
-    """When the run's ingest step started (Unix time), or None if it has not: a step starts
-    once it holds the warehouse pool, so a run whose steps wait for it has none yet."""
-    starts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
-    return next(
-        (r.event_log_entry.timestamp for r in starts if r.event_log_entry.step_key == RAW_EVENTS.path[-1]), None
-    )
+def ingest_listed_at(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """When the run's ingest listed the landing (ns since the epoch: it observes the raw asset
+    with its high-water mark as it starts), or None if it has not yet (it waits for the
+    warehouse)."""
+    observed = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION).records
+    for record in observed:
+        obs = record.event_log_entry.asset_observation
+        if obs is not None and obs.asset_key == RAW_EVENTS and HIGH_WATER_KEY in obs.metadata:
+            return int(str(obs.metadata[HIGH_WATER_KEY].value))
+    return None
