@@ -288,6 +288,9 @@ class Settings(BaseSettings):
     result_webhook_retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
     # the outbox (SQLite): every message is recorded here before its first attempt
     outbox_path: Path | None = None
+    # call.analyzed straight from the landing (local landing only), seconds after session.end,
+    # not after the warehouse's run in flight; off: only from the warehouse, after enrichment
+    result_webhooks_express: bool = True
 
     @classmethod
     def default(cls, field: str) -> Any:

@@ -327,7 +327,7 @@ def test_the_secret_reaches_resources_as_an_envvar(monkeypatch):
 
 
 def test_the_sensor_delivers_the_outbox_without_launching_a_run(tmp_path):
-    from layercode_pipeline.defs.resources import ResultWebhooksResource
+    from layercode_pipeline.defs.resources import OpenAIResource, ResultWebhooksResource, StorageResource
     from layercode_pipeline.defs.results.automation import result_webhooks_sensor
 
     secret = new_secret()
@@ -337,7 +337,14 @@ def test_the_sensor_delivers_the_outbox_without_launching_a_run(tmp_path):
         Outbox(tmp_path / "o.sqlite3").enqueue(messages(3), parse_result_endpoints(config))
         resource = ResultWebhooksResource(endpoints_json=config, outbox_path=str(tmp_path / "o.sqlite3"))
         with dg.instance_for_test() as instance:
-            context = dg.build_sensor_context(instance=instance, resources={"result_webhooks": resource})
+            context = dg.build_sensor_context(
+                instance=instance,
+                resources={
+                    "result_webhooks": resource,
+                    "storage": StorageResource(data_dir=str(tmp_path / "data")),
+                    "openai": OpenAIResource(),
+                },
+            )
             result = result_webhooks_sensor(context)
             while len(receiver.unique()) < 3:  # a slow machine: the tick's wait ran out first
                 time.sleep(0.05)

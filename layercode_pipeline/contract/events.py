@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -161,6 +162,19 @@ def event_key_sql() -> str:
         + "\n".join(whens)
         + "\n    else 'sha256:' || content_sha256\nend"
     )
+
+
+def event_key(agent_id: str, event_type: str, content_sha256: str, body: Mapping[str, Any]) -> str:
+    """`event_key_sql` in Python, for one decoded event (the express result path reads the
+    landing itself): the same registry, the same escaping, the same key."""
+    session_id = body.get("session_id")
+    if session_id is None:
+        return "sha256:" + content_sha256
+    t = EVENT_TYPES.get(event_type)
+    if t is None or t.identity is None or ("turn_id" in t.identity and body.get("turn_id") is None):
+        return "sha256:" + content_sha256
+    parts = [agent_id, event_type, str(session_id), *(str(body.get(f) or "") for f in t.identity)]
+    return "|".join(p.replace("\\", "\\\\").replace("|", "\\|") for p in parts)
 
 
 def parse_event_json(body: bytes, event_type: str) -> WebhookEvent | None:

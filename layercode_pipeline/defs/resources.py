@@ -76,6 +76,12 @@ class StorageResource(dg.ConfigurableResource):
         with self.warehouse.open_for_writing() as con:
             yield con
 
+    def answer_cache(self):  # -> AnswerCache (imported lazily, like the REST client)
+        """Answers the express result path made, for the enrichment run to take over."""
+        from layercode_pipeline.lib.enrichment.answer_cache import AnswerCache
+
+        return AnswerCache(self.paths.data_dir / "enrichment" / "express_answers.sqlite3")
+
     def dbt_vars(self) -> str:
         """What dbt needs, as `--vars` (profiles.yml and the models read them): no process
         environment is changed for a dbt call."""
@@ -137,6 +143,8 @@ class ResultWebhooksResource(dg.ConfigurableResource):
     outbox_path: str
     timeout_s: float = Settings.default("result_webhook_timeout_s")
     retry_schedule_s: list[float] = Settings.default("result_webhook_retry_schedule_s")
+    # call.analyzed straight from the landing, not after the warehouse (see lib/result_webhooks/express.py)
+    express: bool = Settings.default("result_webhooks_express")
 
     def endpoints(self) -> list[ResultEndpoint]:
         return parse_result_endpoints(self.endpoints_json)
@@ -201,6 +209,7 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             outbox_path=str(settings.outbox),
             timeout_s=settings.result_webhook_timeout_s,
             retry_schedule_s=list(settings.result_webhook_retry_schedule_s),
+            express=settings.result_webhooks_express,
         ),
         "dbt": dbt_resource(),
     }

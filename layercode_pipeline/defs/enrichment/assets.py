@@ -1,14 +1,17 @@
 """`session_enrichments`: what each call was about, who called, how it went."""
 
 import asyncio
+from collections.abc import Callable
 
 import dagster as dg
+from pydantic import BaseModel
 
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
 from layercode_pipeline.defs.freshness import DOWNSTREAM
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, OpenAIResource, StorageResource
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, build_analysis_model, schema_version
+from layercode_pipeline.lib.enrichment.interface import Provider
 from layercode_pipeline.lib.enrichment.providers import build_provider
 from layercode_pipeline.lib.enrichment.run import enrich_sessions
 from layercode_pipeline.lib.warehouse import scalar
@@ -22,6 +25,32 @@ class EnrichmentRunConfig(dg.Config):
     concurrency: int = 8
     max_calls: int | None = None
     max_usd: float | None = None
+
+
+def enrichment_setup(
+    openai: OpenAIResource, config: EnrichmentRunConfig | None = None
+) -> tuple[EnrichmentSettings, type[BaseModel], Callable[[], Provider]]:
+    """The settings, the answer schema and a provider factory of an enrichment (the run's
+    configuration, or the defaults: what the express result path analyses with)."""
+    config = config or EnrichmentRunConfig()
+    settings = EnrichmentSettings.load(config.config_file or openai.enrichment_config)
+    if config.prompt_version:
+        settings.prompt_version = config.prompt_version
+    schema = build_analysis_model(settings)
+
+    def make_provider() -> Provider:
+        return build_provider(
+            config.provider,
+            settings,
+            schema,
+            api_key=openai.api_key,
+            model=openai.model,
+            base_url=openai.base_url,
+            timeout_s=openai.timeout_s,
+            max_retries=openai.max_retries,
+        )
+
+    return settings, schema, make_provider
 
 
 @dg.asset(
@@ -52,21 +81,9 @@ class EnrichmentRunConfig(dg.Config):
 def session_enrichments(
     context: dg.AssetExecutionContext, config: EnrichmentRunConfig, storage: StorageResource, openai: OpenAIResource
 ) -> dg.MaterializeResult:
-    settings = EnrichmentSettings.load(config.config_file or openai.enrichment_config)
-    if config.prompt_version:
-        settings.prompt_version = config.prompt_version
-    schema = build_analysis_model(settings)
+    settings, schema, make_provider = enrichment_setup(openai, config)
     try:
-        provider = build_provider(
-            config.provider,
-            settings,
-            schema,
-            api_key=openai.api_key,
-            model=openai.model,
-            base_url=openai.base_url,
-            timeout_s=openai.timeout_s,
-            max_retries=openai.max_retries,
-        )
+        provider = make_provider()
     except ValueError as exc:
         raise dg.Failure(str(exc)) from None
     if provider.name == "offline":
@@ -83,6 +100,7 @@ def session_enrichments(
                 concurrency=config.concurrency,
                 max_calls=config.max_calls,
                 max_usd=config.max_usd,
+                answer_cache=storage.answer_cache(),
             )
         finally:
             await provider.aclose()

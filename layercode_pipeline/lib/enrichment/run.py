@@ -17,9 +17,11 @@ import duckdb
 import orjson
 
 from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings, system_prompt
+from layercode_pipeline.lib.enrichment.answer_cache import AnswerCache
 from layercode_pipeline.lib.enrichment.interface import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
 from layercode_pipeline.lib.enrichment.store import (
+    CALL_FIELDS,
     answer_columns,
     answered_sessions,
     answers_by_cache_key,
@@ -112,7 +114,7 @@ def load_transcripts(
     # The candidates' oldest event load, a constant DuckDB prunes the events table's row groups
     # with (events are appended as loaded): an IN filter on random session ids prunes nothing,
     # and the scan would read every session.end body in the history (0.9 s against 0.03 s at 1M).
-    events_since = con.execute(EVENTS_SINCE_SQL).fetchone()[0]
+    (events_since,) = con.execute(EVENTS_SINCE_SQL).fetchone() or (None,)
     out = []
     for session_id, agent_id, webhook, rest in con.execute(
         TRANSCRIPTS_SQL, {"events_since": events_since or datetime.max.replace(tzinfo=UTC)}
@@ -144,6 +146,7 @@ async def enrich_sessions(
     max_calls: int | None = None,
     max_usd: float | None = None,
     max_output_tokens: int = 800,
+    answer_cache: AnswerCache | None = None,
 ) -> RunStats:
     stats = RunStats()
     sessions = load_transcripts(
@@ -162,6 +165,9 @@ async def enrich_sessions(
     # Content-addressed: a key answered once is never asked again, for any session.
     have = answered_sessions(con, list(keys))
     answered = answers_by_cache_key(con, sorted(set(keys.values())))
+    # answers the express result path already made (it analyses from the landing while the
+    # warehouse is busy): written here with the tokens and cost of that call, asked no more
+    made_elsewhere = answer_cache.get(set(keys.values()) - set(answered)) if answer_cache else {}
     groups: dict[str, list[tuple[SessionTranscript, str]]] = {}
     rows: list[dict] = []
     for s in sessions:
@@ -181,6 +187,12 @@ async def enrich_sessions(
                     "cost_usd": 0.0,
                 }
             )
+        elif key in made_elsewhere:
+            stats.cached += 1
+            row = {**made_elsewhere[key], "session_id": s.session_id, "agent_id": s.agent_id}
+            rows.append(row)
+            # the call is counted once, on the first session that took it over
+            answered[key] = {k: v for k, v in row.items() if k in CALL_FIELDS}
         else:
             groups.setdefault(key, []).append((s, t_hash))
 
