@@ -5,8 +5,9 @@ project's own automation on a real Dagster instance.
     .venv/bin/python bench/results_webhook_bench.py [--calls 30] [--interval 3] [--only offline|openai]
 
 What runs, per provider: `dagster-daemon` over workspace.yaml with the instance config the
-demo writes (every sensor on by default: the landing sensor launches the ingest runs, whose
-`result_webhooks` step sends each message before dbt; `result_webhooks_sensor` retries),
+demo writes (every sensor on by default: `result_webhooks_sensor` analyses each sealed
+session.end straight from the landing and sends it (the express path), the landing sensor
+launches the ingest runs, whose `result_webhooks` step sends what the express path did not),
 `layercode-pipeline listen`, the simulator delivering one call every `--interval` seconds
 (steady traffic), and a local receiver verifying every delivery with the `standardwebhooks`
 package. The offline provider first; then the `openai` provider against a local

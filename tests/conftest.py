@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -100,6 +101,7 @@ class DaemonProcess:
             cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its code server and run processes are stopped with it
         )
 
     def assert_alive(self) -> None:
@@ -109,11 +111,16 @@ class DaemonProcess:
         return self.log.read_text()[-3000:]
 
     def stop(self) -> None:
-        self.proc.terminate()
+        """The daemon and every process it started (a code server outlived it otherwise)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         self._log.close()
 
 
@@ -135,6 +142,7 @@ SLOW_MODULES = {
     "test_automation",
     "test_dashboard",
     "test_demo_cli",
+    "test_express_results",
     "test_incremental_runs",
     "test_layercode_today",
     "test_object_landing",
