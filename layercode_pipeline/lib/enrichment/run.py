@@ -235,7 +235,7 @@ async def enrich_sessions(
                 stats.enriched += 1
             # the call is paid once: later sessions sharing the transcript carry no tokens or cost
             rows.append(
-                _row(
+                enrichment_row(
                     member,
                     member_hash,
                     key,
@@ -254,7 +254,7 @@ async def enrich_sessions(
     return stats
 
 
-def _row(
+def enrichment_row(
     s: SessionTranscript,
     t_hash: str,
     key: str,

@@ -43,7 +43,7 @@ from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings
 from layercode_pipeline.lib.enrichment.answer_cache import AnswerCache
 from layercode_pipeline.lib.enrichment.interface import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
-from layercode_pipeline.lib.enrichment.run import SessionTranscript, _row, cache_key
+from layercode_pipeline.lib.enrichment.run import SessionTranscript, cache_key, enrichment_row
 from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, Message
 from layercode_pipeline.lib.result_webhooks.outbox import Outbox
 from layercode_pipeline.lib.transcripts import render, transcript_sha256, turns_from_session_end
@@ -397,7 +397,7 @@ async def _analyse_all(
                 return
             cost = settings.cost_usd(provider.model, result.input_tokens, result.output_tokens)
             transcript = SessionTranscript(sid, end.agent_id, turns)
-            row = _row(transcript, t_hash, key, provider, settings, schema_version, result, cost)
+            row = enrichment_row(transcript, t_hash, key, provider, settings, schema_version, result, cost)
             kept[key] = row
         data = session_facts(end, events, names)
         data["analysis"] = analysis_data(row, datetime.now(UTC))
