@@ -44,7 +44,7 @@ from layercode_pipeline.lib.enrichment.answer_cache import AnswerCache
 from layercode_pipeline.lib.enrichment.interface import Analysis, Provider
 from layercode_pipeline.lib.enrichment.redact import redact
 from layercode_pipeline.lib.enrichment.run import SessionTranscript, cache_key, enrichment_row
-from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, Message
+from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, Message, analysis_object
 from layercode_pipeline.lib.result_webhooks.outbox import Outbox
 from layercode_pipeline.lib.transcripts import render, transcript_sha256, turns_from_session_end
 
@@ -215,33 +215,6 @@ def _round(value: float | None) -> float | None:
     return round(value, 1) if value is not None else None
 
 
-def analysis_data(row: dict[str, Any], analyzed_at: datetime) -> dict[str, Any]:
-    """The `analysis` object of `call.analyzed`, as `messages.analyzed_messages` builds it."""
-
-    def js(name: str, empty: Any) -> Any:
-        value = row.get(name)
-        return orjson.loads(value) if isinstance(value, str) else (value if value is not None else empty)
-
-    return {
-        "summary": row.get("summary"),
-        "caller_name": row.get("caller_name"),
-        "sentiment": row.get("sentiment"),
-        "sentiment_score": row.get("sentiment_score"),
-        "outcome": row.get("outcome"),
-        "topics": js("topics", []),
-        "quality_score": row.get("quality_score"),
-        "quality_rationale": row.get("quality_rationale"),
-        "compliance_flags": js("compliance_flags", []),
-        "action_items": js("action_items", []),
-        "custom_fields": js("custom_fields", {}),
-        "provider": row["provider"],
-        "model": row["model"],
-        "prompt_version": row["prompt_version"],
-        "schema_version": row["schema_version"],
-        "analyzed_at": analyzed_at.isoformat(),
-    }
-
-
 def express_round(
     landing: Path,
     outbox: Outbox,
@@ -400,7 +373,7 @@ async def _analyse_all(
             row = enrichment_row(transcript, t_hash, key, provider, settings, schema_version, result, cost)
             kept[key] = row
         data = session_facts(end, events, names)
-        data["analysis"] = analysis_data(row, datetime.now(UTC))
+        data["analysis"] = analysis_object(row, datetime.now(UTC))
         messages.append(Message.build(CALL_ANALYZED, (sid, key), data))
 
     try:

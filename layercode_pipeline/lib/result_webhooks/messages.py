@@ -10,6 +10,7 @@ enqueueing the same result twice is one message, and a re-analysis is a new one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -153,8 +154,9 @@ def session_facts(con: duckdb.DuckDBPyConnection, session_ids: list[str]) -> dic
 
 ANALYSES_SQL = """
 select session_id, agent_id, cache_key, provider, model, prompt_version, schema_version, summary, caller_name,
-       sentiment, sentiment_score, outcome, topics::varchar, quality_score, quality_rationale,
-       compliance_flags::varchar, action_items::varchar, custom_fields::varchar, enriched_at
+       sentiment, sentiment_score, outcome, topics::varchar as topics, quality_score, quality_rationale,
+       compliance_flags::varchar as compliance_flags, action_items::varchar as action_items,
+       custom_fields::varchar as custom_fields, enriched_at
 from enrichment.session_enrichments
 where error is null and enriched_at >= ?
 order by enriched_at, session_id
@@ -165,58 +167,53 @@ def _json(text: str | None) -> Any:
     return orjson.loads(text) if text else None
 
 
+def analysis_object(row: Mapping[str, Any], analyzed_at: datetime) -> dict[str, Any]:
+    """The `analysis` object of `call.analyzed`, from an enrichment row (JSON fields as text
+    from the warehouse, or already decoded): the warehouse path and the express path both
+    build it here."""
+
+    def decoded(name: str, empty: Any) -> Any:
+        value = row.get(name)
+        return _json(value) or empty if isinstance(value, str) or value is None else value
+
+    return {
+        "summary": row.get("summary"),
+        "caller_name": row.get("caller_name"),
+        "sentiment": row.get("sentiment"),
+        "sentiment_score": row.get("sentiment_score"),
+        "outcome": row.get("outcome"),
+        "topics": decoded("topics", []),
+        "quality_score": row.get("quality_score"),
+        "quality_rationale": row.get("quality_rationale"),
+        "compliance_flags": decoded("compliance_flags", []),
+        "action_items": decoded("action_items", []),
+        "custom_fields": decoded("custom_fields", {}),
+        "provider": row["provider"],
+        "model": row["model"],
+        "prompt_version": row["prompt_version"],
+        "schema_version": row["schema_version"],
+        "analyzed_at": analyzed_at.isoformat(),
+    }
+
+
 def analyzed_messages(con: duckdb.DuckDBPyConnection, since: datetime) -> tuple[list[Message], datetime | None]:
     """`call.analyzed` for every successful analysis written at or after `since`, and the newest
     such time (the next high-water mark). A session analysed again under another prompt
     version or model gets a new message; the same analysis is always the same message id."""
-    rows = con.execute(ANALYSES_SQL, [since]).fetchall()
+    cursor = con.execute(ANALYSES_SQL, [since])
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
     if not rows:
         return [], None
-    facts = session_facts(con, sorted({r[0] for r in rows}))
+    facts = session_facts(con, sorted({r["session_id"] for r in rows}))
     messages = []
-    for (
-        sid,
-        agent_id,
-        cache_key,
-        provider,
-        model,
-        prompt_version,
-        schema_version,
-        summary,
-        caller_name,
-        sentiment,
-        sentiment_score,
-        outcome,
-        topics,
-        quality,
-        rationale,
-        flags,
-        actions,
-        custom,
-        enriched_at,
-    ) in rows:
+    for row in rows:
+        sid = row["session_id"]
         fact = dict(facts.get(sid) or {"session_id": sid})
-        fact["agent_id"] = fact.get("agent_id") or agent_id
-        fact["analysis"] = {
-            "summary": summary,
-            "caller_name": caller_name,
-            "sentiment": sentiment,
-            "sentiment_score": sentiment_score,
-            "outcome": outcome,
-            "topics": _json(topics) or [],
-            "quality_score": quality,
-            "quality_rationale": rationale,
-            "compliance_flags": _json(flags) or [],
-            "action_items": _json(actions) or [],
-            "custom_fields": _json(custom) or {},
-            "provider": provider,
-            "model": model,
-            "prompt_version": prompt_version,
-            "schema_version": schema_version,
-            "analyzed_at": enriched_at.isoformat(),
-        }
-        messages.append(Message.build(CALL_ANALYZED, (sid, cache_key), fact))
-    return messages, max(r[-1] for r in rows)
+        fact["agent_id"] = fact.get("agent_id") or row["agent_id"]
+        fact["analysis"] = analysis_object(row, row["enriched_at"])
+        messages.append(Message.build(CALL_ANALYZED, (sid, row["cache_key"]), fact))
+    return messages, max(r["enriched_at"] for r in rows)
 
 
 RECORDINGS_SQL = """
