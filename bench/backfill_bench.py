@@ -67,12 +67,17 @@ async def details(base: str, reqs: list[DetailRequest], conc: int) -> float:
 
 
 async def downloads(base: str, sessions, conc: int, dest: Path) -> tuple[float, float]:
-    from layercode_pipeline.lib.recordings import download_recordings
+    from layercode_pipeline.lib.recording_store import LocalRecordingStore, recording_key
+    from layercode_pipeline.lib.recordings import PlannedDownload, download_recordings
 
-    items = [(s.agent_id, s.session_id, dest / f"c{conc}" / f"{s.session_id}.wav") for s in sessions]
+    store = LocalRecordingStore(dest / f"c{conc}")
+    items = [
+        PlannedDownload(s.agent_id, s.session_id, recording_key(s.agent_id, s.session_id, "2026-01-01"))
+        for s in sessions
+    ]
     async with LayercodeClient(KEY, base, max_concurrency=conc) as client:
         t = time.perf_counter()
-        rows = await download_recordings(client, items)
+        rows = await download_recordings(client, store, items)
         elapsed = time.perf_counter() - t
     assert all(r.status == "downloaded" for r in rows), [r.error for r in rows if r.status != "downloaded"][:3]
     total = sum(r.bytes or 0 for r in rows)

@@ -44,6 +44,7 @@ class StorageConfig:
     warehouse_target: str | None = None
     motherduck_token: str | None = None
     open_timeout_s: float = 60.0
+    recordings_url: str | None = None  # a directory (None: <data>/recordings) or s3://bucket/prefix
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,13 @@ class Settings(BaseSettings):
     motherduck_token: SecretStr | None = Field(
         default=None, repr=False, validation_alias=AliasChoices("motherduck_token", "MOTHERDUCK_TOKEN")
     )
-    recordings_dir: Path | None = None
+    # Where the WAV files are kept: a directory (unset: <data dir>/recordings) or
+    # `s3://bucket/prefix` on any S3-compatible store, with the landing's AWS_* settings.
+    # LAYERCODE_RECORDINGS_DIR, its earlier name, is still read.
+    recordings_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("recordings_url", "LAYERCODE_RECORDINGS_DIR", "LAYERCODE_RECORDINGS_URL"),
+    )
     serving_dir: Path | None = None
     # Dagster's instance directory (runs, schedules, the pool limit); the demo defaults it to
     # <data dir>/dagster_home
@@ -260,6 +267,11 @@ class Settings(BaseSettings):
     # May a recording redirect reach a loopback, link-local or private address? Unset: only when
     # the API itself is on one (the simulator); Layercode's public API never needs it.
     recording_private_redirects: bool | None = None
+    # A recording larger than this is refused (recorded with its reason, not kept), and each
+    # download, its retries included, must finish within the deadline: a host that drips bytes
+    # cannot hold a run.
+    recording_max_bytes: int = 512 * 1024 * 1024
+    recording_deadline_s: float = 600.0
 
     # --- enrichment (any OpenAI-compatible server; without a key: the offline provider) ----
     openai_api_key: SecretStr | None = Field(
@@ -385,15 +397,17 @@ class Settings(BaseSettings):
             warehouse_target=self.warehouse_target,
             motherduck_token=plain(self.motherduck_token),
             open_timeout_s=self.warehouse_open_timeout_s,
+            recordings_url=self.recordings_url,
         )
 
     @property
     def paths(self) -> DataPaths:
         local_url = self.landing_url if self.landing_url and "://" not in self.landing_url else None
+        local_recordings = self.recordings_url if self.recordings_url and "://" not in self.recordings_url else None
         return DataPaths.derive(
             self.data_dir,
             landing=local_url or self.landing_dir,
             quarantine=self.quarantine_dir,
-            recordings=self.recordings_dir,
+            recordings=local_recordings,
             serving=self.serving_dir,
         )

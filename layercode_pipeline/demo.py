@@ -74,7 +74,7 @@ def materialize_all(
         landing_dir=None,
         quarantine_dir=None,
         warehouse_target=warehouse_target,
-        recordings_dir=None,
+        recordings_url=None,
         serving_dir=None,
         api_key=SecretStr(api_key) if api_key else None,
         api_backoff_initial_s=0.2,

@@ -148,6 +148,7 @@ SLOW_MODULES = {
     "test_object_landing",
     "test_poison_pills",
     "test_production_instance",
+    "test_recordings_on_object_storage",
     "test_serving",
     "test_warehouse_seam",
     "test_whole_chain",
@@ -172,6 +173,7 @@ NEEDS = {
     "test_automation": ("daemon",),
     "test_dashboard": ("chromium",),
     "test_object_landing": ("s3",),
+    "test_recordings_on_object_storage": ("s3",),
 }
 
 
@@ -206,3 +208,38 @@ def shared_marts(tmp_path_factory):
         [*VOICE_AGENTS, *NUMBERS_AGENTS],
         VOICE_ENRICHMENTS,
     )
+
+
+# moto's S3 server on loopback: the object store of the tests that need one
+KEY_ID, SECRET_KEY, REGION = "test-key-id", "test-secret-key", "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the S3 server (moto) did not start") from None
+            time.sleep(0.1)
+    yield endpoint
+    proc.kill()
+    proc.wait()
+
+
+def make_bucket(endpoint: str, name: str) -> None:
+    import boto3  # the test's own S3 client, to create the bucket (the pipeline uses obstore)
+
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY, region_name=REGION
+    ).create_bucket(Bucket=name)

@@ -93,7 +93,7 @@ def test_gaps_are_filled_and_every_completed_recording_kept(env):
     dropped_end = {sid for sid, e in report.dropped if e == "session.end"}
     dropped_update = {sid for sid, e in report.dropped if e == "session.update"}
     assert dropped_end and dropped_update
-    _, meta = run(env, *ALL, config=GRACE0)
+    result, meta = run(env, *ALL, config=GRACE0)
     fetched = dict(query(env, "select session_id, reason from raw.layercode_session_details where http_status = 200"))
     expected_unresolved = {
         s.session_id
@@ -130,10 +130,45 @@ def test_gaps_are_filled_and_every_completed_recording_kept(env):
         )
         info = inspect_wav(p)
         assert (size, rate, channels) == (p.stat().st_size, s.sample_rate, 1)
-        assert duration == pytest.approx(s.duration_ms / 1000, abs=0.001) == pytest.approx(info.duration_s, abs=0.001)
+        real = s.recording_samples / s.sample_rate  # a cut-short recording is shorter than its call
+        assert duration == pytest.approx(real, abs=0.001) == pytest.approx(info.duration_s, abs=0.001)
         assert hashlib.sha256(p.read_bytes()).hexdigest() == sha
     assert not list((env["data"] / "recordings").rglob("*.part"))
     assert meta["layercode_recordings"]["this_run_downloaded"] == len(completed)
+    # the audio was measured, and the figures say what the simulator put in each file
+    audio = {
+        r[0]: r[1:]
+        for r in query(
+            env,
+            "select session_id, silence_share, longest_silence_s, clipped_share, loudness_dbfs "
+            "from raw.layercode_recordings where status = 'downloaded'",
+        )
+    }
+    defects = {sid: s.audio_defect for sid, s in completed.items()}
+    assert "silent" in defects.values() and "clipped" in defects.values()
+    for sid, (silence, longest, clipped, loudness) in audio.items():
+        if defects[sid] == "silent":
+            assert (
+                silence == 1.0
+                and longest == pytest.approx(completed[sid].recording_samples / completed[sid].sample_rate, abs=0.02)
+                and loudness < -60
+            )
+        else:
+            assert 0.05 < silence < 0.9 and 0.3 < longest < 30 and -25 < loudness < -3, (sid, defects[sid])
+        assert (clipped > 0.01) == (defects[sid] == "clipped"), (sid, clipped)
+    # the warning checks name exactly the recordings with each defect
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    for check, defect in (
+        ("recordings_not_silent", "silent"),
+        ("recordings_not_clipped", "clipped"),
+        ("recording_length_matches_call", "cut_short"),
+    ):
+        named = {e["session_id"] for e in checks[check].metadata["examples"].value}
+        with_defect = {sid for sid, d in defects.items() if d == defect}
+        reported = {sid for sid in with_defect if sid not in dropped_update}  # the length check needs session.update
+        expected = reported if defect == "cut_short" else with_defect
+        assert named == expected, check
+        assert checks[check].passed == (not expected) and checks[check].severity == dg.AssetCheckSeverity.WARN
 
     # a second run: no new REST rows, no second download, same rows
     before_rows = query(env, "select count(*) from raw.layercode_session_details")[0][0]
@@ -396,3 +431,94 @@ def test_a_kept_wav_that_broke_on_disk_fails_the_check_until_fetched_again(env):
     result, _ = run(env, layercode_recordings)  # with the key: fetched again, verified, kept
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "kept_wavs_valid"]
     assert check.passed and inspect_wav(Path(path)).file_bytes == Path(path).stat().st_size
+
+
+def test_bad_recordings_are_recorded_with_their_reason_and_kept_on_a_later_run(env):
+    """A header that lies, a 0-byte file and a host that drips bytes: each is the recording's
+    error with its reason, nothing of it is kept, no temporary file is left, the other
+    recordings are kept; the next run keeps them all."""
+    report = env["report"]
+    dropped_update = {sid for sid, e in report.dropped if e == "session.update"}
+    # sessions whose session.update arrived: the recordings asset finds them without REST
+    completed = [
+        s for s in env["batch"].sessions if s.recording_outcome == "completed" and s.session_id not in dropped_update
+    ]
+    lying, empty, drip = completed[:3]
+    env["api"].script(lying.session_id, *["lying_header"] * 8)
+    env["api"].script(empty.session_id, *["empty_wav"] * 8)
+    env["api"].script(drip.session_id, "drip")
+    rest = LayercodeAPIResource(**{**env["rest"].model_dump(), "recording_deadline_s": 4.0})
+    result, meta = run(env, raw_layercode_events, layercode_recordings, rest=rest)
+    assert result.success
+    rows = {r[0]: r[1:] for r in query(env, "select session_id, status, error, path from raw.layercode_recordings")}
+    assert rows[lying.session_id][:1] == ("error",) and "claims" in rows[lying.session_id][1]
+    assert rows[empty.session_id][:1] == ("error",) and "not a RIFF/WAVE file" in rows[empty.session_id][1]
+    assert rows[drip.session_id][:1] == ("error",) and "4 s deadline" in rows[drip.session_id][1]
+    bad = {lying.session_id, empty.session_id, drip.session_id}
+    assert all(rows[s.session_id][0] == "downloaded" for s in completed if s.session_id not in bad)
+    recordings = env["data"] / "recordings"
+    assert not [p for p in recordings.rglob("*") if p.is_file() and p.stem in bad]
+    assert not [p for p in recordings.rglob("*") if p.is_file() and p.suffix == ".part"]
+    for sid in bad:
+        env["api"]._scripts[sid].clear()
+    run(env, raw_layercode_events, layercode_recordings)
+    statuses = dict(query(env, "select session_id, status from raw.layercode_recordings"))
+    assert {statuses[sid] for sid in bad} == {"downloaded"}
+
+
+def test_a_recording_over_the_size_cap_is_refused_until_the_cap_allows_it(env):
+    report = env["report"]
+    dropped_update = {sid for sid, e in report.dropped if e == "session.update"}
+    completed = [
+        s for s in env["batch"].sessions if s.recording_outcome == "completed" and s.session_id not in dropped_update
+    ]
+    sizes = {s.session_id: 44 + s.recording_data_bytes for s in completed}
+    cap = sorted(sizes.values())[len(sizes) // 2]
+    rest = LayercodeAPIResource(**{**env["rest"].model_dump(), "recording_max_bytes": cap})
+    run(env, raw_layercode_events, layercode_recordings, rest=rest)
+    rows = {r[0]: r[1:] for r in query(env, "select session_id, status, error from raw.layercode_recordings")}
+    for sid, size in sizes.items():
+        if size > cap:
+            assert rows[sid][0] == "error" and "LAYERCODE_RECORDING_MAX_BYTES" in rows[sid][1], sid
+        else:
+            assert rows[sid][0] == "downloaded", sid
+    assert any(size > cap for size in sizes.values())
+    run(env, raw_layercode_events, layercode_recordings)
+    assert {s for (s,) in query(env, "select distinct status from raw.layercode_recordings")} <= {
+        "downloaded",
+        "failed",
+    }
+
+
+def test_recordings_kept_before_the_audio_checks_are_measured_once(env):
+    run(env, raw_layercode_events, layercode_recordings)
+    before = dict(
+        query(env, "select session_id, silence_share from raw.layercode_recordings where status = 'downloaded'")
+    )
+    con = duckdb.connect(str(env["storage"].warehouse.path))
+    con.execute(
+        "update raw.layercode_recordings set silence_share = null, clipped_share = null"
+    )  # as an older release kept them
+    con.close()
+    no_key = LayercodeAPIResource(base_url=env["rest"].base_url, api_key=None)
+    _, meta = run(env, layercode_recordings, rest=no_key)  # read from the store: no key, no download
+    assert meta["layercode_recordings"]["measured_kept_recordings"] == len(before)
+    assert (
+        dict(query(env, "select session_id, silence_share from raw.layercode_recordings where status = 'downloaded'"))
+        == before
+    )
+    _, meta = run(env, layercode_recordings, rest=no_key)
+    assert meta["layercode_recordings"]["measured_kept_recordings"] == 0
+
+
+def test_the_audio_thresholds_are_the_marts_thresholds():
+    import yaml
+
+    from layercode_pipeline.lib import audio
+
+    project = yaml.safe_load((Path(__file__).parents[1] / "dbt_project" / "dbt_project.yml").read_text())["vars"]
+    assert (project["audio_silent_share"], project["audio_clipped_share"], project["audio_length_tolerance_s"]) == (
+        audio.SILENT_SHARE,
+        audio.CLIPPED_SHARE,
+        audio.LENGTH_TOLERANCE_S,
+    )

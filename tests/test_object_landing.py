@@ -5,8 +5,6 @@ finds every acknowledged event exactly once."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,40 +21,7 @@ from layercode_pipeline.simulator import deliver, generate_batch, listener_secre
 from layercode_pipeline.simulator.generate import SimBatch
 from layercode_pipeline.simulator.server import free_port
 
-from .conftest import ListenerProcess
-
-KEY_ID, SECRET_KEY, REGION = "test-key-id", "test-secret-key", "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the S3 server (moto) did not start") from None
-            time.sleep(0.1)
-    yield endpoint
-    proc.kill()
-    proc.wait()
-
-
-def make_bucket(endpoint: str, name: str) -> None:
-    import boto3  # the test's own S3 client, to create the bucket (the pipeline uses obstore)
-
-    boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY, region_name=REGION
-    ).create_bucket(Bucket=name)
+from .conftest import KEY_ID, REGION, SECRET_KEY, ListenerProcess, make_bucket
 
 
 def listener_env(endpoint: str, url: str, mode: str, batch) -> dict[str, str]:

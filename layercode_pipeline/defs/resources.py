@@ -31,7 +31,8 @@ class StorageResource(dg.ConfigurableResource):
     aws_secret_access_key: str | None = None  # EnvVar
     warehouse_target: str | None = None  # a DuckDB file, or md:<database> (MotherDuck)
     motherduck_token: str | None = None  # an EnvVar (see resources_from_settings)
-    recordings_dir: str | None = None
+    # a directory (None: <data dir>/recordings) or s3://bucket/prefix (with the AWS_* fields)
+    recordings_url: str | None = None
     serving_dir: str | None = None
     # how long to wait for a process outside the pipeline (a BI tool) that holds the warehouse
     open_timeout_s: float = Settings.default("warehouse_open_timeout_s")
@@ -42,7 +43,10 @@ class StorageResource(dg.ConfigurableResource):
         # From this resource's own fields only (not the process environment, which the
         # resource was already configured from through EnvVar).
         return DataPaths.derive(
-            self.data_dir, landing=self.landing_dir, recordings=self.recordings_dir, serving=self.serving_dir
+            self.data_dir,
+            landing=self.landing_dir,
+            recordings=None if is_object_url(self.recordings_url) else self.recordings_url,
+            serving=self.serving_dir,
         )
 
     def storage(self) -> StorageConfig:
@@ -58,7 +62,14 @@ class StorageResource(dg.ConfigurableResource):
             warehouse_target=self.warehouse_target,
             motherduck_token=self.motherduck_token,
             open_timeout_s=self.open_timeout_s,
+            recordings_url=self.recordings_url,
         )
+
+    def recording_store(self):  # -> RecordingStore (imported lazily: obstore only when it is S3)
+        """Where the recordings are kept: the directory, or the S3 prefix."""
+        from layercode_pipeline.lib.recording_store import recording_store
+
+        return recording_store(self.storage(), self.paths.recordings)
 
     @property
     def object_landing(self) -> ObjectLanding | None:
@@ -99,6 +110,8 @@ class LayercodeAPIResource(dg.ConfigurableResource):
     backoff_initial_s: float = Settings.default("api_backoff_initial_s")
     backoff_max_s: float = Settings.default("api_backoff_max_s")
     private_redirects: bool | None = Settings.default("recording_private_redirects")
+    recording_max_bytes: int = Settings.default("recording_max_bytes")
+    recording_deadline_s: float = Settings.default("recording_deadline_s")
 
     @property
     def configured(self) -> bool:
@@ -183,7 +196,7 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             aws_region=settings.aws_region,
             aws_access_key_id=_secret(settings, "aws_access_key_id"),
             aws_secret_access_key=_secret(settings, "aws_secret_access_key"),
-            recordings_dir=str(paths.recordings),
+            recordings_url=settings.recordings_url if is_object_url(settings.recordings_url) else str(paths.recordings),
             serving_dir=str(paths.serving),
             open_timeout_s=settings.warehouse_open_timeout_s,
             promoted_metadata_keys=settings.promoted_metadata_keys,
@@ -197,6 +210,8 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             backoff_initial_s=settings.api_backoff_initial_s,
             backoff_max_s=settings.api_backoff_max_s,
             private_redirects=settings.recording_private_redirects,
+            recording_max_bytes=settings.recording_max_bytes,
+            recording_deadline_s=settings.recording_deadline_s,
         ),
         "openai": OpenAIResource(
             api_key=_secret(settings, "openai_api_key"),

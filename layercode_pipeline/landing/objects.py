@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlparse
 
 from layercode_pipeline.contract.landing import SEALED_SUFFIX
@@ -36,8 +36,9 @@ def is_object_url(url: str | None) -> bool:
 
 
 @dataclass(frozen=True)
-class ObjectLanding:
-    """Where events land in an S3-compatible store, and how to reach it."""
+class ObjectLocation:
+    """A prefix in an S3-compatible store, and how to reach it: the one S3 client set-up the
+    landing and the recordings share."""
 
     url: str  # s3://bucket/prefix
     endpoint: str | None = None  # AWS_ENDPOINT_URL (MinIO, R2, GCS, a local server)
@@ -46,16 +47,12 @@ class ObjectLanding:
     secret_access_key: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ObjectLanding | None:
-        """The object store events land in, when LAYERCODE_LANDING_URL is an s3:// URL."""
-        return cls.from_config(settings.storage())
-
-    @classmethod
-    def from_config(cls, storage: StorageConfig) -> ObjectLanding | None:
-        if not is_object_url(storage.landing_url):
+    def at(cls, url: str | None, storage: StorageConfig) -> Self | None:
+        """`url` with the storage settings' AWS_* credentials, or None when it is not s3://."""
+        if not is_object_url(url):
             return None
         return cls(
-            str(storage.landing_url),
+            str(url),
             endpoint=storage.aws_endpoint_url,
             region=storage.aws_region,
             access_key_id=storage.aws_access_key_id,
@@ -101,6 +98,20 @@ class ObjectLanding:
     def object_url(self, key: str) -> str:
         """The name an object is known by in the manifest: the full URL."""
         return f"{self.url.rstrip('/')}/{key}"
+
+
+@dataclass(frozen=True)
+class ObjectLanding(ObjectLocation):
+    """Where events land in an S3-compatible store."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectLanding | None:
+        """The object store events land in, when LAYERCODE_LANDING_URL is an s3:// URL."""
+        return cls.from_config(settings.storage())
+
+    @classmethod
+    def from_config(cls, storage: StorageConfig) -> ObjectLanding | None:
+        return cls.at(storage.landing_url, storage)
 
 
 def hour_prefix(at: datetime) -> str:

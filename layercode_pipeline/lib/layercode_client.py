@@ -130,6 +130,10 @@ class RecordingDownload:
     detail: str | None = None
 
 
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"the recording is over LAYERCODE_RECORDING_MAX_BYTES ({size:,} > {max_bytes:,} bytes): not kept"
+
+
 class LayercodeClient:
     def __init__(
         self,
@@ -267,14 +271,30 @@ class LayercodeClient:
             raise LayercodeAPIError("session record is not JSON") from exc
         return SessionFetch(agent_id, session_id, 200, record)
 
-    async def download_recording(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
+    async def download_recording(
+        self,
+        agent_id: str,
+        session_id: str,
+        dest: Path,
+        *,
+        max_bytes: int | None = None,
+        deadline_s: float | None = None,
+    ) -> RecordingDownload:
         """Stream the WAV to a temporary file beside `dest`; keep it only if it is a complete
-        RIFF/WAVE file whose header agrees with its size, then rename it into place."""
+        RIFF/WAVE file whose header agrees with its size, then rename it into place.
+
+        A file over `max_bytes` (announced, or as it streams) is refused without retrying. The
+        whole download, retries included, must finish within `deadline_s` once it starts: a
+        host that drips bytes gets an error for this recording, not a stuck run."""
         assert self._client is not None and self._sem is not None, "use 'async with LayercodeClient(...)'"
         async with self._sem:
-            async for attempt in self._retrying():
-                with attempt:
-                    result = await self._download_once(agent_id, session_id, dest)
+            try:
+                async with asyncio.timeout(deadline_s):
+                    async for attempt in self._retrying():
+                        with attempt:
+                            result = await self._download_once(agent_id, session_id, dest, max_bytes)
+            except TimeoutError:
+                return RecordingDownload("error", detail=f"not downloaded within the {deadline_s:g} s deadline")
         return result
 
     @staticmethod
@@ -291,7 +311,9 @@ class LayercodeClient:
             "error", detail=f"redirected recording host {response.url.host} answered HTTP {response.status_code}"
         )
 
-    async def _download_once(self, agent_id: str, session_id: str, dest: Path) -> RecordingDownload:
+    async def _download_once(
+        self, agent_id: str, session_id: str, dest: Path, max_bytes: int | None = None
+    ) -> RecordingDownload:
         assert self._client is not None
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(dest):x}.part")
@@ -323,6 +345,10 @@ class LayercodeClient:
                 if response.status_code != 200 or "json" in ctype:
                     await response.aread()
                     return RecordingDownload("not_ready", detail=f"HTTP {response.status_code} {ctype or ''}".strip())
+                announced = response.headers.get("content-length", "")
+                if max_bytes is not None and announced.isdigit() and int(announced) > max_bytes:
+                    await response.aclose()
+                    return RecordingDownload("error", detail=_too_large(int(announced), max_bytes))
                 digest = hashlib.sha256()
                 size = 0
                 with tmp.open("wb") as fh:
@@ -331,6 +357,9 @@ class LayercodeClient:
                             fh.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)
+                            if max_bytes is not None and size > max_bytes:
+                                await response.aclose()
+                                return RecordingDownload("error", detail=_too_large(size, max_bytes))
                     except httpx.RemoteProtocolError as exc:  # the body ended before Content-Length
                         expected = response.headers.get("content-length", "?")
                         raise InvalidWav(f"truncated download: {size} of {expected} bytes received") from exc

@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
+from layercode_pipeline.lib.audio import CLIPPED_SHARE, LENGTH_TOLERANCE_S, SILENT_SHARE, AudioStats, analyse_wav
 from layercode_pipeline.lib.layercode_client import LayercodeAuthError, LayercodeClient
-from layercode_pipeline.lib.wav import InvalidWav, inspect_wav
+from layercode_pipeline.lib.recording_store import (
+    LocalRecordingStore,
+    RecordingStore,
+    UnsafeIdentifier,
+    recording_key,
+)
+from layercode_pipeline.lib.wav import InvalidWav, WavInfo, inspect_wav
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+AUDIO_COLUMNS = ("silence_share", "longest_silence_s", "clipped_share", "loudness_dbfs", "peak_dbfs")
+
+# The recordings measured in this run that look wrong: (description, condition on `r`, the
+# raw row, and `reported_s`, Layercode's session.update `recording_duration`).
+AUDIO_CHECKS = {
+    "recordings_not_silent": (
+        f"No recording measured in this run is silent: at least {SILENT_SHARE:.0%} of its 20 ms windows under "
+        "-50 dBFS (a dead line, a muted microphone, a recorder that captured nothing).",
+        f"r.silence_share >= {SILENT_SHARE}",
+    ),
+    "recordings_not_clipped": (
+        f"No recording measured in this run is clipped: more than {CLIPPED_SHARE:.1%} of its samples at full "
+        "scale (gain set too high: transcription and review suffer).",
+        f"r.clipped_share > {CLIPPED_SHARE}",
+    ),
+    "recording_length_matches_call": (
+        f"Every recording measured in this run is as long as Layercode said (session.update `recording_duration`), "
+        f"within {LENGTH_TOLERANCE_S:g} s: a shorter file lost part of the call.",
+        f"abs(r.duration_s - reported_s) > {LENGTH_TOLERANCE_S}",
+    ),
+}
+
+AUDIO_FAILURES_SQL = """
+with r as (
+    select * from raw.layercode_recordings
+    where status = 'downloaded' and silence_share is not null and session_id in (select unnest($ids::varchar[]))
+), reported as (
+    select session_id, max(try_cast(body->>'$.recording_duration' as double)) as reported_s
+    from raw.layercode_events
+    where event_type = 'session.update' and session_id in (select session_id from r)
+    group by 1
+)
+select {name}, r.session_id, r.duration_s, reported.reported_s, r.silence_share, r.clipped_share, r.loudness_dbfs
+from r left join reported using (session_id)
+"""
 
 # A recording is wanted when a session.update or the latest REST record says completed,
 # and we do not hold a verified copy yet. `failed` (webhook) is recorded, not fetched.
@@ -50,7 +89,8 @@ with updates as (
 )
 select w.agent_id, w.session_id, w.state, w.webhook_error,
        strftime(coalesce(s.started_at, now()) at time zone 'UTC', '%Y-%m-%d') as dt,
-       rec.status as have_status, rec.path as have_path, rec.bytes as have_bytes
+       rec.status as have_status, rec.path as have_path, rec.bytes as have_bytes,
+       rec.silence_share is not null as measured
 from wanted w
 left join started s using (agent_id, session_id)
 left join raw.layercode_recordings rec using (agent_id, session_id)
@@ -58,38 +98,12 @@ order by 1, 2
 """
 
 
-class UnsafeIdentifier(ValueError):
-    pass
-
-
-def recording_path(root: Path, agent_id: str, session_id: str, dt: str) -> Path:
-    """`<root>/agent=<id>/dt=<date>/<session_id>.wav`, refusing ids that could leave `root`."""
-    for label, value in (("agent_id", agent_id), ("session_id", session_id)):
-        if not SAFE_ID.match(value) or ".." in value:
-            raise UnsafeIdentifier(f"{label} {value!r} is not safe in a file name")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", dt):
-        raise UnsafeIdentifier(f"date {dt!r} is not YYYY-MM-DD")
-    root = root.resolve()
-    path = (root / f"agent={agent_id}" / f"dt={dt}" / f"{session_id}.wav").resolve()
-    if root not in path.parents:
-        raise UnsafeIdentifier(f"{path} escapes {root}")
-    return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class RecordingRow:
     session_id: str
     agent_id: str
     status: str  # downloaded / not_ready / failed / error
-    path: str | None = None
+    path: str | None = None  # the kept file's uri: a local path, or s3://bucket/prefix/key
     bytes: int | None = None
     sha256: str | None = None
     sample_rate: int | None = None
@@ -97,98 +111,114 @@ class RecordingRow:
     duration_s: float | None = None
     error: str | None = None
     encoding: str | None = None  # pcm / mulaw / alaw, from the WAV header
+    audio: AudioStats | None = None  # None until the samples were measured
 
 
-def kept_file_problem(path: Path, size: int | None) -> str | None:
-    """What is wrong with a kept recording on disk (gone, resized, no valid WAV header), or None.
-    Reads the header only."""
-    try:
-        if not path.is_file():
-            return "the file is missing"
-        info = inspect_wav(path)
-    except (InvalidWav, OSError) as exc:
-        return str(exc)
-    return None if info.file_bytes == size else f"{info.file_bytes} bytes on disk, {size} when kept"
+@dataclass
+class PlannedDownload:
+    agent_id: str
+    session_id: str
+    key: str  # where it is kept in the store
+    replace: bool = False  # a kept copy was found broken: this one replaces it
 
 
 @dataclass
 class RecordingPlan:
-    downloads: list[tuple[str, str, Path]]  # (agent_id, session_id, destination) to fetch
+    downloads: list[PlannedDownload]  # to fetch
     rows: list[RecordingRow]  # to record without downloading
     held: int  # kept and verified: never fetched again
-    broken: list[dict[str, str]]  # kept once, but gone or damaged on disk: fetched again
+    broken: list[dict[str, str]]  # kept once, but gone or damaged in the store: fetched again
+    unmeasured: list[tuple[str, str, str]]  # (agent_id, session_id, uri) kept before audio checks existed
 
 
-def plan_recordings(con: duckdb.DuckDBPyConnection, root: Path) -> RecordingPlan:
-    """Every completed recording is a candidate, so every kept file is verified here (header
-    only); a broken one is planned for download again."""
-    plan = RecordingPlan([], [], 0, [])
-    downloads, rows = plan.downloads, plan.rows
-    for agent_id, session_id, state, webhook_error, dt, have_status, have_path, have_bytes in con.execute(
-        CANDIDATES_SQL
-    ).fetchall():
+def recording_candidates(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """The warehouse's side of the plan (read under the writers' lock; the store is not)."""
+    return con.execute(CANDIDATES_SQL).fetchall()
+
+
+def plan_recordings(candidates: list[tuple], store: RecordingStore, measure_limit: int = 200) -> RecordingPlan:
+    """Every completed recording is a candidate, so every kept file is verified here (its size
+    in the store, and for local files the header); a broken one is planned for download again.
+    Kept files whose audio was never measured are listed (`measure_limit` a run) to be measured."""
+    plan = RecordingPlan([], [], 0, [], [])
+    kept = [(row[6], row[7]) for row in candidates if row[5] == "downloaded" and row[6]]
+    problems = store.problems(kept)
+    for agent_id, session_id, state, webhook_error, dt, have_status, have_path, _bytes, measured in candidates:
+        replace = False
         if have_status == "downloaded" and have_path:
-            problem = kept_file_problem(Path(have_path), have_bytes)
+            problem = problems.get(have_path)
             if problem is None:
                 plan.held += 1  # the verified copy (sha256 recorded at download) is there
+                if not measured and len(plan.unmeasured) < measure_limit:
+                    plan.unmeasured.append((agent_id, session_id, have_path))
                 continue
             plan.broken.append({"session_id": session_id, "path": have_path, "problem": problem})
+            replace = True
         if state == "failed":
             if have_status != "failed":
-                rows.append(RecordingRow(session_id, agent_id, "failed", error=webhook_error or "recording failed"))
+                plan.rows.append(
+                    RecordingRow(session_id, agent_id, "failed", error=webhook_error or "recording failed")
+                )
             continue
         try:
-            path = recording_path(root, agent_id, session_id, dt)
+            key = recording_key(agent_id, session_id, dt)
         except UnsafeIdentifier as exc:
             if have_status != "error":
-                rows.append(RecordingRow(session_id, agent_id, "error", error=str(exc)))
+                plan.rows.append(RecordingRow(session_id, agent_id, "error", error=str(exc)))
             continue
-        if path.exists():  # e.g. a run killed after the rename but before its row: verify, keep
-            try:
-                info = inspect_wav(path)
-                rows.append(
-                    RecordingRow(
-                        session_id,
-                        agent_id,
-                        "downloaded",
-                        str(path),
-                        info.file_bytes,
-                        sha256_file(path),
-                        info.sample_rate,
-                        info.channels,
-                        round(info.duration_s, 3),
-                        encoding=info.encoding,
-                    )
-                )
-                continue
-            except InvalidWav:
-                path.unlink()
-        downloads.append((agent_id, session_id, path))
+        plan.downloads.append(PlannedDownload(agent_id, session_id, key, replace))
     return plan
+
+
+def _kept_row(agent_id: str, session_id: str, uri: str, d_bytes: int, sha256: str | None, wav, audio) -> RecordingRow:
+    return RecordingRow(
+        session_id,
+        agent_id,
+        "downloaded",
+        uri,
+        d_bytes,
+        sha256,
+        wav.sample_rate,
+        wav.channels,
+        round(wav.duration_s, 3),
+        encoding=wav.encoding,
+        audio=audio,
+    )
+
+
+def _measure(path: Path, wav: WavInfo) -> tuple[AudioStats | None, str | None]:
+    """The audio checks' figures, or why they could not be computed (the file is kept anyway:
+    its header is valid, and a recording nobody can measure is still worth listening to)."""
+    try:
+        return analyse_wav(path, wav), None
+    except Exception as exc:  # noqa: BLE001 - one file's decoding problem, recorded on its row
+        return None, f"audio not measured: {type(exc).__name__}: {exc}"
 
 
 async def download_recordings(
     client: LayercodeClient,
-    downloads: list[tuple[str, str, Path]],
+    store: RecordingStore,
+    downloads: list[PlannedDownload],
+    *,
+    max_bytes: int | None = None,
+    deadline_s: float | None = None,
     on_done: Callable[[RecordingRow], None] | None = None,
 ) -> list[RecordingRow]:
-    async def one(agent_id: str, session_id: str, path: Path) -> RecordingRow:
+    """Download each to a temporary file, verify and measure it there, keep it in the store,
+    and remove the temporary file whatever happened. One recording's failure is its row's
+    error; the others go on."""
+
+    async def one(planned: PlannedDownload) -> RecordingRow:
+        agent_id, session_id = planned.agent_id, planned.session_id
+        tmp = store.temp_path(planned.key)
         try:
-            d = await client.download_recording(agent_id, session_id, path)
+            d = await client.download_recording(agent_id, session_id, tmp, max_bytes=max_bytes, deadline_s=deadline_s)
             if d.status == "downloaded":
                 assert d.wav is not None
-                row = RecordingRow(
-                    session_id,
-                    agent_id,
-                    "downloaded",
-                    str(d.path),
-                    d.bytes,
-                    d.sha256,
-                    d.wav.sample_rate,
-                    d.wav.channels,
-                    round(d.wav.duration_s, 3),
-                    encoding=d.wav.encoding,
-                )
+                audio, problem = await asyncio.to_thread(_measure, tmp, d.wav)
+                uri = await asyncio.to_thread(store.put, tmp, planned.key, replace=planned.replace)
+                row = _kept_row(agent_id, session_id, uri, d.bytes, d.sha256, d.wav, audio)
+                row.error = problem
             elif d.status == "not_ready":
                 row = RecordingRow(session_id, agent_id, "not_ready", error=d.detail)
             else:
@@ -197,11 +227,34 @@ async def download_recordings(
             raise
         except Exception as exc:  # noqa: BLE001 - isolated per session, retried next run
             row = RecordingRow(session_id, agent_id, "error", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
         if on_done is not None:
             on_done(row)
         return row
 
-    return list(await asyncio.gather(*(one(*d) for d in downloads)))
+    return list(await asyncio.gather(*(one(d) for d in downloads)))
+
+
+def measure_kept(store: RecordingStore, unmeasured: list[tuple[str, str, str]]) -> list[tuple[str, str, AudioStats]]:
+    """Measure recordings kept before the audio checks existed: each fetched to a temporary
+    file (a local store's file is read where it is), measured, and the copy removed."""
+    measured = []
+    for agent_id, session_id, uri in unmeasured:
+        local = isinstance(store, LocalRecordingStore)
+        path = Path(uri) if local else store.temp_path(f"measure-{session_id}")
+        try:
+            if not local:
+                store.fetch(uri, path)
+            audio, _problem = _measure(path, inspect_wav(path))
+            if audio is not None:
+                measured.append((agent_id, session_id, audio))
+        except (OSError, InvalidWav, ValueError):
+            continue  # verified again next run; a broken file is fetched again from Layercode
+        finally:
+            if not local:
+                path.unlink(missing_ok=True)
+    return measured
 
 
 def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -> None:
@@ -214,7 +267,8 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
         # by column name: a warehouse migrated in place has its added columns last
         con.executemany(
             "insert into _rec (session_id, agent_id, status, path, bytes, sha256, sample_rate, channels, "
-            "duration_s, encoding, fetched_at, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+            f"duration_s, encoding, fetched_at, error, {', '.join(AUDIO_COLUMNS)}) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.session_id,
@@ -228,6 +282,7 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
                     r.duration_s,
                     r.encoding,
                     r.error,
+                    *_audio_values(r.audio),
                 )
                 for r in rows
             ],
@@ -242,3 +297,39 @@ def store_recordings(con: duckdb.DuckDBPyConnection, rows: list[RecordingRow]) -
     except BaseException:
         con.execute("rollback")
         raise
+
+
+def _audio_values(audio: AudioStats | None) -> tuple[float | None, ...]:
+    return tuple(getattr(audio, c) if audio is not None else None for c in AUDIO_COLUMNS)
+
+
+def store_measurements(con: duckdb.DuckDBPyConnection, measured: list[tuple[str, str, AudioStats]]) -> None:
+    """The audio figures of recordings kept before they were measured. `fetched_at` moves, so
+    the marts rebuild those sessions."""
+    if not measured:
+        return
+    con.executemany(
+        f"update raw.layercode_recordings set {', '.join(f'{c} = ?' for c in AUDIO_COLUMNS)}, fetched_at = now() "
+        "where agent_id = ? and session_id = ?",
+        [(*_audio_values(audio), agent_id, session_id) for agent_id, session_id, audio in measured],
+    )
+
+
+def audio_check_failures(con: duckdb.DuckDBPyConnection, session_ids: list[str]) -> dict[str, list[dict]]:
+    """For each audio check, the recordings among `session_ids` that fail it, with their figures."""
+    found: dict[str, list[dict]] = {name: [] for name in AUDIO_CHECKS}
+    if not session_ids:
+        return found
+    flags = ", ".join(f"coalesce({condition}, false) as {name}" for name, (_text, condition) in AUDIO_CHECKS.items())
+    cur = con.execute(AUDIO_FAILURES_SQL.format(name=flags), {"ids": session_ids})
+    columns = [d[0] for d in cur.description]
+    for values in cur.fetchall():
+        row = dict(zip(columns, values, strict=True))
+        figures = {
+            k: row[k]
+            for k in ("session_id", "duration_s", "reported_s", "silence_share", "clipped_share", "loudness_dbfs")
+        }
+        for name in AUDIO_CHECKS:
+            if row[name]:
+                found[name].append(figures)
+    return found

@@ -60,6 +60,7 @@ INCREMENTAL = {
     "fct_turns": Incremental(
         "session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)", "fct_sessions"
     ),
+    "fct_recordings": Incremental("session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)"),
     "fct_conversations": Incremental(
         "conversation_id", "started_date", "cast({a}started_at at time zone 'UTC' as date)"
     ),

@@ -115,7 +115,13 @@ create table if not exists raw.layercode_recordings (
     duration_s   double,
     fetched_at   timestamptz not null,
     error        varchar,
-    encoding     varchar               -- pcm / mulaw / alaw (from the WAV header)
+    encoding     varchar,              -- pcm / mulaw / alaw (from the WAV header)
+    -- the audio checks (lib/audio.py), null until measured
+    silence_share      double,
+    longest_silence_s  double,
+    clipped_share      double,
+    loudness_dbfs      double,
+    peak_dbfs          double
 );
 -- The org's agents from GET /v1/agents: one row per agent and version of its record (a new
 -- row only when the record changed), with when that version was first and last listed.
@@ -165,6 +171,10 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     for table, column, type_ in (
         ("raw.layercode_events", "headers", "json"),
         ("raw.layercode_recordings", "encoding", "varchar"),
+        *(
+            ("raw.layercode_recordings", column, "double")
+            for column in ("silence_share", "longest_silence_s", "clipped_share", "loudness_dbfs", "peak_dbfs")
+        ),
     ):
         add_missing_column(con, table, column, type_)
     ensure_enrichment_schema(con)

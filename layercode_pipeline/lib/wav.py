@@ -37,6 +37,12 @@ class WavInfo:
     file_bytes: int
     format_tag: int = PCM
     size_placeholder: bool = False  # the header carried 0 / 0xFFFFFFFF for a length it did not know
+    data_offset: int = 44  # where the samples start in the file
+
+    @property
+    def frames(self) -> int:
+        frame = self.channels * self.bits_per_sample // 8
+        return self.data_bytes // frame if frame else 0
 
     @property
     def encoding(self) -> str:
@@ -110,7 +116,14 @@ def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
             if block_align and chunk_size % block_align and not data_placeholder:
                 raise InvalidWav(f"data size {chunk_size} is not a whole number of {block_align}-byte frames")
             return WavInfo(
-                sample_rate, channels, bits, chunk_size, file_bytes, format_tag, riff_placeholder or data_placeholder
+                sample_rate,
+                channels,
+                bits,
+                chunk_size,
+                file_bytes,
+                format_tag,
+                riff_placeholder or data_placeholder,
+                data_offset=pos + 8,
             )
         if chunk_size in PLACEHOLDER_SIZES and chunk_id != b"data":
             raise InvalidWav(f"chunk {chunk_id!r} has a placeholder size before the data chunk")

@@ -39,41 +39,27 @@ from starlette.routing import Route
 from layercode_pipeline.lib.wav import MU_LAW, PCM, wav_header
 from layercode_pipeline.simulator.server import BackgroundServer
 
+from .audio import encoded_audio
 from .generate import SimAgent, SimBatch, SimSession
 
 # payment_required: the org's balance ran out (402, not retryable)
 # expired_url: the redirect carries a signed URL that has already expired (storage answers 403)
 API_FAULTS = ("rate_limit", "server_error", "slow", "truncated_wav", "payment_required", "expired_url")
+# how the signed storage misbehaves for one download (scripted per session): a body cut short,
+# a header whose data size lies, a 0-byte object, or bytes dripped slowly
+STORAGE_FAULTS = ("truncated_wav", "lying_header", "empty_wav", "drip")
 CHUNK_SAMPLES = 32 * 1024
 URL_TTL_S = 300  # how long a signed storage URL stays valid
 
 
-def mu_law(sample: int) -> int:
-    """One 16-bit linear sample as G.711 mu-law (what telephony recordings may use)."""
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(abs(sample), 32635) + 132
-    exponent = max(0, magnitude.bit_length() - 8)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
 def pcm_chunks(session: SimSession, samples: int) -> AsyncIterator[bytes]:
-    """A deterministic tone per session at its rate and encoding, streamed in chunks."""
-    freq = 200 + int(hashlib.sha256(session.session_id.encode()).hexdigest()[:4], 16) % 600
-    period = max(2, session.sample_rate // freq)
-    # a triangle wave: cheap to synthesise without numpy, and clearly not silence
-    wave = [int(8000 * (1 - abs(2 * i / period - 1)) - 4000) for i in range(period)]
-    width = session.recording_bytes_per_sample
-    block = bytes(mu_law(v) for v in wave) if session.wav_format == "mulaw" else struct.pack(f"<{period}h", *wave)
-    reps = CHUNK_SAMPLES // period
-    chunk = block * reps
+    """The session's audio (`simulator/audio.py`) at its rate and encoding, streamed in chunks."""
+    data = encoded_audio(session, samples)
+    step = CHUNK_SAMPLES * session.recording_bytes_per_sample
 
     async def gen() -> AsyncIterator[bytes]:
-        remaining = samples * width
-        while remaining > 0:
-            piece = chunk if remaining >= len(chunk) else chunk[:remaining]
-            remaining -= len(piece)
-            yield piece
+        for pos in range(0, len(data), step):
+            yield data[pos : pos + step]
             await asyncio.sleep(0)
 
     return gen()
@@ -107,7 +93,7 @@ class SimulatorAPI:
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[str]] = defaultdict(deque)
         self._agents: dict[str, SimAgent] = {}
-        self._truncate: set[str] = set()  # sessions whose next storage download ends early
+        self._storage_faults: dict[str, str] = {}  # session -> how its next storage download misbehaves
         self._url_key = hashlib.sha256(f"storage-{self.seed}-{self.api_key}".encode()).digest()
         # (kind, session_id, status; 0 = slow answer begun). kind: details / recording (the API's
         # answer, 302 when it redirects) / storage (the download itself) / agents
@@ -157,7 +143,7 @@ class SimulatorAPI:
 
     def script(self, session_id: str, *outcomes: str) -> None:
         """Queue fixed answers ('rate_limit', 'rate_limit_bare' (429 without Retry-After), 'server_error',
-        'slow', 'truncated_wav', 'payment_required', 'expired_url', 'ok')
+        'slow', 'truncated_wav', 'lying_header', 'empty_wav', 'drip', 'payment_required', 'expired_url', 'ok')
         for the next requests about `session_id`, before random faults apply."""
         with self._lock:
             self._scripts[session_id].extend(outcomes)
@@ -241,9 +227,9 @@ class SimulatorAPI:
             return JSONResponse({"recording_status": "in_progress"}, 202)
         if self.storage_url is None:
             raise RuntimeError("the recording host is not running: start the simulator with SimulatorAPI.serve()")
-        if fault == "truncated_wav":
+        if fault in STORAGE_FAULTS:
             with self._lock:
-                self._truncate.add(s.session_id)
+                self._storage_faults[s.session_id] = fault
         self.requests.append(("recording", s.session_id, 302))
         return Response(
             status_code=302, headers={"Location": self.signed_url(s, -1 if fault == "expired_url" else URL_TTL_S)}
@@ -290,17 +276,26 @@ class SimulatorAPI:
         )
         samples = s.recording_samples
         with self._lock:
-            truncated = s.session_id in self._truncate
-            self._truncate.discard(s.session_id)
-        if truncated:  # the connection's body ends early; Content-Length still claims it all
+            fault = self._storage_faults.pop(s.session_id, None)
+        if fault == "truncated_wav":  # the connection's body ends early; Content-Length still claims it all
             samples = samples // 3
+        elif fault == "lying_header":  # the data chunk claims ten times the samples the file holds
+            header = header[:-4] + struct.pack("<I", s.recording_data_bytes * 10)
+        elif fault == "empty_wav":  # the store holds a 0-byte object
+            self.requests.append(("storage", s.session_id, 200))
+            return Response(b"", 200, media_type="audio/wav")
         self.requests.append(("storage", s.session_id, 200))
         pcm = pcm_chunks(s, samples)
 
         async def body() -> AsyncIterator[bytes]:
             yield header
             async for chunk in pcm:
-                yield chunk
+                if fault == "drip":  # a host that sends a few bytes at a time, never stalling long enough to time out
+                    for pos in range(0, len(chunk), 512):
+                        yield chunk[pos : pos + 512]
+                        await asyncio.sleep(0.2)
+                else:
+                    yield chunk
 
         return StreamingResponse(
             body(), media_type="audio/wav", headers={"Content-Length": str(len(header) + s.recording_data_bytes)}

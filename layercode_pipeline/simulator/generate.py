@@ -137,6 +137,9 @@ class SimSession:
     sample_rate: int = PHONE_RATE
     wav_format: str = "pcm"  # or "mulaw"
     wav_placeholder: int | None = None  # a streamed WAV whose header sizes are placeholders
+    # what is wrong with the recording's audio: None, "clipped" (speech driven past full scale),
+    # "silent" (line noise only), "cut_short" (the file stops at 60% of the call it reports)
+    audio_defect: str | None = None
 
     @property
     def agent_id(self) -> str:
@@ -338,7 +341,8 @@ class SimSession:
     # --- the recording -----------------------------------------------------------------
     @property
     def recording_samples(self) -> int:
-        return self.duration_ms * self.sample_rate // 1000
+        duration_ms = self.duration_ms * 6 // 10 if self.audio_defect == "cut_short" else self.duration_ms
+        return duration_ms * self.sample_rate // 1000
 
     @property
     def recording_bytes_per_sample(self) -> int:
@@ -392,6 +396,7 @@ class SimSession:
             "recording_duration_s": round(self.recording_samples / self.sample_rate, 3)
             if self.recording_outcome == "completed"
             else None,
+            "audio_defect": self.audio_defect if self.recording_outcome == "completed" else None,
             "recording_format": {
                 "sample_rate": self.sample_rate,
                 "encoding": self.wav_format,
@@ -607,7 +612,27 @@ def generate_batch(
             )
             batch.sessions.append(session)
             start = session.ended_at + timedelta(milliseconds=r.randint(2000, 20000))
+    _assign_audio_defects(batch.sessions)
     return batch
+
+
+AUDIO_DEFECTS = (("clipped", 0.06), ("silent", 0.03), ("cut_short", 0.05))
+
+
+def _assign_audio_defects(sessions: list[SimSession]) -> None:
+    """Some recordings are clipped, silent or cut short, drawn from each session id's hash (not
+    from the batch's generator, so every other field of a seeded batch stays as it was); a batch
+    with completed recordings always has at least one silent one."""
+    recorded = [s for s in sessions if s.recording_outcome == "completed"]
+    for s in recorded:
+        draw = int(hashlib.sha256(f"audio:{s.session_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        for defect, rate in AUDIO_DEFECTS:
+            if draw < rate:
+                s.audio_defect = defect
+                break
+            draw -= rate
+    if recorded and not any(s.audio_defect == "silent" for s in recorded):
+        recorded[-1].audio_defect = "silent"
 
 
 __all__ = ["SimAgent", "SimBatch", "SimSession", "Turn", "generate_batch", "default_agents"]

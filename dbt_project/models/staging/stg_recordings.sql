@@ -10,5 +10,10 @@ select
     encoding,
     duration_s as recording_duration_s,
     error as recording_error,
+    silence_share,
+    longest_silence_s,
+    clipped_share,
+    loudness_dbfs,
+    peak_dbfs,
     fetched_at
 from {{ source('raw', 'layercode_recordings') }}

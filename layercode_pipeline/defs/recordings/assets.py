@@ -1,4 +1,5 @@
-"""Recordings: every completed WAV downloaded, verified and kept under `recordings/`."""
+"""Recordings: every completed WAV downloaded, verified, measured and kept in the recordings
+store (a directory, or S3), with warning checks on what the audio says."""
 
 import asyncio
 
@@ -7,8 +8,17 @@ import dagster as dg
 from layercode_pipeline.defs.backfill.assets import SESSION_DETAILS
 from layercode_pipeline.defs.freshness import API_CRON
 from layercode_pipeline.defs.ingest.assets import RAW_EVENTS
-from layercode_pipeline.defs.resources import WAREHOUSE_POOL, LayercodeAPIResource, StorageResource
-from layercode_pipeline.lib.recordings import download_recordings, plan_recordings, store_recordings
+from layercode_pipeline.defs.resources import LayercodeAPIResource, StorageResource
+from layercode_pipeline.lib.recordings import (
+    AUDIO_CHECKS,
+    audio_check_failures,
+    download_recordings,
+    measure_kept,
+    plan_recordings,
+    recording_candidates,
+    store_measurements,
+    store_recordings,
+)
 from layercode_pipeline.lib.warehouse import scalar
 
 RECORDINGS = dg.AssetKey("layercode_recordings")
@@ -18,9 +28,10 @@ RECORDINGS = dg.AssetKey("layercode_recordings")
     key=RECORDINGS,
     deps=[RAW_EVENTS, SESSION_DETAILS],
     group_name="recordings",
-    pool=WAREHOUSE_POOL,
+    # No warehouse pool: the step holds the writers' lock only to plan and to record, never
+    # while downloading, so a slow recording host does not hold up the ingest.
     automation_condition=API_CRON,
-    kinds={"duckdb", "api"},
+    kinds={"duckdb", "api", "s3"},
     check_specs=[
         dg.AssetCheckSpec(
             "api_key_configured",
@@ -31,34 +42,45 @@ RECORDINGS = dg.AssetKey("layercode_recordings")
         dg.AssetCheckSpec(
             "kept_wavs_valid",
             asset=RECORDINGS,
-            description="Every recording raw.layercode_recordings lists as downloaded is on disk, with the size it "
-            "had when kept and a valid WAV header. A broken one is fetched again in the same run; a "
-            "failure names each file still broken (no key, or the fetch failed) and what is wrong.",
+            description="Every recording raw.layercode_recordings lists as downloaded is in the recordings store, "
+            "with the size it had when kept (and, on disk, a valid WAV header). A broken one is fetched again in "
+            "the same run; a failure names each file still broken (no key, or the fetch failed) and what is wrong.",
         ),
+        *(dg.AssetCheckSpec(name, asset=RECORDINGS, description=text) for name, (text, _sql) in AUDIO_CHECKS.items()),
     ],
-    description="raw.layercode_recordings and the WAV files under recordings/agent=&lt;id&gt;/dt=&lt;date&gt;/. A "
-    "file is kept only when its RIFF header agrees with its size; not-ready recordings are retried on a "
+    description="raw.layercode_recordings and the WAV files in the recordings store (LAYERCODE_RECORDINGS_URL: "
+    "a directory or s3://bucket/prefix), laid out as agent=&lt;id&gt;/dt=&lt;date&gt;/&lt;session&gt;.wav. A "
+    "file is kept only when its RIFF header agrees with its size and it is under LAYERCODE_RECORDING_MAX_BYTES; "
+    "its audio is measured (silence, clipping, loudness, real length); not-ready recordings are retried on a "
     "later run.",
 )
 def layercode_recordings(
     context: dg.AssetExecutionContext, storage: StorageResource, layercode_api: LayercodeAPIResource
 ) -> dg.MaterializeResult:
-    with storage.connect() as con:
-        plan = plan_recordings(con, storage.paths.recordings)
-        downloads, rows, held = plan.downloads, plan.rows, plan.held
-        waiting_for_key = len(downloads) if downloads and not layercode_api.configured else 0
-        if waiting_for_key:  # optional configuration missing: degrade, never block the marts
-            context.log.warning(
-                f"{waiting_for_key} recordings are ready but LAYERCODE_API_KEY is not set; "
-                "they are fetched on the first run with a key"
-            )
-            downloads = []
-        if downloads:
-            rows += asyncio.run(_download(layercode_api, downloads))
+    store = storage.recording_store()
+    with storage.connect() as con:  # plan under the writers' lock ...
+        candidates = recording_candidates(con)
+    plan = plan_recordings(candidates, store)  # ... verify the kept files, download and measure without it ...
+    downloads, rows, held = plan.downloads, plan.rows, plan.held
+    waiting_for_key = len(downloads) if downloads and not layercode_api.configured else 0
+    if waiting_for_key:  # optional configuration missing: degrade, never block the marts
+        context.log.warning(
+            f"{waiting_for_key} recordings are ready but LAYERCODE_API_KEY is not set; "
+            "they are fetched on the first run with a key"
+        )
+        downloads = []
+    if downloads:
+        rows += asyncio.run(_download(layercode_api, store, downloads))
+    measured = measure_kept(store, plan.unmeasured)
+    with storage.connect() as con:  # ... and record under it again
         store_recordings(con, rows)
+        store_measurements(con, measured)
         summary = dict(con.execute("select status, count(*) from raw.layercode_recordings group by 1").fetchall())
         total_bytes = scalar(
             con, "select coalesce(sum(bytes), 0) from raw.layercode_recordings where status = 'downloaded'"
+        )
+        failures = audio_check_failures(
+            con, [r.session_id for r in rows if r.audio is not None] + [m[1] for m in measured]
         )
     # kept files found broken and not fetched again this run (no key, or the fetch failed)
     fetched = {r.session_id for r in rows if r.status == "downloaded"}
@@ -66,35 +88,49 @@ def layercode_recordings(
     counts = {s: sum(1 for r in rows if r.status == s) for s in ("downloaded", "not_ready", "failed", "error")}
     for r in [r for r in rows if r.status == "error"][:10]:
         context.log.warning(f"recording {r.session_id}: {r.error}")
-    check = dg.AssetCheckResult(
-        check_name="api_key_configured",
-        passed=not waiting_for_key,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"recordings_waiting_for_a_key": waiting_for_key},
-    )
-    wavs = dg.AssetCheckResult(
-        check_name="kept_wavs_valid",
-        passed=not broken,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "kept": held + len(plan.broken),
-            "broken": len(broken),
-            "examples": dg.MetadataValue.json(broken[:10]),
-        },
-    )
+    checks = [
+        dg.AssetCheckResult(
+            check_name="api_key_configured",
+            passed=not waiting_for_key,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"recordings_waiting_for_a_key": waiting_for_key},
+        ),
+        dg.AssetCheckResult(
+            check_name="kept_wavs_valid",
+            passed=not broken,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "kept": held + len(plan.broken),
+                "broken": len(broken),
+                "examples": dg.MetadataValue.json(broken[:10]),
+            },
+        ),
+        *(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not found,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"recordings": len(found), "examples": dg.MetadataValue.json(found[:10])},
+            )
+            for name, found in failures.items()
+        ),
+    ]
     return dg.MaterializeResult(
-        check_results=[check, wavs],
+        check_results=checks,
         metadata={
             **{f"this_run_{k}": v for k, v in counts.items()},
             "already_held": held,
+            "measured_kept_recordings": len(measured),
             "waiting_for_api_key": waiting_for_key,
             "by_status": dg.MetadataValue.json(summary),
-            "bytes_on_disk": int(total_bytes),
+            "bytes_kept": int(total_bytes),
             "dagster/row_count": sum(summary.values()),
         },
     )
 
 
-async def _download(api: LayercodeAPIResource, downloads):
+async def _download(api: LayercodeAPIResource, store, downloads):
     async with api.client() as client:
-        return await download_recordings(client, downloads)
+        return await download_recordings(
+            client, store, downloads, max_bytes=api.recording_max_bytes, deadline_s=api.recording_deadline_s
+        )
