@@ -6,6 +6,7 @@ Heavy imports (Dagster, dbt, uvicorn) happen inside each command so `--help` is 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -407,9 +408,9 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
 @click.option(
     "--labelled",
     "labelled_path",
-    type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Labelled calls (YAML, the format of the shipped lib/enrichment/labelled_calls.yaml). "
+    help="Labelled calls (YAML, the format of the shipped lib/enrichment/labelled_calls.yaml), or `reviews`: "
+    "the calls reviewed in the dashboard's workbench (their latest review, from the serving copy). "
     "Default: the shipped set.",
 )
 @click.option(
@@ -469,6 +470,8 @@ def evaluate(
     console = Console(width=max(Console().width, 140))
     settings = _settings()
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    if labelled_path and labelled_path != ev.REVIEWS and not os.path.isfile(labelled_path):
+        raise click.BadParameter(f"{labelled_path!r} is neither a file nor `reviews`", param_hint="--labelled")
     try:
         results = ev.run_variants(
             labelled_path,
@@ -479,6 +482,7 @@ def evaluate(
             api_key=key,
             base_url=base_url or settings.openai_base_url,
             concurrency=concurrency,
+            serving=settings.paths.serving / "analytics.duckdb",
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -506,17 +510,40 @@ def evaluate(
     help="How often an open page reads the serving copy again (new publishes show without a reload).",
 )
 def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) -> None:
-    """Serve a read-only dashboard over the serving copy (never the warehouse): calls, minutes,
-    turn latency, barge-ins, outcomes, recordings, and each call's transcript."""
+    """Serve the dashboard over the serving copy (never the warehouse): calls, minutes, turn
+    latency, barge-ins, outcomes, recordings; each call's recording, transcript and enrichment;
+    and, with LAYERCODE_REVIEWERS set, the review workbench (/review)."""
     from pathlib import Path
+
+    from layercode_pipeline.config import ConfigError
+    from layercode_pipeline.lib.enrichment.analysis import EnrichmentSettings
+    from layercode_pipeline.lib.recording_store import recording_store
+    from layercode_pipeline.lib.reviews import ReviewLog
 
     try:
         from layercode_pipeline.dashboard import serve
+        from layercode_pipeline.dashboard.review import Workbench
     except ImportError as exc:  # the extra is not installed
         raise click.ClickException(f"{exc.name} is missing: pip install 'layercode-pipeline[dashboard]'") from None
-    serving = Path(serving_path) if serving_path else _settings().paths.serving / "analytics.duckdb"
+    settings = _settings()
+    serving = Path(serving_path) if serving_path else settings.paths.serving / "analytics.duckdb"
+    try:
+        reviewers = settings.reviewer_credentials()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    workbench = Workbench(
+        serving,
+        ReviewLog(settings.paths.reviews),
+        reviewers,
+        list(EnrichmentSettings.load(settings.enrichment_config).topics),
+    )
+    recordings = recording_store(settings.storage(), settings.paths.recordings)
     click.echo(f"Dashboard over {serving} on http://{host}:{port}/ (Ctrl-C to stop)")
-    serve(serving, host=host, port=port, refresh_s=refresh_s)
+    if reviewers:
+        click.echo(f"Review workbench: http://{host}:{port}/review ({len(reviewers)} reviewer(s))")
+    else:
+        click.echo("Review workbench is read-only: set LAYERCODE_REVIEWERS to let reviewers save reviews")
+    serve(serving, host=host, port=port, refresh_s=refresh_s, workbench=workbench, recordings=recordings)
 
 
 @main.group()

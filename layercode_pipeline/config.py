@@ -59,6 +59,11 @@ class DataPaths:
     recordings: Path
     serving: Path
 
+    @property
+    def reviews(self) -> Path:
+        """The review workbench's append-only review files."""
+        return self.data_dir / "reviews"
+
     @classmethod
     def derive(
         cls,
@@ -304,6 +309,11 @@ class Settings(BaseSettings):
     # not after the warehouse's run in flight; off: only from the warehouse, after enrichment
     result_webhooks_express: bool = True
 
+    # --- dashboard and review workbench ---------------------------------------------------
+    # JSON {"<reviewer name>": "<token or password>"}: who may save reviews in the dashboard.
+    # Unset: the dashboard is read-only.
+    reviewers: SecretStr | None = Field(default=None, repr=False)
+
     @classmethod
     def default(cls, field: str) -> Any:
         """A setting's default: resources and the REST client take theirs from here, so each
@@ -362,6 +372,23 @@ class Settings(BaseSettings):
         a secret's value) when one is malformed."""
         raw = self.result_webhooks.get_secret_value() if self.result_webhooks is not None else ""
         return parse_result_endpoints(raw)
+
+    def reviewer_credentials(self) -> dict[str, str]:
+        """Reviewer name -> credential; a `ConfigError` naming the variable (never a value)."""
+        raw = self.reviewers.get_secret_value() if self.reviewers is not None else ""
+        if not raw.strip():
+            return {}
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise ConfigError("LAYERCODE_REVIEWERS is not JSON (an object of reviewer name to token)") from None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and k.strip() and isinstance(v, str) and len(v) >= 8 for k, v in parsed.items()
+        ):
+            raise ConfigError(
+                "LAYERCODE_REVIEWERS must map each reviewer's name to a token or password of at least 8 characters"
+            )
+        return {k.strip(): v for k, v in parsed.items()}
 
     @cached_property
     def agent_secrets(self) -> dict[str, tuple[str, ...]]:

@@ -84,7 +84,7 @@ def materialize_all(
     resources = resources_from_settings(settings)
     all_assets = cast(list[dg.AssetsDefinition], list(defs.assets or []))
     groups = {
-        "ingest": dg.AssetSelection.assets("raw_layercode_events"),
+        "ingest": dg.AssetSelection.assets("raw_layercode_events") | dg.AssetSelection.groups("reviews"),
         "backfill": dg.AssetSelection.groups("agents", "backfill", "recordings"),
         "enrichment": dg.AssetSelection.groups("enrichment", "results"),
         "dbt": dg.AssetSelection.groups(*DBT_GROUPS),

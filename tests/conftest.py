@@ -149,6 +149,7 @@ SLOW_MODULES = {
     "test_poison_pills",
     "test_production_instance",
     "test_recordings_on_object_storage",
+    "test_review_workbench",
     "test_serving",
     "test_warehouse_seam",
     "test_whole_chain",
@@ -172,6 +173,7 @@ NEEDS = {
     "test_production_instance": ("postgres", "daemon"),
     "test_automation": ("daemon",),
     "test_dashboard": ("chromium",),
+    "test_review_workbench": ("chromium",),
     "test_object_landing": ("s3",),
     "test_recordings_on_object_storage": ("s3",),
 }

@@ -1,4 +1,4 @@
-"""`layercode-pipeline dashboard`: a read-only dashboard over the serving copy.
+"""`layercode-pipeline dashboard`: a dashboard over the serving copy, and a review workbench.
 
 Built on Dash (Plotly's dashboard framework: a Flask server and React components, no build
 step, light to install, and every figure and number is plain DOM a headless browser can
@@ -7,27 +7,38 @@ each refresh opens the file read-only and closes it, so a publish (which renames
 over the old one) is picked up on the next refresh and the dashboard never holds a lock the
 pipeline needs. Query results are polars frames.
 
-Pages, one module each: `/` (`overview.py`: calls and minutes per day by agent; duration, turn latency p50/p95 and
-interruption rate over time; outcome and sentiment mix; recording coverage; the
-lowest-quality calls with their summary) and `/call/<session_id>` (`call.py`: the transcript, turn by
-turn, with each reply's latency and the barge-ins marked).
+Pages, one module each: `/` (`overview.py`: calls and minutes per day by agent; duration, turn
+latency p50/p95 and interruption rate over time; outcome and sentiment mix; recording
+coverage; the lowest-quality calls with their summary), `/call/<session_id>` (`call.py`: the
+recording in a player that seeks, the transcript turn by turn with each reply's latency and
+the barge-ins marked, the enrichment, and the review form) and `/review` (`review.py`: the
+queues to pick calls from, and the enrichment's accuracy on reviewed calls).
+
+`/recording/<session_id>` serves a kept WAV with HTTP range requests (a player seeks by
+asking for a byte range), from the recordings directory only, or redirects to a short-lived
+signed URL when the recordings are on object storage.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .queries import ALL, REFRESH_S, agents
 
 
-def create_app(serving: Path, refresh_s: float = REFRESH_S):
-    """The Dash app over `serving` (a path to analytics.duckdb)."""
+def create_app(serving: Path, refresh_s: float = REFRESH_S, *, workbench: Any = None, recordings: Any = None):
+    """The Dash app over `serving` (a path to analytics.duckdb). `workbench` (review.Workbench)
+    enables reviewing; `recordings` (a RecordingStore) enables the player."""
     import dash
+    import flask
     from dash import Input, Output, dcc, html
 
     from .call import call_page
     from .overview import overview_page
+    from .queries import recording
+    from .review import queues_page, register_review_callbacks
 
     app = dash.Dash(__name__, title="Layercode call analytics", suppress_callback_exceptions=True)
     app.layout = html.Div(
@@ -44,9 +55,19 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S):
         Output("page", "children"), Input("url", "pathname"), Input("refresh", "n_intervals"), Input("agent", "value")
     )
     def render(pathname: str | None, _n: int | None, agent: str | None):
-        # every refresh reads the serving file again: a new publish shows without a reload
+        # every refresh reads the serving file again: a new publish shows without a reload. A
+        # call page and the queues are not redrawn by the timer: it would stop the player and
+        # wipe a review being typed.
         if pathname and pathname.startswith("/call/"):
-            return call_page(serving, unquote(pathname.removeprefix("/call/")))
+            if dash.ctx.triggered_id == "refresh":
+                raise dash.exceptions.PreventUpdate
+            return call_page(serving, unquote(pathname.removeprefix("/call/")), workbench)
+        if pathname == "/review":
+            if dash.ctx.triggered_id == "refresh":
+                raise dash.exceptions.PreventUpdate
+            if workbench is None:
+                return html.P("The review workbench is not configured.", id="queues-title")
+            return queues_page(workbench)
         return overview_page(serving, agent)
 
     @app.callback(Output("agent", "options"), Input("refresh", "n_intervals"))
@@ -63,8 +84,49 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S):
             style={"maxWidth": "360px"},
         ),
     )
+    if workbench is not None:
+        register_review_callbacks(app, workbench)
+    server = app.server
+
+    @server.before_request
+    def refuse_cross_site():
+        """Every POST (a Dash callback, a review) must come from the dashboard's own pages."""
+        if flask.request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        request = flask.request
+        origin = request.headers.get("Origin")
+        own = f"{urlsplit(request.host_url).scheme}://{request.host}"
+        if origin is not None and origin != own:
+            return flask.Response("cross-site request refused", status=403)
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            return flask.Response("cross-site request refused", status=403)
+        if not (request.content_type or "").startswith("application/json"):  # what an HTML form cannot send
+            return flask.Response("only the dashboard's own requests are accepted", status=403)
+        return None
+
+    @server.route("/recording/<path:session_id>")
+    def recording_file(session_id: str):
+        kept = recording(serving, session_id) if serving.exists() else None
+        if kept is None or recordings is None:
+            flask.abort(404)
+        url = recordings.browser_url(kept["recording_uri"])
+        if url is not None:  # on object storage: a short-lived signed URL (range requests go there)
+            return flask.redirect(url, code=302)
+        path = Path(kept["recording_uri"]).resolve()
+        if recordings.root not in path.parents or not path.is_file():  # only files of the recordings directory
+            flask.abort(404)
+        return flask.send_file(path, mimetype="audio/wav", conditional=True, max_age=0)
+
     return app
 
 
-def serve(serving: Path, host: str = "127.0.0.1", port: int = 8050, refresh_s: float = REFRESH_S) -> None:
-    create_app(serving, refresh_s).run(host=host, port=port, debug=False)
+def serve(
+    serving: Path,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    refresh_s: float = REFRESH_S,
+    *,
+    workbench: Any = None,
+    recordings: Any = None,
+) -> None:
+    create_app(serving, refresh_s, workbench=workbench, recordings=recordings).run(host=host, port=port, debug=False)

@@ -87,8 +87,8 @@ def transcript(serving: Path, session_id: str) -> tuple[dict[str, Any] | None, p
         serving,
         """
         select session_id, coalesce(agent_name, agent_id) as agent, started_at, duration_ms, caller_name, sentiment,
-               outcome, quality_score, summary, interruptions, turn_latency_ms_p50, turn_latency_ms_p95,
-               caller_talk_share
+               outcome, topics, quality_score, summary, interruptions, turn_latency_ms_p50, turn_latency_ms_p95,
+               caller_talk_share, enrichment_provider, enrichment_model, enrichment_prompt_version
         from marts.fct_sessions where session_id = ?""",
         [session_id],
     )
@@ -124,3 +124,34 @@ def fmt(value: Any, kind: str = "") -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def has_table(serving: Path, table: str) -> bool:
+    """Whether the serving copy has `marts.<table>` (an older publish may not)."""
+    found = frame(
+        serving,
+        "select count(*) as n from duckdb_tables() where schema_name = 'marts' and table_name = ?",
+        [table],
+    )
+    return bool(found["n"][0])
+
+
+def recording(serving: Path, session_id: str) -> dict[str, Any] | None:
+    """The session's kept recording (uri and audio figures), or None."""
+    if not has_table(serving, "fct_recordings"):
+        return None
+    found = frame(
+        serving,
+        """
+        select recording_uri, duration_s, reported_duration_s, silence_share, longest_silence_s, clipped_share,
+               loudness_dbfs, is_silent, is_clipped, length_mismatch
+        from marts.fct_recordings where session_id = ? and download_status = 'downloaded'""",
+        [session_id],
+    )
+    return found.row(0, named=True) if found.height else None
+
+
+def session_exists(serving: Path, session_id: str) -> bool:
+    return bool(
+        frame(serving, "select count(*) as n from marts.fct_sessions where session_id = ?", [session_id])["n"][0]
+    )

@@ -133,6 +133,38 @@ create table if not exists raw.layercode_agents (
     last_seen_at   timestamptz not null,
     primary key (agent_id, record_sha256)
 );
+-- reviews written by the dashboard's workbench (lib/reviews.py), one row per review
+create table if not exists raw.reviews (
+    review_id      varchar primary key,
+    session_id     varchar not null,
+    reviewer       varchar not null,
+    reviewed_at    timestamptz not null,
+    caller_name    varchar,
+    outcome        varchar not null,
+    sentiment      varchar not null,
+    topics         varchar[] not null,
+    quality_score  integer not null,
+    comment        varchar,
+    flagged_turns  json,
+    shown          json,
+    source_file    varchar not null,
+    ingested_at    timestamptz not null
+);
+-- a line of a review file that is not a valid review (hand-edited, a future version's field)
+create table if not exists raw.review_rejects (
+    source_file  varchar not null,
+    byte_offset  bigint not null,
+    error        varchar not null,
+    line         varchar,
+    rejected_at  timestamptz not null
+);
+-- how far each review file has been read (whole lines only)
+create table if not exists raw.review_files (
+    source_file  varchar primary key,
+    bytes_read   bigint not null,
+    read_at      timestamptz not null
+);
+
 -- the result webhook outbox's deliveries, mirrored by the result_webhooks asset
 create table if not exists raw.result_webhook_deliveries (
     message_id        varchar not null,

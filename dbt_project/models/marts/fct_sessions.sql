@@ -55,7 +55,13 @@ data_events as (
     where {{ sessions_in(touched) }} group by 1
 ),
 latency_units as (select agent_id, webhook_latency_unit from {{ ref('int_webhook_latency_units') }}),
-enr as (select * from ({{ session_enrichments(touched) }}) where is_latest),
+enr_all as ({{ session_enrichments(touched) }}),
+enr as (select * from enr_all where is_latest),
+enr_versions as (  -- the session analysed by more than one provider, model or prompt version
+    select session_id, count(*) as enrichment_versions,
+           count(distinct outcome) > 1 or count(distinct sentiment) > 1 as enrichment_versions_disagree
+    from enr_all where error is null group by 1
+),
 turn_stats as (
     select session_id,
            count(*) as turns,
@@ -182,6 +188,8 @@ merged as (
         enr.model as enrichment_model,
         enr.prompt_version as enrichment_prompt_version,
         enr.cost_usd as enrichment_cost_usd,
+        coalesce(ev.enrichment_versions, 0) as enrichment_versions,
+        coalesce(ev.enrichment_versions_disagree, false) as enrichment_versions_disagree,
         any_events.first_seen_at,
         ts.first_spoken_at,
         src.source_loaded_at,
@@ -194,6 +202,7 @@ merged as (
     left join rest using (session_id)
     left join recs using (session_id)
     left join enr using (session_id)
+    left join enr_versions ev using (session_id)
     left join turn_stats ts using (session_id)
     left join data_events using (session_id)
     left join message_stats ms using (session_id)

@@ -17,7 +17,12 @@ ingest_job = dg.define_asset_job(
     "ingest_job",
     # every dbt model, not only those downstream of the raw events: the marts also read the
     # agents, REST and recordings models, which must exist (empty) on a fresh warehouse
-    selection=(dg.AssetSelection.assets(RAW_EVENTS).downstream() | dg.AssetSelection.groups(*DBT_GROUPS))
+    # and the reviews written in the dashboard since the last run
+    selection=(
+        dg.AssetSelection.assets(RAW_EVENTS).downstream()
+        | dg.AssetSelection.groups(*DBT_GROUPS)
+        | dg.AssetSelection.groups("reviews")
+    )
     - dg.AssetSelection.groups("agents", "backfill", "recordings"),
     executor_def=dg.in_process_executor,
     tags={"layercode/stage": "ingest"},

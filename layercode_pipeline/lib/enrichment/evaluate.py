@@ -94,6 +94,56 @@ def load_labelled(path: str | Path | None = None, topics: Sequence[str] | None =
     return calls
 
 
+REVIEWS = "reviews"  # `--labelled reviews`: the calls reviewed in the dashboard's workbench
+
+
+def reviewed_calls(serving: Path, topics: Sequence[str] | None = None) -> list[LabelledCall]:
+    """Each reviewed call as a labelled call: its latest review (marts.fct_reviews, published
+    by the pipeline's run after the review was saved) is the label, its transcript the input."""
+    import duckdb
+
+    if not serving.exists():
+        raise ValueError(f"no serving copy at {serving}: run the pipeline first")
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        try:
+            reviews = con.execute(
+                "select session_id, caller_name, sentiment, outcome, topics from marts.fct_reviews "
+                "where is_latest order by reviewed_at"
+            ).fetchall()
+        except duckdb.CatalogException:
+            raise ValueError("the serving copy has no reviews yet (marts.fct_reviews)") from None
+        turns: dict[str, list[TurnText]] = {}
+        for session_id, role, text in con.execute(
+            "select session_id, role, text from marts.fct_turns "
+            "where session_id in (select session_id from marts.fct_reviews where is_latest) "
+            "and text is not null order by session_id, position"
+        ).fetchall():
+            turns.setdefault(session_id, []).append(TurnText(role, text))
+    finally:
+        con.close()
+    calls = []
+    for session_id, caller_name, sentiment, outcome, call_topics in reviews:
+        if not turns.get(session_id):
+            continue  # a session without transcript text has nothing to analyse
+        known = [t for t in call_topics or [] if topics is None or t in topics]
+        # built, not validated: the turns are already TurnText (the validator reads the YAML form)
+        calls.append(
+            LabelledCall.model_construct(
+                id=session_id,
+                turns=turns[session_id],
+                caller_name=[caller_name] if caller_name else [],
+                sentiment=sentiment,
+                outcome=outcome,
+                topics=known,
+                pii=[],
+            )
+        )
+    if not calls:
+        raise ValueError("no reviewed call with a transcript in the serving copy yet")
+    return calls
+
+
 def _norm(name: str | None) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s'’-]", "", name or "")).strip().casefold()
 
@@ -270,13 +320,19 @@ def run_variants(
     api_key: str | None,
     base_url: str | None,
     concurrency: int = 4,
+    serving: Path | None = None,
 ) -> pl.DataFrame:
     """Every variant (model x prompt version; one for offline per prompt version) over the same calls."""
     from layercode_pipeline.lib.enrichment.analysis import build_analysis_model
     from layercode_pipeline.lib.enrichment.providers import build_provider
 
     base = EnrichmentSettings.load(config_file)
-    calls = load_labelled(labelled_path, topics=list(base.topics))
+    if str(labelled_path) == REVIEWS:
+        if serving is None:
+            raise ValueError("--labelled reviews needs the serving copy")
+        calls = reviewed_calls(serving, topics=list(base.topics))
+    else:
+        calls = load_labelled(labelled_path, topics=list(base.topics))
     versions = prompt_versions or [base.prompt_version]
     unknown = [v for v in versions if base.prompt_instructions and v not in base.prompt_instructions]
     if unknown:
