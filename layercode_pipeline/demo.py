@@ -302,6 +302,12 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
                    round(100.0 * count(*) filter (where t.interrupted)
                          / nullif(count(*) filter (where t.role = 'assistant' and t.interrupted is not null), 0), 1)
             from marts.fct_sessions s left join marts.fct_turns t using (session_id) group by 1 order by 1""").fetchall()
+        audio = con.execute("""
+            select count(*) filter (where download_status = 'downloaded'), count(*) filter (where is_silent),
+                   count(*) filter (where is_clipped), count(*) filter (where length_mismatch),
+                   round(median(silence_share) * 100), round(median(loudness_dbfs), 1),
+                   min(recording_uri) filter (where recording_uri is not null)
+            from marts.fct_recordings""").fetchall()[0]
     finally:
         con.close()
     rep = result.report.summary()
@@ -330,6 +336,14 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     )
     facts.add_row(
         "recordings", f"{recordings} WAV files kept ({formats or 'none'}), fetched through redirects to signed storage"
+    )
+    kept, silent, clipped, short, silence_pct, loudness, example_uri = audio
+    store = str(example_uri).split("/agent=")[0] if example_uri else "none kept"
+    facts.add_row(
+        "audio checks",
+        f"{kept} recordings measured in {store}: {silent} silent, {clipped} clipped, {short} of the wrong length; "
+        f"median silence {silence_pct if silence_pct is not None else '-'} %, "
+        f"median loudness {loudness if loudness is not None else '-'} dBFS",
     )
     facts.add_row("enrichment", ", ".join(f"{n} by {p}" for p, n in providers))
     if result.receiver is not None:
@@ -380,8 +394,10 @@ def next_steps(d: Path, serving: Path) -> list[str]:
     api = "LAYERCODE_API_BASE_URL=http://127.0.0.1:8788/v1 LAYERCODE_API_KEY=sim_api_key"
     return [
         "[bold]Next[/] (one command per line; the last three each in their own terminal)",
-        "  The dashboard over the serving copy (then open http://127.0.0.1:8050/):",
-        f"  .venv/bin/layercode-pipeline dashboard --serving {serving}",
+        "  The dashboard over the serving copy, with the review workbench at http://127.0.0.1:8050/review "
+        "(choose your own reviewer name and token):",
+        f'  LAYERCODE_DATA_DIR={d} LAYERCODE_REVIEWERS=\'{{"me": "choose-a-long-token"}}\' '
+        ".venv/bin/layercode-pipeline dashboard",
         "  The marts, from the serving copy:",
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{serving}', read_only=True)"
         ".sql('from marts.agg_daily_call_metrics'))\"",

@@ -36,7 +36,15 @@ def test_demo_twice_adds_calls_without_duplicating(tmp_path):
         and "LAYERCODE_API_BASE_URL=" in line
         for line in lines
     )
-    assert any(line.strip().startswith(".venv/bin/layercode-pipeline dashboard --serving ") for line in lines)
+    assert any(
+        line.strip().startswith(f"LAYERCODE_DATA_DIR={data.resolve()} LAYERCODE_REVIEWERS=")
+        and line.rstrip().endswith(".venv/bin/layercode-pipeline dashboard")
+        for line in lines
+    )
+    assert "http://127.0.0.1:8050/review" in r.stdout  # the workbench's address
+    # the audio checks' summary: recordings measured where they are kept, silent ones counted
+    flat = " ".join(" ".join(line.strip(" │").split()) for line in lines)  # the panel wraps long rows
+    assert f"recordings measured in {(data / 'recordings').resolve()}: " in flat and " silent, " in flat
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     calls_1 = con.execute("select count(*) from marts.fct_conversations").fetchone()[0]
     con.close()

@@ -133,7 +133,9 @@ def test_the_serving_copy_and_parquet_files_open_in_duckdb_1_1(tmp_path, old_duc
     read = json.loads(r.stdout)
     assert read["version"] == OLD_DUCKDB
     assert read["marts"] == counts and read["parquet"] == counts
-    partitioned = {"fct_sessions", "fct_turns", "fct_conversations"}
+    from layercode_pipeline.lib.serving_copy import INCREMENTAL
+
+    partitioned = set(INCREMENTAL)
     assert sorted(p.stem for p in (serving / "parquet").glob("*.parquet")) == sorted(set(counts) - partitioned)
     assert {p.name for p in (serving / "parquet").iterdir() if p.is_dir()} == partitioned
 

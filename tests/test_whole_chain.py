@@ -218,7 +218,21 @@ def test_every_completed_recording_is_on_disk_with_a_valid_header(chain):
         info = inspect_wav(Path(paths[s.session_id]))
         assert (info.sample_rate, info.channels, info.encoding) == (s.sample_rate, 1, s.wav_format)
         assert info.size_placeholder == (s.wav_placeholder is not None)
-        assert info.duration_s == pytest.approx(s.duration_ms / 1000, abs=0.001)
+        assert info.duration_s == pytest.approx(s.recording_samples / s.sample_rate, abs=0.001)  # cut short: shorter
+    # the published audio checks say what the simulator put in each file
+    flags = {
+        r["session_id"]: r
+        for r in q(
+            con, "select session_id, recording_uri, is_silent, is_clipped, length_mismatch from marts.fct_recordings"
+        )
+    }
+    for s in completed:
+        r = flags[s.session_id]
+        assert r["recording_uri"] == paths[s.session_id]
+        assert (r["is_silent"], r["is_clipped"]) == (s.audio_defect == "silent", s.audio_defect == "clipped")
+        if r["length_mismatch"] is not None:  # null when the session.update (the reported length) was lost
+            assert r["length_mismatch"] == (s.audio_defect == "cut_short"), s.session_id
+    assert {s.audio_defect for s in completed} >= {None, "silent", "clipped"}
 
 
 def test_agents_and_data_events_reach_the_marts(chain):

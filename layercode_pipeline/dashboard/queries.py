@@ -4,6 +4,7 @@ needs). Results are polars frames."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,10 @@ def transcript(serving: Path, session_id: str) -> tuple[dict[str, Any] | None, p
         from marts.fct_turns where session_id = ? order by position""",
         [session_id],
     )
-    return (head.row(0, named=True) if head.height else None), turns
+    row = head.row(0, named=True) if head.height else None
+    if row is not None and isinstance(row["topics"], str):  # a JSON list in the serving copy
+        row["topics"] = json.loads(row["topics"])
+    return row, turns
 
 
 def agents(serving: Path) -> list[dict[str, str]]:

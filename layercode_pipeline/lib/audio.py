@@ -31,6 +31,9 @@ CLIPPED_SHARE = 0.001  # a recording with more than 0.1% of its samples at full 
 LENGTH_TOLERANCE_S = 3.0  # the file's length may differ from Layercode's recording_duration by this much
 
 _SUBTYPES = {(PCM, 8): "PCM_U8", (PCM, 16): "PCM_16", (PCM, 24): "PCM_24", (PCM, 32): "PCM_32"}
+# the largest magnitude each companded code decodes to (G.711: 8031/8192 for mu-law, 4032/4096
+# for A-law): "full scale" for clipping, where linear PCM's is 1.0
+_FULL_SCALE = {"ULAW": 32124 / 32768, "ALAW": 32256 / 32768}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ def analyse_wav(path: Path, info: WavInfo) -> AudioStats:
     import numpy as np
     import soundfile
 
+    subtype = _subtype(info)
+    clip_at = CLIPPED_LEVEL * _FULL_SCALE.get(subtype, 1.0)
     window = max(1, round(info.sample_rate * WINDOW_S))
     silence_power = 10 ** (SILENCE_DBFS / 10)
     windows = silent = run = longest = clipped = 0
@@ -75,7 +80,7 @@ def analyse_wav(path: Path, info: WavInfo) -> AudioStats:
             fh,
             mode="r",
             format="RAW",
-            subtype=_subtype(info),
+            subtype=subtype,
             samplerate=info.sample_rate,
             channels=info.channels,
             endian="LITTLE",
@@ -88,7 +93,7 @@ def analyse_wav(path: Path, info: WavInfo) -> AudioStats:
                 squares = np.square(block, dtype=np.float64)
                 total_power += float(squares.sum())
                 peak = max(peak, float(np.abs(block).max()))
-                clipped += int(np.count_nonzero(np.abs(block) >= CLIPPED_LEVEL))
+                clipped += int(np.count_nonzero(np.abs(block) >= clip_at))
                 per_frame = squares.mean(axis=1)
                 whole = len(per_frame) // window * window
                 powers = per_frame[:whole].reshape(-1, window).mean(axis=1)
