@@ -146,9 +146,11 @@ def run_demo(
     """Deliver `calls` simulated calls through a real listener and materialise every asset.
     `receiver_port`: where the demo's result webhook receiver listens when free (else any port)."""
     from layercode_pipeline.config import Settings
+    from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
     from layercode_pipeline.lib.result_webhooks.signing import new_secret
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, generate_batch, listener_secrets_json
     from layercode_pipeline.simulator.deliver import deliver_with_progress
+    from layercode_pipeline.simulator.generate import CUSTOM_HEADERS as SIMULATED_CUSTOM_HEADERS
     from layercode_pipeline.simulator.receiver import ResultReceiver
     from layercode_pipeline.simulator.server import BackgroundServer, free_port
     from webhook_listener.app import create_app
@@ -183,6 +185,8 @@ def run_demo(
         webhook_secrets=SecretStr(listener_secrets_json(batch)),
         segment_max_age_s=5.0,
         log_level="WARNING",
+        # the simulated customer's custom headers, named to be kept (none are by default)
+        kept_headers=[*DEFAULT_KEPT_HEADERS, *SIMULATED_CUSTOM_HEADERS],
     )
     listener = BackgroundServer(create_app(settings), log_level="warning")
     listener.start()

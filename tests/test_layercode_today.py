@@ -46,7 +46,11 @@ def listener(tmp_path):
         await asyncio.sleep(30)  # the caller barges in long before this ends
         yield "never heard"
 
-    settings = Settings(data_dir=tmp_path / "data", webhook_secret=SECRET)
+    # the customer's custom headers named, and a prefix: credential-like names and the caller's
+    # IP are still never kept through it
+    settings = Settings(
+        data_dir=tmp_path / "data", webhook_secret=SECRET, kept_headers=["user-agent", "x-tenant-id", "x-*"]
+    )
     with BackgroundServer(create_app(settings, responder=slow_responder)) as server:
         yield server.url, tmp_path / "data"
 
@@ -111,6 +115,22 @@ def test_custom_headers_that_name_a_credential_are_never_landed(listener, name):
     assert all("s3cr3t" not in v for v in env["headers"].values())
 
 
+def test_by_default_only_named_headers_are_landed_and_the_callers_ip_only_when_asked(tmp_path):
+    headers = {"x-tenant-id": "acme", "x-forwarded-for": "203.0.113.7", "user-agent": "layercode", "x-crm-key": "k"}
+    for kept, expected in (
+        (None, {"user-agent", "content-type"}),  # the default: no custom header, no IP
+        (["user-agent", "x-*"], {"user-agent", "x-tenant-id"}),  # a prefix never keeps the IP or a key
+        (["x-tenant-id", "x-forwarded-for", "x-crm-key"], {"x-tenant-id", "x-forwarded-for"}),  # named: kept
+    ):
+        data = tmp_path / str(len(str(kept)))
+        settings = Settings(data_dir=data, webhook_secret=SECRET, **({"kept_headers": kept} if kept else {}))
+        with BackgroundServer(create_app(settings)) as server:
+            r = post(server.url, {"type": "data", "session_id": "sess_h", "turn_id": "t1", "data": {}}, headers=headers)
+            assert r.status_code == 200
+            [env] = landed_envelopes_so_far(data)
+        assert set(env["headers"]) == expected, kept
+
+
 def landed_envelopes_so_far(data: Path) -> list[dict]:
     """Every envelope landed so far, sealed or in the open segment (acknowledged = fsynced)."""
     out = []
@@ -142,7 +162,7 @@ def test_barge_in_tears_the_sse_reply_and_is_logged_as_cancelled(listener, caplo
 def test_metadata_headers_data_and_barge_ins_reach_the_marts(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERCODE_PROMOTED_METADATA_KEYS", "tenant_id,crm_id")
     data = tmp_path / "data"
-    settings = Settings(data_dir=data, webhook_secret=SECRET)
+    settings = Settings(data_dir=data, webhook_secret=SECRET, kept_headers=["x-tenant-id"])
     base = 1_795_000_000_000
     with BackgroundServer(create_app(settings)) as server:
         url = server.url

@@ -198,7 +198,13 @@ def test_fault_specs_are_checked():
 
 def test_delivery_against_the_real_listener(listener_factory, tmp_path):
     batch = generate_batch(40, seed=11)
-    listener = listener_factory(env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
+    listener = listener_factory(
+        env={
+            "LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch),
+            # the customer's custom headers are kept only when named
+            "LAYERCODE_KEPT_HEADERS": '["user-agent", "x-tenant-id", "x-request-source"]',
+        }
+    )
     faults = {"duplicate": 0.2, "out_of_order": 0.5, "drop_session_end": 0.1, "drop_session_update": 0.1, "burst": 0.3}
     report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults=faults, concurrency=16)
     listener.stop()

@@ -22,9 +22,13 @@ import orjson
 ENVELOPE_VERSION = 1
 SEALED_SUFFIX = ".jsonl"
 OPEN_SUFFIX = ".jsonl.open"
-# Request headers worth keeping by default: the client and tracing headers, and every `x-`
-# header (Layercode appends the customer's custom headers, e.g. `x-tenant-id`, to each webhook).
-DEFAULT_KEPT_HEADERS = ("user-agent", "content-type", "x-*", "traceparent")
+# Request headers kept by default: the client and tracing headers only. Layercode appends the
+# customer's custom headers (`x-tenant-id`, ...) to each webhook; they are free-form and may
+# identify a person, so each is kept only when named (LAYERCODE_KEPT_HEADERS).
+DEFAULT_KEPT_HEADERS = ("user-agent", "content-type", "traceparent")
+# Headers carrying the caller's (or a proxy's) IP address: kept only when named exactly, never
+# through a prefix such as `x-*`.
+IP_HEADERS = frozenset({"x-forwarded-for", "x-real-ip", "forwarded", "cf-connecting-ip", "true-client-ip"})
 # Credentials and credential-derived values, never kept whatever the allow-list says.
 NEVER_KEPT_HEADERS = frozenset(
     {
@@ -41,7 +45,7 @@ NEVER_KEPT_HEADERS = frozenset(
 
 # Layercode's custom headers are free-form (contract section 6) and may carry the customer's own
 # credentials for its backend: a name that suggests one is never kept either.
-CREDENTIAL_NAME = re.compile(r"auth|token|secret|passw|api[-_]?key|cookie|signature|credential|bearer|session-?key")
+CREDENTIAL_NAME = re.compile(r"auth|token|secret|passw|key|cookie|signature|credential|bearer")
 
 
 def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:
@@ -55,6 +59,8 @@ def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:
         text = name.decode("latin-1").lower()
         if text in NEVER_KEPT_HEADERS or CREDENTIAL_NAME.search(text):
             return False
+        if text in IP_HEADERS:
+            return text in exact
         return text in exact or text.startswith(prefixes)
 
     return keep

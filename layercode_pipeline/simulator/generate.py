@@ -29,6 +29,8 @@ COUNTRIES = [
 ]
 PHONE_RATE = 8000  # telephony recordings
 WEB_RATE = 16000  # browser recordings
+# the custom headers the simulated customer has Layercode append to every webhook
+CUSTOM_HEADERS = ("x-tenant-id", "x-request-source")
 PLACEHOLDERS = (0, 0xFFFFFFFF)  # what a streaming WAV writer puts where it does not know a size yet
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 TYPED_TEXTS = ["my email is jo@example.com", "order 55512", "can I get a callback tomorrow?"]
@@ -542,7 +544,7 @@ def generate_batch(
             "campaign": r.choice(["organic", "spring_promo"]),
         }
         headers = (
-            {"x-tenant-id": metadata["tenant_id"], "x-request-source": r.choice(["ivr", "website"])}
+            dict(zip(CUSTOM_HEADERS, (metadata["tenant_id"], r.choice(["ivr", "website"])), strict=True))
             if agent.sends_custom_headers
             else {}
         )
