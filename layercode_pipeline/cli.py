@@ -546,6 +546,75 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
     serve(serving, host=host, port=port, refresh_s=refresh_s, workbench=workbench, recordings=recordings)
 
 
+@main.command()
+@click.option("--session-id", "session_ids", multiple=True, help="A session to forget (repeat for several).")
+@click.option("--conversation-id", "conversation_ids", multiple=True, help="A call: every session of it.")
+@click.option("--phone-number", "phone_numbers", multiple=True, help="A caller (E.164): every session from or to it.")
+@click.option(
+    "--from-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="One identifier per line: session:<id>, conversation:<id> or phone:<E.164> (a bare +... is a phone number).",
+)
+def forget(
+    session_ids: tuple[str, ...],
+    conversation_ids: tuple[str, ...],
+    phone_numbers: tuple[str, ...],
+    from_file: str | None,
+) -> None:
+    """Forget callers everywhere the pipeline keeps a copy: landing, quarantine, warehouse,
+    recordings, reviews, outbox and serving copy; tombstones keep them from coming back, and
+    `call.erased` tells your result webhook endpoints. Prints what was removed per store."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from layercode_pipeline.config import ConfigError
+    from layercode_pipeline.lib import privacy
+    from layercode_pipeline.lib.recording_store import recording_store
+    from layercode_pipeline.lib.warehouse import Warehouse
+
+    try:
+        selectors = [
+            *(privacy.Selector("session", v) for v in session_ids),
+            *(privacy.Selector("conversation", v) for v in conversation_ids),
+            *(privacy.Selector("phone", v) for v in phone_numbers),
+            *(privacy.read_selectors(Path(from_file)) if from_file else []),
+        ]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not selectors:
+        raise click.UsageError("name at least one --session-id, --conversation-id, --phone-number or --from-file")
+    settings = _settings()
+    try:
+        endpoints = settings.result_endpoints()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    paths = settings.paths
+    key = settings.privacy_key.get_secret_value() if settings.privacy_key else None
+    report = privacy.forget(
+        warehouse=Warehouse.from_settings(settings),
+        paths=paths,
+        key=privacy.load_privacy_key(paths.data_dir, key),
+        selectors=selectors,
+        recordings=recording_store(settings.storage(), paths.recordings),
+        outbox_path=settings.outbox,
+        endpoints=endpoints,
+        requested_by="cli",
+    )
+    console = Console()
+    console.print(f"erasure {report.erasure_id}: {len(report.sessions)} sessions forgotten", soft_wrap=True)
+    table = Table()
+    table.add_column("store")
+    table.add_column("removed", justify="right")
+    for store, n in sorted(report.removed.items()):
+        table.add_row(store, str(n))
+    console.print(table)
+    if not report.sessions:
+        console.print("No session matched: tombstones were still recorded, so none will be taken in later.")
+
+
 @main.group()
 def deliveries() -> None:
     """Result webhooks in the outbox: list, replay, or deliver them from this process."""

@@ -309,6 +309,12 @@ class Settings(BaseSettings):
     # not after the warehouse's run in flight; off: only from the warehouse, after enrichment
     result_webhooks_express: bool = True
 
+    # --- privacy ---------------------------------------------------------------------------
+    # The key erased callers' tombstones are hashed with (lib/privacy.py); unset, a random key
+    # is made once and kept in <data dir>/privacy/key (mode 0600). Set it in production, and
+    # keep it: with another key, old tombstones no longer match.
+    privacy_key: SecretStr | None = Field(default=None, repr=False)
+
     # --- dashboard and review workbench ---------------------------------------------------
     # JSON {"<reviewer name>": "<token or password>"}: who may save reviews in the dashboard.
     # Unset: the dashboard is read-only.

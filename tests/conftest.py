@@ -147,6 +147,7 @@ SLOW_MODULES = {
     "test_layercode_today",
     "test_object_landing",
     "test_poison_pills",
+    "test_privacy",
     "test_production_instance",
     "test_recordings_on_object_storage",
     "test_review_workbench",

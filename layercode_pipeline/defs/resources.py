@@ -37,6 +37,7 @@ class StorageResource(dg.ConfigurableResource):
     # how long to wait for a process outside the pipeline (a BI tool) that holds the warehouse
     open_timeout_s: float = Settings.default("warehouse_open_timeout_s")
     promoted_metadata_keys: str = Settings.default("promoted_metadata_keys")
+    privacy_key: str | None = None  # an EnvVar (see resources_from_settings)
 
     @property
     def paths(self) -> DataPaths:
@@ -83,9 +84,17 @@ class StorageResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The warehouse for writing (waits for the writers' lock)."""
+        """The warehouse for writing (waits for the writers' lock), with the privacy key the
+        ingest checks erased callers' tombstones with."""
         with self.warehouse.open_for_writing() as con:
+            con.execute("set variable privacy_key = ?", [self.privacy_key_value()])
             yield con
+
+    def privacy_key_value(self) -> str:
+        """LAYERCODE_PRIVACY_KEY, or the key kept under the data directory (lib/privacy.py)."""
+        from layercode_pipeline.lib.privacy import load_privacy_key
+
+        return load_privacy_key(self.paths.data_dir, self.privacy_key)
 
     def answer_cache(self):  # -> AnswerCache (imported lazily, like the REST client)
         """Answers the express result path made, for the enrichment run to take over."""
@@ -200,6 +209,7 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             serving_dir=str(paths.serving),
             open_timeout_s=settings.warehouse_open_timeout_s,
             promoted_metadata_keys=settings.promoted_metadata_keys,
+            privacy_key=_secret(settings, "privacy_key"),
         ),
         "layercode_api": LayercodeAPIResource(
             base_url=settings.api_base_url,

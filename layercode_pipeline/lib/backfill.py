@@ -141,6 +141,18 @@ def store_details(con: duckdb.DuckDBPyConnection, outcomes: list[DetailOutcome])
     ]
     if rows:
         con.executemany("insert into raw.layercode_session_details values (?, ?, ?, ?::json, ?, now())", rows)
+        # an erased session's record (asked for by hand, or by a stale plan) is not kept
+        con.execute(
+            """
+            delete from raw.layercode_session_details d
+            where d.session_id in (select unnest(?::varchar[])) and exists (
+                select 1 from raw.erasure_tombstones t where t.key_hash in (
+                    sha256(getvariable('privacy_key') || ':session:' || d.session_id),
+                    sha256(getvariable('privacy_key') || ':phone:' || (d.record->>'$.from_phone_number')),
+                    sha256(getvariable('privacy_key') || ':phone:' || (d.record->>'$.to_phone_number'))))
+            """,
+            [[r[1] for r in rows]],
+        )
     if errors:
         con.executemany("insert into raw.layercode_api_errors values (?, ?, ?, ?, ?, now())", errors)
     return sum(1 for r in rows if r[2] == 200), sum(1 for r in rows if r[2] == 404)

@@ -82,6 +82,7 @@ class IngestResult:
     inserted: int = 0
     duplicates: int = 0
     rejects: int = 0
+    erased: int = 0  # events of erased sessions, dropped (lib/privacy.py)
     recovered_segments: int = 0
     partitions_listed: int = 0
 
@@ -297,6 +298,7 @@ def ingest_batch(
     reject_rows = _parse_batch(con, files, scratch_dir, names)
     reject_rows += _located_rejects(con, {name: local for local, name in names.items()})
 
+    erased = _erased_rows(con)
     con.execute("begin transaction")
     try:
         # Deduplicate without sorting the batch: only keys seen twice (in the batch) need a
@@ -307,7 +309,8 @@ def ingest_batch(
             create or replace temp table _dup as
             select event_key from _parsed where reject_reason is null group by 1 having count(*) > 1
         """)
-        con.execute("""
+        con.execute(
+            """
             create or replace temp table _chosen as
             with candidates as (
                 select rowid as id, event_key_md5 from _parsed
@@ -321,7 +324,9 @@ def ingest_batch(
             )
             select id from candidates c
             where not exists (select 1 from raw.layercode_events e where e.event_key_md5 = c.event_key_md5)
-        """)
+            """
+            + (f" and c.id not in ({erased})" if erased else "")
+        )
         con.execute("""
             insert into raw.layercode_events (event_key, received_at, agent_id, event_type, content_sha256,
                    session_id, conversation_id, turn_id, body, validation_error, writer_id, source, source_file,
@@ -331,6 +336,7 @@ def ingest_batch(
                    case when json_type(headers) = 'OBJECT' then headers end
             from _parsed where rowid in (select id from _chosen)
         """)
+        erased_count = scalar(con, f"select count(*) from ({erased})") if erased else 0
         con.execute(
             "create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)"
         )
@@ -363,10 +369,38 @@ def ingest_batch(
             "drop table if exists _chosen; drop table if exists _rej; drop table if exists _object_names"
         )
     result.rows = sum(r[0] for r in stats)
+    result.erased = erased_count
     result.inserted = sum(r[1] for r in stats)
     result.duplicates = sum(r[2] for r in stats)
     result.rejects = sum(r[3] for r in stats)
     return result
+
+
+def tombstone_filter(alias: str) -> str:
+    """SQL true when the event row `alias` (with session_id, conversation_id, body) is erased:
+    lib/privacy.py's keyed_hash, in SQL, with the connection's `privacy_key` variable."""
+    values = (
+        ("session", f"{alias}.session_id"),
+        ("conversation", f"{alias}.conversation_id"),
+        ("phone", f"json_extract_string({alias}.body, '$.from_phone_number')"),
+        ("phone", f"json_extract_string({alias}.body, '$.to_phone_number')"),
+    )
+    hashes = ", ".join(f"sha256(getvariable('privacy_key') || ':{kind}:' || {value})" for kind, value in values)
+    return f"exists (select 1 from raw.erasure_tombstones t where t.key_hash in ({hashes}))"
+
+
+def _erased_rows(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL for the parsed rows of erased sessions, conversations or phone numbers, or "" when
+    nothing was ever erased. Tombstones without the key would let an erased caller back in:
+    that is an error, not a silent pass."""
+    if not scalar(con, "select count(*) > 0 from raw.erasure_tombstones"):
+        return ""
+    if scalar(con, "select getvariable('privacy_key')") is None:
+        raise RuntimeError(
+            "erased callers' tombstones exist but the ingest was given no privacy key "
+            "(LAYERCODE_PRIVACY_KEY, or <data>/privacy/key): refusing to ingest"
+        )
+    return f"select p.rowid from _parsed p where p.reject_reason is null and {tombstone_filter('p')}"
 
 
 def ingest_landing(
@@ -422,7 +456,7 @@ def _ingest_landing(
     def flush() -> None:
         nonlocal batch, size
         r = ingest_batch(con, batch, scratch)
-        for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects"):
+        for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects", "erased"):
             setattr(total, attr, getattr(total, attr) + getattr(r, attr))
         batch, size = [], 0
 
@@ -502,7 +536,7 @@ def ingest_object_landing(
             finally:
                 for path in local:
                     path.unlink(missing_ok=True)
-            for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects"):
+            for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects", "erased"):
                 setattr(total, attr, getattr(total, attr) + getattr(r, attr))
     # everything listed is committed: the next run lists from this run's hour (minus the lookback)
     con.execute("insert or replace into raw.layercode_listing_cursors values (?, ?, now())", [landing.url, run_started])

@@ -133,6 +133,23 @@ create table if not exists raw.layercode_agents (
     last_seen_at   timestamptz not null,
     primary key (agent_id, record_sha256)
 );
+-- erasures (lib/privacy.py): keyed hashes of erased identifiers, and one audit row per erasure
+create table if not exists raw.erasure_tombstones (
+    key_hash   varchar primary key,   -- sha256("<privacy key>:<kind>:<value>"): never the identifier
+    kind       varchar not null,      -- session / conversation / phone
+    erasure_id varchar not null,
+    erased_at  timestamptz not null
+);
+create table if not exists raw.erasure_audit (
+    erasure_id     varchar primary key,
+    erased_at      timestamptz not null,
+    requested_by   varchar not null,   -- cli / dagster / retention
+    selector_kind  varchar not null,   -- what the request named (several kinds: comma-separated)
+    selector_hashes varchar[] not null,
+    sessions       integer not null,
+    removed        json not null       -- rows or files removed per store
+);
+
 -- reviews written by the dashboard's workbench (lib/reviews.py), one row per review
 create table if not exists raw.reviews (
     review_id      varchar primary key,

@@ -47,6 +47,7 @@ create table if not exists deliveries (
     primary key (message_id, endpoint_url)
 );
 create index if not exists deliveries_due on deliveries (status, next_attempt_at);
+create index if not exists messages_session on messages (session_id, type);
 create table if not exists endpoints (
     url          text primary key,
     disabled_at  real,
@@ -106,6 +107,11 @@ class Outbox:
         added = 0
         with self._tx() as con:
             for m in messages:
+                erased = con.execute(  # an erased session gets no new message but its call.erased
+                    "select 1 from messages where session_id = ? and type = 'call.erased'", (m.session_id,)
+                ).fetchone()
+                if erased and m.type != "call.erased":
+                    continue
                 con.execute(
                     "insert or ignore into messages values (?, ?, ?, ?, ?, ?)",
                     (m.id, m.type, m.session_id, m.agent_id, m.body, now),
