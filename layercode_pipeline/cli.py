@@ -571,6 +571,7 @@ def forget(
     from rich.table import Table
 
     from layercode_pipeline.config import ConfigError
+    from layercode_pipeline.landing.objects import ObjectLanding
     from layercode_pipeline.lib import privacy
     from layercode_pipeline.lib.recording_store import recording_store
     from layercode_pipeline.lib.warehouse import Warehouse
@@ -601,6 +602,7 @@ def forget(
         recordings=recording_store(settings.storage(), paths.recordings),
         outbox_path=settings.outbox,
         endpoints=endpoints,
+        object_landing=ObjectLanding.from_settings(settings),
         requested_by="cli",
     )
     console = Console()

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import httpx
+import orjson
 import pytest
 
 from layercode_pipeline.config import Settings
@@ -168,3 +169,29 @@ def test_local_ship_acknowledges_while_the_store_is_down_and_shows_the_backlog(t
     again.stop()
     result = ingest(tmp_path, s3_endpoint, "s3://later/events")
     assert result["rows_inserted"] == len(report.acknowledged)
+
+
+def test_forget_rewrites_a_landed_object_without_the_erased_sessions_events(s3_endpoint):
+    from layercode_pipeline.landing.objects import ObjectLanding
+    from layercode_pipeline.lib.privacy import erase_landing_objects
+
+    make_bucket(s3_endpoint, "erase-landing")
+    landing = ObjectLanding(
+        "s3://erase-landing/events",
+        endpoint=s3_endpoint,
+        region=REGION,
+        access_key_id=KEY_ID,
+        secret_access_key=SECRET_KEY,
+    )
+    import obstore
+
+    lines = [
+        orjson.dumps({"body": orjson.dumps({"type": "session.end", "session_id": sid}).decode()}) + b"\n"
+        for sid in ("sess_keep", "sess_gone", "sess_keep")
+    ]
+    key = "dt=2026-11-20/hour=09/w1-000001.jsonl"
+    obstore.put(landing.store(), key, b"".join(lines))
+    assert erase_landing_objects(landing, [landing.object_url(key)], {"sess_gone"}) == 1
+    kept = bytes(obstore.get(landing.store(), key).bytes())
+    assert kept == lines[0] + lines[2]  # the same name, the other events untouched
+    assert erase_landing_objects(landing, [landing.object_url(key)], {"sess_gone"}) == 0

@@ -246,22 +246,43 @@ def erase_from_warehouse(
     return report, {"files": files, "recordings": recordings, "agents": agents}
 
 
-def rewrite_without(path: Path, session_ids: set[str]) -> int:
-    """Rewrite a landing segment (or review file) without the lines of `session_ids`,
-    atomically (a new file fsynced, then renamed over the old: a reader sees the old or the
-    new, never a torn one). Returns how many lines were removed."""
+def _without(data: bytes, session_ids: set[str]) -> tuple[bytes, int]:
     kept, removed = [], 0
-    for line in path.read_bytes().splitlines(keepends=True):
+    for line in data.splitlines(keepends=True):
         if _line_session(line) in session_ids:
             removed += 1
         else:
             kept.append(line)
+    return b"".join(kept), removed
+
+
+def erase_landing_objects(landing, urls: Iterable[str], session_ids: set[str]) -> int:
+    """Landed objects (s3://) that held the sessions' events, written again under the same
+    name without them (an object PUT replaces it whole: no reader sees a torn object, and the
+    ingest, which knows it by name, does not take the rest in again)."""
+    import obstore
+
+    store, root, removed = landing.store(), landing.url.rstrip("/") + "/", 0
+    for url in sorted({u for u in urls if u.startswith(root)}):
+        key = url.removeprefix(root)
+        kept, n = _without(bytes(obstore.get(store, key).bytes()), session_ids)
+        if n:
+            obstore.put(store, key, kept)
+            removed += n
+    return removed
+
+
+def rewrite_without(path: Path, session_ids: set[str]) -> int:
+    """Rewrite a landing segment (or review file) without the lines of `session_ids`,
+    atomically (a new file fsynced, then renamed over the old: a reader sees the old or the
+    new, never a torn one). Returns how many lines were removed."""
+    kept, removed = _without(path.read_bytes(), session_ids)
     if not removed:
         return 0
     tmp = path.with_name(f".{path.name}.{os.getpid()}.erase")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        write_whole(fd, b"".join(kept))
+        write_whole(fd, kept)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -339,6 +360,7 @@ def forget(
     recordings,  # lib.recording_store.RecordingStore
     outbox_path: Path | None = None,
     endpoints: list | None = None,  # config.ResultEndpoint: who gets call.erased
+    object_landing=None,  # landing.objects.ObjectLanding, when events land in S3
     requested_by: str = "cli",
 ) -> ErasureReport:
     """Forget the sessions `selectors` name in every store; see the module's docstring."""
@@ -353,6 +375,8 @@ def forget(
     ids = set(report.sessions)
     if ids:
         report.add("landing events", erase_landing_files(paths.landing, [*found["files"], *pending], ids))
+        if object_landing is not None:
+            report.add("landing events", erase_landing_objects(object_landing, found["files"], ids))
         report.add("quarantine files", erase_quarantine(paths.quarantine, ids))
         report.add("recordings", sum(recordings.delete(uri) for uri in found["recordings"]))
         for review_file in sorted(paths.reviews.glob("reviews-*.jsonl")) if paths.reviews.is_dir() else []:

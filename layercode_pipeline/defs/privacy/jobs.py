@@ -1,0 +1,50 @@
+"""`forget_job`: `layercode-pipeline forget` as a Dagster job, launched from the UI or the API.
+
+Its run config names a file of identifiers on the code location's host (the format of
+`forget --from-file`), never the identifiers themselves: Dagster keeps every run's config,
+and an erased caller's phone number must not stay there. The run's logs and metadata carry
+counts only."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from layercode_pipeline.defs.resources import WAREHOUSE_POOL, ResultWebhooksResource, StorageResource
+from layercode_pipeline.lib.privacy import forget, read_selectors
+
+
+class ForgetConfig(dg.Config):
+    from_file: str  # one identifier per line: session:<id>, conversation:<id> or phone:<E.164>
+
+
+@dg.op(pool=WAREHOUSE_POOL, description="Forget the callers the file names, in every store (lib/privacy.py).")
+def forget_callers(
+    context: dg.OpExecutionContext,
+    config: ForgetConfig,
+    storage: StorageResource,
+    result_webhooks: ResultWebhooksResource,
+) -> None:
+    selectors = read_selectors(Path(config.from_file))
+    report = forget(
+        warehouse=storage.warehouse,
+        paths=storage.paths,
+        key=storage.privacy_key_value(),
+        selectors=selectors,
+        recordings=storage.recording_store(),
+        outbox_path=Path(result_webhooks.outbox_path),
+        endpoints=result_webhooks.endpoints(),
+        object_landing=storage.object_landing,
+        requested_by="dagster",
+    )
+    context.log.info(f"erasure {report.erasure_id}: {len(report.sessions)} sessions forgotten")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=dg.AssetKey(["marts", "erasure_audit"]),
+            metadata={"erasure_id": report.erasure_id, "sessions": len(report.sessions), **report.removed},
+        )
+    )
+
+
+@dg.job(description="Forget callers everywhere (run config: `from_file`, a file of identifiers on this host).")
+def forget_job():
+    forget_callers()
