@@ -314,6 +314,12 @@ class Settings(BaseSettings):
     # is made once and kept in <data dir>/privacy/key (mode 0600). Set it in production, and
     # keep it: with another key, old tombstones no longer match.
     privacy_key: SecretStr | None = Field(default=None, repr=False)
+    # Retention in days per class of data (unset: kept); the daily retention_job applies them
+    # (lib/retention.py says what expires and what stays).
+    retention_recordings_days: int | None = Field(default=None, ge=1)
+    retention_text_days: int | None = Field(default=None, ge=1)
+    retention_landing_days: int | None = Field(default=None, ge=1)
+    retention_reviews_days: int | None = Field(default=None, ge=1)
 
     # --- dashboard and review workbench ---------------------------------------------------
     # JSON {"<reviewer name>": "<token or password>"}: who may save reviews in the dashboard.

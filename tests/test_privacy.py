@@ -204,3 +204,66 @@ def test_a_redelivery_and_a_rest_backfill_do_not_bring_the_caller_back(forgotten
         wh.close()
     outbox = Outbox(data / "outbox" / "result_webhooks.sqlite3").deliveries()
     assert [m["type"] for m in outbox if m["session_id"] == caller.session_id] == ["call.erased"]
+
+
+def test_retention_expires_recordings_text_landing_and_reviews_and_keeps_the_numbers(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.demo import run_demo
+    from layercode_pipeline.lib.recording_store import recording_store
+    from layercode_pipeline.lib.retention import RetentionPolicy, apply_retention
+    from layercode_pipeline.lib.warehouse import Warehouse
+    from layercode_pipeline.simulator.server import free_port
+
+    data = tmp_path / "data"
+    result = run_demo(data, 6, seed=23, processing_delay_s=0.0, receiver_port=free_port())
+    review = build_review(
+        {
+            "session_id": result.batch.sessions[0].session_id,
+            "reviewer": "ana",
+            "outcome": "resolved",
+            "sentiment": "neutral",
+            "quality_score": 3,
+            "comment": "a reviewer's words",
+        },
+        known_sessions=None,
+        topics=[],
+    )
+    ReviewLog(data / "reviews").append(review)
+    serving = data / "serving" / "analytics.duckdb"
+    numbers = (
+        "select * exclude (built_at) from marts.agg_daily_call_metrics order by all",
+        "select session_id, duration_ms, turns, user_words, assistant_words, outcome, sentiment, quality_score, "
+        "recording_duration_s from marts.fct_sessions order by session_id",
+        "select session_id, position, role, offset_ms, latency_ms, interrupted from marts.fct_turns order by all",
+    )
+
+    def read(sql):
+        con = duckdb.connect(str(serving), read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    before = [read(q) for q in numbers]
+    said = sorted({t.text for s in result.batch.sessions for t in s.turns if len(t.text) > 20})
+    assert list((data / "recordings").rglob("*.wav")) and every_hit(data, said[:3])
+    settings = Settings(data_dir=data)
+    done = apply_retention(
+        warehouse=Warehouse.at(None, data_dir=data),
+        paths=settings.paths,
+        recordings=recording_store(settings.storage(), settings.paths.recordings),
+        policy=RetentionPolicy(recordings_days=30, text_days=30, landing_days=30, reviews_days=30),
+        outbox_path=settings.outbox,
+        now=datetime.now(UTC) + timedelta(days=400),  # the clock moved forward
+    )
+    assert done["recordings"] > 0 and done["text_sessions"] == len(result.batch.sessions)
+    assert done["landing_segments"] > 0 and done["review_files"] == 1
+    assert not list((data / "recordings").rglob("*.wav"))
+    assert not list((data / "landing").rglob("*.jsonl")) and not list((data / "reviews").glob("*.jsonl"))
+    # nothing anyone said is left, in any file or table; the numbers are as they were
+    assert every_hit(data, [*said, "a reviewer's words"]) == []
+    assert [read(q) for q in numbers] == before
+    assert read("select count(*) from marts.fct_turns where text is not null") == [(0,)]
+    assert {r[0] for r in read("select distinct download_status from marts.fct_recordings")} <= {"expired", "failed"}

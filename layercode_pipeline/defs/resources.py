@@ -157,6 +157,15 @@ class OpenAIResource(dg.ConfigurableResource):
         return bool(self.api_key)
 
 
+class RetentionResource(dg.ConfigurableResource):
+    """How long each class of data is kept, in days (None: kept); see lib/retention.py."""
+
+    recordings_days: int | None = None
+    text_days: int | None = None
+    landing_days: int | None = None
+    reviews_days: int | None = None
+
+
 class ResultWebhooksResource(dg.ConfigurableResource):
     """Where results are pushed (`LAYERCODE_RESULT_WEBHOOKS`, as an `EnvVar`: it holds secrets)
     and the outbox that records every message before its first attempt."""
@@ -210,6 +219,12 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             open_timeout_s=settings.warehouse_open_timeout_s,
             promoted_metadata_keys=settings.promoted_metadata_keys,
             privacy_key=_secret(settings, "privacy_key"),
+        ),
+        "retention": RetentionResource(
+            recordings_days=settings.retention_recordings_days,
+            text_days=settings.retention_text_days,
+            landing_days=settings.retention_landing_days,
+            reviews_days=settings.retention_reviews_days,
         ),
         "layercode_api": LayercodeAPIResource(
             base_url=settings.api_base_url,

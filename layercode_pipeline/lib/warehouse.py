@@ -150,6 +150,12 @@ create table if not exists raw.erasure_audit (
     removed        json not null       -- rows or files removed per store
 );
 
+-- how far each retention class has been applied (lib/retention.py)
+create table if not exists raw.retention_applied (
+    class          varchar primary key,   -- text (the others need no cursor)
+    applied_until  timestamptz not null,
+    applied_at     timestamptz not null
+);
 -- reviews written by the dashboard's workbench (lib/reviews.py), one row per review
 create table if not exists raw.reviews (
     review_id      varchar primary key,

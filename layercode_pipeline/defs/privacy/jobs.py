@@ -1,4 +1,5 @@
-"""`forget_job`: `layercode-pipeline forget` as a Dagster job, launched from the UI or the API.
+"""`forget_job`: `layercode-pipeline forget` as a Dagster job, launched from the UI or the API;
+and `retention_job`, run daily, expiring old recordings, text, landing files and reviews.
 
 Its run config names a file of identifiers on the code location's host (the format of
 `forget --from-file`), never the identifiers themselves: Dagster keeps every run's config,
@@ -9,8 +10,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from layercode_pipeline.defs.resources import WAREHOUSE_POOL, ResultWebhooksResource, StorageResource
+from layercode_pipeline.defs.resources import (
+    WAREHOUSE_POOL,
+    ResultWebhooksResource,
+    RetentionResource,
+    StorageResource,
+)
 from layercode_pipeline.lib.privacy import forget, read_selectors
+from layercode_pipeline.lib.retention import RetentionPolicy, apply_retention
 
 
 class ForgetConfig(dg.Config):
@@ -48,3 +55,43 @@ def forget_callers(
 @dg.job(description="Forget callers everywhere (run config: `from_file`, a file of identifiers on this host).")
 def forget_job():
     forget_callers()
+
+
+@dg.op(pool=WAREHOUSE_POOL, description="Expire each class of data past its retention (lib/retention.py).")
+def expire_old_data(
+    context: dg.OpExecutionContext,
+    storage: StorageResource,
+    retention: RetentionResource,
+    result_webhooks: ResultWebhooksResource,
+) -> None:
+    policy = RetentionPolicy(
+        recordings_days=retention.recordings_days,
+        text_days=retention.text_days,
+        landing_days=retention.landing_days,
+        reviews_days=retention.reviews_days,
+    )
+    if policy == RetentionPolicy():
+        context.log.info("no LAYERCODE_RETENTION_* setting: everything is kept")
+        return
+    done = apply_retention(
+        warehouse=storage.warehouse,
+        paths=storage.paths,
+        recordings=storage.recording_store(),
+        policy=policy,
+        outbox_path=Path(result_webhooks.outbox_path),
+    )
+    context.log.info(f"expired: {done}")
+
+
+@dg.job(description="Expire old recordings, text, landing files and reviews (LAYERCODE_RETENTION_*).")
+def retention_job():
+    expire_old_data()
+
+
+retention_schedule = dg.ScheduleDefinition(
+    name="retention_schedule",
+    job=retention_job,
+    cron_schedule="40 3 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily at 03:40: the retention settings applied (nothing expires while they are unset).",
+)
