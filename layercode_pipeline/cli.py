@@ -570,7 +570,7 @@ def forget(
     from rich.console import Console
     from rich.table import Table
 
-    from layercode_pipeline.config import ConfigError
+    from layercode_pipeline.config import ConfigError, load_privacy_key
     from layercode_pipeline.landing.objects import ObjectLanding
     from layercode_pipeline.lib import privacy
     from layercode_pipeline.lib.recording_store import recording_store
@@ -597,7 +597,7 @@ def forget(
     report = privacy.forget(
         warehouse=Warehouse.from_settings(settings),
         paths=paths,
-        key=privacy.load_privacy_key(paths.data_dir, key),
+        key=load_privacy_key(paths.data_dir, key),
         selectors=selectors,
         recordings=recording_store(settings.storage(), paths.recordings),
         outbox_path=settings.outbox,

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
+from layercode_pipeline.contract.minimise import Minimisation
 
 DEFAULT_AGENT_ID = "default"
 DEFAULT_API_BASE_URL = "https://api.layercode.com/v1"
@@ -86,6 +88,33 @@ class DataPaths:
             pick(recordings, root / "recordings"),
             pick(serving, root / "serving"),
         )
+
+
+def load_privacy_key(data_dir: Path, configured: str | None = None) -> str:
+    """The key erased callers' tombstones and hashed phone numbers use: LAYERCODE_PRIVACY_KEY,
+    else `<data>/privacy/key` (made once, readable by the owner only, fsynced)."""
+    if configured:
+        return configured
+    path = Path(data_dir) / "privacy" / "key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    try:
+        os.write(fd, key.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return key
 
 
 class ConfigError(ValueError):
@@ -314,6 +343,10 @@ class Settings(BaseSettings):
     # is made once and kept in <data dir>/privacy/key (mode 0600). Set it in production, and
     # keep it: with another key, old tombstones no longer match.
     privacy_key: SecretStr | None = Field(default=None, repr=False)
+    # Minimisation (contract/minimise.py): the caller's IP address is not kept unless asked;
+    # phone numbers may be stored as keyed hashes (the same number, the same hash)
+    keep_caller_ip: bool = False
+    hash_phone_numbers: bool = False
     # Retention in days per class of data (unset: kept); the daily retention_job applies them
     # (lib/retention.py says what expires and what stays).
     retention_recordings_days: int | None = Field(default=None, ge=1)
@@ -384,6 +417,23 @@ class Settings(BaseSettings):
         a secret's value) when one is malformed."""
         raw = self.result_webhooks.get_secret_value() if self.result_webhooks is not None else ""
         return parse_result_endpoints(raw)
+
+    def minimisation(self) -> Minimisation:
+        """What is kept of identifying fields (contract/minimise.py). Hashing phone numbers needs
+        one key on every host: LAYERCODE_PRIVACY_KEY, or the data directory's key file when
+        events land on this host's disk."""
+        key = None
+        if self.hash_phone_numbers:
+            if self.privacy_key is not None:
+                key = self.privacy_key.get_secret_value()
+            elif self.landing_url and "://" in self.landing_url:
+                raise ConfigError(
+                    "LAYERCODE_HASH_PHONE_NUMBERS with an object-store landing needs LAYERCODE_PRIVACY_KEY "
+                    "(every listener host must hash with the same key)"
+                )
+            else:
+                key = load_privacy_key(self.paths.data_dir)
+        return Minimisation(keep_caller_ip=self.keep_caller_ip, phone_key=key)
 
     def reviewer_credentials(self) -> dict[str, str]:
         """Reviewer name -> credential; a `ConfigError` naming the variable (never a value)."""

@@ -64,3 +64,36 @@ def test_forget_job_then_late_events_of_the_forgotten_are_dropped_at_ingest(tmp_
         con.close()
     assert (by, kind, n) == ("dagster", "phone,session", 2)
     assert all(len(h) == 64 and "sess_" not in h for (h,) in hashes)  # keyed hashes, never the identifiers
+
+
+def test_phone_numbers_hashed_and_ip_dropped_before_landing_and_forget_finds_the_hash(tmp_path):
+    import httpx
+    import orjson
+
+    from layercode_pipeline.contract.minimise import phone_hash
+    from layercode_pipeline.contract.signing import sign
+    from layercode_pipeline.simulator.server import BackgroundServer
+    from webhook_listener.app import create_app
+
+    secret = "whsec_minimise"
+    settings = Settings(
+        data_dir=tmp_path / "data", webhook_secret=secret, hash_phone_numbers=True, segment_idle_seal_s=0.1
+    )
+    resources = resources_from_settings(settings)
+    storage = resources["storage"]
+    key = storage.privacy_key_value()
+    with BackgroundServer(create_app(settings)) as server:
+        for sid in ("sess_a", "sess_b"):
+            body = orjson.dumps(start(sid, "+15550008888") | {"ip_address": "203.0.113.9", "turn_id": "t0"})
+            r = httpx.post(server.url + "/webhook", content=body, headers={"layercode-signature": sign(body, secret)})
+            assert r.status_code == 200
+    landed = b"".join(p.read_bytes() for p in storage.paths.landing.rglob("*.jsonl*"))
+    assert b"+15550008888" not in landed and b"203.0.113.9" not in landed
+    assert phone_hash(key, "+15550008888").encode() in landed  # the same number, the same hash
+    assert dg.materialize([raw_layercode_events], resources=resources).success
+    ids = tmp_path / "forget.txt"
+    ids.write_text("phone:+15550008888\n")
+    job = build_definitions().get_job_def("forget_job")
+    run_config = {"ops": {"forget_callers": {"config": {"from_file": str(ids)}}}}
+    assert job.execute_in_process(run_config=run_config, resources=resources).success
+    assert sessions(storage) == set()

@@ -71,7 +71,4 @@ def test_the_check_finds_a_cycle():  # the test above can fail
 
 
 def test_the_settings_module_imports_nothing_of_the_project_but_the_contract():
-    assert {t for t in import_graph()["layercode_pipeline.config"]} <= {
-        "layercode_pipeline.contract.landing",
-        "layercode_pipeline.contract",
-    }
+    assert all(t.startswith("layercode_pipeline.contract") for t in import_graph()["layercode_pipeline.config"])

@@ -175,6 +175,7 @@ class WebhookEndpoint:
         self.insecure_skip_verify = insecure_skip_verify
         self.quarantine_dir = settings.paths.quarantine
         self.keep_header = header_allow_list(settings.kept_headers)
+        self.minimisation = settings.minimisation()  # the caller's IP, phone numbers (contract/minimise.py)
 
     def kept_headers(self, raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
         """The request headers the operator allows (`LAYERCODE_KEPT_HEADERS`): customer data such
@@ -207,6 +208,8 @@ class WebhookEndpoint:
         call.session_id = payload["session_id"] if isinstance(payload.get("session_id"), str) else None
         error: str | None = None
         event = None
+        if self.minimisation.changes_anything and self.minimisation.apply(payload):
+            body = orjson.dumps(payload)  # landed as minimised: the IP or the number never reaches a disk
         try:
             event = parse_event_json(body, event_type)  # None for a type we do not know: kept as is
         except ValidationError as exc:

@@ -8,7 +8,15 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.config import DataPaths, ResultEndpoint, Settings, StorageConfig, parse_result_endpoints
+from layercode_pipeline.config import (
+    DataPaths,
+    ResultEndpoint,
+    Settings,
+    StorageConfig,
+    load_privacy_key,
+    parse_result_endpoints,
+)
+from layercode_pipeline.contract.minimise import Minimisation
 from layercode_pipeline.landing.objects import ObjectLanding, is_object_url
 from layercode_pipeline.lib.warehouse import Warehouse
 
@@ -38,6 +46,8 @@ class StorageResource(dg.ConfigurableResource):
     open_timeout_s: float = Settings.default("warehouse_open_timeout_s")
     promoted_metadata_keys: str = Settings.default("promoted_metadata_keys")
     privacy_key: str | None = None  # an EnvVar (see resources_from_settings)
+    keep_caller_ip: bool = Settings.default("keep_caller_ip")
+    hash_phone_numbers: bool = Settings.default("hash_phone_numbers")
 
     @property
     def paths(self) -> DataPaths:
@@ -90,10 +100,15 @@ class StorageResource(dg.ConfigurableResource):
             con.execute("set variable privacy_key = ?", [self.privacy_key_value()])
             yield con
 
+    def minimisation(self) -> Minimisation:
+        """What REST records keep of the caller's IP and phone numbers (as the listener does)."""
+        return Minimisation(
+            keep_caller_ip=self.keep_caller_ip,
+            phone_key=self.privacy_key_value() if self.hash_phone_numbers else None,
+        )
+
     def privacy_key_value(self) -> str:
         """LAYERCODE_PRIVACY_KEY, or the key kept under the data directory (lib/privacy.py)."""
-        from layercode_pipeline.lib.privacy import load_privacy_key
-
         return load_privacy_key(self.paths.data_dir, self.privacy_key)
 
     def answer_cache(self):  # -> AnswerCache (imported lazily, like the REST client)
@@ -219,6 +234,8 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             open_timeout_s=settings.warehouse_open_timeout_s,
             promoted_metadata_keys=settings.promoted_metadata_keys,
             privacy_key=_secret(settings, "privacy_key"),
+            keep_caller_ip=settings.keep_caller_ip,
+            hash_phone_numbers=settings.hash_phone_numbers,
         ),
         "retention": RetentionResource(
             recordings_days=settings.retention_recordings_days,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from layercode_pipeline.contract.minimise import Minimisation
 from layercode_pipeline.lib.layercode_client import LayercodeClient, SessionFetch
 
 NEEDS_DETAILS_SQL = """
@@ -119,10 +120,17 @@ async def fetch_details(
     return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
-def store_details(con: duckdb.DuckDBPyConnection, outcomes: list[DetailOutcome]) -> tuple[int, int]:
+def store_details(
+    con: duckdb.DuckDBPyConnection, outcomes: list[DetailOutcome], minimisation: Minimisation | None = None
+) -> tuple[int, int]:
     """Append each answer (200 with its record, or 404) with its fetch time, and each failure
     to raw.layercode_api_errors (the session stays pending and is asked again next run).
+    Each record is minimised first (the caller's IP, phone numbers: contract/minimise.py).
     Returns (found, not_found)."""
+    if minimisation is not None and minimisation.changes_anything:
+        for o in outcomes:
+            if o.fetch is not None and isinstance(o.fetch.record, dict):
+                minimisation.apply(o.fetch.record)
     rows = [
         (
             o.request.agent_id,

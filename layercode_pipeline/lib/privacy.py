@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import sqlite3
 import uuid
 from collections.abc import Iterable
@@ -37,30 +36,11 @@ import duckdb
 import orjson
 
 from layercode_pipeline.contract.landing import SEALED_SUFFIX
+from layercode_pipeline.contract.minimise import PHONE_HASH_PREFIX, phone_hash
 from layercode_pipeline.landing.durable import fsync_dir, write_whole
 
 KINDS = ("session", "conversation", "phone")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-
-
-def load_privacy_key(data_dir: Path, configured: str | None = None) -> str:
-    """The key tombstones are hashed with: LAYERCODE_PRIVACY_KEY, else `<data>/privacy/key`
-    (created once, readable by the owner only)."""
-    if configured:
-        return configured
-    path = data_dir / "privacy" / "key"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        write_whole(fd, key.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
-    return key
 
 
 def keyed_hash(key: str, kind: str, value: str) -> str:
@@ -79,7 +59,7 @@ class Selector:
             raise ValueError(f"unknown selector kind {self.kind!r}")
         if not self.value or not self.value.strip():
             raise ValueError(f"an empty {self.kind} identifier")
-        if self.kind == "phone" and not E164.match(self.value):
+        if self.kind == "phone" and not (E164.match(self.value) or self.value.startswith(PHONE_HASH_PREFIX)):
             raise ValueError(f"{self.value!r} is not an E.164 phone number (+ and 7 to 15 digits)")
 
 
@@ -177,6 +157,11 @@ def erase_from_warehouse(
 ) -> tuple[ErasureReport, dict[str, Any]]:
     """Tombstones, then every warehouse row of the sessions, in one transaction. Returns the
     report and what the file stores need (landing files, recording uris)."""
+    # a number stored hashed (LAYERCODE_HASH_PHONE_NUMBERS) is found, and kept out, by its hash too
+    selectors = [
+        *selectors,
+        *(Selector("phone", phone_hash(key, s.value)) for s in selectors if s.kind == "phone"),
+    ]
     sessions, conversations = _sessions_for(con, selectors)
     report = ErasureReport(uuid.uuid4().hex, datetime.now(UTC), sorted(sessions), sorted(conversations))
     ids = sorted(sessions)

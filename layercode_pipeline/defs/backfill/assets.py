@@ -91,7 +91,7 @@ def layercode_session_details(
             )
             requests = []
         outcomes = asyncio.run(_fetch(layercode_api, requests)) if requests else []
-        found, not_found = store_details(con, outcomes)
+        found, not_found = store_details(con, outcomes, storage.minimisation())
         total = scalar(con, "select count(*) from raw.layercode_session_details")
     errors = [o for o in outcomes if o.error]
     for o in errors[:10]:
