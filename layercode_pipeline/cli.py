@@ -603,6 +603,7 @@ def forget(
         outbox_path=settings.outbox,
         endpoints=endpoints,
         object_landing=ObjectLanding.from_settings(settings),
+        dagster_home=settings.dagster_home or paths.data_dir / "dagster_home",
         requested_by="cli",
     )
     console = Console()

@@ -336,6 +336,50 @@ def erase_from_sqlite(path: Path, statements: list[tuple[str, list[Any]]]) -> in
         con.close()
 
 
+ERASED = "<erased>"
+
+
+def scrub_dagster_home(home: Path, session_ids: set[str]) -> int:
+    """Replace the session ids in what a Dagster instance with SQLite storage keeps under
+    `home` (run, event log and schedule databases; compute logs) with `<erased>`, then VACUUM:
+    check examples and log lines name sessions. Returns how many places changed."""
+    if not home.is_dir() or not session_ids:
+        return 0
+    changed = 0
+    for db in sorted(home.rglob("*.db")):
+        try:
+            con = sqlite3.connect(db, timeout=30, isolation_level=None)
+        except sqlite3.Error:
+            continue
+        try:
+            tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+            for table in tables:
+                declared = {r[1]: (r[2] or "").upper() for r in con.execute(f'pragma table_info("{table}")')}
+                columns = [c for c, t in declared.items() if not t or "TEXT" in t or "CHAR" in t or "CLOB" in t]
+                for column in columns:
+                    for sid in session_ids:
+                        changed += con.execute(
+                            f'update "{table}" set "{column}" = replace("{column}", ?, ?) '
+                            f'where typeof("{column}") = \'text\' and instr("{column}", ?) > 0',
+                            (sid, ERASED, sid),
+                        ).rowcount
+            if changed:
+                con.execute("vacuum")
+        except sqlite3.Error:
+            continue  # not a database Dagster wrote, or locked past the timeout: left as it is
+        finally:
+            con.close()
+    needles = [s.encode() for s in session_ids]
+    for log in sorted(p for p in (home / "storage").rglob("*") if p.is_file()) if (home / "storage").is_dir() else []:
+        data = log.read_bytes()
+        if any(n in data for n in needles):
+            for n in needles:
+                data = data.replace(n, ERASED.encode())
+            log.write_bytes(data)
+            changed += 1
+    return changed
+
+
 def forget(
     *,
     warehouse,  # lib.warehouse.Warehouse
@@ -346,6 +390,7 @@ def forget(
     outbox_path: Path | None = None,
     endpoints: list | None = None,  # config.ResultEndpoint: who gets call.erased
     object_landing=None,  # landing.objects.ObjectLanding, when events land in S3
+    dagster_home: Path | None = None,  # a Dagster instance with SQLite storage: its copies scrubbed
     requested_by: str = "cli",
 ) -> ErasureReport:
     """Forget the sessions `selectors` name in every store; see the module's docstring."""
@@ -398,6 +443,8 @@ def forget(
                 [erased_message(sid, found["agents"].get(sid), report.erased_at) for sid in sorted(ids)],
                 endpoints or [],
             )
+        if dagster_home is not None:
+            report.add("dagster records", scrub_dagster_home(dagster_home, ids))
         serving = paths.serving
         if (serving / "analytics.duckdb").exists():  # a whole new copy and new Parquet files
             (serving / STATE_FILE).unlink(missing_ok=True)

@@ -41,6 +41,8 @@ def forget_callers(
         outbox_path=Path(result_webhooks.outbox_path),
         endpoints=result_webhooks.endpoints(),
         object_landing=storage.object_landing,
+        # this instance's own copies (SQLite storage under its home; Postgres is not scrubbed)
+        dagster_home=Path(context.instance.root_directory) if context.instance.root_directory else None,
         requested_by="dagster",
     )
     context.log.info(f"erasure {report.erasure_id}: {len(report.sessions)} sessions forgotten")
