@@ -176,6 +176,7 @@ NEEDS = {
     "test_dashboard": ("chromium",),
     "test_review_workbench": ("chromium",),
     "test_object_landing": ("s3",),
+    "test_privacy": ("s3",),
     "test_recordings_on_object_storage": ("s3",),
 }
 

@@ -24,7 +24,7 @@ from layercode_pipeline.lib.result_webhooks.outbox import Outbox
 from layercode_pipeline.lib.reviews import ReviewLog, build_review
 from layercode_pipeline.simulator import SimulatorAPI, deliver, generate_batch, listener_secrets_json
 
-from .conftest import ListenerProcess
+from .conftest import KEY_ID, REGION, SECRET_KEY, ListenerProcess, make_bucket
 
 PHONE = "+15550100999"
 NAME = "Zelda Quixote-Marlowe"
@@ -34,7 +34,7 @@ ENDPOINTS = json.dumps([{"url": "http://127.0.0.1:9/results", "secret": "whsec_"
 
 
 def the_batch():
-    batch = generate_batch(12, seed=91)
+    batch = generate_batch(6, seed=92)
     caller = next(s for s in batch.sessions if s.from_phone_number and s.recording_outcome == "completed")
     caller.from_phone_number = PHONE
     caller.caller_name = NAME
@@ -44,11 +44,56 @@ def the_batch():
     return batch, caller
 
 
-def pipeline_run(data: Path, api_url: str, home: Path) -> None:
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        materialize_all(
-            data, api_url=api_url, api_key=KEY, grace_minutes=0, instance=instance, result_webhooks=ENDPOINTS
-        )
+def pipeline_run(data: Path, api_url: str, home: Path, storage_env: dict[str, str]) -> None:
+    """Every asset, as the deployment's instance runs them, with the storage the mode names."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in storage_env.items():
+            mp.setenv(name, value)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            if "LAYERCODE_RECORDINGS_URL" not in storage_env:
+                materialize_all(
+                    data, api_url=api_url, api_key=KEY, grace_minutes=0, instance=instance, result_webhooks=ENDPOINTS
+                )
+                return
+            from pydantic import SecretStr
+
+            from layercode_pipeline.config import Settings
+            from layercode_pipeline.definitions import build_definitions
+            from layercode_pipeline.defs.resources import resources_from_settings
+
+            settings = Settings(
+                data_dir=data, api_base_url=api_url, api_key=SecretStr(KEY), result_webhooks=SecretStr(ENDPOINTS)
+            )
+            result = dg.materialize(
+                list(build_definitions().assets or []),
+                resources=resources_from_settings(settings),
+                instance=instance,
+                run_config={"ops": {"layercode_session_details": {"config": {"grace_minutes": 0}}}},
+                raise_on_error=False,
+            )
+            assert result.success
+
+
+def s3_hits(storage_env: dict[str, str], needles: list[str]) -> list[str]:
+    """Where any needle is in the objects of the landing and recordings buckets."""
+    if "AWS_ENDPOINT_URL" not in storage_env:
+        return []
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=storage_env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+    )
+    found = []
+    for bucket in (LANDING_BUCKET, RECORDINGS_BUCKET):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                data = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                found += [f"s3://{bucket}/{obj['Key']}: {n}" for n in needles if n.encode() in data]
+    return found
 
 
 def every_hit(root: Path, needles: list[str]) -> list[str]:
@@ -83,19 +128,39 @@ def duckdb_hits(path: Path, needles: list[str]) -> list[str]:
         con.close()
 
 
-@pytest.fixture(scope="module")
-def forgotten(tmp_path_factory):
-    base = tmp_path_factory.mktemp("privacy")
+LANDING_BUCKET, RECORDINGS_BUCKET = "privacy-landing", "privacy-recordings"
+
+
+def storage_env_for(mode: str, request) -> dict[str, str]:
+    if mode == "local":
+        return {}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    for bucket in (LANDING_BUCKET, RECORDINGS_BUCKET):
+        make_bucket(endpoint, bucket)
+    return {
+        "LAYERCODE_LANDING_URL": f"s3://{LANDING_BUCKET}/events",
+        "LAYERCODE_LANDING_MODE": "bucket",
+        "LAYERCODE_RECORDINGS_URL": f"s3://{RECORDINGS_BUCKET}/wav",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": REGION,
+    }
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def forgotten(tmp_path_factory, request):
+    base = tmp_path_factory.mktemp(f"privacy-{request.param}")
     data, home = base / "data", initialise_instance(base / "data" / "dagster_home")
+    storage_env = storage_env_for(request.param, request)
     batch, caller = the_batch()
-    listener = ListenerProcess(data, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch)})
+    listener = ListenerProcess(data, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(batch), **storage_env})
     report = deliver(batch, listener.url + "/agents/{agent_id}/webhook", concurrency=8)
     assert report.failed == 0
     listener.stop()
     api = SimulatorAPI(api_key=KEY, seed=5)
     api.register(batch, ready_in_s=0)
     with api.serve() as server:
-        pipeline_run(data, server.url + "/v1", home)
         review = build_review(
             {
                 "session_id": caller.session_id,
@@ -109,17 +174,23 @@ def forgotten(tmp_path_factory):
             known_sessions=None,
             topics=[],
         )
-        ReviewLog(data / "reviews").append(review)
-        pipeline_run(data, server.url + "/v1", home)
+        ReviewLog(data / "reviews").append(review)  # saved in the workbench before the run
+        pipeline_run(data, server.url + "/v1", home, storage_env)
         needles = [PHONE, NAME, SENTENCE]
-        before = every_hit(data, needles)
+        before = every_hit(data, needles) + s3_hits(storage_env, needles)
         # it was everywhere: landing, warehouse, serving, outbox, reviews
         assert any("landing" in h for h in before) and any("warehouse.duckdb" in h for h in before)
         assert any("analytics.duckdb" in h for h in before) and any("reviews" in h for h in before)
         others_before = other_sessions(data, caller.session_id)
         # Dagster's own records name the session (check examples, log lines): scrubbed too
         named_in_dagster = every_hit(home, [caller.session_id])
-        env = {**os.environ, "LAYERCODE_DATA_DIR": str(data), "LAYERCODE_RESULT_WEBHOOKS": ENDPOINTS, "COLUMNS": "200"}
+        env = {
+            **os.environ,
+            "LAYERCODE_DATA_DIR": str(data),
+            "LAYERCODE_RESULT_WEBHOOKS": ENDPOINTS,
+            "COLUMNS": "200",
+            **storage_env,
+        }
         r = subprocess.run(
             [sys.executable, "-m", "layercode_pipeline.cli", "forget", "--phone-number", PHONE],
             env=env,
@@ -138,6 +209,7 @@ def forgotten(tmp_path_factory):
             "stdout": r.stdout,
             "api_url": server.url + "/v1",
             "named_in_dagster": named_in_dagster,
+            "storage_env": storage_env,
         }
 
 
@@ -160,6 +232,7 @@ def test_forget_reports_what_it_removed_per_store(forgotten):
 
 def test_no_byte_anywhere_holds_the_number_the_name_or_the_sentence(forgotten):
     assert every_hit(forgotten["data"], forgotten["needles"]) == []
+    assert s3_hits(forgotten["storage_env"], forgotten["needles"]) == []
 
 
 def test_dagsters_records_no_longer_name_the_session(forgotten):
@@ -186,7 +259,9 @@ def test_every_other_session_is_unchanged_and_the_audit_has_no_personal_data(for
 
 def test_a_redelivery_and_a_rest_backfill_do_not_bring_the_caller_back(forgotten):
     data, caller = forgotten["data"], forgotten["caller"]
-    listener = ListenerProcess(data, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(forgotten["batch"])})
+    listener = ListenerProcess(
+        data, env={"LAYERCODE_WEBHOOK_SECRETS": listener_secrets_json(forgotten["batch"]), **forgotten["storage_env"]}
+    )
     from layercode_pipeline.simulator.generate import SimBatch
 
     again = SimBatch(seed=0, agents=forgotten["batch"].agents, sessions=[caller])
@@ -195,7 +270,7 @@ def test_a_redelivery_and_a_rest_backfill_do_not_bring_the_caller_back(forgotten
     api = SimulatorAPI(api_key=KEY, seed=6)
     api.register(forgotten["batch"], ready_in_s=0)
     with api.serve() as server:
-        pipeline_run(data, server.url + "/v1", forgotten["home"])
+        pipeline_run(data, server.url + "/v1", forgotten["home"], forgotten["storage_env"])
     con = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     try:
         assert con.execute(
