@@ -208,6 +208,9 @@ class WebhookEndpoint:
         call.session_id = payload["session_id"] if isinstance(payload.get("session_id"), str) else None
         error: str | None = None
         event = None
+        # the identity of what Layercode sent (duplicates and retries share it), taken before
+        # the body is minimised: the landed body may differ from these bytes
+        content_sha256 = hashlib.sha256(body).hexdigest()
         if self.minimisation.changes_anything and self.minimisation.apply(payload):
             body = orjson.dumps(payload)  # landed as minimised: the IP or the number never reaches a disk
         try:
@@ -219,7 +222,7 @@ class WebhookEndpoint:
             received_at=received_at,
             agent_id=call.agent_id,
             event_type=event_type,
-            content_sha256=hashlib.sha256(body).hexdigest(),
+            content_sha256=content_sha256,
             body=body,
             headers=self.kept_headers(scope["headers"]),
             writer_id=self.lander.writer_id,

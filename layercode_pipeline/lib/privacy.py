@@ -295,13 +295,11 @@ def _line_session(line: bytes) -> str | None:
     return None
 
 
-def erase_landing_files(landing: Path, files: Iterable[str], session_ids: set[str]) -> int:
-    """The sealed segments that held the sessions' events, and any sealed segment not ingested
-    yet (a late event of an erased session waits there), rewritten without them."""
+def erase_landing_files(files: Iterable[str], session_ids: set[str]) -> int:
+    """`files`: the sealed segments that held the sessions' events, and those not ingested yet
+    (a late event of an erased session may wait there), each rewritten without them."""
     removed = 0
-    candidates = {Path(f) for f in files if not str(f).startswith("s3://")}
-    candidates |= set(landing.rglob(f"*{SEALED_SUFFIX}")) if landing.is_dir() else set()
-    for path in sorted(candidates):
+    for path in sorted({Path(f) for f in files if not str(f).startswith("s3://")}):
         if path.is_file() and path.name.endswith(SEALED_SUFFIX):
             removed += rewrite_without(path, session_ids)
     return removed
@@ -404,7 +402,7 @@ def forget(
         pending = [str(p) for p in pending_segments(con, paths.landing)] if paths.landing.is_dir() else []
     ids = set(report.sessions)
     if ids:
-        report.add("landing events", erase_landing_files(paths.landing, [*found["files"], *pending], ids))
+        report.add("landing events", erase_landing_files([*found["files"], *pending], ids))
         if object_landing is not None:
             report.add("landing events", erase_landing_objects(object_landing, found["files"], ids))
         report.add("quarantine files", erase_quarantine(paths.quarantine, ids))
