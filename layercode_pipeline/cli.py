@@ -117,10 +117,10 @@ def listen(host: str, port: int, insecure_skip_verify: bool, workers: int) -> No
 )
 @click.option(
     "--agents-seed",
-    default=7,
-    show_default=True,
+    default=None,
     type=int,
-    help="The simulated org's agents: their ids and webhook secrets stay the same across runs.",
+    help="The simulated org's agents: their ids and webhook secrets stay the same across runs (default: "
+    "the demo's org, 7).",
 )
 @click.option(
     "--start",
@@ -169,7 +169,7 @@ def simulate(
     calls: int,
     webhook_url: str,
     seed: int | None,
-    agents_seed: int,
+    agents_seed: int | None,
     start: datetime | None,
     api_port: int | None,
     api_key: str,
@@ -202,6 +202,7 @@ def simulate(
         parse_fault_specs,
     )
     from layercode_pipeline.simulator.deliver import deliver_with_progress
+    from layercode_pipeline.simulator.generate import ORG_SEED
 
     console = Console()
     try:
@@ -214,7 +215,9 @@ def simulate(
             console.print(f"new calls (seed {seed}; pass --seed {seed} to replay them)")
     # calls dated from now (they spread over the 8 hours from --start), the org's agents stable
     begin = start.replace(tzinfo=UTC) if start else datetime.now(UTC) - timedelta(hours=8)
-    batch = generate_batch(calls, seed=seed, base_time=begin, agents=default_agents(agents_seed))
+    batch = generate_batch(
+        calls, seed=seed, base_time=begin, agents=default_agents(ORG_SEED if agents_seed is None else agents_seed)
+    )
     if print_secrets:
         click.echo(listener_secrets_json(batch))
         return
@@ -382,7 +385,8 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
 
     home = initialise_instance(_settings().dagster_home or Path(data_dir).resolve() / "dagster_home")
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    console = Console()
+    # the terminal itself: each stage's output is captured (redirect_stdout), never the progress
+    console = Console(file=sys.stdout)
     started = time.perf_counter()
     import dagster as dg
 
@@ -398,10 +402,27 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
                     "Stop it first, or set DAGSTER_HOME to another directory for the demo.[/]"
                 )
             result = run_demo(Path(data_dir), calls, seed, console=console, instance=instance)
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: servers stopped, landing segments sealed. Run again to continue.[/]")
+        print_summary(result, console, time.perf_counter() - started)
+    except KeyboardInterrupt as exc:
+        console.print(interrupt_line(exc), soft_wrap=True, highlight=False)
         raise SystemExit(130) from None
-    print_summary(result, console, time.perf_counter() - started)
+
+
+def interrupt_line(exc: KeyboardInterrupt) -> str:
+    """Ctrl-C in the demo: one line, what was kept and how to go on."""
+    from layercode_pipeline.demo import DemoInterrupted
+
+    if not isinstance(exc, DemoInterrupted):  # before the first call, or while printing the summary
+        return "[yellow]Interrupted; every call the listener acknowledged is kept. Run the demo again to go on.[/]"
+    kept = (
+        f"the {exc.acknowledged} webhooks acknowledged are landed and kept"
+        if exc.acknowledged is not None
+        else "every webhook the listener acknowledged is landed and kept"
+    )
+    return (
+        f"[yellow]Interrupted during {exc.during}: {kept}; run the demo again to resume "
+        f"(seed {exc.seed}; nothing is counted twice).[/]"
+    )
 
 
 @main.command()
@@ -538,12 +559,27 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
         list(EnrichmentSettings.load(settings.enrichment_config).topics),
     )
     recordings = recording_store(settings.storage(), settings.paths.recordings)
+    _check_port_free(host, port)
     click.echo(f"Dashboard over {serving} on http://{host}:{port}/ (Ctrl-C to stop)")
     if reviewers:
         click.echo(f"Review workbench: http://{host}:{port}/review ({len(reviewers)} reviewer(s))")
     else:
         click.echo("Review workbench is read-only: set LAYERCODE_REVIEWERS to let reviewers save reviews")
     serve(serving, host=host, port=port, refresh_s=refresh_s, workbench=workbench, recordings=recordings)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Say so before claiming to serve on a port another process holds."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another dashboard may be running; "
+                "stop it or choose another --port"
+            ) from None
 
 
 @main.command()

@@ -11,8 +11,19 @@ from urllib.parse import quote
 
 from dash import html
 
-from .queries import fmt, recording, transcript
+from .queries import fmt, local_time, recording, transcript
 from .review import review_panel
+
+# labelled fields: the labels in one column, the values beside them
+FIELDS_STYLE = {"display": "grid", "gridTemplateColumns": "max-content auto", "columnGap": "1rem", "rowGap": "0.2rem"}
+
+
+def duration(ms: float | None) -> str:
+    """A call's length as people say it: seconds under two minutes, else minutes and seconds."""
+    if ms is None:
+        return "–"
+    seconds = round(ms / 1000)
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
 def _turn(t: dict[str, Any]):
@@ -95,16 +106,34 @@ def call_page(serving: Path, session_id: str, workbench: Any = None):
             part
             for k in shown
             for part in (
-                html.Dt(k.replace("_", " ")),
+                html.Dt(k.replace("_", " ").capitalize()),
                 html.Dd(", ".join(head[k]) if isinstance(head[k], list) else fmt(head[k]), id=f"enrichment-{k}"),
             )
         ],
         id="call-enrichment",
+        style=FIELDS_STYLE,
     )
-    facts = ", ".join(
-        f"{k.replace('_', ' ')}: {fmt(v)}"
-        for k, v in head.items()
-        if k not in ("session_id", "summary", "topics", *shown)
+    facts = html.Dl(
+        [
+            part
+            for label, value, key in (
+                ("Agent", fmt(head["agent"]), "agent"),
+                ("Started", local_time(head["started_at"]), "started"),
+                ("Duration", duration(head["duration_ms"]), "duration"),
+                ("Reply latency (session.end)", fmt(head["latency_ms"], "ms"), "latency"),
+                (
+                    "Turn latency p50 / p95",
+                    f"{fmt(head['turn_latency_ms_p50'], 'ms')} / {fmt(head['turn_latency_ms_p95'], 'ms')}",
+                    "turn-latency",
+                ),  # fmt: skip
+                ("Barge-ins", fmt(head["interruptions"]), "interruptions"),
+                ("Caller's share of the talking", fmt(head["caller_talk_share"], "pct"), "talk-share"),
+                ("Prompt version", fmt(head["enrichment_prompt_version"]), "prompt-version"),
+            )
+            for part in (html.Dt(label), html.Dd(value, id=f"call-{key}"))
+        ],
+        id="call-facts",
+        style=FIELDS_STYLE,
     )
     left = html.Div(
         [
@@ -124,7 +153,7 @@ def call_page(serving: Path, session_id: str, workbench: Any = None):
             html.A("review queues", href="/review"),
             html.H2(f"Call {session_id}", id="call-title"),
             html.P(head["summary"] or "", id="call-summary"),
-            html.P(facts, id="call-facts"),
+            facts,
             html.Div([left, right], style={"display": "flex", "gap": "2rem", "alignItems": "flex-start"}),
         ]
     )

@@ -11,7 +11,10 @@ import plotly.graph_objects as go  # graph objects need no numpy (Plotly Express
 import polars as pl
 from dash import dcc, html
 
-from .queries import daily, fmt, kpis, lowest_quality
+from .queries import daily, fmt, kpis, local_time, lowest_quality
+
+# Plotly's default qualitative palette
+AGENT_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 
 
 def kpi(label: str, value: str, kpi_id: str):
@@ -46,26 +49,42 @@ def overview_page(serving: Path, agent: str | None):
     charts = []
     if d.height:
 
-        def chart(traces, title: str, chart_id: str, bars: bool = False):
+        def chart(traces, title: str, chart_id: str, *, bars: bool = False, y: str = ""):
+            """A chart over calendar days (a date axis: gaps are days without calls); `y` is the
+            value axis's unit: "pct" for rates (shares of 1 shown as percent)."""
             fig = go.Figure(traces)
             fig.update_layout(
                 title=title,
                 height=300,
-                margin={"l": 40, "r": 10, "t": 40, "b": 30},
+                margin={"l": 50, "r": 10, "t": 40, "b": 30},
                 barmode="stack" if bars else None,
+                legend={"orientation": "h", "y": -0.15},
+                hovermode="x unified",
             )
-            fig.update_xaxes(type="category")  # one tick per day
+            fig.update_xaxes(type="date", tickformat="%b %d")
+            if y == "pct":
+                fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+            else:
+                fig.update_yaxes(rangemode="tozero", ticksuffix=y)
             return dcc.Graph(figure=fig, id=chart_id, style={"width": "49%", "display": "inline-block"})
 
-        def per_agent(column: str, kind: str = "line", suffix: str = ""):
+        # one colour per agent in every chart (its p50 and p95 lines too)
+        ids = sorted(set(d["agent_id"].to_list()))
+        colour = {a: AGENT_COLOURS[i % len(AGENT_COLOURS)] for i, a in enumerate(ids)}
+
+        def per_agent(column: str, kind: str = "line", suffix: str = "", dash: str | None = None):
+            """One series per agent id, named by the agent's label."""
             out = []
-            for (name,), part in d.group_by("agent", maintain_order=True):
-                x, y = [str(v) for v in part["call_date"].to_list()], part[column].to_list()
-                label = html_escape(f"{name}{suffix}")  # Plotly reads tags (<a href>) in trace names
+            for (agent_id, label), part in d.group_by("agent_id", "agent", maintain_order=True):
+                x, y = [v.isoformat() for v in part["call_date"].to_list()], part[column].to_list()
+                name = html_escape(f"{label}{suffix}")  # Plotly reads tags (<a href>) in trace names
+                c = colour[agent_id]
                 out.append(
-                    go.Bar(x=x, y=y, name=label)
+                    go.Bar(x=x, y=y, name=name, marker={"color": c})
                     if kind == "bar"
-                    else go.Scatter(x=x, y=y, name=label, mode="lines+markers")
+                    else go.Scatter(
+                        x=x, y=y, name=name, mode="lines+markers", line={"dash": dash, "color": c}, marker={"size": 4}
+                    )
                 )
             return out
 
@@ -73,23 +92,32 @@ def overview_page(serving: Path, agent: str | None):
             columns = [c for c in d.columns if c.startswith(prefix)]
             return [go.Bar(x=[c.removeprefix(prefix) for c in columns], y=[d[c].sum() for c in columns])]
 
+        def mix_chart(prefix: str, title: str, chart_id: str):
+            fig = go.Figure(mix(prefix))
+            fig.update_layout(title=title, height=300, margin={"l": 50, "r": 10, "t": 40, "b": 30})
+            return dcc.Graph(figure=fig, id=chart_id, style={"width": "49%", "display": "inline-block"})
+
         charts = [
             chart(per_agent("calls", "bar"), "Calls per day by agent", "chart-calls", bars=True),
-            chart(per_agent("speech_minutes", "bar"), "Minutes of speech per day", "chart-minutes", bars=True),
             chart(
-                per_agent("turn_latency_ms_p50", suffix=" p50") + per_agent("turn_latency_ms_p95", suffix=" p95"),
-                "Turn latency (ms), interrupted turns excluded",
+                per_agent("speech_minutes", "bar"), "Minutes of speech per day", "chart-minutes", bars=True, y=" min"
+            ),
+            chart(
+                per_agent("latency_ms_p50", suffix=" p50") + per_agent("latency_ms_p95", suffix=" p95", dash="dot"),
+                "Reply latency per day (session.end), p50 and p95",
                 "chart-latency",
+                y=" ms",
             ),
             chart(
                 per_agent("interruption_rate"),
-                "Interruption rate (barge-ins per assistant turn)",
+                "Interruption rate (agent turns the caller spoke over)",
                 "chart-interruptions",
+                y="pct",
             ),
-            chart(per_agent("duration_ms_p50"), "Median session duration (ms)", "chart-duration"),
-            chart(per_agent("recording_coverage"), "Recording coverage", "chart-recordings"),
-            chart(mix("outcome_"), "Outcome mix", "chart-outcomes"),
-            chart(mix("sentiment_"), "Sentiment mix", "chart-sentiment"),
+            chart(per_agent("duration_s_p50"), "Median call duration", "chart-duration", y=" s"),
+            chart(per_agent("recording_coverage"), "Recording coverage", "chart-recordings", y="pct"),
+            mix_chart("outcome_", "Outcome mix", "chart-outcomes"),
+            mix_chart("sentiment_", "Sentiment mix", "chart-sentiment"),
         ]
     table = lowest_quality_table(lowest_quality(serving, agent))
     return html.Div([cards, html.Div(charts), html.H2("Lowest-quality calls"), table])
@@ -124,7 +152,7 @@ def lowest_quality_table(low: pl.DataFrame):
                     dcc.Link(r["session_id"], href="/call/" + quote(r["session_id"], safe=""), refresh=True),
                     style=cell,
                 ),
-                *[html.Td(str(r[c])[:19] if c == "started_at" else fmt(r[c]), style=cell) for c in columns],
+                *[html.Td(local_time(r[c]) if c == "started_at" else fmt(r[c]), style=cell) for c in columns],
             ]
         )
         for r in low.iter_rows(named=True)

@@ -5,6 +5,7 @@ needs). Results are polars frames."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,23 @@ def kpis(serving: Path, agent: str | None) -> dict[str, Any]:
 
 
 def daily(serving: Path, agent: str | None) -> pl.DataFrame:
+    """One row per day and agent. `agent` labels a series: the agent's name, with the start of
+    its id when two agents share a name (the series themselves are keyed by `agent_id`)."""
     where, params = _agent_filter(agent)
     return frame(
         serving,
         f"""
-        select call_date, coalesce(agent_name, agent_id) as agent, calls, speech_minutes, duration_ms_p50,
-               turn_latency_ms_p50, turn_latency_ms_p95, interruption_rate, recording_coverage,
+        with named as (
+            select *, coalesce(agent_name, agent_id) as name,
+                   count(distinct agent_id) over (partition by coalesce(agent_name, agent_id)) as namesakes
+            from marts.agg_daily_call_metrics where true{where})
+        select call_date, agent_id,
+               case when namesakes > 1 then name || ' (' || left(agent_id, 6) || ')' else name end as agent,
+               calls, speech_minutes, duration_ms_p50 / 1000 as duration_s_p50,
+               latency_ms_p50, latency_ms_p95, interruption_rate, recording_coverage,
                sentiment_positive, sentiment_neutral, sentiment_negative, sentiment_mixed,
                outcome_resolved, outcome_unresolved, outcome_escalated, outcome_abandoned, outcome_voicemail
-        from marts.agg_daily_call_metrics where true{where} order by call_date, agent""",
+        from named order by call_date, agent, agent_id""",
         params,
     )
 
@@ -88,7 +97,7 @@ def transcript(serving: Path, session_id: str) -> tuple[dict[str, Any] | None, p
         serving,
         """
         select session_id, coalesce(agent_name, agent_id) as agent, started_at, duration_ms, caller_name, sentiment,
-               outcome, topics, quality_score, summary, interruptions, turn_latency_ms_p50, turn_latency_ms_p95,
+               outcome, topics, quality_score, summary, interruptions, latency_ms, turn_latency_ms_p50, turn_latency_ms_p95,
                caller_talk_share, enrichment_provider, enrichment_model, enrichment_prompt_version
         from marts.fct_sessions where session_id = ?""",
         [session_id],
@@ -128,6 +137,19 @@ def fmt(value: Any, kind: str = "") -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def local_time(value: Any):
+    """A moment shown in the reader's own time zone: the page has it in UTC, and
+    assets/workbench.js rewrites it with the browser's locale and zone."""
+    from dash import html
+
+    if value is None:
+        return "–"
+    utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return html.Time(
+        utc.strftime("%Y-%m-%d %H:%M UTC"), dateTime=utc.isoformat(), className="local-time", title=utc.isoformat()
+    )
 
 
 def has_table(serving: Path, table: str) -> bool:

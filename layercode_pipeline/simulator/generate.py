@@ -479,6 +479,9 @@ AGENT_STYLES = [
 ]
 
 
+ORG_SEED = 7  # the simulated org: `simulate` and the demo make calls from its agents (same ids and secrets)
+
+
 def default_agents(seed: int, count: int = 4) -> list[SimAgent]:
     r = random.Random(f"agents-{seed}")
     agents = []
@@ -514,6 +517,43 @@ def _interrupt_and_time(r: random.Random, turns: list[Turn], latency_ms: float) 
             t.words_heard = r.randint(1, words - 1)
 
 
+# when calls arrive over weeks (`generate_batch(days=...)`): weekdays busier than weekends, and
+# the hours (UTC) of a team whose callers are in Europe and the Americas
+WEEKDAY_WEIGHTS = (1.0, 1.05, 1.0, 0.95, 0.9, 0.45, 0.3)
+HOUR_WEIGHTS = (
+    0.15, 0.1, 0.08, 0.08, 0.1, 0.2, 0.4, 0.8, 1.2, 1.5, 1.6, 1.5,
+    1.4, 1.6, 1.9, 2.0, 1.9, 1.7, 1.4, 1.1, 0.8, 0.55, 0.35, 0.2,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LatencyRegression:
+    """One agent answers slower for a while (a model or prompt change gone wrong, then rolled
+    back): its exchanges' latency is multiplied by `factor` for calls started in [since, until)."""
+
+    agent_name: str
+    since: datetime
+    until: datetime
+    factor: float = 2.0
+
+    def applies(self, agent: SimAgent, start: datetime) -> bool:
+        return agent.name == self.agent_name and self.since <= start < self.until
+
+
+def _spread_start(r: random.Random, base: datetime, days: int) -> datetime:
+    """A start time in the `days` days from `base`, weighted by weekday and hour (the first and
+    last calendar days are partial: a draw outside the window is drawn again)."""
+    first = base.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = base + timedelta(days=days)
+    day_weights = [WEEKDAY_WEIGHTS[(first + timedelta(days=d)).weekday()] for d in range(days + 1)]
+    while True:
+        day = r.choices(range(days + 1), weights=day_weights)[0]
+        hour = r.choices(range(24), weights=HOUR_WEIGHTS)[0]
+        start = first + timedelta(days=day, hours=hour, milliseconds=r.randint(0, 3600 * 1000 - 1))
+        if base <= start < end:
+            return start
+
+
 def generate_batch(
     calls: int,
     *,
@@ -522,8 +562,12 @@ def generate_batch(
     agents: list[SimAgent] | None = None,
     reconnect_rate: float = 0.12,
     recording_failure_rate: float = 0.08,
+    days: int | None = None,
+    regression: LatencyRegression | None = None,
 ) -> SimBatch:
-    """`calls` conversations; some reconnect (a second session, same conversation_id)."""
+    """`calls` conversations; some reconnect (a second session, same conversation_id). They
+    start within 8 hours of `base_time`, or, with `days`, over that many days from it, busier
+    on weekdays and in working hours. `regression`: one agent slower for a while."""
     r = random.Random(seed)
     base = (base_time or datetime(2026, 11, 20, 9, 0, tzinfo=UTC)).astimezone(UTC)
     base = base.replace(microsecond=base.microsecond // 1000 * 1000)  # the wire carries milliseconds
@@ -531,7 +575,8 @@ def generate_batch(
     for _ in range(calls):
         agent = r.choices(batch.agents, weights=[5, 3, 2, 2, 1][: len(batch.agents)])[0]
         conversation_id = _id(r)
-        start = base + timedelta(milliseconds=r.randint(0, 8 * 3600 * 1000))
+        start = _spread_start(r, base, days) if days else base + timedelta(milliseconds=r.randint(0, 8 * 3600 * 1000))
+        slow = regression.factor if regression is not None and regression.applies(agent, start) else 1.0
         n_sessions = 2 if r.random() < reconnect_rate else 1
         telephony = r.random() < 0.55
         country, dial, _ = r.choices(COUNTRIES, weights=[c[2] for c in COUNTRIES])[0]
@@ -549,7 +594,8 @@ def generate_batch(
             else {}
         )
         for seq in range(n_sessions):
-            welcome, script = pick_script(r)
+            # wording from the call's own generator: a seeded batch's other draws do not depend on it
+            welcome, script = pick_script(r, random.Random(f"wording:{seed}:{conversation_id}:{seq}"))
             turns_spec = [("assistant", welcome if seq == 0 else "Welcome back. Let's continue."), *script.turns]
             offset = 0
             turns: list[Turn] = []
@@ -565,7 +611,7 @@ def generate_batch(
                 offset = 0
                 for t in turns:
                     t.offset_ms = min(t.offset_ms, duration_ms - 500)
-            session_latency = round(math.exp(r.gauss(math.log(650), 0.35)), 1)
+            session_latency = round(math.exp(r.gauss(math.log(650), 0.35)) * slow, 1)
             _interrupt_and_time(r, turns, session_latency)
             answered = [t.latency_ms for t in turns if t.latency_ms is not None]
             if answered:  # the session's figure is the mean over its exchanges
@@ -637,4 +683,12 @@ def _assign_audio_defects(sessions: list[SimSession]) -> None:
         recorded[-1].audio_defect = "silent"
 
 
-__all__ = ["SimAgent", "SimBatch", "SimSession", "Turn", "generate_batch", "default_agents"]
+__all__ = [
+    "LatencyRegression",
+    "SimAgent",
+    "SimBatch",
+    "SimSession",
+    "Turn",
+    "generate_batch",
+    "default_agents",
+]

@@ -11,3 +11,26 @@ document.addEventListener("click", function (event) {
     playing.catch(function () {}); // a browser may refuse to autoplay; the playhead moved anyway
   }
 });
+
+// Times are sent in UTC (<time class="local-time" datetime="...">); each is shown in the reader's
+// own time zone and locale, with the zone named.
+function showLocalTimes(root) {
+  root.querySelectorAll("time.local-time:not([data-local])").forEach(function (el) {
+    var when = new Date(el.getAttribute("datetime"));
+    if (isNaN(when.getTime())) {
+      return;
+    }
+    el.setAttribute("data-local", "1");
+    el.textContent = when.toLocaleString(undefined, {
+      year: "numeric",
+      month: "short",
+      day: "numeric",
+      hour: "2-digit",
+      minute: "2-digit",
+      timeZoneName: "short",
+    });
+  });
+}
+new MutationObserver(function () {
+  showLocalTimes(document);
+}).observe(document.documentElement, { childList: true, subtree: true });
