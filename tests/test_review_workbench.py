@@ -65,7 +65,7 @@ def served(data: Path, sql: str, params=None):
 def workbench(tmp_path_factory):
     browser_path = chromium()
     data = tmp_path_factory.mktemp("workbench") / "data"
-    run_demo(data, 8, seed=13, processing_delay_s=0.0, receiver_port=free_port())
+    run_demo(data, 16, seed=13, processing_delay_s=0.0, receiver_port=free_port())
     # a call with a kept, audible recording and a few turns to click
     (session_id, uri, duration), *_ = served(
         data,
@@ -115,6 +115,36 @@ def test_the_recording_loads_seeks_and_a_click_on_a_turn_moves_the_playhead(work
     page.locator("#call-audio").evaluate("a => a.pause()")
     # the audio checks' figures are shown beside the player
     assert "silence" in page.inner_text("#audio-checks")
+
+
+def test_the_overview_draws_the_month_as_lines_with_percent_axes_for_rates(workbench):
+    """The demo's calls span the last 30 days: each chart over time has a date axis and one line
+    per agent id (named by the agent), rates on percent axes, durations in seconds."""
+    page, dashboard = workbench["page"], workbench["dashboard"]
+    page.goto(dashboard.url)
+    for chart in ("latency", "interruptions", "duration", "recordings"):
+        page.wait_for_selector(f"#chart-{chart} .js-plotly-plot .main-svg", timeout=30_000)
+    figure = "document.querySelector('#chart-{}').querySelector('.js-plotly-plot')"
+    first, last = served(workbench["data"], "select min(call_date), max(call_date) from marts.agg_daily_call_metrics")[0]
+    assert (last - first).days >= 20  # a month of calls, not one afternoon
+    agents = {name for (name,) in served(workbench["data"], "select agent_name from marts.dim_agents")}
+    for chart, unit in (("interruptions", "pct"), ("recordings", "pct"), ("duration", " s"), ("latency", " ms")):
+        layout = page.evaluate(f"{figure.format(chart)}.layout")
+        data = page.evaluate(f"{figure.format(chart)}.data")
+        assert layout["xaxis"]["type"] == "date"
+        if unit == "pct":
+            assert layout["yaxis"]["tickformat"] == ".0%"  # shares of 1 drawn as percent
+        else:
+            assert layout["yaxis"]["ticksuffix"] == unit
+        assert all("lines" in trace["mode"] for trace in data)
+        assert {trace["name"].removesuffix(" p50").removesuffix(" p95") for trace in data} <= agents
+        dates = sorted(x for trace in data for x in trace["x"])
+        assert dates[0] == first.isoformat() and dates[-1] == last.isoformat()
+    # the tick labels are percentages
+    ticks = page.eval_on_selector_all("#chart-interruptions .ytick text", "els => els.map(e => e.textContent)")
+    assert ticks and all(t.endswith("%") for t in ticks), ticks
+    # times are shown in the reader's zone (the browser rewrites the page's UTC)
+    page.wait_for_selector("#lowest-quality time.local-time[data-local]", timeout=30_000)
 
 
 def fill_review(page, reviewer: str | None, credential: str | None) -> None:
