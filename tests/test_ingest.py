@@ -453,6 +453,16 @@ def test_definitions_load():
         for k in graph.asset_check_keys
         if k.asset_key.to_user_string() == "raw_layercode_events" and k.name.startswith(("unique", "not_null"))
     }
+    # every check says what it checks (dbt's generic tests in words, a singular test's comment)
+    described = {k.name: graph.get_check_spec(k).description for k in graph.asset_check_keys}
+    assert [name for name, text in described.items() if not text] == []
+    assert described["not_null_fct_sessions_session_id"].startswith("`session_id` is never null.")
+    assert "clears by itself after the next REST probe" in described["warn_latency_looks_like_seconds"]
+    assert "A warning: it never fails a run." in described["warn_latency_looks_like_seconds"]
+    # the raw events' columns are shown before the first run, described
+    raw = graph.get(dg.AssetKey("raw_layercode_events")).metadata["dagster/column_schema"]
+    assert {c.name for c in raw.columns} >= {"event_type", "session_id", "body"}
+    assert all(c.description for c in raw.columns)
 
 
 def test_parallel_writers_queue_instead_of_failing(storage):

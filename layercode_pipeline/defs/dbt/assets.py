@@ -39,6 +39,54 @@ class LayercodeDbtTranslator(DagsterDbtTranslator):
             spec = spec.replace_attributes(freshness_policy=FRESHNESS)
         return spec
 
+    def get_asset_check_spec(
+        self, asset_spec: dg.AssetSpec, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetCheckSpec | None:
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or spec.description:
+            return spec
+        return spec._replace(description=describe_dbt_test(manifest["nodes"][unique_id]))
+
+
+def describe_dbt_test(props: Mapping[str, Any]) -> str:
+    """What a dbt test checks, in words, for its asset check in the UI: the test's own
+    description, else its generic test and arguments, else a singular test's leading comment.
+    Every check says how it is run: pipeline runs test the rows they build, and the daily
+    `dbt_full_tests_job` tests every row."""
+    meta = props.get("test_metadata") or {}
+    kwargs = meta.get("kwargs") or {}
+    column = f"`{kwargs.get('column_name')}`"
+    name = meta.get("name")
+    if props.get("description"):
+        what = props["description"]
+    elif name == "not_null":
+        what = f"{column} is never null."
+    elif name == "unique":
+        what = f"{column} is unique: one row per value."
+    elif name == "accepted_values":
+        what = f"{column} is one of: {', '.join(map(str, kwargs.get('values', [])))}."
+    elif name == "relationships":
+        target = str(kwargs.get("to", "")).removeprefix("ref('").removesuffix("')")
+        what = f"Every {column} is found in `{target}.{kwargs.get('field')}`."
+    elif name == "dbt_utils_free_range":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        what = f"{column} is {bounds} (when known)."
+    elif name == "dbt_utils_free_unique_combination":
+        what = f"One row per {', '.join(f'`{c}`' for c in kwargs.get('columns', []))}."
+    else:  # a singular test: its SQL file opens with what it checks
+        lines = []
+        for line in str(props.get("raw_code", "")).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("--"):
+                lines.append(stripped.removeprefix("--").strip())
+            elif lines or not (stripped.startswith("{{") or not stripped):
+                break
+        what = " ".join(lines) or f"dbt test {props.get('name')}."
+    severity = str((props.get("config") or {}).get("severity", "error")).lower()
+    kind = "A warning: it never fails a run." if severity == "warn" else "An error: a failure fails the run."
+    return f"{what} {kind} Runs test the rows they build; the daily full test job tests every row."
+
 
 # dbt tests become asset checks on the models. There are no source tests: as checks on the raw
 # (Python) assets they would make every ingest run invoke dbt a second time; the same tests

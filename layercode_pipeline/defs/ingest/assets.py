@@ -5,6 +5,7 @@ import os
 import time
 
 import dagster as dg
+import duckdb
 
 from layercode_pipeline.contract.events import payload_drift, summarise_drift
 from layercode_pipeline.defs.dbt.project import column_schema, source_node
@@ -12,7 +13,7 @@ from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
 from layercode_pipeline.landing.segments import iter_sealed_segments, partition_mtimes
 from layercode_pipeline.lib.ingest import ingest_landing, ingest_object_landing, newest_object_ns
-from layercode_pipeline.lib.warehouse import scalar
+from layercode_pipeline.lib.warehouse import RAW_DDL, scalar
 
 RAW_EVENTS = dg.AssetKey("raw_layercode_events")
 # materialisation metadata: segments sealed before this time (ns since the epoch) are ingested
@@ -78,6 +79,17 @@ def _examples(con, sql: str, params: list) -> dg.MetadataValue:
     )
 
 
+def raw_events_schema() -> dg.TableSchema:
+    """raw.layercode_events' columns, typed by the warehouse's DDL (in an in-memory DuckDB) and
+    described by the dbt sources' YAML: shown in the UI before the first run."""
+    con = duckdb.connect()
+    try:
+        con.execute(RAW_DDL)
+        return column_schema(con, "raw", "layercode_events", source_node("raw", "layercode_events"))
+    finally:
+        con.close()
+
+
 @dg.asset(
     key=RAW_EVENTS,
     group_name="ingest",
@@ -85,6 +97,7 @@ def _examples(con, sql: str, params: list) -> dg.MetadataValue:
     kinds={"duckdb"},
     check_specs=[CHECK_NO_REJECTS, CHECK_NO_INVALID, CHECK_NO_DRIFT],
     freshness_policy=FRESHNESS,
+    metadata={"dagster/column_schema": raw_events_schema()},
     description="Every distinct webhook event the listener landed (table raw.layercode_events). Reads only "
     "sealed segments not yet in raw.layercode_ingested_files; rows and manifest commit together.",
 )
