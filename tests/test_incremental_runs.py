@@ -32,10 +32,10 @@ RUN_ASSETS = [raw_layercode_events, session_enrichments, layercode_dbt_models, a
 TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def run_pipeline(storage: StorageResource) -> dg.ExecuteInProcessResult:
+def run_pipeline(storage: StorageResource, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
     """What the landing sensor's ingest run executes: ingest, enrichment (offline), dbt, publish."""
     result = dg.materialize(
-        RUN_ASSETS, resources={"storage": storage, "dbt": dbt_resource(), "openai": OpenAIResource()}
+        RUN_ASSETS, resources={"storage": storage, "dbt": dbt_resource(), "openai": OpenAIResource()}, tags=tags
     )
     assert result.success
     return result
@@ -230,6 +230,40 @@ def test_the_scheduled_full_test_run_still_finds_a_defect_in_an_old_row(pipeline
     finally:
         with storage.connect() as con:
             con.execute("update marts.fct_sessions set duration_ms = 1000 where session_id = ?", [old_session])
+
+
+def test_a_sensor_run_with_nothing_new_does_no_dbt_work(pipeline):
+    """Segments holding only redeliveries, or an hourly REST run that fetched nothing: a run a
+    sensor launched finds every source as the last build left it, and neither invokes dbt nor
+    publishes. The heartbeat (the liveness run every 30 min) and a person's run still build."""
+    storage = pipeline["storage"]
+    marts = {"marts/fct_sessions", "marts/agg_daily_call_metrics"}
+
+    def built(result: dg.ExecuteInProcessResult) -> set[str]:
+        return {m.asset_key.to_user_string() for m in result.get_asset_materialization_events() if m.asset_key}
+
+    def dbt_invoked(result: dg.ExecuteInProcessResult) -> bool:  # a dbt test ran: one of its checks
+        return any(
+            e.asset_check_evaluation_data.asset_key.path[0] in ("staging", "intermediate", "marts")
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        )
+
+    sensor = {"dagster/sensor_name": "landing_sensor", "layercode/reason": "sealed segments"}
+    before = query(storage, "select max(built_at) from marts.fct_sessions")
+    quiet = run_pipeline(storage, tags=sensor)
+    assert "raw_layercode_events" in built(quiet)  # the ingest ran and found nothing new
+    assert not built(quiet) & (marts | {"analytics_serving"}) and not dbt_invoked(quiet)
+    assert query(storage, "select max(built_at) from marts.fct_sessions") == before
+    # the same quiet warehouse: the heartbeat and a person's run build (and test) as before
+    assert marts <= built(run_pipeline(storage, tags={**sensor, "layercode/reason": "heartbeat"}))
+    assert dbt_invoked(run_pipeline(storage))
+    # something new: the sensor's run builds again
+    landing = storage.paths.landing
+    newer = generate_batch(1, seed=9, base_time=TODAY + timedelta(hours=11), reconnect_rate=0.0)
+    write_segment(landing, newer, received_at=datetime.now(UTC), name="newer-call")
+    assert marts | {"analytics_serving"} <= built(run_pipeline(storage, tags=sensor))
+    assert newer.sessions[0].session_id in {r[0] for r in query(storage, "select session_id from marts.fct_sessions")}
 
 
 def test_the_first_run_on_a_warehouse_from_before_built_at_rebuilds_everything(tmp_path):

@@ -125,7 +125,9 @@ def test_the_overview_draws_the_month_as_lines_with_percent_axes_for_rates(workb
     for chart in ("latency", "interruptions", "duration", "recordings"):
         page.wait_for_selector(f"#chart-{chart} .js-plotly-plot .main-svg", timeout=30_000)
     figure = "document.querySelector('#chart-{}').querySelector('.js-plotly-plot')"
-    first, last = served(workbench["data"], "select min(call_date), max(call_date) from marts.agg_daily_call_metrics")[0]
+    first, last = served(workbench["data"], "select min(call_date), max(call_date) from marts.agg_daily_call_metrics")[
+        0
+    ]
     assert (last - first).days >= 20  # a month of calls, not one afternoon
     agents = {name for (name,) in served(workbench["data"], "select agent_name from marts.dim_agents")}
     for chart, unit in (("interruptions", "pct"), ("recordings", "pct"), ("duration", " s"), ("latency", " ms")):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -309,6 +310,30 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
     if row is None:
         raise LookupError(f"no row: {sql[:80]}")
     return row[0]
+
+
+def sources_fingerprint(con: duckdb.DuckDBPyConnection, tables: list[tuple[str, str]], salt: str = "") -> str:
+    """A digest of what dbt reads: each source table's (schema, name) row count and the newest
+    value of each of its timestamp columns (every load stamps one), plus `salt` (dbt's vars and
+    project). Equal digests: no source gained, lost or reloaded a row in between. A table not
+    created yet counts as empty."""
+    stamps: dict[tuple[str, str], list[str]] = {}
+    for schema, table, column in con.execute(
+        "select schema_name, table_name, column_name from duckdb_columns() "
+        "where database_name = current_database() and data_type in ('TIMESTAMP WITH TIME ZONE', 'TIMESTAMP') "
+        "order by column_index"
+    ).fetchall():
+        stamps.setdefault((schema, table), []).append(column)
+    existing = set(con.execute("select schema_name, table_name from duckdb_tables() "
+                               "where database_name = current_database()").fetchall())  # fmt: skip
+    parts = [salt]
+    for schema, table in sorted(tables):
+        row: Any = None
+        if (schema, table) in existing:
+            measures = ["count(*)::varchar", *(f'max("{c}")::varchar' for c in stamps.get((schema, table), []))]
+            row = con.execute(f'select {", ".join(measures)} from "{schema}"."{table}"').fetchone()
+        parts.append(f"{schema}.{table}:{row}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def sql_string(value: Path | str) -> str:

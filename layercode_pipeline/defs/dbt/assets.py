@@ -1,10 +1,13 @@
 """The dbt project as Dagster assets: one lineage from the raw tables to the marts."""
 
+import hashlib
 import json
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: the project's names
@@ -19,7 +22,7 @@ from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: t
 )
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import StorageResource
-from layercode_pipeline.lib.warehouse import Warehouse, scalar
+from layercode_pipeline.lib.warehouse import Warehouse, scalar, sources_fingerprint
 
 
 class LayercodeDbtTranslator(DagsterDbtTranslator):
@@ -123,6 +126,14 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         # and the tests check the rows this run wrote. A run of checks alone (dbt_full_tests_job,
         # on its schedule) tests every row: dagster-dbt selects the tests, dbt builds nothing.
         mode = "run" if context.selected_asset_keys else "scheduled_tests"
+        built_from = None
+        if mode == "run":
+            with warehouse.connect() as con:
+                salt = json.dumps([storage.dbt_vars(), manifest_digest()])
+                built_from = sources_fingerprint(con, dbt_source_tables(), salt=salt)
+                if unattended(context.run.tags) and built_from == last_built_from(con):
+                    context.log.info("dbt not run: no source table changed since the last build")
+                    return  # nothing materialised, so nothing downstream (the publish) runs either
         invocation = dbt.cli(
             dbt_args(mode, json.loads(storage.dbt_vars())),
             context=context,
@@ -130,6 +141,12 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
             raise_on_error=False,  # the results first (failed checks shown as such), then the verdict
         )
         events = with_row_counts(list(invocation.stream()), warehouse)
+        if built_from is not None and invocation.is_successful():
+            with warehouse.connect() as con:
+                con.execute(
+                    "create or replace table main.dbt_built_from as select ? as fingerprint, now() as built_at",
+                    [built_from],
+                )
     yield from events
     if not invocation.is_successful():
         results = invocation.get_artifact("run_results.json").get("results", [])
@@ -145,6 +162,35 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
                     "failed_tests": dg.MetadataValue.json(failed[:20]),
                 },
             )
+
+
+def unattended(tags: Mapping[str, str]) -> bool:
+    """A run a sensor launched for new data (not the heartbeat, whose point is to run the whole
+    chain, and not a run a person asked for): it may find that nothing changed."""
+    launched_by_sensor = bool(tags.get("dagster/sensor_name")) or tags.get("layercode/stage") == "automation"
+    return launched_by_sensor and tags.get("layercode/reason") != "heartbeat"
+
+
+@cache
+def manifest_digest() -> str:
+    """The dbt project as parsed (a changed model or test changes it): part of what a build read."""
+    return hashlib.sha256(layercode_dbt_project().manifest_path.read_bytes()).hexdigest()
+
+
+@cache
+def dbt_source_tables() -> list[tuple[str, str]]:
+    """The (schema, table) of every dbt source: what the models read (not the ingest's own
+    bookkeeping, which changes on every run)."""
+    sources = json.loads(layercode_dbt_project().manifest_path.read_text()).get("sources", {}).values()
+    return sorted({(node["schema"], node.get("identifier") or node["name"]) for node in sources})
+
+
+def last_built_from(con) -> str | None:
+    """The sources' fingerprint the last successful build read (main.dbt_built_from), if any."""
+    try:
+        return scalar(con, "select fingerprint from main.dbt_built_from")
+    except duckdb.CatalogException:
+        return None
 
 
 def with_row_counts(events: list, warehouse: Warehouse) -> list:
