@@ -2,19 +2,28 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-STAMP   = $(VENV)/.installed
+# the demo needs the package and its `demo` extra (the dashboard, `dg`); the tests need the
+# `test` extra (which holds the demo's too). Each is installed once per pyproject.toml change.
+DEMO_STAMP = $(VENV)/.installed-demo
+STAMP      = $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench install clean
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/layercode-pipeline demo $(DEMO_ARGS)
 
 # everything, what CI runs: two workers (the machine's two cores); each slow module and the

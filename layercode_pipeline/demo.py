@@ -626,8 +626,9 @@ def next_steps(d: Path, serving: Path) -> list[str]:
         "  The marts, from the serving copy:",
         f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{serving}', read_only=True)"
         ".sql('from marts.agg_daily_call_metrics'))\"",
-        "  Dagster's UI over these runs, its sensors and automation on, the REST API pointed at the simulator's:",
-        f"  {env} {api} .venv/bin/dagster dev -w workspace.yaml",
+        "  Dagster's UI over these runs (from this directory), its sensors and automation on, the REST API "
+        "pointed at the simulator's:",
+        f"  {env} {api} .venv/bin/dg dev",
         "  A listener that accepts the simulator's agents:",
         f'  LAYERCODE_DATA_DIR={d} LAYERCODE_WEBHOOK_SECRETS="$(.venv/bin/layercode-pipeline simulate '
         '--print-secrets)" .venv/bin/layercode-pipeline listen',

@@ -144,7 +144,7 @@ def test_ctrl_c_in_a_terminal_then_the_next_run_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     assert "New batch: 8 calls over the last 30 days (seed 1001)" in r.stdout
     assert conversations(data) == (20, 0)
-    assert "marts.agg_daily_call_metrics, the last 7 days" in r.stdout and "dagster dev -w workspace.yaml" in r.stdout
+    assert "marts.agg_daily_call_metrics, the last 7 days" in r.stdout and ".venv/bin/dg dev" in r.stdout
     assert "by offline" in r.stdout and "serving" in r.stdout
     assert "barge-ins" in r.stdout and "barge%" in r.stdout and "Acme Support" in r.stdout  # agent names
     flat = " ".join(" ".join(line.strip(" │").split()) for line in r.stdout.splitlines())  # tables wrap
@@ -153,7 +153,7 @@ def test_ctrl_c_in_a_terminal_then_the_next_run_resumes(tmp_path):
     lines = r.stdout.splitlines()
     assert any(
         line.strip().startswith("DAGSTER_HOME=")
-        and line.rstrip().endswith("dagster dev -w workspace.yaml")
+        and line.rstrip().endswith(".venv/bin/dg dev")
         and "LAYERCODE_API_BASE_URL=" in line
         for line in lines
     )
