@@ -397,7 +397,7 @@ def demo(calls: int, seed: int | None, data_dir: str) -> None:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             if daemon_heartbeat_age(instance) is not None:
                 console.print(
-                    f"[yellow]A dagster-daemon (or dagster dev) is running on {home}: its sensors will start "
+                    f"[yellow]A dagster-daemon (or dg dev) is running on {home}: its sensors will start "
                     "runs as the demo lands data, and those runs queue with the demo's for the warehouse. "
                     "Stop it first, or set DAGSTER_HOME to another directory for the demo.[/]"
                 )
