@@ -149,6 +149,7 @@ SLOW_MODULES = {
     "test_poison_pills",
     "test_privacy",
     "test_production_instance",
+    "test_readme",
     "test_recordings_on_object_storage",
     "test_review_workbench",
     "test_serving",
@@ -178,6 +179,7 @@ NEEDS = {
     "test_object_landing": ("s3",),
     "test_privacy": ("s3",),
     "test_recordings_on_object_storage": ("s3",),
+    "test_readme": ("s3", "daemon"),
 }
 
 
