@@ -106,7 +106,7 @@ class DemoResult:
     stage_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     receiver: Any = None  # the local result webhook receiver (simulator.receiver.ResultReceiver)
     receiver_url: str | None = None
-    resumed: bool = False  # the pipeline ran over an interrupted run's calls, landed before this one
+    resumed: bool = False  # this run finished an interrupted one (its batch, not a new one)
 
 
 def _state(data_dir: Path) -> dict[str, Any]:
@@ -268,6 +268,7 @@ def run_demo(
             console.file.flush()  # shown as it happens when the output is a pipe (tee, a log, a test)
 
     pending = state.get("pending") if seed is None else None
+    resuming = bool(pending)
     if pending:
         run_seed, calls, end = pending["seed"], pending["calls"], datetime.fromisoformat(pending["end"])
         say(
@@ -368,7 +369,7 @@ def run_demo(
     state.setdefault("seeds", []).append(run_seed)
     state.pop("pending", None)
     _save_state(data_dir, state)
-    return DemoResult(data_dir, run_seed, batch, report, metadata, receiver, receiver_url, resumed=pending["delivered"])
+    return DemoResult(data_dir, run_seed, batch, report, metadata, receiver, receiver_url, resumed=resuming)
 
 
 class StageProgress:
