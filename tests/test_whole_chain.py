@@ -208,12 +208,9 @@ def test_every_completed_recording_is_on_disk_with_a_valid_header(chain):
         con.execute("select session_id, recording_path from marts.fct_sessions where has_recording").fetchall()
     )
     assert set(paths) == {s.session_id for s in completed}
-    assert {(s.sample_rate, s.wav_format, s.wav_placeholder is not None) for s in completed} >= {
-        (8000, "pcm", False),
-        (8000, "mulaw", False),
-        (16000, "pcm", False),
-        (16000, "pcm", True),
-    }
+    # every encoding and rate, and headers with a streaming writer's placeholder sizes
+    assert {(s.sample_rate, s.wav_format) for s in completed} >= {(8000, "pcm"), (8000, "mulaw"), (16000, "pcm")}
+    assert any(s.wav_placeholder is not None for s in completed)
     for s in completed:  # every variant was downloaded through the redirect to the storage host and kept
         info = inspect_wav(Path(paths[s.session_id]))
         assert (info.sample_rate, info.channels, info.encoding) == (s.sample_rate, 1, s.wav_format)
