@@ -183,6 +183,10 @@ NEEDS = {
 }
 
 
+# First: pytest-xdist's own hook turns each item's `xdist_group` mark into its group, and it
+# must see the marks added here (after it, every group was split over both workers, and each
+# slow module's fixture built twice)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for need in NEEDS.get(item.module.__name__.rsplit(".", 1)[-1], ()):
