@@ -383,8 +383,23 @@ class StageProgress:
         self.started = time.perf_counter()
         self.live: Any = None
         self.spinner: Any = None
+        self.moving: tuple[str, int, int | None] | None = None  # (what, done, total) so far
 
     def __enter__(self) -> StageProgress:
+        import logging
+
+        from layercode_pipeline.lib.progress import PROGRESS_LOGGER
+
+        progress = self
+
+        class Moving(logging.Handler):  # the library's progress records, read into the live line
+            def emit(self, record: logging.LogRecord) -> None:
+                progress.moving = getattr(record, "progress", None)
+
+        self.handler, self.logger = Moving(logging.INFO), logging.getLogger(PROGRESS_LOGGER)
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False  # shown here only, never printed as a log line
         if self.console is not None:
             from rich.live import Live
             from rich.spinner import Spinner
@@ -400,6 +415,7 @@ class StageProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
         if self.live is not None:
             self.live.stop()
 
@@ -410,12 +426,15 @@ class StageProgress:
             return Text("")
         line = f"{STAGE_LABELS[self.stage]} … {time.perf_counter() - self.started:.0f} s"
         counts = self.output.progress() if self.output is not None else ""
+        if not counts and self.moving is not None:
+            what, done, total = self.moving
+            counts = f"{what} {done}" + (f"/{total}" if total is not None else "")
         self.spinner.update(text=Text(line + (f" · {counts}" if counts else ""), style="bold"))
         return self.spinner
 
     def on_stage(self, stage: str, phase: str, detail: Any = None) -> None:
         if phase == "start":
-            self.stage, self.output, self.started = stage, None, time.perf_counter()
+            self.stage, self.output, self.moving, self.started = stage, None, None, time.perf_counter()
         elif phase == "output":
             self.output = detail
         elif phase == "done" and self.console is not None:

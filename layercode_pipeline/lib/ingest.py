@@ -26,6 +26,7 @@ from layercode_pipeline.contract.events import event_key_sql
 from layercode_pipeline.contract.landing import OPEN_SUFFIX
 from layercode_pipeline.landing.objects import ObjectLanding, list_objects, recent_hour_prefixes
 from layercode_pipeline.landing.segments import iter_sealed_segments, partition_mtimes, recover_orphan_segments
+from layercode_pipeline.lib.progress import report_progress
 from layercode_pipeline.lib.warehouse import scalar, sql_string
 
 # The identity of an event, from the event registry (see contract.events.event_key_sql).
@@ -459,6 +460,7 @@ def _ingest_landing(
         for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects", "erased"):
             setattr(total, attr, getattr(total, attr) + getattr(r, attr))
         batch, size = [], 0
+        report_progress("events ingested", total.inserted)
 
     for f in files:
         batch.append(f)

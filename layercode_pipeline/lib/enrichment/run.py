@@ -27,6 +27,7 @@ from layercode_pipeline.lib.enrichment.store import (
     answers_by_cache_key,
     write_enrichments,
 )
+from layercode_pipeline.lib.progress import report_progress
 from layercode_pipeline.lib.transcripts import (
     TurnText,
     render,
@@ -196,6 +197,7 @@ async def enrich_sessions(
         else:
             groups.setdefault(key, []).append((s, t_hash))
 
+    to_analyse = sum(len(members) for members in groups.values())
     sem = asyncio.Semaphore(concurrency)
     budget_lock = asyncio.Lock()
     reserved_usd = 0.0
@@ -233,6 +235,7 @@ async def enrich_sessions(
                 stats.errors.append(f"{member.session_id}: {result.error}")
             else:
                 stats.enriched += 1
+            report_progress("sessions analysed", stats.enriched + stats.failed, to_analyse)
             # the call is paid once: later sessions sharing the transcript carry no tokens or cost
             rows.append(
                 enrichment_row(
