@@ -255,15 +255,25 @@ def test_a_sensor_run_with_nothing_new_does_no_dbt_work(pipeline):
     assert "raw_layercode_events" in built(quiet)  # the ingest ran and found nothing new
     assert not built(quiet) & (marts | {"analytics_serving"}) and not dbt_invoked(quiet)
     assert query(storage, "select max(built_at) from marts.fct_sessions") == before
-    # the same quiet warehouse: the heartbeat and a person's run build (and test) as before
-    assert marts <= built(run_pipeline(storage, tags={**sensor, "layercode/reason": "heartbeat"}))
-    assert dbt_invoked(run_pipeline(storage))
+    # the same quiet warehouse: the heartbeat builds (and tests) as before
+    heartbeat = run_pipeline(storage, tags={**sensor, "layercode/reason": "heartbeat"})
+    assert marts <= built(heartbeat) and dbt_invoked(heartbeat)
     # something new: the sensor's run builds again
     landing = storage.paths.landing
     newer = generate_batch(1, seed=9, base_time=TODAY + timedelta(hours=11), reconnect_rate=0.0)
     write_segment(landing, newer, received_at=datetime.now(UTC), name="newer-call")
     assert marts | {"analytics_serving"} <= built(run_pipeline(storage, tags=sensor))
     assert newer.sessions[0].session_id in {r[0] for r in query(storage, "select session_id from marts.fct_sessions")}
+
+
+def test_only_a_sensors_run_for_new_data_may_skip_dbt():
+    from layercode_pipeline.defs.dbt.assets import unattended
+
+    assert unattended({"dagster/sensor_name": "landing_sensor", "layercode/reason": "sealed segments"})
+    assert unattended({"dagster/sensor_name": "layercode_automation", "layercode/stage": "automation"})
+    assert not unattended({"dagster/sensor_name": "landing_sensor", "layercode/reason": "heartbeat"})
+    assert not unattended({})  # a person's run (the UI, `dg launch`, the demo)
+    assert not unattended({"layercode/launched_by": "demo", "layercode/stage": "dbt"})
 
 
 def test_the_first_run_on_a_warehouse_from_before_built_at_rebuilds_everything(tmp_path):
