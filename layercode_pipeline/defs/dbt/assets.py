@@ -83,8 +83,10 @@ def describe_dbt_test(props: Mapping[str, Any]) -> str:
             stripped = line.strip()
             if stripped.startswith("--"):
                 lines.append(stripped.removeprefix("--").strip())
-            elif lines or not (stripped.startswith("{{") or not stripped):
-                break
+            elif lines:
+                break  # the opening comment ended
+            elif stripped and not stripped.startswith("{{"):
+                break  # SQL before any comment (a `{{ config(...) }}` line may come first)
         what = " ".join(lines) or f"dbt test {props.get('name')}."
     severity = str((props.get("config") or {}).get("severity", "error")).lower()
     kind = "A warning: it never fails a run." if severity == "warn" else "An error: a failure fails the run."
