@@ -19,7 +19,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from layercode_pipeline.defs.dbt.assets import dbt_resource, layercode_dbt_models
+from layercode_pipeline.defs.dbt.assets import AUDIT_TEST, dbt_resource, layercode_dbt_models
 from layercode_pipeline.defs.dbt.automation import dbt_full_tests_job
 from layercode_pipeline.defs.dbt.project import dbt_target_path
 from layercode_pipeline.defs.enrichment.assets import session_enrichments
@@ -141,7 +141,13 @@ def test_each_test_of_the_run_examined_only_the_new_rows(pipeline):
     storage, new = pipeline["storage"], pipeline["new"]
     run_results = json.loads((dbt_target_path("run", storage.paths.data_dir) / "run_results.json").read_text())
     tests = [r for r in run_results["results"] if r["unique_id"].startswith("test.")]
-    assert len(tests) > 100 and all(r["status"] in ("pass", "warn") for r in tests)
+    assert all(r["status"] in ("pass", "warn") for r in tests)
+    # the generic tests ran inside the new-rows audit, one branch each; the singular ones as nodes
+    (audit,) = [r for r in tests if r["unique_id"] == AUDIT_TEST]
+    generic = json.loads((dbt_target_path("run", storage.paths.data_dir) / "manifest.json").read_text())["nodes"]
+    generic = [n for n in generic.values() if n["resource_type"] == "test" and n.get("test_metadata")]
+    assert audit["compiled_code"].count(" as test_id, ") == len(generic) > 100
+    assert not any(r["unique_id"] in {n["unique_id"] for n in generic} for r in tests)
     examined: dict[str, int] = {}
     con = duckdb.connect(str(storage.warehouse.path), read_only=True)
     try:
@@ -289,3 +295,38 @@ def test_the_first_run_on_a_warehouse_from_before_built_at_rebuilds_everything(t
     run_pipeline(storage)
     for table in ("fct_sessions", "fct_turns", "fct_conversations", "agg_daily_call_metrics"):
         assert query(storage, f"select count(*) from marts.{table} where built_at is null") == [(0,)], table
+
+
+def test_a_defect_in_a_new_row_fails_the_run_naming_its_test_and_nothing_is_published(pipeline):
+    """The pipeline run's audit (every generic test on the new rows, in one query) is a gate: a
+    new row that breaks a test fails the run, the failure names the test, and the serving copy
+    keeps what it had."""
+    storage = pipeline["storage"]
+    landing = storage.paths.landing
+    bad = generate_batch(1, seed=12, base_time=TODAY + timedelta(hours=12), reconnect_rate=0.0)
+    write_segment(landing, bad, received_at=datetime.now(UTC), name="bad-call")
+    sid = bad.sessions[0].session_id
+    storage_ingest_and_enrich = [raw_layercode_events, session_enrichments]
+    dg.materialize(storage_ingest_and_enrich, resources={"storage": storage, "openai": OpenAIResource()})
+    with storage.connect() as con:  # the enrichment answered an outcome the schema does not allow
+        con.execute(
+            "insert into enrichment.session_enrichments select * replace ('bogus' as outcome, now() as enriched_at) "
+            "from enrichment.session_enrichments where session_id = ? limit 1",
+            [sid],
+        )
+    result = dg.materialize(
+        RUN_ASSETS,
+        resources={"storage": storage, "dbt": dbt_resource(), "openai": OpenAIResource()},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert "new-rows audit failed" in message
+    assert "accepted_values_stg_session_enrichments_outcome" in message, message
+    serving = storage.paths.serving / "analytics.duckdb"
+    con = duckdb.connect(str(serving), read_only=True)
+    try:
+        assert con.execute("select count(*) from marts.fct_sessions where session_id = ?", [sid]).fetchone()[0] == 0
+    finally:
+        con.close()

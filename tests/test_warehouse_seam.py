@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from layercode_pipeline.config import Settings
 from layercode_pipeline.defs.resources import resources_from_settings
@@ -123,3 +124,44 @@ def test_attach_reads_a_local_target_read_only(tmp_path):
     except duckdb.Error as exc:
         assert "read-only" in str(exc).lower() or "read only" in str(exc).lower()
     reader.close()
+
+
+def _held_elsewhere(lock_path) -> bool:
+    """Whether another holder has the flock (a second open file description conflicts with it,
+    as another process's would)."""
+    import fcntl
+
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def test_a_build_hands_the_writers_lock_to_the_next_step_of_its_process(tmp_path):
+    """dbt's step keeps the lock for the serving publish of the same run: no other writer gets
+    it in between; the next lock of the process takes it without waiting and lets it go."""
+    import time
+
+    from layercode_pipeline.lib.warehouse import warehouse_lock
+
+    lock = tmp_path / "warehouse.duckdb.lock"
+    with warehouse_lock(lock, keep_for_s=600):
+        pass
+    assert _held_elsewhere(lock)  # kept: the next run's ingest waits
+    with warehouse_lock(lock, timeout_s=0.5):  # the publish: taken over, no wait
+        assert _held_elsewhere(lock)
+    assert not _held_elsewhere(lock)
+    # nobody takes a kept lock: it is let go after keep_for_s
+    with warehouse_lock(lock, keep_for_s=0.2):
+        pass
+    deadline = time.monotonic() + 30
+    while _held_elsewhere(lock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _held_elsewhere(lock)
+    # a step that fails never keeps it
+    with pytest.raises(RuntimeError), warehouse_lock(lock, keep_for_s=600):
+        raise RuntimeError("dbt failed")
+    assert not _held_elsewhere(lock)

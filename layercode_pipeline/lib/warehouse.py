@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -243,11 +244,41 @@ def add_missing_column(con: duckdb.DuckDBPyConnection, table: str, column: str, 
         con.execute(f"alter table {table} add column {column} {type_}")
 
 
+# Locks a step kept for the next step of the same process (see `warehouse_lock(keep_for_s=)`):
+# path -> (the open file holding the flock, the timer that lets it go if nobody takes it)
+_KEPT: dict[Path, tuple[Any, threading.Timer]] = {}
+_KEPT_GUARD = threading.Lock()
+
+
+def _release(fh: Any) -> None:
+    fcntl.flock(fh, fcntl.LOCK_UN)
+    fh.close()
+
+
+def _release_kept(lock_path: Path, fh: Any) -> None:
+    with _KEPT_GUARD:
+        if _KEPT.get(lock_path, (None,))[0] is fh:
+            del _KEPT[lock_path]
+            _release(fh)
+
+
 @contextlib.contextmanager
-def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
-    """An exclusive `flock` on `lock_path`, waited for (a pipeline writer holds it)."""
+def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[None]:
+    """An exclusive `flock` on `lock_path`, waited for (a pipeline writer holds it).
+
+    `keep_for_s`: on success, the lock is not let go but kept for the next `warehouse_lock` of
+    this process (the next step of the same run), for at most that many seconds. A run's dbt
+    build hands the warehouse to its own serving publish this way: otherwise the next run's
+    ingest, waiting for the lock, takes it in between, and the publish of the calls just built
+    waits for the next run's whole build. On an error the lock is always let go."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
+    with _KEPT_GUARD:
+        kept = _KEPT.pop(lock_path, None)
+    if kept is not None:
+        fh, timer = kept
+        timer.cancel()
+    else:
+        fh = open(lock_path, "a+")  # noqa: SIM115 - closed by _release, maybe by another step
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -255,12 +286,22 @@ def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0) -> Iterator[None]
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
+                    fh.close()
                     raise TimeoutError(f"another pipeline writer has held {lock_path} for {timeout_s:.0f} s") from None
                 time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        yield
+    except BaseException:
+        _release(fh)
+        raise
+    if keep_for_s > 0:
+        timer = threading.Timer(keep_for_s, _release_kept, args=(lock_path, fh))
+        timer.daemon = True
+        with _KEPT_GUARD:
+            _KEPT[lock_path] = (fh, timer)
+        timer.start()
+    else:
+        _release(fh)
 
 
 # Long enough for a BI tool that opens and closes the file to let go; short enough that a tool
@@ -422,9 +463,10 @@ class Warehouse:
         )
 
     @contextlib.contextmanager
-    def lock(self, timeout_s: float = 3600.0) -> Iterator[None]:
-        """The writers' lock: held by every pipeline writer, dbt's build and the serving publish."""
-        with warehouse_lock(self.lock_path, timeout_s):
+    def lock(self, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[None]:
+        """The writers' lock: held by every pipeline writer, dbt's build and the serving publish
+        (`keep_for_s`: handed to this process's next lock, see `warehouse_lock`)."""
+        with warehouse_lock(self.lock_path, timeout_s, keep_for_s=keep_for_s):
             yield
 
     @contextlib.contextmanager

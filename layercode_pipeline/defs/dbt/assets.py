@@ -13,6 +13,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: the project's names
     DBT_EXECUTABLE,
     DBT_PROJECT_DIR,
+    DBT_PROJECT_NAME,
     column_schema,
     dbt_args,
     dbt_group,
@@ -23,6 +24,13 @@ from layercode_pipeline.defs.dbt.project import (  # noqa: F401 - re-exported: t
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.lib.warehouse import Warehouse, scalar, sources_fingerprint
+
+# the publish that follows a build (defs/serving), and how long a build keeps the writers' lock
+# for it: the publish step starts a moment after the build's step ends
+SERVING_KEY = dg.AssetKey("analytics_serving")
+PUBLISH_HANDOFF_S = 120.0
+# the singular test that runs every generic test on a pipeline run's new rows
+AUDIT_TEST = f"test.{DBT_PROJECT_NAME}.new_rows_audit"
 
 
 class LayercodeDbtTranslator(DagsterDbtTranslator):
@@ -117,7 +125,10 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         # waits (bounded) for a process outside the pipeline that holds the file, and dbt's own
         # connect retries (profiles.yml) cover one that grabs it again in between
         pass
-    with warehouse.lock():
+    # A run that publishes next keeps the writers' lock for its publish (see warehouse_lock)
+    selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    keep_for_s = PUBLISH_HANDOFF_S if SERVING_KEY in selected else 0.0
+    with warehouse.lock(keep_for_s=keep_for_s):
         # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
         # open in this process, which would lock the warehouse against every other process.
         # One fixed target directory per kind of invocation (data/dbt/<kind>), not dagster-dbt's
@@ -143,6 +154,7 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
             raise_on_error=False,  # the results first (failed checks shown as such), then the verdict
         )
         events = with_row_counts(list(invocation.stream()), warehouse)
+        audit = audit_result(invocation, warehouse) if mode == "run" else None
         if built_from is not None and invocation.is_successful():
             with warehouse.connect() as con:
                 con.execute(
@@ -150,6 +162,10 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
                     [built_from],
                 )
     yield from events
+    if audit is not None:
+        context.log.info(
+            f"new-rows audit: {audit['tests']} generic tests on this run's rows, {len(audit['failed'])} failed"
+        )
     if not invocation.is_successful():
         results = invocation.get_artifact("run_results.json").get("results", [])
         errors = [r["unique_id"] for r in results if r.get("status") in ("error", "runtime error")]
@@ -157,13 +173,34 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         # A failed test in a pipeline run fails the run (dbt skipped what depends on it); in the
         # scheduled test job it is a failed asset check, and only errors fail the run.
         if mode == "run" or errors or not failed:
+            audited = audit["failed"] if audit else []
+            named = "; ".join(f"{f['test']} ({f['failures']} rows)" for f in audited[:5])
             raise dg.Failure(
-                f"dbt {mode}: {len(errors)} errors, {len(failed)} failed tests",
+                f"dbt {mode}: {len(errors)} errors, {len(failed)} failed tests"
+                + (f"; the new-rows audit failed: {named}" if audited else ""),
                 metadata={
                     "errors": dg.MetadataValue.json(errors[:20]),
                     "failed_tests": dg.MetadataValue.json(failed[:20]),
+                    "new_rows_audit_failed": dg.MetadataValue.json(audited[:50]),
                 },
             )
+
+
+def audit_result(invocation, warehouse: Warehouse) -> dict[str, Any] | None:
+    """The new-rows audit's outcome (tests/new_rows_audit.sql): how many generic tests it ran
+    and, when it failed, each failing test and its failing rows' count (its query run again,
+    with the writers' lock still held, so it sees what the tests saw)."""
+    results = invocation.get_artifact("run_results.json").get("results", [])
+    found = [r for r in results if r["unique_id"] == AUDIT_TEST]
+    if not found:
+        return None
+    sql = found[0].get("compiled_code") or ""
+    out: dict[str, Any] = {"tests": sql.count(" as test_id, "), "failed": []}
+    if found[0].get("status") in ("fail", "error") and sql:
+        with warehouse.connect(read_only=True) as con:
+            rows = con.execute(f"select test_id, model, failures from ({sql}) order by 1").fetchall()
+        out["failed"] = [{"test": t, "model": m, "failures": n} for t, m, n in rows]
+    return out
 
 
 def unattended(tags: Mapping[str, str]) -> bool:

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from layercode_pipeline.defs.dbt.assets import layercode_dbt_models
+from layercode_pipeline.defs.dbt.assets import SERVING_KEY, layercode_dbt_models
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
-from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
+from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.lib.serving_copy import publish_serving_copy
 
 # every dbt model under models/marts, as the dbt project declares them (the copy takes every
@@ -12,10 +12,14 @@ from layercode_pipeline.lib.serving_copy import publish_serving_copy
 MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts")
 
 
+# Not in the warehouse pool: the writers' lock orders it with the other writers, and a run's
+# build hands that lock straight to its publish. In the pool it would wait behind the next
+# run's ingest, which holds the pool's slot while it waits for the lock: the calls just built
+# would be published only after the next run's whole build.
 @dg.asset(
+    key=SERVING_KEY,
     deps=MARTS,
     group_name="serving",
-    pool=WAREHOUSE_POOL,
     automation_condition=DOWNSTREAM,
     freshness_policy=FRESHNESS,
     kinds={"duckdb"},
@@ -27,7 +31,8 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     warehouse = storage.warehouse
-    with warehouse.lock():  # a consistent set of marts: no dbt build in between
+    # a consistent set of marts (no build in between); after a build, the lock it handed on
+    with warehouse.lock():
         published = publish_serving_copy(warehouse, storage.paths.serving)
     return dg.MaterializeResult(
         metadata={

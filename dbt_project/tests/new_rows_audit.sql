@@ -1,0 +1,33 @@
+{{ config(tags=['new_rows_audit']) }}
+-- Every generic test of the project (error severity), on the rows this pipeline run built, in one
+-- query: one row per failing test, with its failing rows' count (macros/new_rows_audit.sql). It
+-- runs after every model it audits, so each model with a generic test is listed here (the
+-- audit names one that is missing). Outside a pipeline run it selects nothing: the scheduled
+-- full test run runs each test on its own, over every row.
+-- depends_on: {{ ref('stg_agents') }}
+-- depends_on: {{ ref('stg_recordings') }}
+-- depends_on: {{ ref('stg_rest_sessions') }}
+-- depends_on: {{ ref('stg_result_webhook_deliveries') }}
+-- depends_on: {{ ref('stg_reviews') }}
+-- depends_on: {{ ref('stg_session_enrichments') }}
+-- depends_on: {{ ref('stg_webhook_data') }}
+-- depends_on: {{ ref('stg_webhook_events') }}
+-- depends_on: {{ ref('stg_webhook_messages') }}
+-- depends_on: {{ ref('stg_webhook_session_ends') }}
+-- depends_on: {{ ref('stg_webhook_session_starts') }}
+-- depends_on: {{ ref('stg_webhook_session_updates') }}
+-- depends_on: {{ ref('int_session_sources') }}
+-- depends_on: {{ ref('int_webhook_latency_units') }}
+-- depends_on: {{ ref('agg_daily_call_metrics') }}
+-- depends_on: {{ ref('agg_hourly_call_metrics') }}
+-- depends_on: {{ ref('dim_agents') }}
+-- depends_on: {{ ref('enrichment_version_comparison') }}
+-- depends_on: {{ ref('erasure_audit') }}
+-- depends_on: {{ ref('fct_conversations') }}
+-- depends_on: {{ ref('fct_data_events') }}
+-- depends_on: {{ ref('fct_recordings') }}
+-- depends_on: {{ ref('fct_reviews') }}
+-- depends_on: {{ ref('fct_sessions') }}
+-- depends_on: {{ ref('fct_turns') }}
+-- depends_on: {{ ref('fct_webhook_deliveries') }}
+{{ new_rows_audit() }}
