@@ -62,8 +62,9 @@ class LayercodeDbtTranslator(DagsterDbtTranslator):
 def describe_dbt_test(props: Mapping[str, Any]) -> str:
     """What a dbt test checks, in words, for its asset check in the UI: the test's own
     description, else its generic test and arguments, else a singular test's leading comment.
-    Every check says how it is run: pipeline runs test the rows they build, and the daily
-    `dbt_full_tests_job` tests every row."""
+    Every check says how it is run: pipeline runs test the rows they build (a generic test as a
+    branch of the new-rows audit, tests/new_rows_audit.sql), and the daily `dbt_full_tests_job`
+    tests every row."""
     meta = props.get("test_metadata") or {}
     kwargs = meta.get("kwargs") or {}
     column = f"`{kwargs.get('column_name')}`"
@@ -98,7 +99,15 @@ def describe_dbt_test(props: Mapping[str, Any]) -> str:
         what = " ".join(lines) or f"dbt test {props.get('name')}."
     severity = str((props.get("config") or {}).get("severity", "error")).lower()
     kind = "A warning: it never fails a run." if severity == "warn" else "An error: a failure fails the run."
-    return f"{what} {kind} Runs test the rows they build; the daily full test job tests every row."
+    if name:  # a generic test: in a pipeline run, one branch of the new-rows audit
+        when = (
+            "Pipeline runs run it on the rows they build, inside the new-rows audit (one query for every "
+            "generic test; a failure fails the run and names this test); the daily full test job runs it "
+            "over every row and records the result here."
+        )
+    else:
+        when = "Pipeline runs test the rows they build; the daily full test job tests every row."
+    return f"{what} {kind} {when}"
 
 
 # dbt tests become asset checks on the models. There are no source tests: as checks on the raw
