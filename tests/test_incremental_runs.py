@@ -153,7 +153,10 @@ def test_each_test_of_the_run_examined_only_the_new_rows(pipeline):
     try:
         for r in tests:
             for relation, condition in re.findall(
-                r'\(select \* from ("[^"]+"\."[^"]+"\."[^"]+") where \((.+?)\)\) dbt_subquery', r["compiled_code"]
+                # a test's subject: `(select * from <model> where (<new rows>))`, inline or as the
+                # audit's CTE of the model's new rows
+                r'\(select \* from ("[^"]+"\."[^"]+"\."[^"]+") where \((.+?)\)\)(?: dbt_subquery|,|\s)',
+                r["compiled_code"],
             ):
                 table = relation.split(".")[-1].strip('"')
                 examined[table] = con.execute(f"select count(*) from {relation} where {condition}").fetchone()[0]
