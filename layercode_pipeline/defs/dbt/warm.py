@@ -146,8 +146,11 @@ def serve(path: Path, listener_fd: int, project_dir: str, profiles_dir: str) -> 
     os.dup2(conn.fileno(), 2)
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
+    # the parse is of this project: an invocation elsewhere (dagster-dbt runs a large selection
+    # from a copy of the project with its own selectors.yml) parses its own
+    here = os.path.realpath(os.environ.get("DBT_PROJECT_DIR") or request["cwd"]) == os.path.realpath(project_dir)
     try:
-        result = dbtRunner(manifest=manifest).invoke(request["argv"])
+        result = dbtRunner(manifest=manifest if here else None).invoke(request["argv"])
         code = 0 if result.success else (2 if result.exception is not None else 1)
         if result.exception is not None:
             print(f"dbt failed: {result.exception}", file=sys.stderr)
