@@ -266,12 +266,15 @@ def test_a_sensor_run_with_nothing_new_does_no_dbt_work(pipeline):
     assert query(storage, "select max(built_at) from marts.fct_sessions") == before
     # the same quiet warehouse: the heartbeat builds (and tests) as before
     heartbeat = run_pipeline(storage, tags={**sensor, "layercode/reason": "heartbeat"})
-    assert marts <= built(heartbeat) and dbt_invoked(heartbeat)
-    # something new: the sensor's run builds again
+    views = {"staging/stg_webhook_events", "intermediate/int_session_sources"}
+    assert marts | views <= built(heartbeat) and dbt_invoked(heartbeat)
+    # something new: the sensor's run builds again, all but the views (their SQL is as the last
+    # build of the same project created it; the data they show is the new data anyway)
     landing = storage.paths.landing
     newer = generate_batch(1, seed=9, base_time=TODAY + timedelta(hours=11), reconnect_rate=0.0)
     write_segment(landing, newer, received_at=datetime.now(UTC), name="newer-call")
-    assert marts | {"analytics_serving"} <= built(run_pipeline(storage, tags=sensor))
+    again = built(run_pipeline(storage, tags=sensor))
+    assert marts | {"analytics_serving"} <= again and not again & views
     assert newer.sessions[0].session_id in {r[0] for r in query(storage, "select session_id from marts.fct_sessions")}
 
 

@@ -262,8 +262,16 @@ def _release_kept(lock_path: Path, fh: Any) -> None:
             _release(fh)
 
 
+@dataclass
+class LockHold:
+    """What the holder of a `warehouse_lock` may still decide: how long to keep it after the
+    block (0: let it go)."""
+
+    keep_for_s: float = 0.0
+
+
 @contextlib.contextmanager
-def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[None]:
+def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[LockHold]:
     """An exclusive `flock` on `lock_path`, waited for (a pipeline writer holds it).
 
     `keep_for_s`: on success, the lock is not let go but kept for the next `warehouse_lock` of
@@ -289,13 +297,14 @@ def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0, *, keep_for_s: fl
                     fh.close()
                     raise TimeoutError(f"another pipeline writer has held {lock_path} for {timeout_s:.0f} s") from None
                 time.sleep(0.1)
+    hold = LockHold(keep_for_s)
     try:
-        yield
+        yield hold
     except BaseException:
         _release(fh)
         raise
-    if keep_for_s > 0:
-        timer = threading.Timer(keep_for_s, _release_kept, args=(lock_path, fh))
+    if hold.keep_for_s > 0:
+        timer = threading.Timer(hold.keep_for_s, _release_kept, args=(lock_path, fh))
         timer.daemon = True
         with _KEPT_GUARD:
             _KEPT[lock_path] = (fh, timer)
@@ -463,11 +472,11 @@ class Warehouse:
         )
 
     @contextlib.contextmanager
-    def lock(self, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[None]:
+    def lock(self, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[LockHold]:
         """The writers' lock: held by every pipeline writer, dbt's build and the serving publish
         (`keep_for_s`: handed to this process's next lock, see `warehouse_lock`)."""
-        with warehouse_lock(self.lock_path, timeout_s, keep_for_s=keep_for_s):
-            yield
+        with warehouse_lock(self.lock_path, timeout_s, keep_for_s=keep_for_s) as hold:
+            yield hold
 
     @contextlib.contextmanager
     def open_for_writing(self) -> Iterator[duckdb.DuckDBPyConnection]:

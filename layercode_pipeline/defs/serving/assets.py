@@ -2,14 +2,15 @@
 
 import dagster as dg
 
-from layercode_pipeline.defs.dbt.assets import SERVING_KEY, layercode_dbt_models
+from layercode_pipeline.defs.dbt.assets import SERVING_KEY, dbt_view_keys, layercode_dbt_models
 from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.lib.serving_copy import publish_serving_copy
 
-# every dbt model under models/marts, as the dbt project declares them (the copy takes every
-# table of the schema, so a new mart is published without editing a list here)
-MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts")
+# every dbt model under models/marts that is a table, as the dbt project declares them (the
+# copy takes every table of the schema, so a new mart is published without editing a list
+# here; a view is not copied, and a pipeline run does not rebuild one)
+MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts" and key not in dbt_view_keys())
 
 
 # Not in the warehouse pool: the writers' lock orders it with the other writers, and a run's
