@@ -1,9 +1,10 @@
-{{ config(tags=['new_rows_audit']) }}
+{{ config(tags=['new_rows_audit'], meta={'dagster': {'ref': {'name': 'fct_sessions'}}}) }}
 -- Every generic test of the project (error severity), on the rows this pipeline run built, in one
 -- query: one row per failing test, with its failing rows' count (macros/new_rows_audit.sql). It
 -- runs after every model it audits, so each model with a generic test is listed here (the
 -- audit names one that is missing). Outside a pipeline run it selects nothing: the scheduled
--- full test run runs each test on its own, over every row.
+-- full test run runs each test on its own, over every row. In Dagster it is one check (on
+-- fct_sessions, the mart every call reaches) instead of an observation of each model.
 -- depends_on: {{ ref('stg_agents') }}
 -- depends_on: {{ ref('stg_recordings') }}
 -- depends_on: {{ ref('stg_rest_sessions') }}

@@ -57,17 +57,19 @@ class Incremental:
     partition_column: str
     partition: str
     partition_from: str | None = None
+    # the timestamp the day is taken from (UTC): a range on it lets DuckDB skip the row groups
+    # of other days, where the day expression itself reads every row
+    day_of: str | None = None
 
 
+SESSION_DAY = "cast({a}session_date_at at time zone 'UTC' as date)"
 INCREMENTAL = {
-    "fct_sessions": Incremental("session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)"),
+    "fct_sessions": Incremental("session_id", "session_date", SESSION_DAY, day_of="session_date_at"),
     # a turn's file is its session's day: a session's turns are never split across files
-    "fct_turns": Incremental(
-        "session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)", "fct_sessions"
-    ),
-    "fct_recordings": Incremental("session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)"),
+    "fct_turns": Incremental("session_id", "session_date", SESSION_DAY, "fct_sessions", day_of="session_date_at"),
+    "fct_recordings": Incremental("session_id", "session_date", SESSION_DAY, day_of="session_date_at"),
     "fct_conversations": Incremental(
-        "conversation_id", "started_date", "cast({a}started_at at time zone 'UTC' as date)"
+        "conversation_id", "started_date", "cast({a}started_at at time zone 'UTC' as date)", day_of="started_at"
     ),
 }
 
@@ -316,6 +318,12 @@ def _write_partition(
     folder = _partition_dir(parquet_dir, table, spec, day)
     source, day_sql = _day_sql(schema, table, spec)
     match = f"{day_sql} is null" if day is None else f"{day_sql} = '{day}'::date"
+    if day is not None and spec.day_of:
+        stamp = f"{'p' if spec.partition_from else 't'}.{spec.day_of}"
+        match += (
+            f" and {stamp} >= timezone('UTC', '{day}'::timestamp)"
+            f" and {stamp} < timezone('UTC', '{day}'::timestamp + interval 1 day)"
+        )
     rows = scalar(con, f"select count(*) from {source} where {match}")
     if not rows:
         shutil.rmtree(folder, ignore_errors=True)
