@@ -14,7 +14,6 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
 from packaging import version
-from pydantic import PrivateAttr
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 DBT_PROJECT_NAME = "layercode_analytics"  # dbt_project.yml's name
@@ -71,11 +70,6 @@ def layercode_dbt_project() -> DbtProject:
     return project
 
 
-# dbt through the run's warm dbt (defs/dbt/warm.py): the `layercode-dbt` executable this
-# package installs beside this Python; without it (a checkout not reinstalled), dbt itself
-_WARM_CLIENT = Path(sys.executable).parent / "layercode-dbt"
-
-
 class LayercodeDbtCli(DbtCliResource):
     """dagster-dbt's resource without two costs every run paid for nothing (a cProfile of the
     dbt step put them at 6.5 s of its 19 s on this project): running `dbt --version` to learn the
@@ -83,27 +77,12 @@ class LayercodeDbtCli(DbtCliResource):
     only its `fetch_row_counts()`/`fetch_column_metadata()` use; the row counts and column
     types come from `with_row_counts` instead."""
 
-    _warm: Any = PrivateAttr(default=None)  # this run's warm dbt process, if started
-
     @cached_property
     def _cli_version(self) -> version.Version:
         return version.parse(importlib.metadata.version("dbt-core"))
 
     def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001 - dagster-dbt's signature
         return None
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        super().setup_for_execution(context)
-        if self.dbt_executable == str(_WARM_CLIENT):
-            from layercode_pipeline.defs.dbt.warm import start_warm_dbt
-
-            self._warm = start_warm_dbt(self.project_dir, self.profiles_dir)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._warm is not None:
-            from layercode_pipeline.defs.dbt.warm import stop_warm_dbt
-
-            stop_warm_dbt(self._warm)
 
 
 def column_schema(con, schema: str, name: str, node: Mapping[str, Any]) -> dg.TableSchema:
@@ -130,8 +109,7 @@ def source_node(source: str, table: str) -> Mapping[str, Any]:
 
 def dbt_resource() -> DbtCliResource:
     # dagster-dbt's validator takes the DbtProject (its field is annotated str)
-    executable = str(_WARM_CLIENT) if _WARM_CLIENT.exists() else DBT_EXECUTABLE
-    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=executable)  # type: ignore[arg-type]
+    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=DBT_EXECUTABLE)  # type: ignore[arg-type]
 
 
 # How much each kind of dbt invocation builds and tests (the `test_scope` var; the project's
