@@ -44,6 +44,9 @@ class DemoInterrupted(KeyboardInterrupt):
 
 _DBT_DONE = re.compile(r"\b\d+ of \d+ (OK|PASS|WARN|FAIL|ERROR|SKIP)\b(.*)")
 _DBT_FOUND = re.compile(r"Found (\d+) models?, (\d+) data tests?")
+# "3 of 38 START ...": the nodes this invocation runs (a pipeline run runs its generic tests
+# inside one audit, so the project's test count is not the run's)
+_DBT_SELECTED = re.compile(r"\b\d+ of (\d+) START\b")
 
 
 class StageOutput(io.StringIO):
@@ -66,6 +69,9 @@ class StageOutput(io.StringIO):
     def _read(self, line: str) -> None:
         if found := _DBT_FOUND.search(line):
             self.models_total, self.tests_total = int(found[1]), int(found[2])
+        elif selected := _DBT_SELECTED.search(line):
+            if " hook" not in line:  # (a hook's own "1 of 1 START")
+                self.tests_total = max(0, int(selected[1]) - self.models_total)
         elif done := _DBT_DONE.search(line):
             status, rest = done[1], done[2]
             if rest.lstrip().startswith("hook"):  # the on-run-start hook: neither a model nor a test
