@@ -42,7 +42,7 @@ OBJECT_CLOCK_SLACK_NS = 5_000_000_000
 
 @dg.sensor(
     job=ingest_job,
-    minimum_interval_seconds=1,  # a sealed segment waits at most a second for its run
+    minimum_interval_seconds=2,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests an ingest run when a segment was sealed after the last successful ingest's "
     "high-water mark (or after the listing of the run executing now) and no ingest run is waiting "
