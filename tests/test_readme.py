@@ -146,7 +146,7 @@ class Workspace:
 STOPPED = (0, -signal.SIGINT, 128 + signal.SIGINT)
 
 
-def interrupt(proc: subprocess.Popen, timeout_s: float = 30) -> int:
+def interrupt(proc: subprocess.Popen, timeout_s: float = 60) -> int:
     """Ctrl-C, as in a terminal: SIGINT to the whole process group."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)

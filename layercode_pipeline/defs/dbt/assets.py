@@ -28,7 +28,7 @@ from layercode_pipeline.lib.warehouse import Warehouse, scalar, sources_fingerpr
 # the publish that follows a build (defs/serving), and how long a build keeps the writers' lock
 # for it: the publish step starts a moment after the build's step ends
 SERVING_KEY = dg.AssetKey("analytics_serving")
-PUBLISH_HANDOFF_S = 120.0
+PUBLISH_HANDOFF_S = 15.0  # (if the publish does not come, another writer waits no longer)
 # the singular test that runs every generic test on a pipeline run's new rows
 AUDIT_TEST = f"test.{DBT_PROJECT_NAME}.new_rows_audit"
 
