@@ -90,6 +90,20 @@ class DataPaths:
         )
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's whole environment, for a process that works on its behalf: the warm dbt
+    (defs/dbt/warm.py) runs each dbt command with the environment dagster-dbt gave the command,
+    as a child process would inherit it. Handed over a socket only the user can open; never
+    logged or stored."""
+    return dict(os.environ)
+
+
+def adopt_environment(env: dict[str, str]) -> None:
+    """Take `env` as this process's environment (the warm dbt, before it runs a command)."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def load_privacy_key(data_dir: Path, configured: str | None = None) -> str:
     """The key erased callers' tombstones and hashed phone numbers use: LAYERCODE_PRIVACY_KEY,
     else `<data>/privacy/key` (made once, readable by the owner only, fsynced)."""

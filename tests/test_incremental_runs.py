@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -35,7 +36,10 @@ TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 def run_pipeline(storage: StorageResource, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
     """What the landing sensor's ingest run executes: ingest, enrichment (offline), dbt, publish."""
     result = dg.materialize(
-        RUN_ASSETS, resources={"storage": storage, "dbt": dbt_resource(), "openai": OpenAIResource()}, tags=tags
+        RUN_ASSETS,
+        # the runs after the first hand dbt the manifest their warm dbt parsed ahead (defs/dbt/warm.py)
+        resources={"storage": storage, "dbt": dbt_resource(storage.paths.data_dir), "openai": OpenAIResource()},
+        tags=tags,
     )
     assert result.success
     return result
@@ -117,6 +121,31 @@ def test_a_run_after_one_new_session_rebuilds_only_its_rows_days_and_hours(pipel
         )
     )
     assert any(d == started.date() and a == new.agent_id for d, a, _ in daily)
+
+
+def dbt_invocations(log: Path) -> list[set[str]]:
+    """The names of dbt's events in each invocation its JSON log (dbt.log) records, in order."""
+    invocations: list[set[str]] = []
+    for line in log.read_text().splitlines():
+        try:
+            name = json.loads(line)["info"]["name"]
+        except (ValueError, KeyError):
+            continue
+        if name == "MainReportVersion":
+            invocations.append(set())
+        if invocations:
+            invocations[-1].add(name)
+    return invocations
+
+
+def test_the_second_runs_dbt_was_handed_the_project_its_warm_dbt_parsed_ahead(pipeline):
+    """dbt's start-up is paid while a run waits: the first run's dbt parsed the project itself;
+    the second's warm dbt had parsed it with the first build's vars (defs/dbt/warm.py), so dbt
+    went straight to the models."""
+    parsing = {"UnableToPartialParse", "PartialParsingEnabled"}
+    first, second = dbt_invocations(pipeline["storage"].paths.data_dir / "dbt" / "run" / "dbt.log")[:2]
+    assert first & parsing
+    assert not second & parsing and "FoundStats" in second
 
 
 def test_the_run_read_only_the_new_sessions_events(pipeline):

@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
 from packaging import version
+from pydantic import PrivateAttr
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 DBT_PROJECT_NAME = "layercode_analytics"  # dbt_project.yml's name
@@ -70,12 +71,23 @@ def layercode_dbt_project() -> DbtProject:
     return project
 
 
+# dbt through the run's warm dbt (defs/dbt/warm.py): the `layercode-dbt` executable this
+# package installs beside this Python; without it (a checkout not reinstalled), dbt itself
+_WARM_CLIENT = Path(sys.executable).parent / "layercode-dbt"
+
+
 class LayercodeDbtCli(DbtCliResource):
     """dagster-dbt's resource without two costs every run paid for nothing (a cProfile of the
     dbt step put them at 6.5 s of its 19 s on this project): running `dbt --version` to learn the
     version of the dbt-core installed beside it, and building an in-process dbt adapter, which
     only its `fetch_row_counts()`/`fetch_column_metadata()` use; the row counts and column
-    types come from `with_row_counts` instead."""
+    types come from `with_row_counts` instead. Each run also starts a warm dbt (defs/dbt/warm.py),
+    which imports dbt while the run waits for the warehouse."""
+
+    # the target directory of the pipeline runs' builds: the warm dbt parses ahead as their
+    # last build did ("" to parse nothing ahead)
+    warm_state_dir: str = ""
+    _warm: Any = PrivateAttr(default=None)  # this run's warm dbt process, if started
 
     @cached_property
     def _cli_version(self) -> version.Version:
@@ -83,6 +95,19 @@ class LayercodeDbtCli(DbtCliResource):
 
     def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001 - dagster-dbt's signature
         return None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        super().setup_for_execution(context)
+        if self.dbt_executable == str(_WARM_CLIENT):
+            from layercode_pipeline.defs.dbt.warm import start_warm_dbt
+
+            self._warm = start_warm_dbt(self.warm_state_dir or None)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._warm is not None:
+            from layercode_pipeline.defs.dbt.warm import stop_warm_dbt
+
+            stop_warm_dbt(self._warm)
 
 
 def column_schema(con, schema: str, name: str, node: Mapping[str, Any]) -> dg.TableSchema:
@@ -107,9 +132,12 @@ def source_node(source: str, table: str) -> Mapping[str, Any]:
     return manifest.get("sources", {}).get(f"source.{DBT_PROJECT_NAME}.{source}.{table}", {})
 
 
-def dbt_resource() -> DbtCliResource:
+def dbt_resource(data_dir: Path | None = None) -> DbtCliResource:
+    """The dbt resource; given the pipeline's data directory, its runs' warm dbt parses ahead."""
+    executable = str(_WARM_CLIENT) if _WARM_CLIENT.exists() else DBT_EXECUTABLE
+    state = str(dbt_target_path("run", data_dir)) if data_dir is not None else ""
     # dagster-dbt's validator takes the DbtProject (its field is annotated str)
-    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=DBT_EXECUTABLE)  # type: ignore[arg-type]
+    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=executable, warm_state_dir=state)  # type: ignore[arg-type]
 
 
 # How much each kind of dbt invocation builds and tests (the `test_scope` var; the project's

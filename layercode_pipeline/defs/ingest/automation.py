@@ -5,6 +5,7 @@ import time
 
 import dagster as dg
 
+from layercode_pipeline.defs.dbt.assets import audited_check_keys
 from layercode_pipeline.defs.dbt.project import DBT_GROUPS
 from layercode_pipeline.defs.freshness import HEARTBEAT
 from layercode_pipeline.defs.ingest.assets import HIGH_WATER_KEY, RAW_EVENTS, newest_sealed_ctime
@@ -23,7 +24,9 @@ ingest_job = dg.define_asset_job(
         | dg.AssetSelection.groups(*DBT_GROUPS)
         | dg.AssetSelection.groups("reviews")
     )
-    - dg.AssetSelection.groups("agents", "backfill", "recordings"),
+    - dg.AssetSelection.groups("agents", "backfill", "recordings")
+    # the generic tests run inside the new-rows audit (one check), not as checks of their own
+    - dg.AssetSelection.checks(*audited_check_keys()),
     executor_def=dg.in_process_executor,
     tags={"layercode/stage": "ingest"},
     description="Ingest newly sealed landing segments, then refresh enrichments, dbt models and the serving copy.",
