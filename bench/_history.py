@@ -117,3 +117,28 @@ def build_history(data_dir: Path, sessions: int, *, days: int = 365, seed: int =
         f"({built['seconds']:.0f} s)"
     )
     return built
+
+
+def catch_up_hourly(data_dir: Path, log=print) -> float:
+    """The hourly assets' first run over the history (the agents list, REST details for gaps,
+    recordings: no REST key here, so they record what waits for one), as on a pipeline that has
+    been running: their catch-up is not steady traffic. Returns the seconds taken."""
+    import dagster as dg
+
+    from layercode_pipeline.config import Settings
+    from layercode_pipeline.defs.agents.assets import layercode_agents
+    from layercode_pipeline.defs.backfill.assets import layercode_session_details
+    from layercode_pipeline.defs.recordings.assets import layercode_recordings
+    from layercode_pipeline.defs.resources import resources_from_settings
+
+    t0 = time.perf_counter()
+    resources = resources_from_settings(Settings.load(data_dir=str(data_dir)))
+    result = dg.materialize(
+        [layercode_agents, layercode_session_details, layercode_recordings],
+        resources={k: resources[k] for k in ("storage", "layercode_api")},
+    )
+    if not result.success:
+        raise RuntimeError("the hourly assets' catch-up over the history failed")
+    seconds = time.perf_counter() - t0
+    log(f"  hourly assets' first run over the history (agents, REST details, recordings): {seconds:.0f} s")
+    return seconds

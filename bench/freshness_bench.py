@@ -13,8 +13,9 @@ instance) happens before the first call and is printed on its own, not counted.
 
 --steady (issue 27): the production instance (deploy/dagster.yaml, its Postgres `storage:`
 replaced by SQLite for one host), a warehouse with `--history` sessions already landed (built
-by bench/_history.py), and one call every `--interval` seconds for `--minutes` minutes, with no
-quiet spell. The first run (Dagster's start-up and the first build of the whole history) ends
+by bench/_history.py) and the hourly assets' first run over it done (their catch-up is not
+steady traffic; their hourly run, if it falls in the window, is), and one call every
+`--interval` seconds for `--minutes` minutes, with no quiet spell. The first run (Dagster's start-up and the first build of the whole history) ends
 before the first call and is printed on its own, not counted.
 """
 
@@ -43,7 +44,7 @@ from _common import (  # noqa: E402
     wait_first_ingest,
     wait_healthy,
 )
-from _history import build_history  # noqa: E402
+from _history import build_history, catch_up_hourly  # noqa: E402
 
 from layercode_pipeline.contract.events import SESSION_END  # noqa: E402
 from layercode_pipeline.simulator import Deliverer, default_agents, generate_batch, listener_secrets_json  # noqa: E402
@@ -78,6 +79,7 @@ def steady(args: argparse.Namespace) -> None:
     print(f"history: {args.history:,} sessions in {data}", flush=True)
     build_history(data, args.history)
     shutil.rmtree(data / "seed")
+    catch_up_hourly(data)
     home = production_home(root)
     calls = int(args.minutes * 60 / args.interval)
     batch = generate_batch(calls, seed=99, agents=default_agents(7), reconnect_rate=0.0)

@@ -15,6 +15,7 @@ from layercode_pipeline.lib.recordings import (
     download_recordings,
     measure_kept,
     plan_recordings,
+    read_candidates,
     recording_candidates,
     store_measurements,
     store_recordings,
@@ -58,9 +59,12 @@ def layercode_recordings(
     context: dg.AssetExecutionContext, storage: StorageResource, layercode_api: LayercodeAPIResource
 ) -> dg.MaterializeResult:
     store = storage.recording_store()
+    scratch = storage.paths.data_dir / ".recordings-scratch" / f"{context.run_id}.parquet"
     with storage.connect() as con:  # plan under the writers' lock ...
-        candidates = recording_candidates(con)
-    plan = plan_recordings(candidates, store)  # ... verify the kept files, download and measure without it ...
+        recording_candidates(con, scratch)
+    plan = plan_recordings(
+        read_candidates(scratch), store
+    )  # ... verify the kept files, download and measure without it ...
     downloads, rows, held = plan.downloads, plan.rows, plan.held
     waiting_for_key = len(downloads) if downloads and not layercode_api.configured else 0
     if waiting_for_key:  # optional configuration missing: degrade, never block the marts
