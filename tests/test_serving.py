@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,64 @@ def test_json_columns_are_utf8_strings_in_the_parquet_files(shared_marts, tmp_pa
     assert frame.schema["metadata"] == pl.String
     row = frame.filter(pl.col("session_id") == "s_match").row(0, named=True)
     assert json.loads(row["metadata"]) == {"tenant_id": "acme"}
+
+
+def test_a_publish_updates_the_other_file_of_the_pair_in_place_and_swaps_the_link(shared_marts, tmp_path):
+    """The serving copy is a pair of files and a link to one of them: a publish updates the
+    other one in place (what changed since that file's own publish, no copy of the history),
+    then swaps the link. A reader that still holds the other file gets a copy instead, and
+    keeps its snapshot; a whole publish leaves one file."""
+    from layercode_pipeline.lib.serving_copy import STATE_FILE, publish_serving_copy
+
+    serving = tmp_path / "serving"
+    link = serving / "analytics.duckdb"
+
+    def pair() -> set[str]:
+        return {p.name for p in serving.glob(".analytics-*.duckdb")}
+
+    def current() -> str:
+        assert link.is_symlink()
+        return os.readlink(link)
+
+    assert publish_serving_copy(shared_marts.warehouse, serving).whole
+    first = current()
+    assert pair() == {first}
+    second = publish_serving_copy(shared_marts.warehouse, serving)  # the pair's second file: a copy
+    assert not second.whole and current() != first and pair() == {first, current()}
+    files = pair()
+    third = publish_serving_copy(shared_marts.warehouse, serving)  # the first file, updated in place
+    assert not third.whole and current() == first == third.file and pair() == files and third.in_place
+    assert third.counts == second.counts and third.rows_copied["fct_sessions"] == 0
+    # a BI tool still holds the other file (it opened it before the last swap)
+    (held,) = files - {first}
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER_THAT_HOLDS, str(serving / held)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip()  # it has the file open
+        publish_serving_copy(shared_marts.warehouse, serving)
+        assert current() not in files  # a fresh copy, not the held file
+        assert pair() == {first, current()}  # the held file left the directory; the reader keeps it
+        out, _ = reader.communicate(b"again\n", timeout=60)
+        assert int(out.strip()) == third.counts["fct_sessions"]
+    finally:
+        reader.kill()
+    con = duckdb.connect(str(link), read_only=True)
+    try:
+        assert con.execute("select count(*) from marts.fct_sessions").fetchone()[0] == third.counts["fct_sessions"]
+    finally:
+        con.close()
+    # a whole publish (an erasure or retention removes the state): one file, no older copy left
+    (serving / STATE_FILE).unlink()
+    assert publish_serving_copy(shared_marts.warehouse, serving).whole
+    assert pair() == {current()}
+
+
+# opens the file read-only (DuckDB's shared lock), says so, then reads it again when asked
+READER_THAT_HOLDS = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(con.execute("select count(*) from marts.fct_sessions").fetchone()[0], flush=True)
+sys.stdin.readline()
+print(con.execute("select count(*) from marts.fct_sessions").fetchone()[0], flush=True)
+"""

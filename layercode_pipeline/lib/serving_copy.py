@@ -1,8 +1,11 @@
 """Publish the marts for BI tools: `serving/analytics.duckdb`, and Parquet files.
 
-The DuckDB copy is written to a new file and atomically renamed over the old one. A BI tool
-that holds the old file open (read-only) keeps reading its snapshot and never blocks the
-pipeline; the next connection it opens sees the new one.
+`analytics.duckdb` is a link to one of a pair of files (`.analytics-<n>.duckdb`). A publish
+updates the other file in place (the rows changed since that file was published), then swaps
+the link atomically. A BI tool that holds a file open (read-only) keeps reading its snapshot
+and never blocks the pipeline; the next connection it opens sees the new one. If a reader
+still holds the other file when a publish comes, the publish starts from a copy of the
+current one instead (and the held file leaves the directory; its reader keeps it).
 
 It is written in an older storage format (`SERVING_STORAGE_VERSION`): DBeaver, Metabase,
 Superset, Evidence and most notebooks bundle their own DuckDB, often a 1.x, which cannot
@@ -12,10 +15,11 @@ that speak no DuckDB read the Parquet files (each replaced atomically): the larg
 as `serving/parquet/<mart>.parquet`.
 
 A publish costs what changed, not the history (issue 27). The first publish copies every mart.
-Later ones copy the previous file (a file copy, no re-encoding), replace in it only the rows of
-the sessions and conversations the marts rebuilt since (their `built_at`), copy the small marts
-whole, and rewrite only the Parquet partitions of the days those rows belong to, before and
-after. A mart whose columns changed, or whose row count disagrees afterwards (rows deleted in
+Later ones replace in the other file of the pair only the rows of the sessions and
+conversations the marts rebuilt since that file's publish (their `built_at`), copy the small
+marts whole, and rewrite only the Parquet partitions of the days those rows belong to, before
+and after. (Copying the whole previous file instead, 600 MB at a million sessions, was most
+of a publish.) A mart whose columns changed, or whose row count disagrees afterwards (rows deleted in
 the warehouse), is copied whole.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,17 +57,19 @@ class Incremental:
     partition_column: str
     partition: str
     partition_from: str | None = None
+    # the timestamp the day is taken from (UTC): a range on it lets DuckDB skip the row groups
+    # of other days, where the day expression itself reads every row
+    day_of: str | None = None
 
 
+SESSION_DAY = "cast({a}session_date_at at time zone 'UTC' as date)"
 INCREMENTAL = {
-    "fct_sessions": Incremental("session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)"),
+    "fct_sessions": Incremental("session_id", "session_date", SESSION_DAY, day_of="session_date_at"),
     # a turn's file is its session's day: a session's turns are never split across files
-    "fct_turns": Incremental(
-        "session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)", "fct_sessions"
-    ),
-    "fct_recordings": Incremental("session_id", "session_date", "cast({a}session_date_at at time zone 'UTC' as date)"),
+    "fct_turns": Incremental("session_id", "session_date", SESSION_DAY, "fct_sessions", day_of="session_date_at"),
+    "fct_recordings": Incremental("session_id", "session_date", SESSION_DAY, day_of="session_date_at"),
     "fct_conversations": Incremental(
-        "conversation_id", "started_date", "cast({a}started_at at time zone 'UTC' as date)"
+        "conversation_id", "started_date", "cast({a}started_at at time zone 'UTC' as date)", day_of="started_at"
     ),
 }
 
@@ -76,6 +83,8 @@ class Publication:
     whole: bool = True
     rows_copied: dict[str, int] = field(default_factory=dict)
     parquet_written: dict[str, list[str]] = field(default_factory=dict)
+    file: str = ""  # the file of the pair the link now points to
+    in_place: bool = False  # that file was updated in place (no copy of the current one)
 
 
 def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = "marts") -> Publication:
@@ -85,22 +94,42 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
     parquet_dir = serving_dir / PARQUET_DIR
     parquet_dir.mkdir(exist_ok=True)
     final = serving_dir / SERVING_FILE
-    tmp = serving_dir / f".{SERVING_FILE}.{os.getpid()}.tmp"
-    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+    for leftover in serving_dir.glob(f".{SERVING_FILE}.*.tmp*"):  # a publish that crashed
         leftover.unlink(missing_ok=True)
-    state = _read_state(serving_dir / STATE_FILE) if final.exists() else {}
-    whole = not state
+    files = _read_state(serving_dir / STATE_FILE)
+    current = _current_file(final)
+    whole = not files or current is None
+    target: Path | None = None
+    since: dict[str, str] = {}
+    in_place = False
     if not whole:
-        shutil.copyfile(final, tmp)  # the previous copy, in its own (old) storage format
-    pub = Publication(whole=whole)
+        # the other file of the pair, updated in place from its own watermarks: no copy of the
+        # history. A reader that still holds it (opened before the last swap) keeps its lock:
+        # then a copy of the current file, as before.
+        for name, watermarks in files.items():
+            spare = serving_dir / name
+            if spare != current and spare.exists() and _writable(spare):
+                target, since, in_place = spare, watermarks, True
+                break
+        if target is None:
+            since = files.get(current.name, {}) if current.name in files else {}
+            if not since:
+                whole = True  # a copy with no record of what it holds: start afresh
+            else:
+                target = _new_file(serving_dir)
+                shutil.copyfile(current, target)
+    if whole:
+        target, since = _new_file(serving_dir), {}
+    assert target is not None
+    pub = Publication(whole=whole, file=target.name, in_place=in_place)
     new_state: dict[str, str] = {}
     con = duckdb.connect()
     try:
         if whole:
-            con.execute(f"attach {sql_string(tmp)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
+            con.execute(f"attach {sql_string(target)} as serving (storage_version '{SERVING_STORAGE_VERSION}')")
             con.execute(f"create schema serving.{schema}")
         else:
-            con.execute(f"attach {sql_string(tmp)} as serving")
+            con.execute(f"attach {sql_string(target)} as serving")
         warehouse.attach(con, "wh")
         tables = [
             r[0]
@@ -116,28 +145,29 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
         changed: dict[str, str] = {}  # mart -> the SQL of its changed keys
         for table in tables:
             spec = INCREMENTAL.get(table)
-            since = state.get(table)
-            if spec and since and _same_columns(con, schema, table):
+            watermark = since.get(table)
+            if spec and watermark and _same_columns(con, schema, table):
                 changed[table] = (
-                    f"select {spec.key} from wh.{schema}.{_ident(table)} where built_at > '{since}'::timestamptz"
+                    f"select {spec.key} from wh.{schema}.{_ident(table)} where built_at > '{watermark}'::timestamptz"
                 )
                 old_days[table] = _days(con, schema, table, spec, changed[table])
         for table in tables:
-            target = f"serving.{schema}.{_ident(table)}"
+            target_table = f"serving.{schema}.{_ident(table)}"
             source = f"wh.{schema}.{_ident(table)}"
             if table in changed:
-                con.execute(f"delete from {target} where {INCREMENTAL[table].key} in ({changed[table]})")
+                con.execute(f"delete from {target_table} where {INCREMENTAL[table].key} in ({changed[table]})")
                 # the changed keys' rows are exactly those built since (a key's rows are rebuilt
                 # together): a constant on `built_at` prunes row groups, a key list would not
                 copied = scalar(  # an insert answers with its row count
-                    con, f"insert into {target} select * from {source} where built_at > '{state[table]}'::timestamptz"
+                    con,
+                    f"insert into {target_table} select * from {source} where built_at > '{since[table]}'::timestamptz",
                 )
-                if scalar(con, f"select count(*) from {target}") != scalar(con, f"select count(*) from {source}"):
+                if scalar(con, f"select count(*) from {target_table}") != scalar(con, f"select count(*) from {source}"):
                     del changed[table]  # rows left the warehouse (an erasure): the whole mart
             if table not in changed:
-                copied = scalar(con, f"create or replace table {target} as select * from {source}")
+                copied = scalar(con, f"create or replace table {target_table} as select * from {source}")
             pub.rows_copied[table] = copied
-            pub.counts[table] = scalar(con, f"select count(*) from {target}")
+            pub.counts[table] = scalar(con, f"select count(*) from {target_table}")
             if table in INCREMENTAL and _has_column(con, "wh", schema, table, "built_at"):
                 newest = scalar(con, f"select max(built_at)::varchar from {source}")
                 if newest:
@@ -164,6 +194,7 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
             else:
                 pub.parquet_written[table] = _write_all_partitions(con, schema, table, spec, parquet_dir)
         con.execute("detach wh")
+        con.execute("checkpoint serving")  # no write-ahead log left beside the file readers open
         con.execute("detach serving")
     finally:
         con.close()
@@ -171,26 +202,61 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
         if stale.stem not in pub.counts:
             stale.unlink()
     fsync_dir(parquet_dir)
-    fsync_file(tmp)
-    os.replace(tmp, final)
+    fsync_file(target)
+    # What each file of the pair holds, written before the swap: watermarks never newer than a
+    # file's rows, so a crash anywhere leaves changes to apply again (idempotent), never to miss.
+    kept = {} if whole or current is None or current == target else {current.name: files.get(current.name, {})}
+    _write_state(serving_dir / STATE_FILE, {**kept, target.name: new_state})
+    link = serving_dir / f".{SERVING_FILE}.{os.getpid()}.tmp-link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.name)
+    os.replace(link, final)  # readers' next open sees the new file; an open one keeps its own
     fsync_dir(serving_dir)
-    _write_state(serving_dir / STATE_FILE, new_state)
+    for old in serving_dir.glob(f".{Path(SERVING_FILE).stem}-*{Path(SERVING_FILE).suffix}"):
+        if old.name not in kept and old != target:
+            # an older copy (after a whole publish, the pair's other file too: a forgotten
+            # caller's rows are in no file left here); a reader holding one keeps its inode
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".wal").unlink(missing_ok=True)
     return pub
 
 
-def _read_state(path: Path) -> dict[str, str]:
+def _new_file(serving_dir: Path) -> Path:
+    """A new file of the pair: `.analytics-<ns>.duckdb` (analytics.duckdb links to one of them)."""
+    return serving_dir / f".{Path(SERVING_FILE).stem}-{time.time_ns()}{Path(SERVING_FILE).suffix}"
+
+
+def _current_file(final: Path) -> Path | None:
+    """The file readers open now: the link's target (or the one file of the layout before the
+    pair, a regular analytics.duckdb: its state is not the pair's, so it is copied once)."""
+    if final.is_symlink():
+        target = final.parent / os.readlink(final)
+        return target if target.exists() else None
+    return None
+
+
+def _writable(path: Path) -> bool:
+    """Whether no reader holds the file (DuckDB's own lock: a read-only open takes it shared)."""
+    try:
+        duckdb.connect(str(path)).close()
+    except duckdb.Error:
+        return False
+    return True
+
+
+def _read_state(path: Path) -> dict[str, dict[str, str]]:
+    """Each file of the pair and the newest `built_at` of each incremental mart it holds."""
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # none, or unreadable: the next publish is a whole one
-    return state if isinstance(state, dict) else {}
+    files = state.get("files") if isinstance(state, dict) else None
+    return files if isinstance(files, dict) else {}  # (the layout before the pair had none)
 
 
-def _write_state(path: Path, state: dict[str, str]) -> None:
-    """Written after the serving file it describes: a crash in between leaves an older state,
-    whose changes the next publish applies once more (replacing rows is idempotent)."""
+def _write_state(path: Path, files: dict[str, dict[str, str]]) -> None:
     part = path.with_name(path.name + ".tmp")
-    part.write_text(json.dumps({**state, "published_at": datetime.now().astimezone().isoformat()}))
+    part.write_text(json.dumps({"files": files, "published_at": datetime.now().astimezone().isoformat()}))
     fsync_file(part)
     os.replace(part, path)
 
@@ -252,6 +318,12 @@ def _write_partition(
     folder = _partition_dir(parquet_dir, table, spec, day)
     source, day_sql = _day_sql(schema, table, spec)
     match = f"{day_sql} is null" if day is None else f"{day_sql} = '{day}'::date"
+    if day is not None and spec.day_of:
+        stamp = f"{'p' if spec.partition_from else 't'}.{spec.day_of}"
+        match += (
+            f" and {stamp} >= timezone('UTC', '{day}'::timestamp)"
+            f" and {stamp} < timezone('UTC', '{day}'::timestamp + interval 1 day)"
+        )
     rows = scalar(con, f"select count(*) from {source} where {match}")
     if not rows:
         shutil.rmtree(folder, ignore_errors=True)

@@ -26,9 +26,10 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
     kinds={"duckdb"},
     description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
     "open) and Parquet files (serving/parquet/<mart>/<date>=<day>/part.parquet for the session, turn and "
-    "conversation marts, serving/parquet/<mart>.parquet for the others): written as new files, then renamed "
-    "over the old ones, so BI readers never block the pipeline and never see a half-written file. After the "
-    "first publish, only the rows and days the marts rebuilt are copied.",
+    "conversation marts, serving/parquet/<mart>.parquet for the others). analytics.duckdb links to one of a "
+    "pair of files: the other is updated in place, then the link is swapped (each Parquet file is written new "
+    "and renamed), so BI readers never block the pipeline and never see a half-written file. After the first "
+    "publish, only the rows and days the marts rebuilt are copied.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     warehouse = storage.warehouse
@@ -42,6 +43,9 @@ def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
             "tables": dg.MetadataValue.json(published.counts),
             # what this publish wrote: a whole copy, or the rows and days that changed
             "whole_copy": published.whole,
+            # the file of the pair readers now open, and whether it was updated in place
+            "file": published.file,
+            "updated_in_place": published.in_place,
             "rows_copied": dg.MetadataValue.json(published.rows_copied),
             "parquet_partitions_written": dg.MetadataValue.json(
                 {table: len(parts) for table, parts in published.parquet_written.items()}
