@@ -136,6 +136,7 @@ def catch_up_hourly(data_dir: Path, log=print) -> float:
     result = dg.materialize(
         [layercode_agents, layercode_session_details, layercode_recordings],
         resources={k: resources[k] for k in ("storage", "layercode_api")},
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     if not result.success:
         raise RuntimeError("the hourly assets' catch-up over the history failed")
