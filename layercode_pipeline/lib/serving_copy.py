@@ -102,7 +102,7 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
     target: Path | None = None
     since: dict[str, str] = {}
     in_place = False
-    if not whole:
+    if current is not None and not whole:
         # the other file of the pair, updated in place from its own watermarks: no copy of the
         # history. A reader that still holds it (opened before the last swap) keeps its lock:
         # then a copy of the current file, as before.
