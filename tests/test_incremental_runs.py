@@ -22,7 +22,7 @@ import pytest
 
 from layercode_pipeline.defs.dbt.assets import AUDIT_TEST, dbt_resource, layercode_dbt_models
 from layercode_pipeline.defs.dbt.automation import dbt_full_tests_job
-from layercode_pipeline.defs.dbt.project import dbt_target_path
+from layercode_pipeline.defs.dbt.project import dbt_target_path, layercode_dbt_project
 from layercode_pipeline.defs.enrichment.assets import session_enrichments
 from layercode_pipeline.defs.ingest.assets import raw_layercode_events
 from layercode_pipeline.defs.resources import OpenAIResource, StorageResource
@@ -365,3 +365,19 @@ def test_a_defect_in_a_new_row_fails_the_run_naming_its_test_and_nothing_is_publ
         assert con.execute("select count(*) from marts.fct_sessions where session_id = ?", [sid]).fetchone()[0] == 0
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("job_name", ["ingest_job", "backfill_job"])
+def test_a_pipeline_job_plans_the_audit_check_and_no_generic_test_of_its_own(job_name):
+    """The pipeline jobs leave the generic tests' checks out (a run runs them inside the audit;
+    planning two hundred made the daemon write as many events before each run started), and
+    keep the audit and the singular tests."""
+    from layercode_pipeline.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def(job_name)
+    nodes = json.loads(layercode_dbt_project().manifest_path.read_text())["nodes"]
+    generic = {n["name"] for n in nodes.values() if n["resource_type"] == "test" and n.get("test_metadata")}
+    planned = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
+    assert "new_rows_audit" in planned and "assert_turns_ordered" in planned
+    severities = {n["name"]: (n.get("config") or {}).get("severity", "error").lower() for n in nodes.values()}
+    assert not {name for name in planned & generic if severities[name] == "error"}
