@@ -225,3 +225,93 @@ print(con.execute("select count(*) from marts.fct_sessions").fetchone()[0], flus
 sys.stdin.readline()
 print(con.execute("select count(*) from marts.fct_sessions").fetchone()[0], flush=True)
 """
+
+
+# opens the warehouse for writing from another process, as the next run's ingest would
+WRITER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("update marts.fct_sessions set duration_ms = -1, built_at = now() where session_id = ?", [sys.argv[2]])
+con.close()
+"""
+
+
+def test_a_publish_lets_the_warehouse_go_before_it_writes_the_parquet_files(shared_marts, tmp_path):
+    """The warehouse is read, then let go (`warehouse_read`), before the Parquet files, the
+    checkpoint and the swap, which read only the serving copy: the next writer may take the
+    warehouse then, and what it writes is not in this publish."""
+    import shutil
+
+    from layercode_pipeline.lib.serving_copy import publish_serving_copy
+    from layercode_pipeline.lib.warehouse import Warehouse
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(shared_marts.warehouse.path, data / "warehouse.duckdb")
+    warehouse = Warehouse.at(None, data_dir=data)
+    serving = tmp_path / "serving"
+    publish_serving_copy(warehouse, serving)  # the first: a whole copy
+    session = "s_match"
+    seen: dict[str, object] = {}
+
+    def next_writer() -> None:
+        # another process writes the warehouse: it would fail while this process had it attached
+        done = subprocess.run(
+            [sys.executable, "-c", WRITER, str(warehouse.path), session], capture_output=True, text=True
+        )
+        seen["writer"] = (done.returncode, done.stderr[-500:])
+        seen["parquet_before"] = {p: p.stat().st_mtime_ns for p in (serving / "parquet").rglob("*.parquet")}
+        seen["link"] = os.readlink(serving / "analytics.duckdb")
+
+    published = publish_serving_copy(warehouse, serving, warehouse_read=next_writer)
+    assert seen["writer"] == (0, ""), seen["writer"]
+    # the callback came before the swap and before the Parquet files were written
+    assert os.readlink(serving / "analytics.duckdb") == published.file != seen["link"]
+    after = {p: p.stat().st_mtime_ns for p in (serving / "parquet").rglob("*.parquet")}
+    assert set(seen["parquet_before"]) <= set(after)
+    assert any(after[p] != seen["parquet_before"].get(p) for p in after)  # written after the callback
+    con = duckdb.connect(str(serving / "analytics.duckdb"), read_only=True)
+    try:
+        # this publish read the warehouse before the writer changed it
+        assert (
+            con.execute("select duration_ms from marts.fct_sessions where session_id = ?", [session]).fetchone()[0]
+            != -1
+        )
+    finally:
+        con.close()
+    # the next publish carries the change (the writer stamped the row as rebuilt)
+    publish_serving_copy(warehouse, serving)
+    con = duckdb.connect(str(serving / "analytics.duckdb"), read_only=True)
+    try:
+        assert (
+            con.execute("select duration_ms from marts.fct_sessions where session_id = ?", [session]).fetchone()[0]
+            == -1
+        )
+    finally:
+        con.close()
+
+
+def test_publishes_take_turns(shared_marts, tmp_path):
+    """Two publishes never write the serving copy at once: the second waits for the first's
+    lock (it may hold it after letting the warehouse go)."""
+    import fcntl
+    import threading
+
+    from layercode_pipeline.lib.serving_copy import PUBLISH_LOCK, publish_serving_copy
+
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    held = open(serving / PUBLISH_LOCK, "a+")  # noqa: SIM115 - another publish, between its phases
+    fcntl.flock(held, fcntl.LOCK_EX)
+    done = threading.Event()
+    publisher = threading.Thread(target=lambda: (publish_serving_copy(shared_marts.warehouse, serving), done.set()))
+    publisher.start()
+    try:
+        assert not done.wait(2.0)  # it waits for the lock...
+        assert not (serving / "analytics.duckdb").exists()
+    finally:
+        fcntl.flock(held, fcntl.LOCK_UN)
+        held.close()
+    publisher.join(120)
+    assert done.is_set()  # ...and publishes once it is free
+    assert (serving / "analytics.duckdb").is_symlink()

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,11 +37,14 @@ from pathlib import Path
 import duckdb
 
 from layercode_pipeline.landing.durable import fsync_dir, fsync_file
-from layercode_pipeline.lib.warehouse import Warehouse, scalar, sql_string
+from layercode_pipeline.lib.warehouse import Warehouse, scalar, sql_string, warehouse_lock
 
 SERVING_FILE = "analytics.duckdb"
 PARQUET_DIR = "parquet"
 STATE_FILE = ".publish_state.json"
+# held for a whole publish: one publish at a time, whether or not its caller still holds the
+# warehouse (a publish lets the warehouse go before its Parquet files, see `warehouse_read`)
+PUBLISH_LOCK = ".publish.lock"
 # The oldest DuckDB that can open the serving copy: 1.1 (DuckDB 1.1.0 through 2.x read it).
 SERVING_STORAGE_VERSION = "v1.1.0"
 # Hive's name for a partition whose value is null (DuckDB, Spark and polars read it as null).
@@ -87,10 +91,28 @@ class Publication:
     in_place: bool = False  # that file was updated in place (no copy of the current one)
 
 
-def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = "marts") -> Publication:
+def publish_serving_copy(
+    warehouse: Warehouse,
+    serving_dir: Path,
+    schema: str = "marts",
+    *,
+    warehouse_read: Callable[[], None] | None = None,
+) -> Publication:
     """Publish every table of `schema` of the warehouse (a local file or MotherDuck, attached
-    read-only) into the serving file and its Parquet files."""
+    read-only) into the serving file and its Parquet files.
+
+    `warehouse_read` is called once the publish has read all it needs of the warehouse and let
+    it go: its caller may hand the warehouse to the next writer then. The rest (the Parquet
+    files, the checkpoint, the swap) reads only the serving file, and takes a second or more
+    at a million sessions that the next run's ingest and build need not wait for."""
     serving_dir.mkdir(parents=True, exist_ok=True)
+    with warehouse_lock(serving_dir / PUBLISH_LOCK):
+        return _publish(warehouse, serving_dir, schema, warehouse_read)
+
+
+def _publish(
+    warehouse: Warehouse, serving_dir: Path, schema: str, warehouse_read: Callable[[], None] | None
+) -> Publication:
     parquet_dir = serving_dir / PARQUET_DIR
     parquet_dir.mkdir(exist_ok=True)
     final = serving_dir / SERVING_FILE
@@ -164,6 +186,11 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
                 )
                 if scalar(con, f"select count(*) from {target_table}") != scalar(con, f"select count(*) from {source}"):
                     del changed[table]  # rows left the warehouse (an erasure): the whole mart
+                else:  # the same keys, as the serving copy now has them (read after the warehouse)
+                    changed[table] = (
+                        f"select {INCREMENTAL[table].key} from {target_table} "
+                        f"where built_at > '{since[table]}'::timestamptz"
+                    )
             if table not in changed:
                 copied = scalar(con, f"create or replace table {target_table} as select * from {source}")
             pub.rows_copied[table] = copied
@@ -172,6 +199,9 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
                 newest = scalar(con, f"select max(built_at)::varchar from {source}")
                 if newest:
                     new_state[table] = newest
+        con.execute("detach wh")
+        if warehouse_read is not None:
+            warehouse_read()
         for table in tables:
             spec = INCREMENTAL.get(table)
             if spec is None:
@@ -193,7 +223,6 @@ def publish_serving_copy(warehouse: Warehouse, serving_dir: Path, schema: str = 
                 ]
             else:
                 pub.parquet_written[table] = _write_all_partitions(con, schema, table, spec, parquet_dir)
-        con.execute("detach wh")
         con.execute("checkpoint serving")  # no write-ahead log left beside the file readers open
         con.execute("detach serving")
     finally:

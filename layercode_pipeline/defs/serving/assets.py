@@ -1,5 +1,7 @@
 """`analytics_serving`: the marts, published for BI tools as serving/analytics.duckdb."""
 
+import contextlib
+
 import dagster as dg
 
 from layercode_pipeline.defs.dbt.assets import SERVING_KEY, dbt_view_keys, layercode_dbt_models
@@ -33,9 +35,12 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     warehouse = storage.warehouse
-    # a consistent set of marts (no build in between); after a build, the lock it handed on
-    with warehouse.lock():
-        published = publish_serving_copy(warehouse, storage.paths.serving)
+    # a consistent set of marts (no build in between); after a build, the lock it handed on.
+    # Let go as soon as the marts are read: the Parquet files and the swap that follow read
+    # only the serving copy, and the next run's ingest need not wait for them.
+    with contextlib.ExitStack() as writers_lock:
+        writers_lock.enter_context(warehouse.lock())
+        published = publish_serving_copy(warehouse, storage.paths.serving, warehouse_read=writers_lock.close)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(storage.paths.serving / "analytics.duckdb")),
