@@ -302,8 +302,15 @@ def test_a_sensor_run_with_nothing_new_does_no_dbt_work(pipeline):
     landing = storage.paths.landing
     newer = generate_batch(1, seed=9, base_time=TODAY + timedelta(hours=11), reconnect_rate=0.0)
     write_segment(landing, newer, received_at=datetime.now(UTC), name="newer-call")
-    again = built(run_pipeline(storage, tags=sensor))
-    assert marts | {"analytics_serving"} <= again and not again & views
+    again_run = run_pipeline(storage, tags=sensor)
+    again = built(again_run)
+    assert marts | {"analytics_serving"} | views <= again
+    # the views are reported as they are (so nothing waits for them), and dbt did not replace them
+    for event in again_run.get_asset_materialization_events():
+        if event.asset_key and event.asset_key.to_user_string() in views:
+            assert "view not replaced" in str(event.materialization.metadata["dbt"].value)
+    ran = json.loads((dbt_target_path("run", storage.paths.data_dir) / "run_results.json").read_text())["results"]
+    assert not {r["unique_id"].rsplit(".", 1)[-1] for r in ran} & {v.rsplit("/", 1)[-1] for v in views}
     assert newer.sessions[0].session_id in {r[0] for r in query(storage, "select session_id from marts.fct_sessions")}
 
 
@@ -381,3 +388,47 @@ def test_a_pipeline_job_plans_the_audit_check_and_no_generic_test_of_its_own(job
     assert "new_rows_audit" in planned and "assert_turns_ordered" in planned
     severities = {n["name"]: (n.get("config") or {}).get("severity", "error").lower() for n in nodes.values()}
     assert not {name for name in planned & generic if severities[name] == "error"}
+
+
+def test_after_a_sensor_run_the_automation_sensor_asks_for_no_view(pipeline):
+    """A sensor's run leaves the views as they are: it still reports them, or the automation
+    sensor would see their sources updated and not them, and launch a run for them between
+    pipeline runs (holding the warehouse to build nothing). A run of views alone, which that
+    sensor may still ask for, reports them without invoking dbt."""
+    from layercode_pipeline.defs.dbt.assets import dbt_view_keys
+
+    storage = pipeline["storage"]
+    resources = {"storage": storage, "dbt": dbt_resource(storage.paths.data_dir), "openai": OpenAIResource()}
+    # launched like the landing sensor's runs: a job by name, so the run records no asset selection
+    job = dg.define_asset_job("sensor_like_ingest", selection=dg.AssetSelection.assets(*RUN_ASSETS))
+    defs = dg.Definitions(assets=RUN_ASSETS, jobs=[job], resources=resources)
+    sensor = {"dagster/sensor_name": "landing_sensor", "layercode/reason": "sealed segments"}
+    views = dbt_view_keys()
+    with dg.instance_for_test() as instance:
+        first = defs.resolve_job_def(job.name).execute_in_process(
+            instance=instance, tags={**sensor, "layercode/reason": "heartbeat"}
+        )
+        assert first.success
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        newer = generate_batch(1, seed=11, base_time=TODAY + timedelta(hours=12), reconnect_rate=0.0)
+        write_segment(storage.paths.landing, newer, received_at=datetime.now(UTC), name="newest-call")
+        second = defs.resolve_job_def(job.name).execute_in_process(instance=instance, tags=sensor)
+        assert second.success
+        assert any(
+            e.asset_key == dg.AssetKey(["marts", "fct_sessions"]) for e in second.get_asset_materialization_events()
+        )
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        asked = {key.to_user_string() for key in views if tick.get_num_requested(key)}
+        assert not asked, asked
+        # a run of views alone (as the automation sensor asks for them): reported, dbt not invoked
+        stamp = (dbt_target_path("run", storage.paths.data_dir) / "run_results.json").stat().st_mtime_ns
+        only_views = dg.materialize(
+            [layercode_dbt_models],
+            selection=sorted(views, key=dg.AssetKey.to_user_string)[:2],
+            resources=resources,
+            instance=instance,
+            tags={"dagster/sensor_name": "layercode_automation", "layercode/stage": "automation"},
+        )
+        assert only_views.success
+        assert len(only_views.get_asset_materialization_events()) == 2
+        assert (dbt_target_path("run", storage.paths.data_dir) / "run_results.json").stat().st_mtime_ns == stamp

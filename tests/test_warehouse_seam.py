@@ -140,28 +140,64 @@ def _held_elsewhere(lock_path) -> bool:
         return False
 
 
-def test_a_build_hands_the_writers_lock_to_the_next_step_of_its_process(tmp_path):
-    """dbt's step keeps the lock for the serving publish of the same run: no other writer gets
-    it in between; the next lock of the process takes it without waiting and lets it go."""
+def test_a_publish_takes_the_writers_lock_ahead_of_the_writers_waiting(tmp_path):
+    """A run's build lets the lock go when dbt is done, and the next run's steps may take it
+    then; the run's publish (`first`) gets it next, ahead of writers that waited longer."""
+    import threading
     import time
 
     from layercode_pipeline.lib.warehouse import warehouse_lock
 
     lock = tmp_path / "warehouse.duckdb.lock"
-    with warehouse_lock(lock, keep_for_s=600):
-        pass
-    assert _held_elsewhere(lock)  # kept: the next run's ingest waits
-    with warehouse_lock(lock, timeout_s=0.5):  # the publish: taken over, no wait
-        assert _held_elsewhere(lock)
+    order: list[str] = []
+
+    def writer(name: str, first: bool = False) -> threading.Thread:
+        def take() -> None:
+            with warehouse_lock(lock, timeout_s=60, first=first):
+                order.append(name)
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        return thread
+
+    with warehouse_lock(lock):  # the next run's ingest, which took the lock after the build
+        waiting = [writer(f"next run's step {i}") for i in range(3)]
+        time.sleep(0.5)  # they poll for it
+        publish = writer("publish", first=True)
+        time.sleep(0.5)
+        assert _held_elsewhere(lock) and order == []
+    for thread in [*waiting, publish]:
+        thread.join(60)
+    assert order[0] == "publish", order
+    assert sorted(order[1:]) == [f"next run's step {i}" for i in range(3)]
     assert not _held_elsewhere(lock)
-    # nobody takes a kept lock: it is let go after keep_for_s
-    with warehouse_lock(lock, keep_for_s=0.2):
-        pass
-    deadline = time.monotonic() + 30
-    while _held_elsewhere(lock) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # a holder that fails lets it go
+    with pytest.raises(RuntimeError), warehouse_lock(lock, first=True):
+        raise RuntimeError("the publish failed")
     assert not _held_elsewhere(lock)
-    # a step that fails never keeps it
-    with pytest.raises(RuntimeError), warehouse_lock(lock, keep_for_s=600):
-        raise RuntimeError("dbt failed")
-    assert not _held_elsewhere(lock)
+    # and one that never gets it says which lock, after its timeout
+    with warehouse_lock(lock), pytest.raises(TimeoutError, match="warehouse.duckdb.lock"):
+        _take_elsewhere(lock)
+
+
+def _take_elsewhere(lock_path) -> None:
+    """Another holder's wait for the lock (a thread: its own open file description)."""
+    import threading
+
+    from layercode_pipeline.lib.warehouse import warehouse_lock
+
+    errors: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            with warehouse_lock(lock_path, timeout_s=0.3):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(30)
+    if errors:
+        raise errors[0]

@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import hashlib
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -244,73 +243,60 @@ def add_missing_column(con: duckdb.DuckDBPyConnection, table: str, column: str, 
         con.execute(f"alter table {table} add column {column} {type_}")
 
 
-# Locks a step kept for the next step of the same process (see `warehouse_lock(keep_for_s=)`):
-# path -> (the open file holding the flock, the timer that lets it go if nobody takes it)
-_KEPT: dict[Path, tuple[Any, threading.Timer]] = {}
-_KEPT_GUARD = threading.Lock()
+def _try_flock(fh: Any) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+@contextlib.contextmanager
+def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0, *, first: bool = False) -> Iterator[None]:
+    """An exclusive `flock` on `lock_path`, waited for (a pipeline writer holds it).
+
+    `first`: this writer goes before the others that are waiting. A run's serving publish asks
+    so: its build lets the warehouse go as soon as dbt is done (the next run's ingest works
+    while Dagster records the build's results), and the publish then takes it back ahead of
+    the next run's later steps, which would otherwise hold it through their whole build. A
+    `first` writer holds a gate (`<lock>.gate`) while it waits; the others take the lock only
+    through an open gate."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock_path, "a+")  # noqa: SIM115 - closed by _release
+    deadline = time.monotonic() + timeout_s
+
+    def give_up_if_late() -> None:
+        if time.monotonic() <= deadline:
+            return
+        fh.close()
+        raise TimeoutError(f"another pipeline writer has held {lock_path} for {timeout_s:.0f} s")
+
+    with open(lock_path.with_name(lock_path.name + ".gate"), "a+") as gate:
+        while True:
+            if _try_flock(gate):
+                if first:  # the gate stays closed to the others until this writer has the lock
+                    try:
+                        while not _try_flock(fh):
+                            give_up_if_late()
+                            time.sleep(0.05)
+                    finally:
+                        fcntl.flock(gate, fcntl.LOCK_UN)
+                    break
+                taken = _try_flock(fh)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+                if taken:
+                    break
+            give_up_if_late()
+            time.sleep(0.1)
+    try:
+        yield
+    finally:
+        _release(fh)
 
 
 def _release(fh: Any) -> None:
     fcntl.flock(fh, fcntl.LOCK_UN)
     fh.close()
-
-
-def _release_kept(lock_path: Path, fh: Any) -> None:
-    with _KEPT_GUARD:
-        if _KEPT.get(lock_path, (None,))[0] is fh:
-            del _KEPT[lock_path]
-            _release(fh)
-
-
-@dataclass
-class LockHold:
-    """What the holder of a `warehouse_lock` may still decide: how long to keep it after the
-    block (0: let it go)."""
-
-    keep_for_s: float = 0.0
-
-
-@contextlib.contextmanager
-def warehouse_lock(lock_path: Path, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[LockHold]:
-    """An exclusive `flock` on `lock_path`, waited for (a pipeline writer holds it).
-
-    `keep_for_s`: on success, the lock is not let go but kept for the next `warehouse_lock` of
-    this process (the next step of the same run), for at most that many seconds. A run's dbt
-    build hands the warehouse to its own serving publish this way: otherwise the next run's
-    ingest, waiting for the lock, takes it in between, and the publish of the calls just built
-    waits for the next run's whole build. On an error the lock is always let go."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with _KEPT_GUARD:
-        kept = _KEPT.pop(lock_path, None)
-    if kept is not None:
-        fh, timer = kept
-        timer.cancel()
-    else:
-        fh = open(lock_path, "a+")  # noqa: SIM115 - closed by _release, maybe by another step
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    fh.close()
-                    raise TimeoutError(f"another pipeline writer has held {lock_path} for {timeout_s:.0f} s") from None
-                time.sleep(0.1)
-    hold = LockHold(keep_for_s)
-    try:
-        yield hold
-    except BaseException:
-        _release(fh)
-        raise
-    if hold.keep_for_s > 0:
-        timer = threading.Timer(hold.keep_for_s, _release_kept, args=(lock_path, fh))
-        timer.daemon = True
-        with _KEPT_GUARD:
-            _KEPT[lock_path] = (fh, timer)
-        timer.start()
-    else:
-        _release(fh)
 
 
 # Long enough for a BI tool that opens and closes the file to let go; short enough that a tool
@@ -472,11 +458,11 @@ class Warehouse:
         )
 
     @contextlib.contextmanager
-    def lock(self, timeout_s: float = 3600.0, *, keep_for_s: float = 0.0) -> Iterator[LockHold]:
+    def lock(self, timeout_s: float = 3600.0, *, first: bool = False) -> Iterator[None]:
         """The writers' lock: held by every pipeline writer, dbt's build and the serving publish
-        (`keep_for_s`: handed to this process's next lock, see `warehouse_lock`)."""
-        with warehouse_lock(self.lock_path, timeout_s, keep_for_s=keep_for_s) as hold:
-            yield hold
+        (`first`: ahead of the writers already waiting, see `warehouse_lock`)."""
+        with warehouse_lock(self.lock_path, timeout_s, first=first):
+            yield
 
     @contextlib.contextmanager
     def open_for_writing(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -1,5 +1,6 @@
 """The dbt project as Dagster assets: one lineage from the raw tables to the marts."""
 
+import graphlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -25,10 +26,8 @@ from layercode_pipeline.defs.freshness import DOWNSTREAM, FRESHNESS
 from layercode_pipeline.defs.resources import StorageResource
 from layercode_pipeline.lib.warehouse import Warehouse, scalar, sources_fingerprint
 
-# the publish that follows a build (defs/serving), and how long a build keeps the writers' lock
-# for it: the publish step starts a moment after the build's step ends
+# the publish that follows a build (defs/serving)
 SERVING_KEY = dg.AssetKey("analytics_serving")
-PUBLISH_HANDOFF_S = 15.0  # (if the publish does not come, another writer waits no longer)
 # the singular test that runs every generic test on a pipeline run's new rows
 AUDIT_TEST = f"test.{DBT_PROJECT_NAME}.new_rows_audit"
 
@@ -127,10 +126,10 @@ TRANSLATOR = LayercodeDbtTranslator(settings=DagsterDbtTranslatorSettings(enable
     project=layercode_dbt_project(),
     # Not in the warehouse pool: the writers' lock below orders dbt with the other writers, and
     # is let go as soon as dbt and the row counts are done. Dagster then records this step's
-    # couple of hundred results (seconds of its own work) while the next run's ingest, waiting
-    # in the pool, already has the warehouse. A run's serving publish may then wait for the
-    # next run's build and publish both (measured: steady-traffic p95 68.5 s against 81.3 s
-    # with dbt in the pool, bench/freshness_bench.py --steady at 1M sessions).
+    # results (a second of its own work) while the next run's ingest, waiting in the pool,
+    # already has the warehouse; this run's serving publish then goes before that run's later
+    # steps (measured: steady-traffic p95 68.5 s against 81.3 s with dbt in the pool,
+    # bench/freshness_bench.py --steady at 1M sessions).
     dagster_dbt_translator=TRANSLATOR,
 )
 def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource):
@@ -140,10 +139,10 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         # waits (bounded) for a process outside the pipeline that holds the file, and dbt's own
         # connect retries (profiles.yml) cover one that grabs it again in between
         pass
-    # A run that publishes next keeps the writers' lock for its publish (see warehouse_lock)
-    selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
-    keep_for_s = PUBLISH_HANDOFF_S if SERVING_KEY in selected else 0.0
-    with warehouse.lock(keep_for_s=keep_for_s) as hold:
+    # Let go as soon as dbt and the row counts are done: Dagster records the results (a second
+    # of its own work) while the next run's ingest has the warehouse, and this run's publish
+    # then takes it back ahead of that run's later steps (warehouse_lock's `first`).
+    with warehouse.lock():
         # Collected, then counted: dagster-dbt's fetch_row_counts() keeps a DuckDB connection
         # open in this process, which would lock the warehouse against every other process.
         # One fixed target directory per kind of invocation (data/dbt/<kind>), not dagster-dbt's
@@ -156,26 +155,34 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         mode = "run" if context.selected_asset_keys else "scheduled_tests"
         built_from = project = None
         args = dbt_args(mode, json.loads(storage.dbt_vars()))
+        views_as_built: list[tuple[dg.AssetKey, bool]] = []  # selected views dbt does not replace
         if mode == "run":
             with warehouse.connect() as con:
                 salt = json.dumps([storage.dbt_vars(), manifest_digest()])
                 built_from = sources_fingerprint(con, dbt_source_tables(), salt=salt)
                 project = hashlib.sha256(salt.encode()).hexdigest()
                 last = last_build(con)
-                if unattended(context.run.tags) and built_from == last.get("fingerprint"):
-                    context.log.info("dbt not run: no source table changed since the last build")
-                    hold.keep_for_s = 0  # no publish follows
-                    return  # nothing materialised, so nothing downstream (the publish) runs either
-                if unattended(context.run.tags) and project == last.get("project"):
-                    # the views' SQL is as the last build created it (same project, same vars):
-                    # replacing them again is a second of every run for nothing
-                    args = [*args, "--exclude", "config.materialized:view"]
+            if unattended(context.run.tags) and project == last.get("project"):
+                # the views' SQL is as the last build created it (same project, same vars):
+                # replacing them again is a second of every run for nothing
+                args = [*args, "--exclude", "config.materialized:view"]
+                views_as_built = [view for view in dbt_views_in_order() if view[0] in context.selected_asset_keys]
+                if len(views_as_built) == len(context.selected_asset_keys):
+                    # the automation sensor asked for views alone: nothing for dbt to build
+                    yield from view_results(context, [key for key, _ in views_as_built])
+                    return
+            if unattended(context.run.tags) and built_from == last.get("fingerprint"):
+                context.log.info("dbt not run: no source table changed since the last build")
+                return  # nothing materialised, so nothing downstream (the publish) runs either
         invocation = dbt.cli(
             args,
             context=context,
             target_path=dbt_target_path(mode, storage.paths.data_dir),
             raise_on_error=False,  # the results first (failed checks shown as such), then the verdict
         )
+        # recorded while dbt runs (its process has started; it does not touch them), not after
+        # it: those that read no table it builds (a multi-asset yields parents first)
+        yield from view_results(context, [key for key, reads_a_table in views_as_built if not reads_a_table])
         events = with_row_counts(list(invocation.stream()), warehouse)
         audit = audit_result(invocation, warehouse) if mode == "run" else None
         if built_from is not None and invocation.is_successful():
@@ -186,6 +193,8 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
                     [built_from, project],
                 )
     yield from events
+    if invocation.is_successful():
+        yield from view_results(context, [key for key, reads_a_table in views_as_built if reads_a_table])
     if audit is not None:
         context.log.info(
             f"new-rows audit: {audit['tests']} generic tests on this run's rows, {len(audit['failed'])} failed"
@@ -208,6 +217,20 @@ def layercode_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
                     "new_rows_audit_failed": dg.MetadataValue.json(audited[:50]),
                 },
             )
+
+
+def view_results(context: dg.AssetExecutionContext, views: list[dg.AssetKey]):
+    """The selected views a run left as they are, reported materialized: their SQL is the one the
+    last build of this project created, and their rows are their sources' as of this run (dbt's
+    outcome does not change them). Not reported, they stayed stale in Dagster's eyes, and the
+    automation sensor launched a run for them between pipeline runs, holding the warehouse for
+    up to 16 s for nothing (4 such runs in 10 minutes of bench/freshness_bench.py --steady)."""
+    for key in views:
+        yield dg.Output(
+            None,
+            output_name=context.assets_def.get_output_name_for_asset_key(key),
+            metadata={"dbt": "view not replaced: its SQL is as the last build of this project created it"},
+        )
 
 
 def audited_check_keys() -> list[dg.AssetCheckKey]:
@@ -253,13 +276,26 @@ def unattended(tags: Mapping[str, str]) -> bool:
 @cache
 def dbt_view_keys() -> frozenset[dg.AssetKey]:
     """The models dbt creates as views: a pipeline run leaves them as they are (their SQL is
-    the project's, their rows the sources'), so nothing may wait for them to materialize."""
+    the project's, their rows the sources'), so nothing may wait for them to be replaced."""
+    return frozenset(key for key, _ in dbt_views_in_order())
+
+
+@cache
+def dbt_views_in_order() -> tuple[tuple[dg.AssetKey, bool], ...]:
+    """The views, parents first, each with whether it reads a model dbt builds as a table
+    (directly or through other views): such a view is reported after the build's results."""
     manifest = json.loads(layercode_dbt_project().manifest_path.read_text())
-    return frozenset(
-        TRANSLATOR.get_asset_spec(manifest, uid, layercode_dbt_project()).key
-        for uid, node in manifest["nodes"].items()
-        if node["resource_type"] == "model" and node.get("config", {}).get("materialized") == "view"
-    )
+    models = {uid: node for uid, node in manifest["nodes"].items() if node["resource_type"] == "model"}
+    parents = {uid: [p for p in node["depends_on"]["nodes"] if p in models] for uid, node in models.items()}
+    views = {uid for uid, node in models.items() if node.get("config", {}).get("materialized") == "view"}
+    reads_a_table: dict[str, bool] = {}
+    ordered = []
+    for uid in graphlib.TopologicalSorter(parents).static_order():
+        reads_a_table[uid] = any(p not in views or reads_a_table[p] for p in parents[uid])
+        if uid in views:
+            key = TRANSLATOR.get_asset_spec(manifest, uid, layercode_dbt_project()).key
+            ordered.append((key, reads_a_table[uid]))
+    return tuple(ordered)
 
 
 @cache

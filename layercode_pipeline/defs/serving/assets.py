@@ -15,10 +15,10 @@ from layercode_pipeline.lib.serving_copy import publish_serving_copy
 MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts" and key not in dbt_view_keys())
 
 
-# Not in the warehouse pool: the writers' lock orders it with the other writers, and a run's
-# build hands that lock straight to its publish. In the pool it would wait behind the next
-# run's ingest, which holds the pool's slot while it waits for the lock: the calls just built
-# would be published only after the next run's whole build.
+# Not in the warehouse pool: the writers' lock orders it with the other writers, and a publish
+# takes it ahead of the writers already waiting (`first`). In the pool, or without going first,
+# it would wait behind the next run's steps, which take the lock one after another: the calls
+# just built would be published only after the next run's whole build.
 @dg.asset(
     key=SERVING_KEY,
     deps=MARTS,
@@ -35,11 +35,11 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
     warehouse = storage.warehouse
-    # a consistent set of marts (no build in between); after a build, the lock it handed on.
-    # Let go as soon as the marts are read: the Parquet files and the swap that follow read
-    # only the serving copy, and the next run's ingest need not wait for them.
+    # a consistent set of marts (no build in between), taken ahead of the writers waiting. Let
+    # go as soon as the marts are read: the Parquet files and the swap that follow read only
+    # the serving copy, and the next run's ingest need not wait for them.
     with contextlib.ExitStack() as writers_lock:
-        writers_lock.enter_context(warehouse.lock())
+        writers_lock.enter_context(warehouse.lock(first=True))
         published = publish_serving_copy(warehouse, storage.paths.serving, warehouse_read=writers_lock.close)
     return dg.MaterializeResult(
         metadata={
