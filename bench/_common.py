@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -104,10 +105,14 @@ def pipeline_env(home: Path, data: Path, **extra: str) -> dict[str, str]:
     return env | {"DAGSTER_HOME": str(home), "LAYERCODE_DATA_DIR": str(data), **extra}
 
 
-def start_listener_and_daemon(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, subprocess.Popen, int, float]:
-    """A listener on a free port and a dagster-daemon over the workspace (its log in
-    `root/daemon.log`), as an operator runs them. Returns (listener, daemon, port, the
-    daemon's start time): the benches count Dagster's start-up from then, and say so."""
+def start_listener_and_daemon(
+    root: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen, subprocess.Popen, int, float, subprocess.Popen]:
+    """A listener on a free port, the code server and a dagster-daemon over deploy/'s workspace
+    (their logs in `root/code-server.log` and `root/daemon.log`), as an operator runs them.
+    Returns (listener, daemon, port, the start time, code server): the benches count Dagster's
+    start-up from then, and say so."""
+    from layercode_pipeline.dagster_instance import code_server_env, start_code_server
     from layercode_pipeline.simulator.server import free_port
 
     port = free_port()
@@ -118,15 +123,16 @@ def start_listener_and_daemon(root: Path, env: dict[str, str]) -> tuple[subproce
         stderr=subprocess.DEVNULL,
     )
     started = time.time()
+    code_server, code_port = start_code_server(env, root / "code-server.log", cwd=ROOT)
     with (root / "daemon.log").open("w") as log:  # the daemon writes through its own copy
         daemon = subprocess.Popen(
-            [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-            env=env,
+            [str(Path(PY).parent / "dagster-daemon"), "run", "-w", str(ROOT / "deploy" / "workspace.yaml")],
+            env={**env, **code_server_env(code_port)},
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return listener, daemon, port, started
+    return listener, daemon, port, started, code_server
 
 
 def wait_first_ingest(instance, daemon: subprocess.Popen, root: Path, poll_s: float = 0.5) -> None:
@@ -141,9 +147,16 @@ def wait_first_ingest(instance, daemon: subprocess.Popen, root: Path, poll_s: fl
 
 
 def stop_processes(*procs: subprocess.Popen) -> None:
-    """Terminate, wait up to 30 s each, then kill."""
+    """Terminate (a process that leads its own group, such as the code server: with the run
+    processes it started), wait up to 30 s each, then kill."""
     for proc in procs:
-        proc.terminate()
+        try:
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.terminate()
+        except ProcessLookupError:
+            pass
     for proc in procs:
         try:
             proc.wait(30)

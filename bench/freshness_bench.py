@@ -4,8 +4,8 @@ in `serving/analytics.duckdb`, with the project's own automation on a real Dagst
     .venv/bin/python bench/freshness_bench.py [--calls 30] [--wave 5] [--gap 30]
     .venv/bin/python bench/freshness_bench.py --steady [--history 1000000] [--interval 3] [--minutes 10]
 
-What runs: `dagster-daemon` over workspace.yaml with the instance config the demo writes (its
-sensors are on by default), `layercode-pipeline listen` at its defaults (a segment seals after
+What runs: the code server and `dagster-daemon` over deploy/workspace.yaml, as deploy/ runs
+them, with the instance config the demo writes (its sensors are on by default), `layercode-pipeline listen` at its defaults (a segment seals after
 1 s without an event), and the simulator delivering calls in waves of `--wave` calls every
 `--gap` seconds, a realistic pattern with quiet spells. Nobody launches a run: the landing
 sensor does. Dagster's own start-up (the daemon, the code location, the first run on a fresh
@@ -86,7 +86,7 @@ def steady(args: argparse.Namespace) -> None:
     env = pipeline_env(
         home, data, LAYERCODE_LOG_LEVEL="WARNING", LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch)
     )
-    listener, daemon, port, started = start_listener_and_daemon(root, env)
+    listener, daemon, port, started, code_server = start_listener_and_daemon(root, env)
     seen: dict[str, float] = {}
     acked: dict[str, float] = {}
     stop = threading.Event()
@@ -140,7 +140,7 @@ def steady(args: argparse.Namespace) -> None:
                         steps.setdefault(step.step_key, []).append(step.end_time - step.start_time)
     finally:
         stop.set()
-        stop_processes(daemon, listener)
+        stop_processes(daemon, code_server, listener)
     lags = [seen[s] - t for s, t in acked.items() if s in seen]
     missing = len(set(acked) - set(seen))
     print(f"\nruns during the traffic: {len(durations)}, median {percentile(durations, 0.5):.1f} s from start to end")
@@ -179,7 +179,7 @@ def main() -> None:
     env = pipeline_env(
         home, data, LAYERCODE_LOG_LEVEL="WARNING", LAYERCODE_WEBHOOK_SECRETS=listener_secrets_json(batch)
     )
-    listener, daemon, port, started = start_listener_and_daemon(root, env)
+    listener, daemon, port, started, code_server = start_listener_and_daemon(root, env)
     seen: dict[str, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(
@@ -223,7 +223,7 @@ def main() -> None:
                     durations.append(stats.end_time - stats.start_time)
     finally:
         stop.set()
-        stop_processes(daemon, listener)
+        stop_processes(daemon, code_server, listener)
     lags = [seen[s] - t for s, t in acked.items() if s in seen]
     missing = len(set(acked) - set(seen))
     print("\nfreshness: session.end acknowledged -> the session's row readable in serving/analytics.duckdb")

@@ -4,7 +4,7 @@ project's own automation on a real Dagster instance.
 
     .venv/bin/python bench/results_webhook_bench.py [--calls 30] [--interval 3] [--only offline|openai]
 
-What runs, per provider: `dagster-daemon` over workspace.yaml with the instance config the
+What runs, per provider: the code server and `dagster-daemon` over deploy/workspace.yaml with the instance config the
 demo writes (every sensor on by default: `result_webhooks_sensor` analyses each sealed
 session.end straight from the landing and sends it (the express path), the landing sensor
 launches the ingest runs, whose `result_webhooks` step sends what the express path did not),
@@ -69,7 +69,7 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
     if stub_server:
         extra |= {"OPENAI_API_KEY": stub.api_key, "OPENAI_BASE_URL": stub_server.url + "/v1"}
     env = pipeline_env(home, data, **extra)
-    listener, daemon, port, started = start_listener_and_daemon(root, env)
+    listener, daemon, port, started, code_server = start_listener_and_daemon(root, env)
     acked: dict[str, float] = {}
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
@@ -108,7 +108,7 @@ def measure(provider: str, calls: int, interval: float, seed: int) -> dict:
                 time.sleep(0.5)
             runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job", statuses=[dg.DagsterRunStatus.SUCCESS]))
     finally:
-        stop_processes(daemon, listener)
+        stop_processes(daemon, code_server, listener)
         receiver_server.stop()
         if stub_server:
             stub_server.stop()

@@ -9,6 +9,10 @@ through `initialise_instance`, which does the first use under an exclusive file 
 from __future__ import annotations
 
 import fcntl
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 DAGSTER_YAML = """\
@@ -79,3 +83,63 @@ def daemon_heartbeat_age(instance) -> float | None:  # noqa: ANN001 - a DagsterI
         return None
     age = time.time() - max(beat.timestamp for beat in beats.values())
     return age if age < DAEMON_STALE_S else None
+
+
+# How the code location is served: deploy/ runs exactly this (the code-server service of
+# docker-compose.yml and systemd/dagster-code-server.service; a test checks), with a host and
+# a port, and deploy/workspace.yaml points the webserver and the daemon at it.
+CODE_SERVER_ARGS = (
+    "code-server",
+    "start",
+    "-m",
+    "layercode_pipeline.definitions",
+    "-a",
+    "defs",
+    "--location-name",
+    "layercode_pipeline",
+)
+
+
+def start_code_server(env: dict[str, str], log: Path, *, cwd: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """The code server as deploy/ runs it, on a free loopback port (benches and tests), its
+    output to `log`; waited for until it serves the definitions. Returns it and its port; the
+    workspace of deploy/ reaches it with `code_server_env(port)`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dagster = str(Path(sys.executable).parent / "dagster")
+    with log.open("w") as out:  # the server writes through its own copy
+        proc = subprocess.Popen(
+            [dagster, *CODE_SERVER_ARGS, "-h", "127.0.0.1", "-p", str(port)],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the run processes it starts are stopped with it
+        )
+    _wait_for_code_server(proc, port, log)
+    return proc, port
+
+
+def code_server_env(port: int) -> dict[str, str]:
+    """The variables deploy/workspace.yaml reads to reach a code server on this host."""
+    return {"DAGSTER_CODE_SERVER_HOST": "127.0.0.1", "DAGSTER_CODE_SERVER_PORT": str(port)}
+
+
+def _wait_for_code_server(proc: subprocess.Popen, port: int, log: Path, timeout_s: float = 300.0) -> None:
+    from dagster._core.errors import DagsterUserCodeUnreachableError
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if "layercode_pipeline" in client.list_repositories():
+                return
+        except DagsterUserCodeUnreachableError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the code server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the code server did not serve in {timeout_s:.0f} s: {log.read_text()[-2000:]}")
+        time.sleep(0.2)

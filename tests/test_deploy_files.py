@@ -5,9 +5,11 @@ and the instance config loads. (systemd and Docker themselves are not run here.)
 from __future__ import annotations
 
 import configparser
+import itertools
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ def commands() -> list[tuple[str, list[str]]]:
 @pytest.mark.parametrize("where,argv", commands(), ids=[c[0] for c in commands()])
 def test_each_service_command_accepts_its_options(where, argv):
     program, args = argv[0], argv[1:]
-    sub = [a for a in args if not a.startswith("-")][:1]  # e.g. `listen`, `run`
+    sub = list(itertools.takewhile(lambda a: not a.startswith("-"), args))  # `listen`, `code-server start`
     helped = subprocess.run([str(BIN / program), *sub, "--help"], capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0, helped.stderr
     for option in (a for a in args if a.startswith("-")):
@@ -59,13 +61,38 @@ def test_the_instance_config_reads_only_variables_the_example_environment_sets()
     assert loaded["concurrency"]["pools"]["default_limit"] == 1 and loaded["run_retries"]["enabled"] is True
 
 
-def test_the_workspace_names_the_code_location_module():
+def test_the_webserver_and_the_daemon_reach_the_one_code_server_deploy_runs():
+    """deploy/workspace.yaml points at a code server (the daemon would otherwise start its own
+    and replace it every minute), which the Compose service and the systemd unit start exactly
+    as the package says (CODE_SERVER_ARGS), under the workspace's location name."""
+    from layercode_pipeline.dagster_instance import CODE_SERVER_ARGS
+
     workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
-    module = workspace["load_from"][0]["python_module"]["module_name"]
-    assert module == "layercode_pipeline.definitions"
+    (entry,) = workspace["load_from"]
+    server = entry["grpc_server"]
+    assert server["location_name"] == "layercode_pipeline"
+    read = {server["host"]["env"], server["port"]["env"]}
+    example = (DEPLOY / "layercode.env.example").read_text()
+    assert all(re.search(rf"^{name}=\S", example, re.M) for name in read), read
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert read <= set(compose[name]["environment"]), name
+    started = dict(commands())
+    for where in ("compose:code-server", "dagster-code-server.service"):
+        argv = started[where]
+        assert argv[0] == "dagster" and tuple(a for a in argv[1:] if a not in _host_and_port(argv)) == CODE_SERVER_ARGS
 
 
-def test_dg_check_defs_and_both_workspaces_load():
+def _host_and_port(argv: list[str]) -> set[str]:
+    """The `-h <host>` and `-p <port>` of a code server's command (deploy-specific)."""
+    out = set()
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("-h", "-p"):
+            out |= {flag, value}
+    return out
+
+
+def test_dg_check_defs_and_both_workspaces_load(tmp_path):
     """Dagster's project conventions ([tool.dg], load_from_defs_folder) and the workspace files
     the README and deploy/ use load the same code location."""
     env = {
@@ -79,16 +106,24 @@ def test_dg_check_defs_and_both_workspaces_load():
     assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout + checked.stderr, (
         checked.stdout[-2000:] + checked.stderr[-2000:]
     )
-    for workspace in (ROOT / "workspace.yaml", DEPLOY / "workspace.yaml"):
-        validated = subprocess.run(
-            [str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert (
-            validated.returncode == 0
-            and "Validation successful for code location layercode_pipeline" in validated.stdout + validated.stderr
-        ), validated.stderr[-2000:]
+    from layercode_pipeline.dagster_instance import code_server_env, start_code_server
+
+    # deploy/'s workspace reaches the code server deploy/ runs
+    server, port = start_code_server(env, tmp_path / "code-server.log", cwd=ROOT)
+    try:
+        for workspace, extra in ((ROOT / "workspace.yaml", {}), (DEPLOY / "workspace.yaml", code_server_env(port))):
+            validated = subprocess.run(
+                [str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)],
+                cwd=ROOT,
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert (
+                validated.returncode == 0
+                and "Validation successful for code location layercode_pipeline" in validated.stdout + validated.stderr
+            ), validated.stderr[-2000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)

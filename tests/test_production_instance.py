@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from layercode_pipeline.dagster_instance import code_server_env, start_code_server
 from layercode_pipeline.simulator import deliver, generate_batch, listener_secrets_json
 from layercode_pipeline.simulator.server import free_port
 
@@ -108,6 +110,9 @@ def test_the_daemon_on_postgres_runs_an_automation_triggered_run(tmp_path, postg
     assert deliver(batch, listener.url + "/agents/{agent_id}/webhook", faults={}).failed == 0
     listener.stop()
 
+    # deploy/'s topology: the code server, and the daemon over deploy/workspace.yaml reaching it
+    code_server, port = start_code_server(env, tmp_path / "code-server.log", cwd=ROOT)
+    env = {**env, **code_server_env(port)}
     workspace = str(ROOT / "deploy" / "workspace.yaml")
     started = subprocess.run(
         [str(BIN / "dagster"), "sensor", "start", "landing_sensor", "-w", workspace],
@@ -136,6 +141,8 @@ def test_the_daemon_on_postgres_runs_an_automation_triggered_run(tmp_path, postg
             assert run.status == dg.DagsterRunStatus.SUCCESS, failure_messages(instance, run.run_id)[:3]
     finally:
         daemon.stop()
+        os.killpg(code_server.pid, signal.SIGTERM)
+        code_server.wait(60)
     served = duckdb.connect(str(data / "serving" / "analytics.duckdb"), read_only=True)
     try:
         assert served.execute("select count(*) from marts.fct_sessions").fetchone()[0] == len(batch.sessions)
