@@ -1,4 +1,5 @@
-"""The project's Dagster instance: the demo's `dagster.yaml`, and one initialisation per home.
+"""The project's Dagster instance: the demo's `dagster.yaml`, one initialisation per home, and
+the code server deploy/ runs (`CODE_SERVER_ARGS`; `start_code_server` for benches and tests).
 
 Dagster creates an instance's SQLite storages (and runs their schema migrations) on first use.
 Two processes doing that at once on a new DAGSTER_HOME race on the migration and can leave the
@@ -8,7 +9,10 @@ through `initialise_instance`, which does the first use under an exclusive file 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,7 +121,13 @@ def start_code_server(env: dict[str, str], log: Path, *, cwd: Path | None = None
             stderr=subprocess.STDOUT,
             start_new_session=True,  # the run processes it starts are stopped with it
         )
-    _wait_for_code_server(proc, port, log)
+    try:
+        _wait_for_code_server(proc, port, log)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        raise
     return proc, port
 
 
@@ -134,8 +144,11 @@ def _wait_for_code_server(proc: subprocess.Popen, port: int, log: Path, timeout_
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if "layercode_pipeline" in client.list_repositories():
-                return
+            answer = client.list_repositories()
+            if '"__class__": "ListRepositoriesResponse"' in answer:
+                return  # the definitions loaded
+            if '"__class__": "SerializableErrorInfo"' in answer:  # they failed to load: say why
+                raise RuntimeError(f"the code server could not load the definitions: {answer[:2000]}")
         except DagsterUserCodeUnreachableError:
             pass
         if proc.poll() is not None:

@@ -127,3 +127,13 @@ def test_dg_check_defs_and_both_workspaces_load(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
+
+
+def test_a_code_server_that_cannot_load_the_definitions_says_why(tmp_path):
+    """start_code_server (the benches' and tests' code server) fails at once with the load
+    error, and leaves no server behind, rather than waiting on a server with nothing to serve."""
+    from layercode_pipeline.dagster_instance import start_code_server
+
+    env = {**os.environ, "LAYERCODE_RESULT_WEBHOOKS": "not json", "DAGSTER_HOME": str(tmp_path)}
+    with pytest.raises(RuntimeError, match="LAYERCODE_RESULT_WEBHOOKS"):
+        start_code_server(env, tmp_path / "code-server.log", cwd=ROOT)
