@@ -270,6 +270,9 @@ class Settings(BaseSettings):
     # How long a pipeline writer waits for a process outside the pipeline (a BI tool, a
     # notebook) that holds warehouse.duckdb before failing with a message naming it.
     warehouse_open_timeout_s: float = 60.0
+    # The pipeline's warm dbt (dbt imported and the project parsed once, forked for each build)
+    # exits after this long without a build; the next run starts it again.
+    warm_dbt_idle_s: float = 900.0
 
     # --- webhook listener --------------------------------------------------------------
     agent_id: str = DEFAULT_AGENT_ID

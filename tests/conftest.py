@@ -18,6 +18,22 @@ from layercode_pipeline.simulator.server import free_port
 
 SECRET = "whsec_test_default"
 
+# Each test pipeline (its own data directory) starts its own warm dbt (defs/dbt/warm.py): let
+# them go a minute after their last build, not the production quarter of an hour, so a run of
+# the suite does not keep dozens of them; the rest are stopped as the session ends.
+os.environ.setdefault("LAYERCODE_WARM_DBT_IDLE_S", "60")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_warm_dbts(tmp_path_factory) -> Iterator[None]:
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError, ValueError):
+            args = cmdline.read_bytes().decode().split("\0")
+            if "layercode_pipeline.defs.dbt.warm" in args and "serve" in args and args[-3].startswith(base):
+                os.kill(int(cmdline.parent.name), signal.SIGTERM)
+
 
 class ListenerProcess:
     """`layercode-pipeline listen` in a subprocess: what an operator runs."""

@@ -268,5 +268,5 @@ def resources_from_settings(settings: Settings | None = None) -> dict[str, Any]:
             retry_schedule_s=list(settings.result_webhook_retry_schedule_s),
             express=settings.result_webhooks_express,
         ),
-        "dbt": dbt_resource(paths.data_dir),
+        "dbt": dbt_resource(paths.data_dir, warm_idle_s=settings.warm_dbt_idle_s),
     }

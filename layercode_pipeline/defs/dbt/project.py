@@ -14,7 +14,8 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
 from packaging import version
-from pydantic import PrivateAttr
+
+from layercode_pipeline.config import Settings
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 DBT_PROJECT_NAME = "layercode_analytics"  # dbt_project.yml's name
@@ -81,13 +82,14 @@ class LayercodeDbtCli(DbtCliResource):
     dbt step put them at 6.5 s of its 19 s on this project): running `dbt --version` to learn the
     version of the dbt-core installed beside it, and building an in-process dbt adapter, which
     only its `fetch_row_counts()`/`fetch_column_metadata()` use; the row counts and column
-    types come from `with_row_counts` instead. Each run also starts a warm dbt (defs/dbt/warm.py),
-    which imports dbt while the run waits for the warehouse."""
+    types come from `with_row_counts` instead. Each run also makes sure the pipeline's warm dbt
+    (defs/dbt/warm.py) is running: dbt imported and the project parsed once, not in every run."""
 
-    # the target directory of the pipeline runs' builds: the warm dbt parses ahead as their
-    # last build did ("" to parse nothing ahead)
+    # the target directory of the pipeline runs' builds: the warm dbt serves the invocations
+    # under its parent and parses ahead as their last build did ("": no warm dbt)
     warm_state_dir: str = ""
-    _warm: Any = PrivateAttr(default=None)  # this run's warm dbt process, if started
+    # the warm dbt exits after this long without an invocation (the next run starts it again)
+    warm_idle_s: float = Settings.default("warm_dbt_idle_s")
 
     @cached_property
     def _cli_version(self) -> version.Version:
@@ -98,16 +100,10 @@ class LayercodeDbtCli(DbtCliResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         super().setup_for_execution(context)
-        if self.dbt_executable == str(_WARM_CLIENT):
-            from layercode_pipeline.defs.dbt.warm import start_warm_dbt
+        if self.dbt_executable == str(_WARM_CLIENT) and self.warm_state_dir:
+            from layercode_pipeline.defs.dbt.warm import ensure_warm_dbt
 
-            self._warm = start_warm_dbt(self.warm_state_dir or None)
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._warm is not None:
-            from layercode_pipeline.defs.dbt.warm import stop_warm_dbt
-
-            stop_warm_dbt(self._warm)
+            ensure_warm_dbt(self.warm_state_dir, self.warm_idle_s)
 
 
 def column_schema(con, schema: str, name: str, node: Mapping[str, Any]) -> dg.TableSchema:
@@ -132,12 +128,21 @@ def source_node(source: str, table: str) -> Mapping[str, Any]:
     return manifest.get("sources", {}).get(f"source.{DBT_PROJECT_NAME}.{source}.{table}", {})
 
 
-def dbt_resource(data_dir: Path | None = None) -> DbtCliResource:
-    """The dbt resource; given the pipeline's data directory, its runs' warm dbt parses ahead."""
+def dbt_resource(data_dir: Path | None = None, warm_idle_s: float | None = None) -> DbtCliResource:
+    """The dbt resource; given the pipeline's data directory, its runs go through the
+    pipeline's warm dbt (defs/dbt/warm.py), which exits after `warm_idle_s` without one (by
+    default LAYERCODE_WARM_DBT_IDLE_S)."""
     executable = str(_WARM_CLIENT) if _WARM_CLIENT.exists() else DBT_EXECUTABLE
     state = str(dbt_target_path("run", data_dir)) if data_dir is not None else ""
+    if warm_idle_s is None:
+        warm_idle_s = Settings.load().warm_dbt_idle_s
     # dagster-dbt's validator takes the DbtProject (its field is annotated str)
-    return LayercodeDbtCli(project_dir=layercode_dbt_project(), dbt_executable=executable, warm_state_dir=state)  # type: ignore[arg-type]
+    return LayercodeDbtCli(
+        project_dir=layercode_dbt_project(),  # type: ignore[arg-type]
+        dbt_executable=executable,
+        warm_state_dir=state,
+        warm_idle_s=warm_idle_s,
+    )
 
 
 # How much each kind of dbt invocation builds and tests (the `test_scope` var; the project's

@@ -1,36 +1,45 @@
-"""A dbt started before it is needed: its imports paid while the run waits for the warehouse.
+"""One dbt kept warm for a pipeline: imported and parsed once, forked for each invocation.
 
-Every dbt invocation pays for importing dbt and its adapter before its first model: 2.5 s of
-CPU, 3-4 s on a loaded 2-core host, in every pipeline run (issue 27, bench/freshness_bench.py
---steady). A run that waits for the warehouse (another run holds it) has nothing to do
-meanwhile, so the dbt resource starts a **warm dbt** as the run starts: a process that imports
-dbt and its DuckDB adapter, then waits on a Unix socket beside the run.
+Every dbt invocation pays for importing dbt and its adapter (2 s of CPU) and for parsing the
+project (1.3 s more with partial parsing) before its first model. Paid in every pipeline run,
+that CPU was taken from the build of the run ahead of it: under steady traffic the two cores
+are saturated, and a dbt process per run spent 12 s of CPU (issue 27, bench/freshness_bench.py
+--steady).
+
+So the pipeline keeps one **warm dbt** per data directory: a process that imports dbt and its
+DuckDB adapter once, parses the project as the last pipeline build did, and forks a child for
+each dbt invocation. The child starts with all of that in its memory, runs the one command and
+exits; the warm dbt itself never opens the warehouse. Each run's dbt resource starts it when it
+is not running (`ensure_warm_dbt`). It runs in a session of its own (the run that started it
+may end), and exits after `idle_s` seconds without an invocation, or when its directory is
+removed.
 
 dagster-dbt runs the `layercode-dbt` executable (this module's `client`) as it would run `dbt`.
-The client hands its arguments, working directory and environment to the warm dbt of the
-process that started it (found by that process's id) and relays its output and exit status:
-dagster-dbt sees dbt's own JSON log lines, exactly as from the dbt CLI. A warm dbt serves one
-invocation, then exits (the next run starts its own). With no warm dbt to reach (none started,
-one already used, or it died), the client runs the real dbt instead: never slower than before.
+The client finds the warm dbt of the target directory dagster-dbt gives it (`DBT_TARGET_PATH`,
+under `<data>/dbt/`), hands it its arguments, working directory and environment, and relays its
+output and exit status: dagster-dbt sees dbt's own JSON log lines, exactly as from the dbt CLI.
+With no warm dbt to reach (none started, one that exited or died, a target directory of
+another kind), the client runs the real dbt instead: never slower than a cold start.
 
-The warm dbt also parses the project ahead (2-3 s more of a loaded host), with the vars of the
-last pipeline run's build (its `run_results.json`, in the run target directory it is given),
-from that directory's partial-parse state copied aside. It hands that manifest to dbt only for
-an invocation with the same vars, project and profiles: a manifest names the warehouse its vars
-name in every relation, so any other invocation parses for itself, as the dbt CLI would
-(tests/test_warm_dbt.py; tests/test_incremental_runs.py builds through it).
+The parsed manifest goes to an invocation only with the same vars, project and profiles as the
+parse, and only while no file of the project has changed since (a manifest names the warehouse
+its vars name in every relation): any other invocation parses for itself, as the dbt CLI would,
+and the warm dbt then parses ahead again (tests/test_warm_dbt.py; tests/test_incremental_runs.py
+builds through it).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib
+import importlib.metadata
 import io
 import json
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -40,10 +49,10 @@ from typing import Any
 
 from layercode_pipeline.config import adopt_environment, inherited_environment
 
+# the first line of a served invocation: the process running it (the client sends it signals)
+PID_MARK = "\x00layercode-dbt-pid:"
 # the line that ends a warm invocation's output: the exit status, never a dbt log line
 EXIT_MARK = "\x00layercode-dbt-exit:"
-# a warm dbt nobody called (the run failed before its dbt step, or skipped it) exits after this
-IDLE_LIMIT_S = 3600.0
 # what a `dbt build` imports beyond `dbt.cli.main`: imported by the warm dbt before it is called
 PRELOADED = (
     "dbt.adapters.duckdb",
@@ -55,11 +64,18 @@ PRELOADED = (
     "dbt.compilation",
     "dbt.context.providers",
 )
+# a project's files that are dbt's own output, not its input
+NOT_PROJECT_FILES = {"target", "logs", ".user.yml"}
 
 
-def socket_path(pid: int) -> Path:
-    """Where the warm dbt of process `pid` listens."""
-    return Path(tempfile.gettempdir()) / f"layercode-dbt-{pid}.sock"
+def socket_path(home: Path | str) -> Path:
+    """Where the warm dbt of `home` (a pipeline's `<data>/dbt`, the parent of its target
+    directories) listens. Named after the directory, this Python and the code the warm dbt runs
+    (dbt's, its adapter's, this module's), so an upgraded install never reaches an old one."""
+    here = Path(__file__).read_bytes()
+    versions = [importlib.metadata.version(name) for name in ("dbt-core", "dbt-duckdb")]
+    key = json.dumps([os.path.realpath(home), sys.executable, os.getuid(), versions, hashlib.sha256(here).hexdigest()])
+    return Path(tempfile.gettempdir()) / f"layercode-dbt-{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
 
 
 def real_dbt() -> str:
@@ -71,63 +87,90 @@ def real_dbt() -> str:
 # --- the run's side --------------------------------------------------------------------------
 
 
-def start_warm_dbt(state_dir: str | None = None) -> subprocess.Popen:
-    """Start this process's warm dbt (a process that imports dbt now and serves this process's
-    next dbt invocation), parsing ahead as the last build in `state_dir` (a dbt target
-    directory) did, if any. Its own messages go to <socket>.log."""
-    path = socket_path(os.getpid())
-    path.unlink(missing_ok=True)
-    # bound and listening before the child starts: a dbt step that comes at once waits in the
-    # backlog for the imports instead of finding no socket (and running a second, cold dbt)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    os.chmod(path, 0o600)  # the run's user only: a caller hands dbt its environment
-    listener.listen(1)
-    log = open(path.with_suffix(".log"), "w")  # noqa: SIM115 - handed to the child
+def ensure_warm_dbt(state_dir: str, idle_s: float) -> int | None:
+    """Start the warm dbt of the pipeline whose builds use the target directory `state_dir`,
+    unless it is running: the new process's id, or None when one was running already. It parses
+    ahead as the last build in `state_dir` did, if any. Its own messages go to <socket>.log."""
+    home = Path(state_dir).parent
+    home.mkdir(parents=True, exist_ok=True)
+    path = socket_path(home)
+    # held by the warm dbt for its whole life: free means none is running
+    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        return subprocess.Popen(
-            [sys.executable, "-m", __name__, "serve", str(path), str(listener.fileno()), state_dir or ""],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(listener.fileno(),),
-        )
-    finally:
-        log.close()
-        listener.close()  # the child's copy is the only one: if it dies, a client is refused
-
-
-def stop_warm_dbt(process: subprocess.Popen) -> None:
-    """Stop a warm dbt that was not used (a used one has exited) and remove its socket."""
-    if process.poll() is None:
-        process.terminate()
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    path = socket_path(os.getpid())
-    path.unlink(missing_ok=True)
-    path.with_suffix(".log").unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        path.unlink(missing_ok=True)  # one that died
+        # bound and listening before the child starts: a dbt step that comes at once waits in the
+        # backlog for the imports instead of finding no socket (and running a second, cold dbt)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            os.chmod(path, 0o600)  # the user only: a caller hands dbt its environment
+            listener.listen(16)
+            with open(path.with_suffix(".log"), "a") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", __name__, "serve", str(path), str(listener.fileno()), str(lock)]
+                    + [state_dir, str(idle_s)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(listener.fileno(), lock),
+                    start_new_session=True,  # outlives the run that started it, and its signals
+                )
+        finally:
+            listener.close()  # the child's copy is the only one: if it dies, a client is refused
+        return process.pid
+    finally:
+        os.close(lock)  # the child's copy keeps the lock
 
 
 # --- the warm dbt ------------------------------------------------------------------------------
 
 
-def parse_ahead(state_dir: str) -> tuple[Any, dict] | None:
-    """The project parsed as the last build in `state_dir` was (its vars, project and profiles
-    from its run_results.json), from a copy of the directory's partial-parse state: (the
-    manifest, what it was parsed with), or None without a last build or when the parse fails."""
-    from dbt.cli.main import dbtRunner
+def project_files(*dirs: str) -> str:
+    """A digest of the project's (and profiles') files as they are now: their names, sizes and
+    modification times. A manifest parsed under another digest may be out of date."""
+    entries = []
+    for top in sorted(set(dirs)):
+        for root, subdirs, files in os.walk(top):
+            if root == top:
+                subdirs[:] = [d for d in subdirs if d not in NOT_PROJECT_FILES]
+                files = [f for f in files if f not in NOT_PROJECT_FILES]
+            for name in files:
+                try:
+                    st = os.stat(os.path.join(root, name))
+                except OSError:
+                    continue
+                entries.append((os.path.relpath(os.path.join(root, name), top), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
+
+def last_build(state_dir: str) -> dict | None:
+    """What the last build in `state_dir` parsed with (its run_results.json): its vars and its
+    project and profiles directories; None without one."""
     try:
         args = json.loads((Path(state_dir) / "run_results.json").read_text())["args"]
-        parsed_with = {
+        return {
             "vars": args.get("vars") or {},
             "project_dir": os.path.realpath(args["project_dir"]),
             "profiles_dir": os.path.realpath(args["profiles_dir"]),
         }
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def parse_ahead(state_dir: str) -> tuple[Any, dict, str] | None:
+    """The project parsed as the last build in `state_dir` was, from a copy of the directory's
+    partial-parse state: (the manifest, what it was parsed with, the project files' digest
+    before the parse), or None without a last build or when the parse fails."""
+    from dbt.cli.main import dbtRunner
+
+    parsed_with = last_build(state_dir)
+    if parsed_with is None:
+        return None
+    digest = project_files(parsed_with["project_dir"], parsed_with["profiles_dir"])
     with tempfile.TemporaryDirectory(prefix="layercode-dbt-parse-") as scratch:
         state = Path(state_dir) / "partial_parse.msgpack"
         if state.exists():
@@ -135,11 +178,22 @@ def parse_ahead(state_dir: str) -> tuple[Any, dict] | None:
         argv = ["parse", "--quiet", "--project-dir", parsed_with["project_dir"]]
         argv += ["--profiles-dir", parsed_with["profiles_dir"], "--target-path", scratch, "--log-path", scratch]
         result = dbtRunner().invoke([*argv, "--vars", json.dumps(parsed_with["vars"])])
-    return (result.result, parsed_with) if result.success else None
+    return (result.result, parsed_with, digest) if result.success else None
+
+
+def out_of_date(parsed: tuple[Any, dict, str] | None, state_dir: str) -> bool:
+    """Whether the manifest parsed ahead no longer serves the next build: none yet, the last
+    build parsed with other vars or directories, or the project's files changed."""
+    if parsed is None:
+        return last_build(state_dir) is not None
+    _, parsed_with, digest = parsed
+    if last_build(state_dir) not in (None, parsed_with):
+        return True
+    return project_files(parsed_with["project_dir"], parsed_with["profiles_dir"]) != digest
 
 
 def invoked_with(argv: list[str], cwd: str) -> dict:
-    """What an invocation parses with (as `parse_ahead` records it): its `--vars`, and the
+    """What an invocation parses with (as `last_build` records it): its `--vars`, and the
     project and profiles directories dagster-dbt gives it (the environment, else its cwd)."""
     found = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--vars"]
     try:
@@ -154,31 +208,70 @@ def invoked_with(argv: list[str], cwd: str) -> dict:
     }
 
 
-def serve(path: Path, listener_fd: int, state_dir: str = "") -> int:
-    parent = int(path.stem.rsplit("-", 1)[1])  # the process that started it (its socket's name)
-    server = socket.socket(fileno=listener_fd)  # bound and listening already (start_warm_dbt)
-    from dbt.cli.main import dbtRunner  # the imports this process exists to pay early
+def serve(path: Path, listener_fd: int, lock_fd: int, state_dir: str, idle_s: float) -> int:
+    """Serve every invocation that reaches `path`, each in a child forked for it, until idle
+    for `idle_s` or the pipeline's directory is gone."""
+    server = socket.socket(fileno=listener_fd)  # bound and listening already (ensure_warm_dbt)
+    home = Path(state_dir).parent
+    from dbt.cli.main import dbtRunner  # noqa: F401 - the imports this process exists to pay once
 
     for module in PRELOADED:
         importlib.import_module(module)
-    parsed = parse_ahead(state_dir) if state_dir else None
-    print(f"warm dbt: dbt imported; {'parsed ahead' if parsed else 'nothing parsed ahead'}", flush=True)
+    parsed = parse_ahead(state_dir)
+    print(f"warm dbt {os.getpid()}: dbt imported; {'parsed ahead' if parsed else 'nothing parsed ahead'}", flush=True)
     server.settimeout(1.0)
-    deadline = time.monotonic() + IDLE_LIMIT_S
+    children: set[int] = set()
+    last_call = time.monotonic()
     while True:
+        # a build that ended may have left a new last build, or found the project changed:
+        # parse ahead again before the next invocation is forked
+        if reap(children) and out_of_date(parsed, state_dir):
+            parsed = parse_ahead(state_dir)
+            print(f"warm dbt {os.getpid()}: {'parsed ahead again' if parsed else 'nothing parsed ahead'}", flush=True)
         try:
             conn, _ = server.accept()
-            break
         except TimeoutError:
-            if os.getppid() != parent or time.monotonic() > deadline:
-                path.unlink(missing_ok=True)
-                path.with_suffix(".log").unlink(missing_ok=True)
-                return 0  # the run that started it has gone, or never needed it
+            if not children and (time.monotonic() - last_call > idle_s or not home.is_dir()):
+                break
+            continue
+        last_call = time.monotonic()
+        sys.stdout.flush()
+        child = os.fork()
+        if child == 0:  # the invocation's process: it returns to no loop, whatever happens
+            code = 2
+            try:
+                server.close()
+                os.close(lock_fd)  # the warm dbt's life, not this invocation's
+                code = serve_one(conn, parsed)
+            finally:
+                os._exit(code)
+        children.add(child)
+        conn.close()
+    # refused from here on (a client then runs the real dbt); the lock goes with this process
     server.close()
-    path.unlink(missing_ok=True)  # one invocation: a later client runs the real dbt
+    path.unlink(missing_ok=True)
+    print(f"warm dbt {os.getpid()}: exits ({'idle' if home.is_dir() else 'its directory is gone'})", flush=True)
+    return 0
+
+
+def reap(children: set[int]) -> bool:
+    """Collect the children that have ended; whether any had."""
+    ended = False
+    for child in list(children):
+        done, _ = os.waitpid(child, os.WNOHANG)
+        if done:
+            children.discard(child)
+            ended = True
+    return ended
+
+
+def serve_one(conn: socket.socket, parsed: tuple[Any, dict, str] | None) -> int:
+    """Run one dbt invocation (in a child of the warm dbt) and send its output and status."""
+    from dbt.cli.main import dbtRunner
+
     conn.settimeout(None)
-    reader = conn.makefile("rb")
-    request = json.loads(reader.readline())
+    request = json.loads(conn.makefile("rb").readline())
+    conn.sendall(f"{PID_MARK}{os.getpid()}\n".encode())
     os.chdir(request["cwd"])
     adopt_environment(request["env"])  # dagster-dbt's DBT_* variables among them
     # dbt's output (its JSON log lines) goes to the client, as the CLI's goes to its pipe
@@ -190,7 +283,10 @@ def serve(path: Path, listener_fd: int, state_dir: str = "") -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
     # the manifest parsed ahead only for what it was parsed with; anything else parses anew
-    manifest = parsed[0] if parsed and invoked_with(request["argv"], request["cwd"]) == parsed[1] else None
+    manifest = None
+    if parsed is not None and invoked_with(request["argv"], request["cwd"]) == parsed[1]:
+        if project_files(parsed[1]["project_dir"], parsed[1]["profiles_dir"]) == parsed[2]:
+            manifest = parsed[0]
     print(f"layercode-dbt: {'the manifest parsed ahead' if manifest else 'parsing'}", file=sys.stderr)
     try:
         result = dbtRunner(manifest=manifest).invoke(request["argv"])
@@ -210,33 +306,52 @@ def serve(path: Path, listener_fd: int, state_dir: str = "") -> int:
 # --- the executable dagster-dbt runs -------------------------------------------------------------
 
 
+def target_dir(args: list[str]) -> str | None:
+    """The target directory of an invocation: its `--target-path`, else dagster-dbt's
+    DBT_TARGET_PATH."""
+    given = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--target-path"]
+    return given[-1] if given else inherited_environment().get("DBT_TARGET_PATH")
+
+
 def client(argv: list[str] | None = None) -> int:
-    """`layercode-dbt ARGS...`: dbt ARGS through the warm dbt of the calling process, else the
-    real dbt."""
+    """`layercode-dbt ARGS...`: dbt ARGS through the warm dbt of the pipeline, else the real
+    dbt."""
     args = sys.argv[1:] if argv is None else argv
+    target = target_dir(args)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stream = None
     try:
-        conn.connect(str(socket_path(os.getppid())))
+        if target is None:
+            raise ConnectionRefusedError("no target directory")
+        conn.connect(str(socket_path(Path(target).parent)))
+        request = {"argv": args, "cwd": os.getcwd(), "env": inherited_environment()}
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        stream = conn.makefile("rb")
+        hello = stream.readline()  # empty if the warm dbt exited with this call in its backlog
+        if not hello.startswith(PID_MARK.encode()):
+            raise ConnectionResetError("the warm dbt did not take the invocation")
     except OSError:
+        if stream is not None:
+            stream.close()
         conn.close()
         dbt = real_dbt()
         os.execvp(dbt, [dbt, *args])  # no warm dbt: the real one, in this process's place
-    # a signal to this process (dagster-dbt cancelling the run, a Ctrl-C) goes to the warm dbt,
-    # which stops as the dbt CLI would; its last lines and status still come through
-    (warm_pid, _, _) = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    # a signal to this process (dagster-dbt cancelling the run, a Ctrl-C) goes to the warm dbt's
+    # child running the invocation, which stops as the dbt CLI would; its last lines and status
+    # still come through
+    served_by = int(hello[len(PID_MARK) :].strip())
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: os.kill(warm_pid, signum))
-    request = {"argv": args, "cwd": os.getcwd(), "env": inherited_environment()}
-    conn.sendall(json.dumps(request).encode() + b"\n")
+        signal.signal(sig, lambda signum, _frame: os.kill(served_by, signum))
     out = sys.stdout.buffer
     code = None
-    with conn.makefile("rb") as stream:
+    with stream:
         for line in stream:
             if line.startswith(EXIT_MARK.encode()):
                 code = int(line[len(EXIT_MARK) :].strip() or 2)
                 break
             out.write(line)
             out.flush()
+    conn.close()
     if code is None:
         print("layercode-dbt: the warm dbt ended without an exit status", file=sys.stderr)
         return 2
@@ -245,7 +360,8 @@ def client(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "serve":
-        sys.exit(serve(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else ""))
+        path, listener, lock, state_dir, idle_s = sys.argv[2:7]
+        sys.exit(serve(Path(path), int(listener), int(lock), state_dir, float(idle_s)))
     sys.exit(client())
 
 
