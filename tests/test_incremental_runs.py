@@ -173,7 +173,7 @@ def test_each_test_of_the_run_examined_only_the_new_rows(pipeline):
     assert all(r["status"] in ("pass", "warn") for r in tests)
     # the generic tests ran inside the new-rows audit, one branch each; the singular ones as nodes
     (audit,) = [r for r in tests if r["unique_id"] == AUDIT_TEST]
-    generic = json.loads((dbt_target_path("run", storage.paths.data_dir) / "manifest.json").read_text())["nodes"]
+    generic = json.loads(layercode_dbt_project().manifest_path.read_text())["nodes"]
     generic = [n for n in generic.values() if n["resource_type"] == "test" and n.get("test_metadata")]
     assert audit["compiled_code"].count(" as test_id, ") == len(generic) > 100
     assert not any(r["unique_id"] in {n["unique_id"] for n in generic} for r in tests)

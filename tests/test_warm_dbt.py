@@ -173,6 +173,22 @@ def test_the_manifest_parsed_ahead_serves_its_like_until_the_project_changes(tmp
         os.kill(server, signal.SIGTERM)
 
 
+def test_the_pipelines_builds_write_their_results_and_no_manifest(warm):
+    """A build in the pipeline runs' target directory needs run_results.json (the dbt step reads
+    it), never manifest.json (the definitions read the project's own): the warm dbt writes the
+    one without the other. Any other invocation writes dbt's artifacts as the CLI does."""
+    state, _ = warm
+    other = state.parent / "full"
+    nothing = ["build", "--select", "no_such_model_anywhere", "--vars", json.dumps({"test_scope": "new"})]
+    for target in (state, other):
+        run = invoke(target, nothing)
+        assert run["code"] == 0, run["stdout"]
+        results = json.loads((target / "run_results.json").read_text())
+        assert results["results"] == [] and results["args"]["which"] == "build"
+    assert not (state / "manifest.json").exists()
+    assert (other / "manifest.json").exists()
+
+
 def test_a_failing_dbt_command_keeps_its_exit_status_through_the_warm_dbt(warm):
     state, _ = warm
     served = invoke(state, ["run", "--select", "no_such_model_anywhere+", "--fail-fast", "--no-such-flag"])
