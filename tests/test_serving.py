@@ -291,6 +291,83 @@ def test_a_publish_lets_the_warehouse_go_before_it_writes_the_parquet_files(shar
         con.close()
 
 
+def test_readers_get_a_publish_before_its_parquet_files_and_a_crash_between_loses_no_change(shared_marts, tmp_path):
+    """The link is swapped before the Parquet files are written (DuckDB readers need not wait
+    for them). A publish that fails in between leaves its marker: the next one rewrites every
+    Parquet file, even when it starts from a copy of the current file (a reader holds the
+    other), whose watermarks already include the change the Parquet files missed."""
+    import shutil
+
+    from layercode_pipeline.lib.serving_copy import PARQUET_PENDING, publish_serving_copy
+    from layercode_pipeline.lib.warehouse import Warehouse
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(shared_marts.warehouse.path, data / "warehouse.duckdb")
+    warehouse = Warehouse.at(None, data_dir=data)
+    serving = tmp_path / "serving"
+    first = publish_serving_copy(warehouse, serving)
+    session = "s_match"
+    subprocess.run([sys.executable, "-c", WRITER, str(warehouse.path), session], check=True)
+    con = duckdb.connect(str(serving / "analytics.duckdb"), read_only=True)
+    try:
+        (day,) = con.execute(
+            "select cast(session_date_at at time zone 'UTC' as date) from marts.fct_sessions where session_id = ?",
+            [session],
+        ).fetchone()
+    finally:
+        con.close()
+    # the changed day's partition cannot be written: a file stands where its folder goes
+    folder = serving / "parquet" / "fct_sessions" / f"session_date={day}"
+    shutil.rmtree(folder)
+    folder.write_text("in the way")
+    with pytest.raises(OSError):
+        publish_serving_copy(warehouse, serving)
+    folder.unlink()
+    # DuckDB readers already have the change; the Parquet files do not
+    link = serving / "analytics.duckdb"
+    assert os.readlink(link) != first.file and (serving / PARQUET_PENDING).exists()
+
+    def duration(source: str) -> int | None:
+        con = duckdb.connect()
+        try:
+            rows = con.execute(f"select duration_ms from {source} where session_id = ?", [session]).fetchall()
+        finally:
+            con.close()
+        return rows[0][0] if rows else None
+
+    con = duckdb.connect(str(link), read_only=True)
+    try:
+        assert (
+            con.execute("select duration_ms from marts.fct_sessions where session_id = ?", [session]).fetchone()[0]
+            == -1
+        )
+    finally:
+        con.close()
+    parquet = f"read_parquet('{serving}/parquet/fct_sessions/*/part.parquet', hive_partitioning = true)"
+    assert duration(parquet) is None  # its day's file was never written
+    # a reader holds the pair's other file: the next publish copies the current one, whose
+    # watermarks say nothing changed since; the marker still has every Parquet file rewritten
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER_THAT_HOLDS, str(serving / first.file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip()
+        again = publish_serving_copy(warehouse, serving)
+    finally:
+        reader.kill()
+    assert not again.in_place and again.rows_copied["fct_sessions"] == 0
+    assert duration(parquet) == -1
+    assert not (serving / PARQUET_PENDING).exists()
+    con = duckdb.connect()
+    try:
+        assert con.execute(f"select count(*) from {parquet}").fetchone()[0] == again.counts["fct_sessions"]
+    finally:
+        con.close()
+
+
 def test_publishes_take_turns(shared_marts, tmp_path):
     """Two publishes never write the serving copy at once: the second waits for the first's
     lock (it may hold it after letting the warehouse go)."""

@@ -12,7 +12,8 @@ Superset, Evidence and most notebooks bundle their own DuckDB, often a 1.x, whic
 open a file in DuckDB 2.0's format. The warehouse itself stays in the current format. Tools
 that speak no DuckDB read the Parquet files (each replaced atomically): the large marts as
 `serving/parquet/<mart>/<date column>=<YYYY-MM-DD>/part.parquet` (Hive partitions), the others
-as `serving/parquet/<mart>.parquet`.
+as `serving/parquet/<mart>.parquet`. They are written after the swap, from the file just
+published: DuckDB readers get a publish a second or more sooner than Parquet readers.
 
 A publish costs what changed, not the history (issue 27). The first publish copies every mart.
 Later ones replace in the other file of the pair only the rows of the sessions and
@@ -42,6 +43,8 @@ from layercode_pipeline.lib.warehouse import Warehouse, scalar, sql_string, ware
 SERVING_FILE = "analytics.duckdb"
 PARQUET_DIR = "parquet"
 STATE_FILE = ".publish_state.json"
+# present from a publish's swap until its Parquet files are all written (see `_publish`)
+PARQUET_PENDING = ".parquet_pending"
 # held for a whole publish: one publish at a time, whether or not its caller still holds the
 # warehouse (a publish lets the warehouse go before its Parquet files, see `warehouse_read`)
 PUBLISH_LOCK = ".publish.lock"
@@ -202,6 +205,30 @@ def _publish(
         con.execute("detach wh")
         if warehouse_read is not None:
             warehouse_read()
+        con.execute("checkpoint serving")  # no write-ahead log left beside the file readers open
+        con.execute("detach serving")
+    finally:
+        con.close()
+    fsync_file(target)
+    # What each file of the pair holds, written before the swap: watermarks never newer than a
+    # file's rows, so a crash anywhere leaves changes to apply again (idempotent), never to miss.
+    kept = {} if whole or current is None or current == target else {current.name: files.get(current.name, {})}
+    _write_state(serving_dir / STATE_FILE, {**kept, target.name: new_state})
+    # The Parquet files follow the swap (DuckDB readers need not wait for them): until they are
+    # all written, a marker says so, and a publish that finds it (this one crashed in between)
+    # rewrites every Parquet file instead of the changed days.
+    pending = serving_dir / PARQUET_PENDING
+    parquet_whole = pending.exists()
+    pending.touch()
+    link = serving_dir / f".{SERVING_FILE}.{os.getpid()}.tmp-link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.name)
+    os.replace(link, final)  # readers' next open sees the new file; an open one keeps its own
+    fsync_dir(serving_dir)
+    # read-only, as a BI tool opens it: readers may open the file now, and share its lock
+    con = duckdb.connect()
+    try:
+        con.execute(f"attach {sql_string(target)} as serving (read_only)")
         for table in tables:
             spec = INCREMENTAL.get(table)
             if spec is None:
@@ -216,30 +243,20 @@ def _publish(
                 ]
                 continue
             (parquet_dir / f"{table}.parquet").unlink(missing_ok=True)  # the layout before partitions
-            if table in changed:
+            if table in changed and not parquet_whole:
                 days = old_days[table] | _days(con, schema, table, spec, changed[table])
                 pub.parquet_written[table] = [
                     _write_partition(con, schema, table, spec, day, parquet_dir) for day in sorted(days, key=str)
                 ]
             else:
                 pub.parquet_written[table] = _write_all_partitions(con, schema, table, spec, parquet_dir)
-        con.execute("checkpoint serving")  # no write-ahead log left beside the file readers open
-        con.execute("detach serving")
     finally:
         con.close()
     for stale in parquet_dir.glob("*.parquet"):  # a mart that no longer exists
         if stale.stem not in pub.counts:
             stale.unlink()
     fsync_dir(parquet_dir)
-    fsync_file(target)
-    # What each file of the pair holds, written before the swap: watermarks never newer than a
-    # file's rows, so a crash anywhere leaves changes to apply again (idempotent), never to miss.
-    kept = {} if whole or current is None or current == target else {current.name: files.get(current.name, {})}
-    _write_state(serving_dir / STATE_FILE, {**kept, target.name: new_state})
-    link = serving_dir / f".{SERVING_FILE}.{os.getpid()}.tmp-link"
-    link.unlink(missing_ok=True)
-    link.symlink_to(target.name)
-    os.replace(link, final)  # readers' next open sees the new file; an open one keeps its own
+    pending.unlink()
     fsync_dir(serving_dir)
     for old in serving_dir.glob(f".{Path(SERVING_FILE).stem}-*{Path(SERVING_FILE).suffix}"):
         if old.name not in kept and old != target:

@@ -29,8 +29,8 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
     description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
     "open) and Parquet files (serving/parquet/<mart>/<date>=<day>/part.parquet for the session, turn and "
     "conversation marts, serving/parquet/<mart>.parquet for the others). analytics.duckdb links to one of a "
-    "pair of files: the other is updated in place, then the link is swapped (each Parquet file is written new "
-    "and renamed), so BI readers never block the pipeline and never see a half-written file. After the first "
+    "pair of files: the other is updated in place, then the link is swapped, then the Parquet files follow (each "
+    "written new and renamed), so BI readers never block the pipeline and never see a half-written file. After the first "
     "publish, only the rows and days the marts rebuilt are copied.",
 )
 def analytics_serving(storage: StorageResource) -> dg.MaterializeResult:
