@@ -134,8 +134,8 @@ def dbt_resource(data_dir: Path | None = None, warm_idle_s: float | None = None)
     default LAYERCODE_WARM_DBT_IDLE_S)."""
     executable = str(_WARM_CLIENT) if _WARM_CLIENT.exists() else DBT_EXECUTABLE
     state = str(dbt_target_path("run", data_dir)) if data_dir is not None else ""
-    if warm_idle_s is None:
-        warm_idle_s = Settings.load().warm_dbt_idle_s
+    if warm_idle_s is None:  # (no data directory: no warm dbt, and nothing to read)
+        warm_idle_s = Settings.load().warm_dbt_idle_s if data_dir is not None else Settings.default("warm_dbt_idle_s")
     # dagster-dbt's validator takes the DbtProject (its field is annotated str)
     return LayercodeDbtCli(
         project_dir=layercode_dbt_project(),  # type: ignore[arg-type]
