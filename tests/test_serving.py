@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -227,6 +228,17 @@ print(con.execute("select count(*) from marts.fct_sessions").fetchone()[0], flus
 """
 
 
+def duration_ms(session: str, source: str, database: Path | None = None) -> int | None:
+    """A session's `duration_ms` in `source` (a table of `database`, opened read-only as a BI
+    tool opens it, or a `read_parquet(...)`); None without its row."""
+    con = duckdb.connect(str(database) if database else ":memory:", read_only=database is not None)
+    try:
+        rows = con.execute(f"select duration_ms from {source} where session_id = ?", [session]).fetchall()
+    finally:
+        con.close()
+    return rows[0][0] if rows else None
+
+
 # opens the warehouse for writing from another process, as the next run's ingest would
 WRITER = """
 import sys, duckdb
@@ -270,25 +282,11 @@ def test_a_publish_lets_the_warehouse_go_before_it_writes_the_parquet_files(shar
     after = {p: p.stat().st_mtime_ns for p in (serving / "parquet").rglob("*.parquet")}
     assert set(seen["parquet_before"]) <= set(after)
     assert any(after[p] != seen["parquet_before"].get(p) for p in after)  # written after the callback
-    con = duckdb.connect(str(serving / "analytics.duckdb"), read_only=True)
-    try:
-        # this publish read the warehouse before the writer changed it
-        assert (
-            con.execute("select duration_ms from marts.fct_sessions where session_id = ?", [session]).fetchone()[0]
-            != -1
-        )
-    finally:
-        con.close()
+    # this publish read the warehouse before the writer changed it
+    assert duration_ms(session, "marts.fct_sessions", serving / "analytics.duckdb") != -1
     # the next publish carries the change (the writer stamped the row as rebuilt)
     publish_serving_copy(warehouse, serving)
-    con = duckdb.connect(str(serving / "analytics.duckdb"), read_only=True)
-    try:
-        assert (
-            con.execute("select duration_ms from marts.fct_sessions where session_id = ?", [session]).fetchone()[0]
-            == -1
-        )
-    finally:
-        con.close()
+    assert duration_ms(session, "marts.fct_sessions", serving / "analytics.duckdb") == -1
 
 
 def test_readers_get_a_publish_before_its_parquet_files_and_a_crash_between_loses_no_change(shared_marts, tmp_path):
@@ -327,25 +325,9 @@ def test_readers_get_a_publish_before_its_parquet_files_and_a_crash_between_lose
     # DuckDB readers already have the change; the Parquet files do not
     link = serving / "analytics.duckdb"
     assert os.readlink(link) != first.file and (serving / PARQUET_PENDING).exists()
-
-    def duration(source: str) -> int | None:
-        con = duckdb.connect()
-        try:
-            rows = con.execute(f"select duration_ms from {source} where session_id = ?", [session]).fetchall()
-        finally:
-            con.close()
-        return rows[0][0] if rows else None
-
-    con = duckdb.connect(str(link), read_only=True)
-    try:
-        assert (
-            con.execute("select duration_ms from marts.fct_sessions where session_id = ?", [session]).fetchone()[0]
-            == -1
-        )
-    finally:
-        con.close()
+    assert duration_ms(session, "marts.fct_sessions", link) == -1
     parquet = f"read_parquet('{serving}/parquet/fct_sessions/*/part.parquet', hive_partitioning = true)"
-    assert duration(parquet) is None  # its day's file was never written
+    assert duration_ms(session, parquet) is None  # its day's file was never written
     # a reader holds the pair's other file: the next publish copies the current one, whose
     # watermarks say nothing changed since; the marker still has every Parquet file rewritten
     reader = subprocess.Popen(
@@ -359,7 +341,7 @@ def test_readers_get_a_publish_before_its_parquet_files_and_a_crash_between_lose
     finally:
         reader.kill()
     assert not again.in_place and again.rows_copied["fct_sessions"] == 0
-    assert duration(parquet) == -1
+    assert duration_ms(session, parquet) == -1
     assert not (serving / PARQUET_PENDING).exists()
     con = duckdb.connect()
     try:
