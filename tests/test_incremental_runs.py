@@ -37,7 +37,7 @@ def run_pipeline(storage: StorageResource, tags: dict[str, str] | None = None) -
     """What the landing sensor's ingest run executes: ingest, enrichment (offline), dbt, publish."""
     result = dg.materialize(
         RUN_ASSETS,
-        # the runs after the first hand dbt the manifest their warm dbt parsed ahead (defs/dbt/warm.py)
+        # the runs after the first hand dbt the manifest the pipeline's warm dbt parsed ahead (defs/dbt/warm.py)
         resources={"storage": storage, "dbt": dbt_resource(storage.paths.data_dir), "openai": OpenAIResource()},
         tags=tags,
     )

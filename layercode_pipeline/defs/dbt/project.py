@@ -72,7 +72,7 @@ def layercode_dbt_project() -> DbtProject:
     return project
 
 
-# dbt through the run's warm dbt (defs/dbt/warm.py): the `layercode-dbt` executable this
+# dbt through the pipeline's warm dbt (defs/dbt/warm.py): the `layercode-dbt` executable this
 # package installs beside this Python; without it (a checkout not reinstalled), dbt itself
 _WARM_CLIENT = Path(sys.executable).parent / "layercode-dbt"
 
