@@ -565,7 +565,15 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
         click.echo(f"Review workbench: http://{host}:{port}/review ({len(reviewers)} reviewer(s))")
     else:
         click.echo("Review workbench is read-only: set LAYERCODE_REVIEWERS to let reviewers save reviews")
-    serve(serving, host=host, port=port, refresh_s=refresh_s, workbench=workbench, recordings=recordings)
+    serve(
+        serving,
+        host=host,
+        port=port,
+        refresh_s=refresh_s,
+        workbench=workbench,
+        recordings=recordings,
+        hosts=settings.dashboard_hosts,
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -592,15 +600,25 @@ def _check_port_free(host: str, port: int) -> None:
     default=None,
     help="One identifier per line: session:<id>, conversation:<id> or phone:<E.164> (a bare +... is a phone number).",
 )
+@click.option(
+    "--allow-unmatched",
+    is_flag=True,
+    help="Erase what matched even when some identifiers match no session (a batch file naming callers not seen "
+    "yet): their tombstones keep them out from now on.",
+)
 def forget(
     session_ids: tuple[str, ...],
     conversation_ids: tuple[str, ...],
     phone_numbers: tuple[str, ...],
     from_file: str | None,
+    allow_unmatched: bool,
 ) -> None:
     """Forget callers everywhere the pipeline keeps a copy: landing, quarantine, warehouse,
     recordings, reviews, outbox and serving copy; tombstones keep them from coming back, and
-    `call.erased` tells your result webhook endpoints. Prints what was removed per store."""
+    `call.erased` tells your result webhook endpoints. Prints what each identifier matched and
+    what was removed per store. Exits 1, erasing nothing, when an identifier matches no session
+    (unless --allow-unmatched). Run with no identifier, it finishes an erasure an earlier
+    `forget` left half-done."""
     from pathlib import Path
 
     from rich.console import Console
@@ -621,8 +639,6 @@ def forget(
         ]
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if not selectors:
-        raise click.UsageError("name at least one --session-id, --conversation-id, --phone-number or --from-file")
     settings = _settings()
     try:
         endpoints = settings.result_endpoints()
@@ -630,28 +646,127 @@ def forget(
         raise click.ClickException(str(exc)) from None
     paths = settings.paths
     key = settings.privacy_key.get_secret_value() if settings.privacy_key else None
-    report = privacy.forget(
-        warehouse=Warehouse.from_settings(settings),
-        paths=paths,
-        key=load_privacy_key(paths.data_dir, key),
-        selectors=selectors,
-        recordings=recording_store(settings.storage(), paths.recordings),
-        outbox_path=settings.outbox,
-        endpoints=endpoints,
-        object_landing=ObjectLanding.from_settings(settings),
-        dagster_home=settings.dagster_home or paths.data_dir / "dagster_home",
-        requested_by="cli",
-    )
     console = Console()
-    console.print(f"erasure {report.erasure_id}: {len(report.sessions)} sessions forgotten", soft_wrap=True)
-    table = Table()
-    table.add_column("store")
-    table.add_column("removed", justify="right")
-    for store, n in sorted(report.removed.items()):
-        table.add_row(store, str(n))
-    console.print(table)
-    if not report.sessions:
-        console.print("No session matched: tombstones were still recorded, so none will be taken in later.")
+    try:
+        reports = privacy.forget(
+            warehouse=Warehouse.from_settings(settings),
+            paths=paths,
+            key=load_privacy_key(paths.data_dir, key),
+            selectors=selectors,
+            recordings=recording_store(settings.storage(), paths.recordings),
+            outbox_path=settings.outbox,
+            endpoints=endpoints,
+            object_landing=ObjectLanding.from_settings(settings),
+            dagster_home=settings.dagster_home or paths.data_dir / "dagster_home",
+            requested_by="cli",
+            allow_unmatched=allow_unmatched,
+        )
+    except privacy.UnmatchedIdentifiers as exc:
+        for selector, n in exc.matched.items():
+            console.print(_matched_line(selector, n), soft_wrap=True)
+        console.print(
+            f"Nothing was erased: {len(exc.unmatched)} identifier(s) matched no session. Check them, or pass "
+            "--allow-unmatched to erase what matched and keep the others out from now on.",
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    if not selectors and not reports:
+        raise click.UsageError(
+            "name at least one --session-id, --conversation-id, --phone-number or --from-file "
+            "(no erasure was left half-done to finish)"
+        )
+    for report in reports:
+        if report.resumed:
+            console.print(
+                f"erasure {report.erasure_id} (stopped half-way earlier) finished: "
+                f"{len(report.sessions)} sessions forgotten",
+                soft_wrap=True,
+            )
+        else:
+            for selector, n in report.matched.items():
+                console.print(_matched_line(selector, n), soft_wrap=True)
+            console.print(f"erasure {report.erasure_id}: {len(report.sessions)} sessions forgotten", soft_wrap=True)
+            if not report.sessions:
+                console.print(
+                    "No session matched: nothing was removed, and the tombstones keep them out from now on.",
+                    soft_wrap=True,
+                )
+        table = Table()
+        table.add_column("store")
+        table.add_column("removed", justify="right")
+        for store, n in sorted(report.removed.items()):
+            table.add_row(store, str(n))
+        if report.removed:
+            console.print(table)
+
+
+def _matched_line(selector, n: int) -> str:
+    return f"{selector}: {n} session{'s' if n != 1 else ''}" if n else f"{selector}: no session matched"
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print what would expire; change nothing.")
+@click.option(
+    "--recordings-days", type=click.IntRange(min=1), default=None, help="Overrides LAYERCODE_RETENTION_RECORDINGS_DAYS."
+)
+@click.option("--text-days", type=click.IntRange(min=1), default=None, help="Overrides LAYERCODE_RETENTION_TEXT_DAYS.")
+@click.option(
+    "--landing-days", type=click.IntRange(min=1), default=None, help="Overrides LAYERCODE_RETENTION_LANDING_DAYS."
+)
+@click.option(
+    "--reviews-days", type=click.IntRange(min=1), default=None, help="Overrides LAYERCODE_RETENTION_REVIEWS_DAYS."
+)
+def retention(
+    dry_run: bool,
+    recordings_days: int | None,
+    text_days: int | None,
+    landing_days: int | None,
+    reviews_days: int | None,
+) -> None:
+    """Expire old recordings, text, landing files and reviews now, as the daily retention_job
+    does (LAYERCODE_RETENTION_*_DAYS, or the options). A call's age is its call time (when it
+    started). Prints what expired per class, or with --dry-run what would."""
+    from layercode_pipeline.lib.recording_store import recording_store
+    from layercode_pipeline.lib.retention import RetentionPolicy, apply_retention, check_policy
+    from layercode_pipeline.lib.warehouse import Warehouse
+
+    settings = _settings()
+    policy = RetentionPolicy(
+        recordings_days=recordings_days or settings.retention_recordings_days,
+        text_days=text_days or settings.retention_text_days,
+        landing_days=landing_days or settings.retention_landing_days,
+        reviews_days=reviews_days or settings.retention_reviews_days,
+    )
+    if policy == RetentionPolicy():
+        raise click.UsageError(
+            "no retention is set: set LAYERCODE_RETENTION_*_DAYS, or pass --recordings-days, --text-days, "
+            "--landing-days or --reviews-days"
+        )
+    try:
+        check_policy(policy)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    done = apply_retention(
+        warehouse=Warehouse.from_settings(settings),
+        paths=settings.paths,
+        recordings=recording_store(settings.storage(), settings.paths.recordings),
+        policy=policy,
+        outbox_path=settings.outbox,
+        dry_run=dry_run,
+    )
+    verb = "would expire" if dry_run else "expired"
+    labels = {
+        "recordings": ("recordings", policy.recordings_days),
+        "text_sessions": ("sessions' text", policy.text_days),
+        "review_files": ("review files", policy.reviews_days),
+        "landing_segments": ("landing segments", policy.landing_days),
+    }
+    for name, n in done.items():
+        label, days = labels.get(name, (name.replace("_", " "), None))
+        older = f" (older than {days} days)" if days else ""
+        click.echo(f"{verb}: {n} {label}{older}")
+    if dry_run:
+        click.echo("dry run: nothing was changed")
 
 
 @main.group()
@@ -687,9 +802,16 @@ def _parse_since(value: str | None) -> float | None:
 @click.option("--status", type=click.Choice(["pending", "delivered", "dead"]), default=None)
 @click.option("--endpoint", default=None, help="Only this endpoint URL.")
 @click.option("--since", default=None, help="Only messages created at or after this ISO 8601 time.")
-@click.option("--limit", default=50, show_default=True, type=int)
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(min=1),
+    help="At most this many rows (newest first). Default: every row with --json, 50 in the table.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def deliveries_list(status: str | None, endpoint: str | None, since: str | None, limit: int, as_json: bool) -> None:
+def deliveries_list(
+    status: str | None, endpoint: str | None, since: str | None, limit: int | None, as_json: bool
+) -> None:
     """One line per message and endpoint, newest first, with the totals per endpoint."""
     import json
     from datetime import UTC, datetime
@@ -705,7 +827,7 @@ def deliveries_list(status: str | None, endpoint: str | None, since: str | None,
     def iso(value: float | None) -> str | None:
         return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds") if value is not None else None
 
-    if as_json:
+    if as_json:  # every row unless --limit says otherwise: a pipe gets what the outbox holds
         for r in rows[:limit]:
             click.echo(
                 json.dumps(
@@ -726,10 +848,13 @@ def deliveries_list(status: str | None, endpoint: str | None, since: str | None,
                 )
             )
         return
-    console = Console()
+    limit = limit or 50
+    # ids are never cut: the table is as wide as its widest row, whatever the terminal (or a
+    # pipe's 80 columns) would allow
+    console = Console(width=100_000, soft_wrap=True)
     table = Table(box=None, padding=(0, 1))
     for col in ("webhook-id", "type", "session", "endpoint", "status", "attempts", "last", "created", "next/delivered"):
-        table.add_column(col, no_wrap=True)
+        table.add_column(col, no_wrap=True, overflow="ignore")
     for r in rows[:limit]:
         last = str(r["last_status"] or r["last_error"] or "-")
         when = iso(r["delivered_at"]) if r["status"] == "delivered" else iso(r["next_attempt_at"])

@@ -167,6 +167,7 @@ SLOW_MODULES = {
     "test_production_instance",
     "test_readme",
     "test_recordings_on_object_storage",
+    "test_retention",
     "test_review_workbench",
     "test_serving",
     "test_warehouse_seam",
@@ -269,3 +270,35 @@ def make_bucket(endpoint: str, name: str) -> None:
     boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY, region_name=REGION
     ).create_bucket(Bucket=name)
+
+
+@pytest.fixture
+def express(tmp_path):
+    """The express result path as the daemon ticks it (`tick()`), over `<tmp>/data`, with a
+    receiver verifying every delivery with the `standardwebhooks` package."""
+    import json
+
+    import dagster as dg
+
+    from layercode_pipeline.defs.resources import OpenAIResource, ResultWebhooksResource, StorageResource
+    from layercode_pipeline.defs.results.automation import result_webhooks_sensor
+    from layercode_pipeline.lib.result_webhooks.signing import new_secret
+    from layercode_pipeline.simulator.receiver import ResultReceiver
+    from layercode_pipeline.simulator.server import BackgroundServer
+
+    data = tmp_path / "data"
+    storage = StorageResource(data_dir=str(data))
+    secret = new_secret()
+    receiver = ResultReceiver(secret)
+    with BackgroundServer(receiver.app) as server:
+        config = json.dumps([{"url": server.url + "/", "secret": secret}])
+        hooks = ResultWebhooksResource(endpoints_json=config, outbox_path=str(data / "outbox.sqlite3"))
+        resources = {"result_webhooks": hooks, "storage": storage, "openai": OpenAIResource()}
+
+        def tick() -> str:
+            with dg.instance_for_test() as instance:
+                context = dg.build_sensor_context(instance=instance, resources=resources)
+                return result_webhooks_sensor(context).skip_message
+
+        tick()  # the first tick starts from now
+        yield {"storage": storage, "receiver": receiver, "tick": tick, "hooks": hooks, "data": data}

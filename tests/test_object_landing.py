@@ -172,8 +172,8 @@ def test_local_ship_acknowledges_while_the_store_is_down_and_shows_the_backlog(t
 
 
 def test_forget_rewrites_a_landed_object_without_the_erased_sessions_events(s3_endpoint):
+    from layercode_pipeline.landing.erase import erase_landing_objects
     from layercode_pipeline.landing.objects import ObjectLanding
-    from layercode_pipeline.lib.privacy import erase_landing_objects
 
     make_bucket(s3_endpoint, "erase-landing")
     landing = ObjectLanding(

@@ -89,6 +89,7 @@ KINDS: dict[str, str] = {
     "calls:": "labelled calls",
     "custom_fields:": "enrichment config",
     "layercode-pipeline forget": "shell",
+    "layercode-pipeline retention": "shell",
     ".venv/bin/python bench/": "benches",
 }
 
@@ -286,17 +287,24 @@ def test_the_python_receiver_verifies_a_signed_call_analyzed(workspace):
 
 
 def test_the_shell_examples_run(workspace):
-    session_id, conversation_id = (
-        duckdb.connect(str(workspace.root / "data" / "serving" / "analytics.duckdb"), read_only=True)
-        .execute("select session_id, conversation_id from marts.fct_sessions order by session_id limit 1")
-        .fetchone()
-    )
+    serving = duckdb.connect(str(workspace.root / "data" / "serving" / "analytics.duckdb"), read_only=True)
+    session_id, conversation_id = serving.execute(
+        "select session_id, conversation_id from marts.fct_sessions order by session_id limit 1"
+    ).fetchone()
+    # a caller of another session: `forget` exits 1 for a number that matches no session
+    (phone,) = serving.execute(
+        "select from_phone_number from marts.fct_sessions where from_phone_number is not null "
+        "and conversation_id <> ? order by session_id limit 1",
+        [conversation_id],
+    ).fetchone()
+    serving.close()
     (workspace.root / "requests.txt").write_text("phone:+15550100999\n")
     # the reader's endpoint, configured as the README shows: here the demo's local receiver
     # (stopped, so a due message is refused and stays pending)
     endpoints = json.dumps([{"url": "http://127.0.0.1:8790/layercode/results", "secret": SECRET}])
     for example in examples_of("shell"):
         script = example.text.replace("sess_...", session_id).replace("conv_...", conversation_id)
+        script = script.replace("forget --phone-number +15550100999", f"forget --phone-number {phone}")
         workspace.run(script, LAYERCODE_DATA_DIR=str(workspace.root / "data"), LAYERCODE_RESULT_WEBHOOKS=endpoints)
 
 

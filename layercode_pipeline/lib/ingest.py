@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import orjson
 
 from layercode_pipeline.contract.events import event_key_sql
 from layercode_pipeline.contract.landing import OPEN_SUFFIX
+from layercode_pipeline.landing.erase import erase_landing_files, erase_landing_objects
 from layercode_pipeline.landing.objects import ObjectLanding, list_objects, recent_hour_prefixes
 from layercode_pipeline.landing.segments import iter_sealed_segments, partition_mtimes, recover_orphan_segments
 from layercode_pipeline.lib.progress import report_progress
@@ -84,6 +85,9 @@ class IngestResult:
     duplicates: int = 0
     rejects: int = 0
     erased: int = 0  # events of erased sessions, dropped (lib/privacy.py)
+    # file (as the manifest names it) -> the erased sessions whose events it held: the caller
+    # rewrites it without them once the batch is committed (landing/erase.py)
+    erased_files: dict[str, set[str]] = field(default_factory=dict)
     recovered_segments: int = 0
     partitions_listed: int = 0
 
@@ -338,6 +342,17 @@ def ingest_batch(
             from _parsed where rowid in (select id from _chosen)
         """)
         erased_count = scalar(con, f"select count(*) from ({erased})") if erased else 0
+        erased_files = (
+            {
+                f: set(ids)
+                for f, ids in con.execute(
+                    f"select source_file, list(distinct session_id) from _parsed where rowid in ({erased}) "
+                    "and session_id is not null group by 1"
+                ).fetchall()
+            }
+            if erased_count
+            else {}
+        )
         con.execute(
             "create or replace temp table _rej(source_file varchar, line_number bigint, reason varchar, raw_line varchar)"
         )
@@ -371,6 +386,7 @@ def ingest_batch(
         )
     result.rows = sum(r[0] for r in stats)
     result.erased = erased_count
+    result.erased_files = erased_files
     result.inserted = sum(r[1] for r in stats)
     result.duplicates = sum(r[2] for r in stats)
     result.rejects = sum(r[3] for r in stats)
@@ -459,6 +475,9 @@ def _ingest_landing(
         r = ingest_batch(con, batch, scratch)
         for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects", "erased"):
             setattr(total, attr, getattr(total, attr) + getattr(r, attr))
+        for name, ids in r.erased_files.items():  # committed: no landed byte of them stays
+            erase_landing_files([name], ids)
+            total.erased_files.setdefault(name, set()).update(ids)
         batch, size = [], 0
         report_progress("events ingested", total.inserted)
 
@@ -540,6 +559,9 @@ def ingest_object_landing(
                     path.unlink(missing_ok=True)
             for attr in ("files", "bytes", "rows", "inserted", "duplicates", "rejects", "erased"):
                 setattr(total, attr, getattr(total, attr) + getattr(r, attr))
+            for url, ids in r.erased_files.items():  # committed: the object is written without them
+                erase_landing_objects(landing, [url], ids)
+                total.erased_files.setdefault(url, set()).update(ids)
     # everything listed is committed: the next run lists from this run's hour (minus the lookback)
     con.execute("insert or replace into raw.layercode_listing_cursors values (?, ?, now())", [landing.url, run_started])
     shutil.rmtree(downloads, ignore_errors=True)

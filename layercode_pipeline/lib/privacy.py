@@ -1,52 +1,56 @@
 """Forgetting a caller everywhere the pipeline keeps a copy, and never taking them back.
 
-`forget` resolves selectors (session ids, conversation ids, phone numbers) to sessions, then,
-under the warehouse writers' lock, records tombstones and deletes the sessions from every
-warehouse table (raw, enrichment, intermediate and marts); then, outside the lock, rewrites
-the landing segments and quarantine files that held their events, deletes their recordings
-and reviews, removes their result messages from the outbox (and records `call.erased` for
-each, so the customer's copies are deleted too), removes the express path's cached answers,
-and publishes the serving copy whole (a new file and new Parquet files: nothing of the old
-ones is left). An audit row per erasure says what was removed from each store, with no
-personal data in it.
+`forget` resolves selectors (session ids, conversation ids, phone numbers) to sessions, each
+selector on its own: one that is malformed is refused, one that matches nothing is reported
+and, unless `allow_unmatched`, stops the erasure before anything is done (a typo is not an
+erasure). Then it records the erasure in the **erasure ledger** (its tombstones and its plan:
+the sessions, the landing files and recordings that held them; `lib/erasure_ledger.py`)
+before any store is touched, so an erasure stopped half-way (a full disk, a kill) is finished
+by the next `forget`. Under the warehouse writers' lock it records the tombstones in the
+warehouse too and deletes the sessions from every table, then writes the warehouse file anew
+(a deleted row's bytes stay in a DuckDB file's free blocks until something overwrites them).
+Outside the lock it rewrites the landing segments and quarantine files that held their events,
+deletes their recordings and reviews, removes their result messages from the outbox (and
+records `call.erased` for each endpoint that ever took messages), removes the express path's
+cached answers and the ids from dbt's logs, and publishes the serving copy whole. An audit row
+per erasure says what was removed from each store, with no personal data in it.
 
 **Tombstones** keep only a keyed hash of each identifier: `sha256("<key>:<kind>:<value>")`,
 the key being LAYERCODE_PRIVACY_KEY or, unset, a random key kept in `<data>/privacy/key`
-(mode 0600). The ingest drops every event whose session, conversation or phone number has
-one (a late webhook, a replayed landing file), the REST backfill drops such records, and the
-outbox takes no new message for an erased session.
+(mode 0600). The ingest drops every event whose session, conversation or phone number has one
+(a late webhook, a replayed landing file) and rewrites the landed file without it, the REST
+backfill drops such records, the express result path never analyses nor sends such a call,
+and the outbox takes no new message for an erased session.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import orjson
 
-from layercode_pipeline.contract.landing import SEALED_SUFFIX
 from layercode_pipeline.contract.minimise import PHONE_HASH_PREFIX, phone_hash
-from layercode_pipeline.landing.durable import fsync_dir, write_whole
+from layercode_pipeline.landing.erase import (
+    erase_landing_files,
+    erase_landing_objects,
+    rewrite_without,
+)
+from layercode_pipeline.lib.erasure_ledger import ErasureLedger, keyed_hash
+
+__all__ = ["erase_landing_files", "erase_landing_objects", "keyed_hash", "rewrite_without"]
 
 KINDS = ("session", "conversation", "phone")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-
-
-def keyed_hash(key: str, kind: str, value: str) -> str:
-    """The tombstone of one identifier (lib/ingest.py's `tombstone_filter` computes the same
-    in SQL, and lib/backfill.py for REST records)."""
-    return hashlib.sha256(f"{key}:{kind}:{value}".encode()).hexdigest()
+# a session or conversation id: what Layercode's ids are made of (no spaces, no quotes)
+IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
 
 @dataclass(frozen=True)
@@ -56,29 +60,46 @@ class Selector:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown selector kind {self.kind!r}")
+            raise ValueError(f"unknown identifier kind {self.kind!r} (session, conversation or phone)")
         if not self.value or not self.value.strip():
             raise ValueError(f"an empty {self.kind} identifier")
-        if self.kind == "phone" and not (E164.match(self.value) or self.value.startswith(PHONE_HASH_PREFIX)):
-            raise ValueError(f"{self.value!r} is not an E.164 phone number (+ and 7 to 15 digits)")
+        if self.kind == "phone":
+            if not (E164.match(self.value) or self.value.startswith(PHONE_HASH_PREFIX)):
+                raise ValueError(f"{self.value!r} is not an E.164 phone number (+ and 7 to 15 digits)")
+        elif not IDENTIFIER.match(self.value):
+            raise ValueError(f"{self.value!r} is not a {self.kind} id (letters, digits and _ . : - only)")
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
 
 
 def read_selectors(path: Path) -> list[Selector]:
     """One selector per line: `session:<id>`, `conversation:<id>` or `phone:<E.164>` (a bare
-    `+...` is a phone number, any other bare value a session id); `#` starts a comment."""
+    `+...` is a phone number, any other bare id a session id); `#` starts a comment. A line of
+    an unknown kind (`phon:+49...`) or that is no id at all (`bogus line`) is an error that
+    names the file and line."""
     out = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
         kind, sep, value = text.partition(":")
-        if not sep or kind not in KINDS:
+        if not sep or (kind not in KINDS and not re.fullmatch(r"[A-Za-z]+", kind)):
             kind, value = ("phone" if text.startswith("+") else "session"), text
         try:
             out.append(Selector(kind, value.strip()))
         except ValueError as exc:
             raise ValueError(f"{path}:{number}: {exc}") from None
     return out
+
+
+class UnmatchedIdentifiers(LookupError):
+    """Identifiers that matched no session: nothing was erased."""
+
+    def __init__(self, unmatched: list[Selector], matched: dict[Selector, int]):
+        self.unmatched = unmatched
+        self.matched = matched
+        super().__init__(f"{len(unmatched)} identifier(s) matched no session: nothing was erased")
 
 
 @dataclass
@@ -88,41 +109,51 @@ class ErasureReport:
     sessions: list[str]
     conversations: list[str]
     removed: dict[str, int] = field(default_factory=dict)
+    matched: dict[Selector, int] = field(default_factory=dict)  # per identifier: sessions it named
+    resumed: bool = False  # an earlier erasure, stopped half-way, finished now
 
     def add(self, store: str, n: int) -> None:
         if n:
             self.removed[store] = self.removed.get(store, 0) + n
 
 
-def _sessions_for(con: duckdb.DuckDBPyConnection, selectors: list[Selector]) -> tuple[set[str], set[str]]:
-    """Every session (and conversation) a selector names, from the webhooks and REST records."""
-    sessions = {s.value for s in selectors if s.kind == "session"}
-    conversations = {s.value for s in selectors if s.kind == "conversation"}
-    phones = [s.value for s in selectors if s.kind == "phone"]
-    if conversations:
-        sessions |= {
-            r[0]
-            for r in con.execute(
-                "select distinct session_id from raw.layercode_events "
-                "where conversation_id in (select unnest(?::varchar[])) and session_id is not null",
-                [sorted(conversations)],
-            ).fetchall()
-        }
-    if phones:
-        sessions |= {
-            r[0]
-            for r in con.execute(
-                """
-                select distinct session_id from raw.layercode_events
-                where session_id is not null and (json_extract_string(body, '$.from_phone_number') in (select unnest($p))
-                   or json_extract_string(body, '$.to_phone_number') in (select unnest($p)))
-                union
-                select distinct session_id from raw.layercode_session_details
-                where record->>'$.from_phone_number' in (select unnest($p)) or record->>'$.to_phone_number' in (select unnest($p))
-                """,
-                {"p": phones},
-            ).fetchall()
-        }
+def _with_hashed_phones(key: str, selectors: list[Selector]) -> dict[Selector, list[Selector]]:
+    """Each selector with the forms it is stored under: a phone number also as its keyed hash
+    (LAYERCODE_HASH_PHONE_NUMBERS stores that instead)."""
+    return {
+        s: [s, Selector("phone", phone_hash(key, s.value))] if s.kind == "phone" and E164.match(s.value) else [s]
+        for s in selectors
+    }
+
+
+def _sessions_of(con: duckdb.DuckDBPyConnection, selector: Selector) -> set[str]:
+    """The sessions one selector names, from the webhooks and the REST records."""
+    if selector.kind == "session":
+        sql = """select session_id from raw.layercode_events where session_id = $v
+                 union select session_id from raw.layercode_session_details where session_id = $v"""
+    elif selector.kind == "conversation":
+        sql = """select session_id from raw.layercode_events where conversation_id = $v and session_id is not null
+                 union select session_id from raw.layercode_session_details where record->>'$.conversation_id' = $v"""
+    else:
+        sql = """select session_id from raw.layercode_events where session_id is not null
+                   and (json_extract_string(body, '$.from_phone_number') = $v
+                        or json_extract_string(body, '$.to_phone_number') = $v)
+                 union select session_id from raw.layercode_session_details
+                 where record->>'$.from_phone_number' = $v or record->>'$.to_phone_number' = $v"""
+    return {r[0] for r in con.execute(sql, {"v": selector.value}).fetchall() if r[0]}
+
+
+def resolve(
+    con: duckdb.DuckDBPyConnection, key: str, selectors: list[Selector]
+) -> tuple[set[str], set[str], dict[Selector, int]]:
+    """Every session (and conversation) the selectors name, and how many sessions each named."""
+    sessions: set[str] = set()
+    matched: dict[Selector, int] = {}
+    for selector, forms in _with_hashed_phones(key, selectors).items():
+        found = set().union(*(_sessions_of(con, f) for f in forms))
+        matched[selector] = len(found)
+        sessions |= found
+    conversations = {s.value for s in selectors if s.kind == "conversation" and matched.get(s)}
     if sessions:  # and the conversations those sessions belong to
         conversations |= {
             r[0]
@@ -132,7 +163,7 @@ def _sessions_for(con: duckdb.DuckDBPyConnection, selectors: list[Selector]) -> 
                 [sorted(sessions)],
             ).fetchall()
         }
-    return sessions, conversations
+    return sessions, conversations, matched
 
 
 def _tables_with(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
@@ -148,22 +179,9 @@ def _tables_with(con: duckdb.DuckDBPyConnection, column: str) -> list[str]:
     ]
 
 
-def erase_from_warehouse(
-    con: duckdb.DuckDBPyConnection,
-    key: str,
-    selectors: list[Selector],
-    *,
-    requested_by: str,
-) -> tuple[ErasureReport, dict[str, Any]]:
-    """Tombstones, then every warehouse row of the sessions, in one transaction. Returns the
-    report and what the file stores need (landing files, recording uris)."""
-    # a number stored hashed (LAYERCODE_HASH_PHONE_NUMBERS) is found, and kept out, by its hash too
-    selectors = [
-        *selectors,
-        *(Selector("phone", phone_hash(key, s.value)) for s in selectors if s.kind == "phone"),
-    ]
-    sessions, conversations = _sessions_for(con, selectors)
-    report = ErasureReport(uuid.uuid4().hex, datetime.now(UTC), sorted(sessions), sorted(conversations))
+def plan_erasure(con: duckdb.DuckDBPyConnection, sessions: set[str], conversations: set[str]) -> dict[str, Any]:
+    """What the file stores hold of the sessions, found before their rows go: the plan the
+    ledger keeps until the erasure is done."""
     ids = sorted(sessions)
     files = [
         r[0]
@@ -187,23 +205,46 @@ def erase_from_warehouse(
             [ids],
         ).fetchall()
     ]
-    tombstones = {keyed_hash(key, "session", s): "session" for s in sessions}
-    tombstones |= {keyed_hash(key, "conversation", c): "conversation" for c in conversations}
-    tombstones |= {keyed_hash(key, s.kind, s.value): s.kind for s in selectors if s.kind == "phone"}
+    return {
+        "sessions": ids,
+        "conversations": sorted(conversations),
+        "files": files,
+        "recordings": recordings,
+        "agents": agents,
+    }
+
+
+def erase_from_warehouse(
+    con: duckdb.DuckDBPyConnection,
+    report: ErasureReport,
+    *,
+    tombstones: dict[str, str],
+    requested_by: str,
+    selector_kinds: list[str],
+    selector_hashes: list[str],
+) -> None:
+    """Tombstones, then every warehouse row of the report's sessions, and the audit row, in one
+    transaction (again for an erasure finished later: each step finds what is left)."""
+    ids, conversations = report.sessions, report.conversations
     con.execute("begin transaction")
     try:
-        con.executemany(
-            "insert or ignore into raw.erasure_tombstones values (?, ?, ?, ?)",
-            [(h, kind, report.erasure_id, report.erased_at) for h, kind in tombstones.items()],
-        )
-        for table in _tables_with(con, "session_id"):
-            n = con.execute(f"delete from {table} where session_id in (select unnest(?::varchar[]))", [ids]).fetchone()
-            report.add(table, int(n[0]) if n else 0)
-        for table in set(_tables_with(con, "conversation_id")) - set(_tables_with(con, "session_id")):
-            n = con.execute(
-                f"delete from {table} where conversation_id in (select unnest(?::varchar[]))", [sorted(conversations)]
-            ).fetchone()
-            report.add(table, int(n[0]) if n else 0)
+        if tombstones:
+            con.executemany(
+                "insert or ignore into raw.erasure_tombstones values (?, ?, ?, ?)",
+                [(h, kind, report.erasure_id, report.erased_at) for h, kind in tombstones.items()],
+            )
+        if ids:
+            for table in _tables_with(con, "session_id"):
+                n = con.execute(
+                    f"delete from {table} where session_id in (select unnest(?::varchar[]))", [ids]
+                ).fetchone()
+                report.add(table, int(n[0]) if n else 0)
+        if conversations:
+            for table in set(_tables_with(con, "conversation_id")) - set(_tables_with(con, "session_id")):
+                n = con.execute(
+                    f"delete from {table} where conversation_id in (select unnest(?::varchar[]))", [conversations]
+                ).fetchone()
+                report.add(table, int(n[0]) if n else 0)
         if ids:  # a rejected line may quote the session
             n = con.execute(
                 "delete from raw.layercode_rejects where raw_line is not null "
@@ -211,14 +252,15 @@ def erase_from_warehouse(
                 [ids],
             ).fetchone()
             report.add("raw.layercode_rejects", int(n[0]) if n else 0)
+        con.execute("delete from raw.erasure_audit where erasure_id = ?", [report.erasure_id])
         con.execute(
             "insert into raw.erasure_audit values (?, ?, ?, ?, ?, ?, ?)",
             [
                 report.erasure_id,
                 report.erased_at,
                 requested_by,
-                ",".join(sorted({s.kind for s in selectors})),
-                sorted(keyed_hash(key, s.kind, s.value) for s in selectors),
+                ",".join(sorted(set(selector_kinds))),
+                sorted(selector_hashes),
                 len(ids),
                 json.dumps(report.removed),
             ],
@@ -228,81 +270,6 @@ def erase_from_warehouse(
         con.execute("rollback")
         raise
     con.execute("checkpoint")  # the deleted rows leave the database file now, not at some later checkpoint
-    return report, {"files": files, "recordings": recordings, "agents": agents}
-
-
-def _without(data: bytes, session_ids: set[str]) -> tuple[bytes, int]:
-    kept, removed = [], 0
-    for line in data.splitlines(keepends=True):
-        if _line_session(line) in session_ids:
-            removed += 1
-        else:
-            kept.append(line)
-    return b"".join(kept), removed
-
-
-def erase_landing_objects(landing, urls: Iterable[str], session_ids: set[str]) -> int:
-    """Landed objects (s3://) that held the sessions' events, written again under the same
-    name without them (an object PUT replaces it whole: no reader sees a torn object, and the
-    ingest, which knows it by name, does not take the rest in again)."""
-    import obstore
-
-    store, root, removed = landing.store(), landing.url.rstrip("/") + "/", 0
-    for url in sorted({u for u in urls if u.startswith(root)}):
-        key = url.removeprefix(root)
-        kept, n = _without(bytes(obstore.get(store, key).bytes()), session_ids)
-        if n:
-            obstore.put(store, key, kept)
-            removed += n
-    return removed
-
-
-def rewrite_without(path: Path, session_ids: set[str]) -> int:
-    """Rewrite a landing segment (or review file) without the lines of `session_ids`,
-    atomically (a new file fsynced, then renamed over the old: a reader sees the old or the
-    new, never a torn one). Returns how many lines were removed."""
-    kept, removed = _without(path.read_bytes(), session_ids)
-    if not removed:
-        return 0
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.erase")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_whole(fd, kept)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return removed
-
-
-def _line_session(line: bytes) -> str | None:
-    """The session a landing envelope or review line is about (None when it cannot be read)."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    if isinstance(record.get("session_id"), str):
-        return record["session_id"]
-    body = record.get("body")
-    if isinstance(body, str):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            inner = orjson.loads(body)
-            if isinstance(inner, dict) and isinstance(inner.get("session_id"), str):
-                return inner["session_id"]
-    return None
-
-
-def erase_landing_files(files: Iterable[str], session_ids: set[str]) -> int:
-    """`files`: the sealed segments that held the sessions' events, and those not ingested yet
-    (a late event of an erased session may wait there), each rewritten without them."""
-    removed = 0
-    for path in sorted({Path(f) for f in files if not str(f).startswith("s3://")}):
-        if path.is_file() and path.name.endswith(SEALED_SUFFIX):
-            removed += rewrite_without(path, session_ids)
-    return removed
 
 
 def erase_quarantine(quarantine: Path, session_ids: set[str]) -> int:
@@ -378,6 +345,41 @@ def scrub_dagster_home(home: Path, session_ids: set[str]) -> int:
     return changed
 
 
+def scrub_files(root: Path, session_ids: set[str]) -> int:
+    """Replace the session ids in every file under `root` (dbt's logs and run results of the
+    pipeline's builds) with `<erased>`. Returns how many files changed."""
+    if not root.is_dir() or not session_ids:
+        return 0
+    needles = [s.encode() for s in session_ids]
+    changed = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if any(n in data for n in needles):
+            for n in needles:
+                data = data.replace(n, ERASED.encode())
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.scrub")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            changed += 1
+    return changed
+
+
+def result_endpoints_for_erasure(configured: list, outbox_path: Path | None) -> list:
+    """Who gets `call.erased`: the endpoints configured here and every endpoint the outbox ever
+    queued a message for (so a `forget` started where LAYERCODE_RESULT_WEBHOOKS is not set still
+    tells them; the process that delivers signs with its own configuration)."""
+    from layercode_pipeline.lib.result_webhooks.outbox import Outbox
+
+    by_url = {e.url: e for e in configured}
+    if outbox_path is not None and outbox_path.exists():
+        for known in Outbox(outbox_path).known_endpoints():
+            by_url.setdefault(known.url, known)
+    return list(by_url.values())
+
+
 def forget(
     *,
     warehouse,  # lib.warehouse.Warehouse
@@ -390,67 +392,154 @@ def forget(
     object_landing=None,  # landing.objects.ObjectLanding, when events land in S3
     dagster_home: Path | None = None,  # a Dagster instance with SQLite storage: its copies scrubbed
     requested_by: str = "cli",
-) -> ErasureReport:
-    """Forget the sessions `selectors` name in every store; see the module's docstring."""
+    allow_unmatched: bool = False,
+) -> list[ErasureReport]:
+    """Finish any erasure an earlier `forget` left half-done, then forget the sessions
+    `selectors` name in every store (see the module's docstring). Returns a report per erasure
+    (the resumed ones first). Raises UnmatchedIdentifiers, having done nothing new, when a
+    selector names no session and `allow_unmatched` is false."""
     from layercode_pipeline.lib.ingest import pending_segments
-    from layercode_pipeline.lib.result_webhooks.messages import erased_message
-    from layercode_pipeline.lib.result_webhooks.outbox import Outbox
-    from layercode_pipeline.lib.serving_copy import STATE_FILE, publish_serving_copy
 
+    ledger = ErasureLedger.under(paths.data_dir)
+    stores = _FileStores(
+        warehouse,
+        paths,
+        recordings,
+        outbox_path,
+        result_endpoints_for_erasure(endpoints or [], outbox_path),
+        object_landing,
+        dagster_home,
+    )
+    reports = [stores.finish(ledger, unfinished) for unfinished in ledger.unfinished()]
+    if not selectors:
+        return reports
     with warehouse.open_for_writing() as con:
-        report, found = erase_from_warehouse(con, key, selectors, requested_by=requested_by)
-        pending = [str(p) for p in pending_segments(con, paths.landing)] if paths.landing.is_dir() else []
-    ids = set(report.sessions)
-    if ids:
-        report.add("landing events", erase_landing_files([*found["files"], *pending], ids))
-        if object_landing is not None:
-            report.add("landing events", erase_landing_objects(object_landing, found["files"], ids))
-        report.add("quarantine files", erase_quarantine(paths.quarantine, ids))
-        report.add("recordings", sum(recordings.delete(uri) for uri in found["recordings"]))
-        for review_file in sorted(paths.reviews.glob("reviews-*.jsonl")) if paths.reviews.is_dir() else []:
-            report.add("reviews", rewrite_without(review_file, ids))
-        report.add(
-            "express answers",
-            erase_from_sqlite(
-                paths.data_dir / "enrichment" / "express_answers.sqlite3",
-                [("delete from answers where " + " or ".join(["instr(row, ?) > 0"] * len(ids)), sorted(ids))],
-            ),
-        )
-        if outbox_path is not None and outbox_path.exists():
+        sessions, conversations, matched = resolve(con, key, selectors)
+        unmatched = [s for s in selectors if not matched[s]]
+        if unmatched and not allow_unmatched:
+            raise UnmatchedIdentifiers(unmatched, matched)
+        report = ErasureReport(uuid.uuid4().hex, datetime.now(UTC), sorted(sessions), sorted(conversations))
+        report.matched = matched
+        plan = plan_erasure(con, sessions, conversations)
+        if sessions and paths.landing.is_dir():  # a late event of an erased session may wait there
+            plan["files"] += [str(p) for p in pending_segments(con, paths.landing)]
+        forms = [f for group in _with_hashed_phones(key, selectors).values() for f in group]
+        tombstones = {keyed_hash(key, "session", s): "session" for s in sessions}
+        tombstones |= {keyed_hash(key, "conversation", c): "conversation" for c in conversations}
+        tombstones |= {keyed_hash(key, f.kind, f.value): f.kind for f in forms}
+        plan |= {
+            "erased_at": report.erased_at.isoformat(),
+            "selector_kinds": [s.kind for s in selectors],
+            "selector_hashes": [keyed_hash(key, s.kind, s.value) for s in forms],
+            "tombstones": tombstones,
+        }
+        # recorded before any store is touched: a stop from here on is finished by the next forget
+        ledger.begin(report.erasure_id, requested_by, tombstones, plan)
+    reports.append(stores.finish(ledger, _unfinished(ledger, report.erasure_id), report=report))
+    return reports
+
+
+def _unfinished(ledger: ErasureLedger, erasure_id: str):
+    return next(u for u in ledger.unfinished() if u.erasure_id == erasure_id)
+
+
+@dataclass
+class _FileStores:
+    warehouse: Any
+    paths: Any
+    recordings: Any
+    outbox_path: Path | None
+    endpoints: list
+    object_landing: Any
+    dagster_home: Path | None
+
+    def finish(self, ledger: ErasureLedger, unfinished, report: ErasureReport | None = None) -> ErasureReport:
+        """Carry out (or finish) one recorded erasure in every store, then mark it done."""
+        from layercode_pipeline.lib.result_webhooks.messages import erased_message
+        from layercode_pipeline.lib.result_webhooks.outbox import Outbox
+        from layercode_pipeline.lib.serving_copy import STATE_FILE, publish_serving_copy
+
+        plan = unfinished.plan
+        if report is None:
+            report = ErasureReport(
+                unfinished.erasure_id,
+                datetime.fromisoformat(plan["erased_at"]),
+                plan["sessions"],
+                plan["conversations"],
+                resumed=True,
+            )
+        with self.warehouse.open_for_writing() as con:
+            erase_from_warehouse(
+                con,
+                report,
+                tombstones=plan["tombstones"],
+                requested_by=unfinished.requested_by,
+                selector_kinds=plan["selector_kinds"],
+                selector_hashes=plan["selector_hashes"],
+            )
+        ids = set(report.sessions)
+        if ids:
+            # the deleted rows' bytes stay in the file's free blocks: the file is written anew
+            if self.warehouse.rewrite_file():
+                report.add("warehouse file rewritten", 1)
+            report.add("landing events", erase_landing_files(plan["files"], ids))
+            if self.object_landing is not None:
+                report.add("landing events", erase_landing_objects(self.object_landing, plan["files"], ids))
+            report.add("quarantine files", erase_quarantine(self.paths.quarantine, ids))
+            report.add("recordings", sum(self.recordings.delete(uri) for uri in plan["recordings"]))
+            reviews = self.paths.reviews
+            for review_file in sorted(reviews.glob("reviews-*.jsonl")) if reviews.is_dir() else []:
+                report.add("reviews", rewrite_without(review_file, ids))
             report.add(
-                "result messages",
+                "express answers",
                 erase_from_sqlite(
-                    outbox_path,
-                    [
-                        (
-                            "delete from deliveries where message_id in (select id from messages where session_id in "
-                            f"({','.join('?' * len(ids))}) and type <> 'call.erased')",
-                            sorted(ids),
-                        ),
-                        (
-                            f"delete from messages where session_id in ({','.join('?' * len(ids))}) "
-                            "and type <> 'call.erased'",
-                            sorted(ids),
-                        ),
-                    ],
+                    self.paths.data_dir / "enrichment" / "express_answers.sqlite3",
+                    [("delete from answers where " + " or ".join(["instr(row, ?) > 0"] * len(ids)), sorted(ids))],
                 ),
             )
-            # the customer's product deletes its copy too; and the outbox takes no new message
-            # for these sessions (Outbox.enqueue refuses a session with a call.erased)
-            Outbox(outbox_path).enqueue(
-                [erased_message(sid, found["agents"].get(sid), report.erased_at) for sid in sorted(ids)],
-                endpoints or [],
+            if self.outbox_path is not None:
+                marks = ",".join("?" * len(ids))
+                report.add(
+                    "result messages",
+                    erase_from_sqlite(
+                        self.outbox_path,
+                        [
+                            (
+                                f"delete from deliveries where message_id in (select id from messages where "
+                                f"session_id in ({marks}) and type <> 'call.erased')",
+                                sorted(ids),
+                            ),
+                            (
+                                f"delete from messages where session_id in ({marks}) and type <> 'call.erased'",
+                                sorted(ids),
+                            ),
+                        ],
+                    ),
+                )
+                # the customer's product deletes its copy too; the outbox takes no new message
+                # for these sessions (with no endpoint anywhere, only their hashes are kept)
+                outbox = Outbox(self.outbox_path)
+                if self.endpoints:
+                    report.add(
+                        "call.erased queued",
+                        outbox.enqueue(
+                            [erased_message(sid, plan["agents"].get(sid), report.erased_at) for sid in sorted(ids)],
+                            self.endpoints,
+                        ),
+                    )
+                outbox.refuse_sessions(ids)
+            report.add("dbt logs", scrub_files(self.paths.data_dir / "dbt", ids))
+            if self.dagster_home is not None:
+                report.add("dagster records", scrub_dagster_home(self.dagster_home, ids))
+            serving = self.paths.serving
+            if (serving / "analytics.duckdb").exists():  # a whole new copy and new Parquet files
+                (serving / STATE_FILE).unlink(missing_ok=True)
+                publish_serving_copy(self.warehouse, serving)
+                report.add("serving copy republished", 1)
+        with self.warehouse.open_for_writing() as con:  # what the file stores removed, for the audit
+            con.execute(
+                "update raw.erasure_audit set removed = ? where erasure_id = ?",
+                [json.dumps(report.removed), report.erasure_id],
             )
-        if dagster_home is not None:
-            report.add("dagster records", scrub_dagster_home(dagster_home, ids))
-        serving = paths.serving
-        if (serving / "analytics.duckdb").exists():  # a whole new copy and new Parquet files
-            (serving / STATE_FILE).unlink(missing_ok=True)
-            publish_serving_copy(warehouse, serving)
-            report.add("serving copy republished", 1)
-    with warehouse.open_for_writing() as con:  # what the file stores removed, for the audit
-        con.execute(
-            "update raw.erasure_audit set removed = ? where erasure_id = ?",
-            [json.dumps(report.removed), report.erasure_id],
-        )
-    return report
+        ledger.finish(report.erasure_id)
+        return report

@@ -135,9 +135,21 @@ class LocalRecordingStore(RecordingStore):
     def fetch(self, uri: str, dest: Path) -> None:
         shutil.copyfile(uri, dest)
 
+    def key_of(self, uri: str) -> str:
+        """The key a kept file's uri names (`agent=<id>/dt=<date>/<session>.wav`): a uri is the
+        absolute path the file was kept under, and the data directory may have moved since (a
+        copy, a restore, another mount): the key finds the file under this store's root."""
+        parts = Path(uri).parts
+        for i, part in enumerate(parts):
+            if part.startswith("agent="):
+                return "/".join(parts[i:])
+        raise UnsafeIdentifier(f"{uri} is not a kept recording's path")
+
     def delete(self, uri: str) -> bool:
+        """Remove the kept file under this store's root (never a file outside it: a uri kept
+        before the data directory moved still names the file here, not the old place)."""
         try:
-            Path(uri).unlink()
+            self.path(self.key_of(uri)).unlink()
             return True
         except FileNotFoundError:
             return False

@@ -16,12 +16,15 @@ from layercode_pipeline.defs.resources import (
     RetentionResource,
     StorageResource,
 )
-from layercode_pipeline.lib.privacy import forget, read_selectors
-from layercode_pipeline.lib.retention import RetentionPolicy, apply_retention
+from layercode_pipeline.lib.privacy import UnmatchedIdentifiers, forget, read_selectors
+from layercode_pipeline.lib.retention import RetentionPolicy, apply_retention, check_policy
 
 
 class ForgetConfig(dg.Config):
     from_file: str  # one identifier per line: session:<id>, conversation:<id> or phone:<E.164>
+    # erase what matched even when some identifiers match no session (their tombstones still
+    # keep them out); false: such a file fails the run and nothing is erased
+    allow_unmatched: bool = False
 
 
 @dg.op(pool=WAREHOUSE_POOL, description="Forget the callers the file names, in every store (lib/privacy.py).")
@@ -32,26 +35,39 @@ def forget_callers(
     result_webhooks: ResultWebhooksResource,
 ) -> None:
     selectors = read_selectors(Path(config.from_file))
-    report = forget(
-        warehouse=storage.warehouse,
-        paths=storage.paths,
-        key=storage.privacy_key_value(),
-        selectors=selectors,
-        recordings=storage.recording_store(),
-        outbox_path=Path(result_webhooks.outbox_path),
-        endpoints=result_webhooks.endpoints(),
-        object_landing=storage.object_landing,
-        # this instance's own copies (SQLite storage under its home; Postgres is not scrubbed)
-        dagster_home=Path(context.instance.root_directory) if context.instance.root_directory else None,
-        requested_by="dagster",
-    )
-    context.log.info(f"erasure {report.erasure_id}: {len(report.sessions)} sessions forgotten")
-    context.log_event(
-        dg.AssetObservation(
-            asset_key=dg.AssetKey(["marts", "erasure_audit"]),
-            metadata={"erasure_id": report.erasure_id, "sessions": len(report.sessions), **report.removed},
+    try:
+        reports = forget(
+            warehouse=storage.warehouse,
+            paths=storage.paths,
+            key=storage.privacy_key_value(),
+            selectors=selectors,
+            recordings=storage.recording_store(),
+            outbox_path=Path(result_webhooks.outbox_path),
+            endpoints=result_webhooks.endpoints(),
+            object_landing=storage.object_landing,
+            # this instance's own copies (SQLite storage under its home; Postgres is not scrubbed)
+            dagster_home=Path(context.instance.root_directory) if context.instance.root_directory else None,
+            requested_by="dagster",
+            allow_unmatched=config.allow_unmatched,
         )
-    )
+    except UnmatchedIdentifiers as exc:
+        # positions in the file, never the identifiers: Dagster keeps every run's logs
+        lines = [i + 1 for i, s in enumerate(selectors) if s in exc.unmatched]
+        raise dg.Failure(
+            f"{len(exc.unmatched)} of {len(selectors)} identifiers in the file matched no session "
+            f"(identifiers number {lines[:20]}): nothing was erased. Fix them, or set allow_unmatched.",
+        ) from None
+    for report in reports:
+        context.log.info(
+            f"erasure {report.erasure_id}{' (finished, stopped half-way earlier)' if report.resumed else ''}: "
+            f"{len(report.sessions)} sessions forgotten"
+        )
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=dg.AssetKey(["marts", "erasure_audit"]),
+                metadata={"erasure_id": report.erasure_id, "sessions": len(report.sessions), **report.removed},
+            )
+        )
 
 
 @dg.job(description="Forget callers everywhere (run config: `from_file`, a file of identifiers on this host).")
@@ -75,6 +91,10 @@ def expire_old_data(
     if policy == RetentionPolicy():
         context.log.info("no LAYERCODE_RETENTION_* setting: everything is kept")
         return
+    try:
+        check_policy(policy)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from None
     done = apply_retention(
         warehouse=storage.warehouse,
         paths=storage.paths,

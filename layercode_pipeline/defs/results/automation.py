@@ -17,6 +17,7 @@ from layercode_pipeline.defs.enrichment.assets import enrichment_setup
 from layercode_pipeline.defs.resources import OpenAIResource, ResultWebhooksResource, StorageResource
 from layercode_pipeline.defs.results.assets import dispatcher_for
 from layercode_pipeline.lib.enrichment.analysis import schema_version
+from layercode_pipeline.lib.erasure_ledger import ErasureLedger
 from layercode_pipeline.lib.result_webhooks.express import express_round
 from layercode_pipeline.lib.serving_copy import SERVING_FILE
 
@@ -65,6 +66,8 @@ def result_webhooks_sensor(
             schema_version(schema),
             storage.answer_cache(),
             agent_names=lambda: agent_names(storage),
+            # erased callers' calls, landed before the erasure or after it, are never sent
+            erased=ErasureLedger.under(storage.paths.data_dir).erased(storage.privacy_key_value()),
         )
         express = express_stats.summary() + "; "
     stats = dispatcher_for(result_webhooks, endpoints).run_round(wait_s=TICK_WAIT_S)

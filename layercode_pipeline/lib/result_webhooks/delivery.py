@@ -18,6 +18,7 @@ one deadline per round and its queue does not pile up timeouts.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import threading
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from layercode_pipeline.config import ResultEndpoint
+from layercode_pipeline.lib.result_webhooks.messages import CALL_ERASED
 from layercode_pipeline.lib.result_webhooks.outbox import LEASE_MARGIN_S, Delivery, Outbox
 from layercode_pipeline.lib.result_webhooks.signing import webhook_headers
 
@@ -98,15 +100,25 @@ class Dispatcher:
         self._busy: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(endpoints)), thread_name_prefix="result-webhooks")
-        self._client = httpx.Client(
-            follow_redirects=False,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=4 * max(1, len(endpoints))),
-        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+        """One POST under one deadline for the whole attempt (connect, send, the answer's
+        status line and headers): a per-read timeout let an endpoint that trickles its answer
+        hold an attempt past its lease, and another worker sent the same message at once.
+        The answer's body is never read (its status is the answer): a gzip-encoded body cannot
+        cost memory, whatever it inflates to."""
+        async with asyncio.timeout(self.timeout_s):
+            async with httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(self.timeout_s)) as client:
+                response = await client.send(
+                    client.build_request("POST", url, content=body, headers=headers), stream=True
+                )
+                try:
+                    return response.status_code, response.headers.get("retry-after")
+                finally:
+                    await response.aclose()
 
     def __enter__(self) -> Dispatcher:
         return self
@@ -178,13 +190,11 @@ class Dispatcher:
         retry_hint: float | None = None
         unresponsive = False
         try:
-            response = self._client.post(endpoint.url, content=d.body, headers=headers)
-            status = response.status_code
+            status, retry_after = asyncio.run(self._post(endpoint.url, d.body, headers))
             error = None if 200 <= status < 300 else f"HTTP {status}"
             if status in (429, 503):
-                retry_hint = retry_after_s(response.headers.get("retry-after"), now)
-            response.close()
-        except httpx.TimeoutException as exc:
+                retry_hint = retry_after_s(retry_after, now)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             error, unresponsive = f"timeout after {self.timeout_s:g} s ({type(exc).__name__})", True
         except httpx.TransportError as exc:  # refused, reset, DNS: the endpoint is down
             error, unresponsive = f"{type(exc).__name__}: {str(exc)[:200]}", True
@@ -192,6 +202,8 @@ class Dispatcher:
         if status is not None and 200 <= status < 300:
             self.outbox.record_attempt(d, at=at, status=status, error=None, outcome="delivered")
             stats.delivered += 1
+            if d.type == CALL_ERASED:  # it names the session: gone once every endpoint has it
+                self.outbox.forget_delivered_erasures()
             return "delivered"
         if status == 410:
             self.outbox.record_attempt(d, at=at, status=status, error="410 Gone: endpoint disabled", outcome="dead")

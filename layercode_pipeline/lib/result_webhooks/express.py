@@ -62,12 +62,14 @@ class ExpressStats:
     sent: int = 0  # messages recorded in the outbox
     deferred: int = 0  # waiting for a writer's open segment
     left: int = 0  # left to the warehouse path (no transcript, no session.start, provider error)
+    erased: int = 0  # of an erased session, conversation or number: never sent
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"express: {self.seen} session.end read, {self.sent} call.analyzed recorded, "
             f"{self.deferred} waiting for an open segment, {self.left} left to the warehouse path"
+            + (f", {self.erased} of erased callers dropped" if self.erased else "")
         )
 
 
@@ -90,8 +92,11 @@ def _decode(line: bytes) -> Landed | None:
         return None  # the ingest records it as a reject
     if env.get("error") is not None or not isinstance(body, dict) or not body.get("session_id"):
         return None  # kept by the listener as invalid: not in the staging views either
+    received_at = _parse_time(env.get("received_at"))
+    if received_at is None:
+        return None
     return Landed(
-        received_at=datetime.fromisoformat(env["received_at"]),
+        received_at=received_at,
         agent_id=env["agent_id"],
         event_type=env["event_type"],
         key=event_key(env["agent_id"], env["event_type"], env["content_sha256"], body),
@@ -134,7 +139,7 @@ def _first_received(path: Path) -> datetime | None:
     try:
         with open(path, "rb") as fh:
             first = fh.readline()
-        return datetime.fromisoformat(orjson.loads(first)["received_at"])
+        return _parse_time(orjson.loads(first)["received_at"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -148,11 +153,19 @@ def _measure(value: Any, upper: float) -> float | None:
     return number if 0 <= number <= upper else None
 
 
-def _timestamp(value: Any) -> str | None:
+def _parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time, in UTC; one without an offset is taken as UTC (as the staging views
+    take it), never compared naive with an aware one."""
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC).isoformat()
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _timestamp(value: Any) -> str | None:
+    parsed = _parse_time(value)
+    return parsed.isoformat() if parsed else None
 
 
 def _metadata(body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
@@ -225,13 +238,21 @@ def express_round(
     answers: AnswerCache,
     *,
     agent_names: Callable[[], dict[str, str]] = dict,
+    erased: Callable[[dict[str, Any]], bool] = lambda body: False,
     redact_pii: bool = True,
     max_sessions: int = 200,
     concurrency: int = 8,
     now: datetime | None = None,
 ) -> ExpressStats:
     """One round: every session.end sealed since the outbox's mark becomes a recorded
-    `call.analyzed` (or waits, or is left to the warehouse path)."""
+    `call.analyzed` (or waits, or is left to the warehouse path). `erased` is true for the body
+    of an erased session, conversation or number (the erasure ledger's tombstones): such a
+    call is never analysed nor sent, landed before the erasure or after it.
+
+    A round takes whole segments, at least one, up to `max_sessions` session.ends past the
+    first: the mark moves past every segment it took, so a segment of any size is done in one
+    round (a mark set inside a segment of more than `max_sessions` made every round take the
+    same ones again)."""
     stats = ExpressStats()
     now = now or datetime.now(UTC)
     mark = outbox.mark(MARK)
@@ -262,14 +283,18 @@ def express_round(
     oldest_open = min(open_since, default=None)
     todo: list[tuple[Landed, list[Landed]]] = []
     new_mark = sealed[-1][0]
+    first_ctime = ends[0][0]
     for i, (ctime, end) in enumerate(ends):
-        if i == max_sessions:
-            new_mark = ctime - 1
+        if i >= max_sessions and ctime != first_ctime and ctime != ends[i - 1][0]:
+            new_mark = ends[i - 1][0]  # every segment up to the previous one was taken whole
             break
         if oldest_open is not None and oldest_open <= end.received_at:
             stats.deferred = len(ends) - i
             new_mark = ctime - 1
             break
+        if erased(end.body):
+            stats.erased += 1
+            continue
         todo.append((end, []))
     events = _session_events(landing, [end for end, _ in todo])
     ready = []
@@ -278,12 +303,24 @@ def express_round(
         if sid not in events or not isinstance(end.body.get("transcript"), list):
             stats.left += 1
             continue
+        if any(erased(e.body) for e in events[sid]):  # its number may be on another event only
+            stats.erased += 1
+            continue
         ready.append((end, events[sid]))
     todo = ready
     if todo:
         messages = asyncio.run(
             _analyse_all(
-                todo, make_provider, settings, schema_version, answers, agent_names(), redact_pii, concurrency, stats
+                todo,
+                make_provider,
+                settings,
+                schema_version,
+                answers,
+                agent_names(),
+                redact_pii,
+                concurrency,
+                stats,
+                outbox.has_message,
             )
         )
         stats.sent = len(messages)
@@ -303,10 +340,7 @@ def _session_events(landing: Path, ends: list[Landed]) -> dict[str, list[Landed]
     not among its events (pruned landing, a start before the lookback) is absent."""
     starts: dict[str, datetime] = {}
     for end in ends:
-        try:
-            start = datetime.fromisoformat(str(end.body.get("started_at")).replace("Z", "+00:00"))
-        except ValueError:
-            start = end.received_at - DEFAULT_LOOKBACK
+        start = _parse_time(end.body.get("started_at")) or end.received_at - DEFAULT_LOOKBACK
         # events arrive after the start: a start stamped after the session.end arrived is a
         # clock's error, not a reason to look in the future
         starts[end.body["session_id"]] = min(start, end.received_at) - START_SLACK
@@ -345,6 +379,7 @@ async def _analyse_all(
     redact_pii: bool,
     concurrency: int,
     stats: ExpressStats,
+    recorded: Callable[[str], bool] = lambda message_id: False,
 ) -> list[Message]:
     sem = asyncio.Semaphore(concurrency)
     provider = make_provider()  # in this event loop: a client is bound to the loop it is used in
@@ -356,6 +391,8 @@ async def _analyse_all(
         turns = turns_from_session_end(end.body["transcript"])
         t_hash = transcript_sha256(turns)
         key = cache_key(t_hash, settings.prompt_version, schema_version, provider.name, provider.model)
+        if recorded(Message.id_for(CALL_ANALYZED, (sid, key))):
+            return  # recorded already (a segment read again after `forget` rewrote it): not analysed twice
         row = answers.get([key]).get(key)
         if row is None:
             text = render(turns)
@@ -376,8 +413,15 @@ async def _analyse_all(
         data["analysis"] = analysis_object(row, datetime.now(UTC))
         messages.append(Message.build(CALL_ANALYZED, (sid, key), data))
 
+    async def isolated(end: Landed, events: list[Landed]) -> None:
+        try:
+            await one(end, events)
+        except Exception as exc:  # noqa: BLE001 - one odd session is left to the warehouse path, never the round
+            stats.left += 1
+            stats.errors.append(f"{end.body.get('session_id')}: {type(exc).__name__}: {str(exc)[:200]}")
+
     try:
-        await asyncio.gather(*(one(end, events) for end, events in todo))
+        await asyncio.gather(*(isolated(end, events) for end, events in todo))
     finally:
         await provider.aclose()
     if kept:

@@ -43,11 +43,16 @@ class Message:
     agent_id: str | None
     body: bytes  # the exact bytes signed and sent, the same on every attempt
 
+    @staticmethod
+    def id_for(event_type: str, key_parts: tuple[str, ...]) -> str:
+        """The message id of `build(event_type, key_parts, ...)`: derived from what it says."""
+        return "msg_" + hashlib.sha256(orjson.dumps([event_type, *key_parts])).hexdigest()[:32]
+
     @classmethod
     def build(
         cls, event_type: str, key_parts: tuple[str, ...], data: dict[str, Any], created_at: datetime | None = None
     ) -> Message:
-        msg_id = "msg_" + hashlib.sha256(orjson.dumps([event_type, *key_parts])).hexdigest()[:32]
+        msg_id = cls.id_for(event_type, key_parts)
         body = orjson.dumps(
             {
                 "type": event_type,

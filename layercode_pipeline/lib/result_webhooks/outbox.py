@@ -12,6 +12,8 @@ or the endpoint answered 410 Gone and was disabled). `replay` makes deliveries p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from layercode_pipeline.config import ResultEndpoint
-from layercode_pipeline.lib.result_webhooks.messages import Message
+from layercode_pipeline.lib.result_webhooks.messages import CALL_ANALYZED, CALL_ERASED, Message
 
 SCHEMA = """
 create table if not exists messages (
@@ -54,9 +58,26 @@ create table if not exists endpoints (
     reason       text
 );
 create table if not exists marks (name text primary key, value text not null);
+-- every endpoint a message was ever queued for, with what it takes (never its secret): an
+-- erasure started where LAYERCODE_RESULT_WEBHOOKS is not set still tells each of them
+create table if not exists known_endpoints (
+    url         text primary key,
+    events      text not null,         -- JSON list
+    agents      text,                  -- JSON list, null: every agent
+    first_seen  real not null
+);
+-- sessions erased (sha256 of the id): no message but call.erased is taken for them, after
+-- their call.erased itself has been delivered and removed
+create table if not exists erased_sessions (session_hash text primary key);
 """
 
 STATUSES = ("pending", "delivered", "dead")
+
+
+def _session_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 LEASE_MARGIN_S = 5.0
 
 
@@ -101,21 +122,40 @@ class Outbox:
 
     # --- writing -------------------------------------------------------------------------
     def enqueue(self, messages: Iterable[Message], endpoints: list[ResultEndpoint], now: float | None = None) -> int:
-        """Record each message and a pending delivery for every endpoint that wants it. Returns
-        how many deliveries are new (a message enqueued again adds none)."""
+        """Record each new message and a pending delivery for every endpoint that wants it.
+        Returns how many deliveries are new. A message enqueued again (the express path and the
+        warehouse path build the same one; a landing file rewritten by `forget` is read again)
+        adds none: an endpoint added later gets what is analysed from then on, never the past.
+        A `call.analyzed` that follows an earlier, different one for its session says which it
+        replaces (`data.replaces`)."""
         now = time.time() if now is None else now
         added = 0
         with self._tx() as con:
+            self._remember_endpoints(con, endpoints, now)
             for m in messages:
-                erased = con.execute(  # an erased session gets no new message but its call.erased
-                    "select 1 from messages where session_id = ? and type = 'call.erased'", (m.session_id,)
-                ).fetchone()
-                if erased and m.type != "call.erased":
-                    continue
-                con.execute(
+                if m.type != CALL_ERASED and self._is_erased(con, m.session_id):
+                    continue  # an erased session gets no new message but its call.erased
+                body = m.body
+                if (
+                    m.type == CALL_ANALYZED
+                    and not con.execute("select 1 from messages where id = ?", (m.id,)).fetchone()
+                ):
+                    earlier = con.execute(
+                        "select id from messages where session_id = ? and type = ? order by created_at desc limit 1",
+                        (m.session_id, CALL_ANALYZED),
+                    ).fetchone()
+                    if earlier:
+                        parsed = orjson.loads(body)
+                        parsed["data"]["replaces"] = earlier[0]
+                        body = orjson.dumps(parsed)
+                new = con.execute(
                     "insert or ignore into messages values (?, ?, ?, ?, ?, ?)",
-                    (m.id, m.type, m.session_id, m.agent_id, m.body, now),
-                )
+                    (m.id, m.type, m.session_id, m.agent_id, body, now),
+                ).rowcount
+                if not new:
+                    continue
+                if m.type == CALL_ERASED:
+                    con.execute("insert or ignore into erased_sessions values (?)", (_session_hash(m.session_id),))
                 for ep in endpoints:
                     if ep.wants(m.type, m.agent_id):
                         added += con.execute(
@@ -124,6 +164,74 @@ class Outbox:
                             (m.id, ep.url, now),
                         ).rowcount
         return added
+
+    @staticmethod
+    def _is_erased(con: sqlite3.Connection, session_id: str) -> bool:
+        return bool(
+            con.execute("select 1 from erased_sessions where session_hash = ?", (_session_hash(session_id),)).fetchone()
+            or con.execute(
+                "select 1 from messages where session_id = ? and type = ?", (session_id, CALL_ERASED)
+            ).fetchone()
+        )
+
+    @staticmethod
+    def _remember_endpoints(con: sqlite3.Connection, endpoints: list[ResultEndpoint], now: float) -> None:
+        con.executemany(
+            "insert into known_endpoints values (?, ?, ?, ?) on conflict (url) do update set "
+            "events = excluded.events, agents = excluded.agents",
+            [
+                (
+                    e.url,
+                    json.dumps(sorted(e.events)),
+                    json.dumps(sorted(e.agents)) if e.agents is not None else None,
+                    now,
+                )
+                for e in endpoints
+            ],
+        )
+
+    def has_message(self, message_id: str) -> bool:
+        with self._connect() as con:
+            return con.execute("select 1 from messages where id = ?", (message_id,)).fetchone() is not None
+
+    def known_endpoints(self) -> list[ResultEndpoint]:
+        """Every endpoint messages were ever queued for, with what it takes (no secrets: the
+        process that delivers signs with its own configuration)."""
+        with self._connect() as con:
+            rows = con.execute("select url, events, agents from known_endpoints order by url").fetchall()
+        return [
+            ResultEndpoint(url, (), frozenset(json.loads(events)), frozenset(json.loads(agents)) if agents else None)
+            for url, events, agents in rows
+        ]
+
+    def refuse_sessions(self, session_ids: Iterable[str]) -> None:
+        """Take no message but `call.erased` for these (erased) sessions from now on."""
+        with self._tx() as con:
+            con.executemany(
+                "insert or ignore into erased_sessions values (?)", [(_session_hash(s),) for s in session_ids]
+            )
+
+    def forget_delivered_erasures(self) -> int:
+        """A `call.erased` delivered to every endpoint it was queued for has done its work: it
+        goes with its deliveries (it names the session); the session stays refused by its hash."""
+        with self._tx() as con:
+            ids = [
+                r[0]
+                for r in con.execute(
+                    """select m.id from messages m where m.type = ? and not exists (
+                           select 1 from deliveries d where d.message_id = m.id and d.status <> 'delivered')""",
+                    (CALL_ERASED,),
+                ).fetchall()
+            ]
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+                marks = ",".join("?" * len(chunk))
+                con.execute(f"delete from deliveries where message_id in ({marks})", chunk)
+                con.execute(f"delete from messages where id in ({marks})", chunk)
+        if ids:
+            with self._connect() as con:
+                con.execute("pragma wal_checkpoint(truncate)")
+                con.execute("vacuum")
+        return len(ids)
 
     def claim_due(self, endpoint_url: str, now: float, limit: int, lease_s: float) -> list[Delivery]:
         """Lease this endpoint's due deliveries (oldest first) to the caller for `lease_s`
