@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -91,11 +92,27 @@ class DataPaths:
 
 
 def inherited_environment() -> dict[str, str]:
-    """This process's whole environment, for a process that works on its behalf: the warm dbt
-    (defs/dbt/warm.py) runs each dbt command with the environment dagster-dbt gave the command,
-    as a child process would inherit it. Handed over a socket only the user can open; never
-    logged or stored."""
+    """This process's whole environment (what a dbt invocation reads its DBT_* options from)."""
     return dict(os.environ)
+
+
+# What a dbt build reads from its environment: dbt's and dagster-dbt's own variables, the
+# locale, the paths, and the warehouse profiles.yml may name. Never the pipeline's secrets (API
+# keys, webhook secrets, the privacy key): the warm dbt is handed only these.
+_BUILD_VARIABLES = re.compile(
+    r"(DBT_\w*|DAGSTER_DBT_\w*|PATH|HOME|USER|LOGNAME|LANG|LANGUAGE|LC_\w+|TZ|TMPDIR|PYTHON\w*|VIRTUAL_ENV"
+    r"|LAYERCODE_WAREHOUSE|LAYERCODE_WAREHOUSE_PATH)"
+)
+
+
+def build_environment(*, motherduck: bool = False) -> dict[str, str]:
+    """The part of this process's environment a dbt build needs (the warm dbt runs each build
+    with it, as a child process would inherit it): MOTHERDUCK_TOKEN only for a MotherDuck
+    warehouse, which dbt's `motherduck` extension reads itself. Never logged or stored."""
+    env = {k: v for k, v in os.environ.items() if _BUILD_VARIABLES.fullmatch(k)}
+    if motherduck and "MOTHERDUCK_TOKEN" in os.environ:
+        env["MOTHERDUCK_TOKEN"] = os.environ["MOTHERDUCK_TOKEN"]
+    return env
 
 
 def adopt_environment(env: dict[str, str]) -> None:
@@ -372,6 +389,10 @@ class Settings(BaseSettings):
     retention_reviews_days: int | None = Field(default=None, ge=1)
 
     # --- dashboard and review workbench ---------------------------------------------------
+    # The host names the dashboard answers to, besides 127.0.0.1, localhost and ::1 (and the
+    # address it listens on): JSON list, e.g. ["analytics.example.com"]. Any other `Host` is
+    # refused, so a page on another site cannot read calls through DNS rebinding.
+    dashboard_hosts: list[str] = []
     # JSON {"<reviewer name>": "<token or password>"}: who may save reviews in the dashboard.
     # Unset: the dashboard is read-only.
     reviewers: SecretStr | None = Field(default=None, repr=False)

@@ -541,3 +541,53 @@ def test_the_audio_thresholds_are_the_marts_thresholds():
         audio.CLIPPED_SHARE,
         audio.LENGTH_TOLERANCE_S,
     )
+
+
+def test_hostile_wav_files_are_each_set_aside_with_bounded_memory_and_the_stage_goes_on(env):
+    """A header of 4,294,967,295 Hz or of 1 Hz, a walk of 100,000 chunks before the samples,
+    and a body sent gzip-encoded that inflates to 256 MiB: each is that recording's error with
+    its reason (nothing of it kept, no temporary file left), the others are kept, the next run
+    succeeds, and the whole run's Python allocations stay far under what the gzip body inflates
+    to (httpx inflated each network read whole: about 2 GB per MiB on the wire)."""
+    import tracemalloc
+
+    report = env["report"]
+    dropped_update = {sid for sid, e in report.dropped if e == "session.update"}
+    completed = [
+        s for s in env["batch"].sessions if s.recording_outcome == "completed" and s.session_id not in dropped_update
+    ]
+    faults = ("absurd_rate", "one_hz", "tiny_chunks", "gzip_bomb")
+    hostile = dict(zip((s.session_id for s in completed), faults, strict=False))
+    for sid, fault in hostile.items():
+        env["api"].script(sid, *[fault] * 20)
+    from layercode_pipeline.simulator.api import gzip_bomb
+
+    gzip_bomb()  # made once, before the measured run: the sender's cost is not the pipeline's
+    rest = LayercodeAPIResource(**{**env["rest"].model_dump(), "recording_max_bytes": 300 * 1024 * 1024})
+    tracemalloc.start()
+    try:
+        result, _ = run(env, raw_layercode_events, layercode_recordings, rest=rest)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.success
+    print(f"peak {peak / 2**20:.0f} MiB")
+    assert peak < 64 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+    rows = {r[0]: r[1:] for r in query(env, "select session_id, status, error from raw.layercode_recordings")}
+    reasons = {
+        "absurd_rate": "4294967295 Hz",
+        "one_hz": " 1 Hz",
+        "tiny_chunks": "more than 64 chunks",
+        "gzip_bomb": "not a RIFF/WAVE file",  # inflated a piece at a time: all zeros
+    }
+    for sid, fault in hostile.items():
+        assert rows[sid][0] == "error" and reasons[fault] in rows[sid][1], (
+            fault,
+            rows[sid],
+            [r for r in env["api"].requests if r[1] == sid],
+        )
+    assert all(rows[s.session_id][0] == "downloaded" for s in completed if s.session_id not in hostile)
+    recordings = env["data"] / "recordings"
+    assert not [p for p in recordings.rglob("*") if p.is_file() and (p.stem in hostile or p.suffix == ".part")]
+    again, _ = run(env, raw_layercode_events, layercode_recordings, rest=rest)
+    assert again.success

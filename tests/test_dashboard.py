@@ -90,7 +90,7 @@ def dashboard(tmp_path_factory):
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         try:
-            yield {"page": page, "url": url, "serving": serving, "storage": storage}
+            yield {"page": page, "url": url, "serving": serving, "storage": storage, "playwright": p}
         finally:
             browser.close()
             proc.terminate()
@@ -216,3 +216,28 @@ def test_values_from_calls_are_rendered_as_text(dashboard):
     page.locator("#lowest-quality a", has_text=crafted_id).click()
     page.wait_for_selector("#call-title", timeout=30_000)
     assert page.inner_text("#call-title") == f"Call {crafted_id}"
+
+
+def test_a_page_on_another_site_cannot_read_the_dashboard_through_dns_rebinding(dashboard):
+    """A site whose name the attacker rebinds to this machine's loopback address: the browser
+    sends that name as `Host`, and the dashboard answers it nothing (421), neither the page,
+    nor Dash's data, nor a recording. Chromium resolves the name to 127.0.0.1 itself
+    (--host-resolver-rules), as a rebound DNS answer would."""
+    port = dashboard["url"].rsplit(":", 1)[1]
+    browser = dashboard["playwright"].chromium.launch(
+        executable_path=chromium(),
+        args=["--no-sandbox", "--host-resolver-rules=MAP rebound.attacker.test 127.0.0.1"],
+    )
+    try:
+        page = browser.new_page()
+        answer = page.goto(f"http://rebound.attacker.test:{port}/")
+        assert answer is not None and answer.status == 421
+        assert "not this dashboard's" in page.content()
+        for path in ("/_dash-layout", "/_dash-dependencies", "/recording/anything"):
+            status = page.evaluate(f"fetch('{path}').then(r => r.status)")
+            assert status == 421, path
+        # the dashboard's own name still works in the same browser
+        answer = page.goto(dashboard["url"] + "/")
+        assert answer is not None and answer.status == 200
+    finally:
+        browser.close()

@@ -255,3 +255,34 @@ def test_cross_site_requests_are_refused(workbench):
     assert as_form.status_code == 403  # what a plain HTML form on another site can send
     fetched = httpx.post(update, json={"output": "x"}, headers={"Sec-Fetch-Site": "cross-site"})
     assert fetched.status_code == 403
+
+
+def test_what_the_enrichment_said_is_read_by_the_server_never_taken_from_the_browser(workbench):
+    """The review keeps what the reviewer was shown: the server reads it again from the serving
+    copy. A browser that sends its own (forged, or 5 MB of it) changes nothing."""
+    import json
+
+    page, data, session_id = workbench["page"], workbench["data"], workbench["session_id"]
+    log = ReviewLog(data / "reviews")
+    before = len(list(log.reviews()))
+
+    def forge(route):
+        body = json.loads(route.request.post_data or "{}")
+        for state in body.get("state", []):
+            if state.get("id") == "review-context" and isinstance(state.get("value"), dict):
+                state["value"]["shown"] = {"provider": "forged", "padding": "x" * 5_000_000}
+        route.continue_(post_data=json.dumps(body))
+
+    page.goto(f"{workbench['dashboard'].url}/call/{session_id}")
+    page.wait_for_selector("#review-save", timeout=30_000)
+    page.route("**/_dash-update-component", forge)
+    try:
+        fill_review(page, "ana", REVIEWERS["ana"])
+        page.click("#review-save")
+        page.wait_for_selector(".review-saved", timeout=30_000)
+    finally:
+        page.unroute("**/_dash-update-component")
+    reviews = list(log.reviews())
+    assert len(reviews) == before + 1
+    latest = max(reviews, key=lambda r: r.reviewed_at)
+    assert latest.shown["provider"] not in (None, "forged") and "padding" not in latest.shown

@@ -44,8 +44,13 @@ NEVER_KEPT_HEADERS = frozenset(
 
 
 # Layercode's custom headers are free-form (contract section 6) and may carry the customer's own
-# credentials for its backend: a name that suggests one is never kept either.
-CREDENTIAL_NAME = re.compile(r"auth|token|secret|passw|key|cookie|signature|credential|bearer")
+# credentials for its backend: a name that suggests one is never kept either, whatever pattern
+# (`x-*`) admitted it: the words anywhere in the name, and the short forms (`x-pwd`, `x-pin`,
+# `x-sid`, `x-otp`) as a whole part of it.
+CREDENTIAL_NAME = re.compile(
+    r"auth|token|secret|passw|passphrase|passcode|pwd|key|cookie|signature|credential|bearer|jwt|private"
+    r"|(?:^|[-_.])(?:pw|pass|pin|otp|sid|sig|cred|nonce|hmac)(?:[-_.]|$)"
+)
 
 
 def header_allow_list(patterns: Iterable[str]) -> Callable[[bytes], bool]:

@@ -21,16 +21,38 @@ signed URL when the recordings are on object storage.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .queries import ALL, REFRESH_S, agents
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
-def create_app(serving: Path, refresh_s: float = REFRESH_S, *, workbench: Any = None, recordings: Any = None):
+
+def allowed_host_names(bind_host: str, configured: Iterable[str] = ()) -> frozenset[str]:
+    """The `Host` names the dashboard answers to: loopback, the address it listens on (unless a
+    wildcard), and the names configured (LAYERCODE_DASHBOARD_HOSTS)."""
+    names = {*LOOPBACK_HOSTS, *(h.strip().lower() for h in configured if h.strip())}
+    if bind_host not in WILDCARD_HOSTS:
+        names.add(bind_host.strip("[]").lower())
+    return frozenset(names)
+
+
+def create_app(
+    serving: Path,
+    refresh_s: float = REFRESH_S,
+    *,
+    workbench: Any = None,
+    recordings: Any = None,
+    allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
+):
     """The Dash app over `serving` (a path to analytics.duckdb). `workbench` (review.Workbench)
-    enables reviewing; `recordings` (a RecordingStore) enables the player."""
+    enables reviewing; `recordings` (a RecordingStore) enables the player. Requests whose `Host`
+    names none of `allowed_hosts` are refused (421): a page on another site whose name was
+    rebound to this address cannot read calls or recordings."""
     import dash
     import flask
     from dash import Input, Output, dcc, html
@@ -87,6 +109,18 @@ def create_app(serving: Path, refresh_s: float = REFRESH_S, *, workbench: Any = 
     if workbench is not None:
         register_review_callbacks(app, workbench)
     server = app.server
+    hosts = frozenset(h.lower() for h in allowed_hosts)
+
+    @server.before_request
+    def refuse_other_hosts():
+        """DNS rebinding: a name the browser trusts as another site, now pointing here."""
+        name = urlsplit("//" + (flask.request.host or "")).hostname or ""
+        if name.lower() not in hosts:
+            return flask.Response(
+                f"host {name!r} is not this dashboard's (LAYERCODE_DASHBOARD_HOSTS lists the names it answers to)",
+                status=421,
+            )
+        return None
 
     @server.before_request
     def refuse_cross_site():
@@ -128,5 +162,9 @@ def serve(
     *,
     workbench: Any = None,
     recordings: Any = None,
+    hosts: Iterable[str] = (),
 ) -> None:
-    create_app(serving, refresh_s, workbench=workbench, recordings=recordings).run(host=host, port=port, debug=False)
+    app = create_app(
+        serving, refresh_s, workbench=workbench, recordings=recordings, allowed_hosts=allowed_host_names(host, hosts)
+    )
+    app.run(host=host, port=port, debug=False)

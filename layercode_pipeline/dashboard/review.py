@@ -22,7 +22,7 @@ from dash import Input, Output, State, dcc, html
 from layercode_pipeline.lib.enrichment.analysis import OUTCOMES, SENTIMENTS
 from layercode_pipeline.lib.reviews import Review, ReviewLog, ReviewRefused, build_review
 
-from .queries import fmt, frame, has_table, session_exists
+from .queries import fmt, frame, has_table, session_exists, transcript
 
 QUEUE_SIZE = 10
 
@@ -64,10 +64,10 @@ def _history(reviews: list[Review]):
     )
 
 
-def review_panel(workbench: Workbench, head: dict[str, Any], turns: pl.DataFrame):
-    """The review form, prefilled with the enrichment's answers, and the call's reviews so far."""
-    session_id = head["session_id"]
-    shown: dict[str, Any] = {
+def shown_from(head: dict[str, Any] | None) -> dict[str, Any]:
+    """What the review form shows of the enrichment (and what a review keeps as `shown`)."""
+    head = head or {}
+    return {
         "provider": head.get("enrichment_provider"),
         "model": head.get("enrichment_model"),
         "prompt_version": head.get("enrichment_prompt_version"),
@@ -77,6 +77,12 @@ def review_panel(workbench: Workbench, head: dict[str, Any], turns: pl.DataFrame
         "topics": list(head.get("topics") or []),
         "quality_score": head.get("quality_score"),
     }
+
+
+def review_panel(workbench: Workbench, head: dict[str, Any], turns: pl.DataFrame):
+    """The review form, prefilled with the enrichment's answers, and the call's reviews so far."""
+    session_id = head["session_id"]
+    shown = shown_from(head)
     turn_options = [
         {"label": f" #{t['position']} {(t['text'] or '')[:60]}", "value": t["position"]}
         for t in turns.iter_rows(named=True)
@@ -155,7 +161,9 @@ def register_review_callbacks(app, workbench: Workbench) -> None:
                     "quality_score": quality,
                     "comment": comment or "",
                     "flagged_turns": [{"position": int(p)} for p in flagged or []],
-                    "shown": context.get("shown") or {},
+                    # what the page showed, read again here from the serving copy: never the
+                    # client's copy, which a reviewer's browser could send as anything, any size
+                    "shown": shown_from(transcript(workbench.serving, session_id)[0]) if session_id else {},
                 },
                 known_sessions={session_id} if session_exists(workbench.serving, session_id) else set(),
                 topics=workbench.topics,

@@ -23,6 +23,10 @@ SILENCE_DBFS = -50.0  # a window quieter than this is silence (line noise sits w
 CLIPPED_LEVEL = 0.999  # a sample at (or within 0.1% of) full scale is clipped
 FLOOR_DBFS = -120.0  # the level reported for digital silence, where the logarithm has no value
 BLOCK_WINDOWS = 500  # windows decoded at a time (10 s of audio)
+# a block is never more frames than this, whatever the header's rate and channels: a block's
+# arrays (float32 samples, their float64 squares, |x|) cost about 13 times its bytes on disk
+MAX_BLOCK_FRAMES = 1 << 17
+MEASURE_DEADLINE_S = 60.0  # a recording whose samples take longer than this is left unmeasured
 
 # What the warning checks call a problem. The marts' flags use the same figures, as dbt vars
 # in dbt_project.yml (tests/test_recording_store.py holds the two equal).
@@ -62,11 +66,39 @@ def _dbfs(level: float) -> float:
     return round(max(FLOOR_DBFS, 20 * math.log10(level)) if level > 0 else FLOOR_DBFS, 2)
 
 
-def analyse_wav(path: Path, info: WavInfo) -> AudioStats:
-    """The recording's figures, decoded block by block from `info.data_offset`."""
+class MeasureTimeout(TimeoutError):
+    pass
+
+
+def _longest_run(quiet, carried: int) -> tuple[int, int]:
+    """The longest run of True in `quiet` (a numpy bool array) counting a run of `carried`
+    before it, and the run still open at its end: vectorised (a Python loop per window cost
+    minutes on a long file)."""
+    import numpy as np
+
+    if not len(quiet):
+        return carried, carried
+    padded = np.concatenate(([False], quiet, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    starts, ends = edges[0::2], edges[1::2]
+    lengths = ends - starts
+    if len(starts) and starts[0] == 0:
+        lengths[0] += carried
+    longest = int(lengths.max()) if len(lengths) else 0
+    open_run = int(lengths[-1]) if len(ends) and ends[-1] == len(quiet) else 0
+    return max(longest, carried if not quiet[0] else 0), open_run
+
+
+def analyse_wav(path: Path, info: WavInfo, deadline_s: float = MEASURE_DEADLINE_S) -> AudioStats:
+    """The recording's figures, decoded block by block from `info.data_offset` (each block at
+    most MAX_BLOCK_FRAMES: memory bounded whatever the header says), within `deadline_s`
+    (MeasureTimeout past it)."""
+    import time
+
     import numpy as np
     import soundfile
 
+    give_up_at = time.monotonic() + deadline_s
     subtype = _subtype(info)
     clip_at = CLIPPED_LEVEL * _FULL_SCALE.get(subtype, 1.0)
     window = max(1, round(info.sample_rate * WINDOW_S))
@@ -85,11 +117,12 @@ def analyse_wav(path: Path, info: WavInfo) -> AudioStats:
             channels=info.channels,
             endian="LITTLE",
         ) as sound:
-            for block in sound.blocks(
-                blocksize=window * BLOCK_WINDOWS, dtype="float32", always_2d=True, frames=info.frames
-            ):
+            blocksize = min(window * BLOCK_WINDOWS, max(window, MAX_BLOCK_FRAMES // window * window))
+            for block in sound.blocks(blocksize=blocksize, dtype="float32", always_2d=True, frames=info.frames):
                 if not len(block):
                     break
+                if time.monotonic() > give_up_at:
+                    raise MeasureTimeout(f"the samples took over {deadline_s:g} s to measure")
                 squares = np.square(block, dtype=np.float64)
                 total_power += float(squares.sum())
                 peak = max(peak, float(np.abs(block).max()))
@@ -103,9 +136,8 @@ def analyse_wav(path: Path, info: WavInfo) -> AudioStats:
                 windows += len(quiet)
                 silent += int(quiet.sum())
                 # the longest run of quiet windows, carried across blocks
-                for is_quiet in quiet.tolist():
-                    run = run + 1 if is_quiet else 0
-                    longest = max(longest, run)
+                block_longest, run = _longest_run(quiet, run)
+                longest = max(longest, block_longest)
     samples = info.frames * info.channels
     return AudioStats(
         duration_s=round(info.frames / info.sample_rate, 3),

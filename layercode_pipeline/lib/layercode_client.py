@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import ipaddress
 import os
+import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,39 @@ class RecordingDownload:
     sha256: str | None = None
     wav: WavInfo | None = None
     detail: str | None = None
+
+
+CHUNK_BYTES = 256 * 1024
+
+
+async def _bounded_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body, decoded, at most CHUNK_BYTES at a time. httpx inflates each network read whole
+    before chunking it: a gzip body of zeros cost about 2 GB of memory per MiB on the wire. Here
+    the raw bytes are inflated with a bounded output per step, so the size cap applies as the
+    file grows, with constant memory; an encoding other than gzip or deflate is refused."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        async for chunk in response.aiter_raw(CHUNK_BYTES):
+            yield chunk
+        return
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise InvalidWav(f"the recording was sent with Content-Encoding {encoding!r}, which is not decoded here")
+    inflater = zlib.decompressobj(47 if "gzip" in encoding else zlib.MAX_WBITS)
+    async for raw in response.aiter_raw(CHUNK_BYTES):
+        data = raw
+        while data:
+            try:
+                out = inflater.decompress(data, CHUNK_BYTES)
+            except zlib.error as exc:
+                raise InvalidWav(f"the recording's {encoding} encoding is corrupt: {exc}") from None
+            if out:
+                yield out
+            data = inflater.unconsumed_tail
+            if not out and not data:
+                break
+    tail = inflater.flush()
+    if tail:
+        yield tail
 
 
 def _too_large(size: int, max_bytes: int) -> str:
@@ -325,7 +360,12 @@ class LayercodeClient:
                 try:
                     response = await stack.enter_async_context(
                         self._client.stream(
-                            "GET", self.session_path(agent_id, session_id) + "/recording", follow_redirects=True
+                            "GET",
+                            self.session_path(agent_id, session_id) + "/recording",
+                            follow_redirects=True,
+                            # a WAV is sent as it is; a host that compresses it anyway is decoded
+                            # a bounded piece at a time (see _bounded_chunks)
+                            headers={"accept-encoding": "identity"},
                         )
                     )
                 except RefusedRedirect as exc:  # this recording's error; the run goes on
@@ -353,7 +393,7 @@ class LayercodeClient:
                 size = 0
                 with tmp.open("wb") as fh:
                     try:
-                        async for chunk in response.aiter_bytes(256 * 1024):
+                        async for chunk in _bounded_chunks(response):
                             fh.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)

@@ -40,6 +40,13 @@ class FlaggedTurn(BaseModel):
     comment: str = Field(default="", max_length=MAX_COMMENT)
 
 
+# what a review keeps of the enrichment the reviewer was shown (dashboard/review.py's shown_from)
+SHOWN_KEYS = frozenset(
+    {"provider", "model", "prompt_version", "caller_name", "outcome", "sentiment", "topics", "quality_score"}
+)
+MAX_SHOWN_BYTES = 4096
+
+
 class Review(BaseModel):
     """One review of one session. `shown` is the enrichment the reviewer was shown (provider,
     model and its answers), so agreement is measured against what they judged."""
@@ -58,6 +65,17 @@ class Review(BaseModel):
     comment: str = Field(default="", max_length=MAX_COMMENT)
     flagged_turns: list[FlaggedTurn] = []
     shown: dict[str, Any] = {}
+
+    @field_validator("shown")
+    @classmethod
+    def _shown_is_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """What the enrichment said: its known keys only, and small (a client could send anything)."""
+        unknown = sorted(set(value) - SHOWN_KEYS)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown[:5]}")
+        if len(orjson.dumps(value)) > MAX_SHOWN_BYTES:
+            raise ValueError(f"over {MAX_SHOWN_BYTES} bytes")
+        return value
 
     @field_validator("caller_name", mode="before")
     @classmethod

@@ -28,6 +28,17 @@ class InvalidWav(ValueError):
     pass
 
 
+# What a recording's header may declare: telephony's 8 kHz up to studio rates, a few channels,
+# and a handful of chunks before the samples. Anything else is refused as invalid before a
+# byte is decoded: a header of 4,294,967,295 Hz made each block of the audio checks the whole
+# file (13 times its size in memory), one of 1 Hz made every sample its own window (minutes of
+# CPU), and a file of millions of 8-byte chunks made the chunk walk minutes long.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 8
+MAX_CHUNKS = 64
+
+
 @dataclass(frozen=True)
 class WavInfo:
     sample_rate: int
@@ -90,7 +101,11 @@ def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
         raise InvalidWav(f"RIFF header says {riff_size + 8} bytes, file has {file_bytes} (truncated?)")
     fmt: tuple[int, ...] | None = None
     pos = 12
+    chunks = 0
     while pos + 8 <= file_bytes:
+        chunks += 1
+        if chunks > MAX_CHUNKS:
+            raise InvalidWav(f"more than {MAX_CHUNKS} chunks before the data chunk")
         fh.seek(pos)
         chunk_id, chunk_size = struct.unpack("<4sI", fh.read(8))
         if chunk_id == b"fmt ":
@@ -109,7 +124,14 @@ def read_wav_info(fh: BinaryIO, file_bytes: int) -> WavInfo:
             format_tag, channels, sample_rate, _, block_align, bits = fmt
             if format_tag not in FORMAT_NAMES:
                 raise InvalidWav(f"unsupported encoding (format tag {format_tag})")
-            if channels < 1 or sample_rate < 1 or bits not in (8, 16, 24, 32):
+            if not (
+                1 <= channels <= MAX_CHANNELS and MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE
+            ) or bits not in (
+                8,
+                16,
+                24,
+                32,
+            ):
                 raise InvalidWav(f"unsupported format: {channels} ch, {sample_rate} Hz, {bits} bit")
             if format_tag in (MU_LAW, A_LAW) and bits != 8:
                 raise InvalidWav(f"{FORMAT_NAMES[format_tag]} must be 8 bit, header says {bits}")

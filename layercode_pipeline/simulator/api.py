@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import random
 import struct
 import threading
 import time
+import zlib
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -45,9 +47,28 @@ from .generate import SimAgent, SimBatch, SimSession
 # payment_required: the org's balance ran out (402, not retryable)
 # expired_url: the redirect carries a signed URL that has already expired (storage answers 403)
 API_FAULTS = ("rate_limit", "server_error", "slow", "truncated_wav", "payment_required", "expired_url")
+
+
 # how the signed storage misbehaves for one download (scripted per session): a body cut short,
 # a header whose data size lies, a 0-byte object, or bytes dripped slowly
-STORAGE_FAULTS = ("truncated_wav", "lying_header", "empty_wav", "drip")
+@functools.cache
+def gzip_bomb(inflated: int = 256 * 1024 * 1024) -> bytes:
+    """A gzip body of about 256 KiB that inflates to `inflated` bytes of zeros."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(inflated >> 20)) + packer.flush()
+
+
+STORAGE_FAULTS = (
+    "truncated_wav",
+    "lying_header",
+    "empty_wav",
+    "drip",
+    "absurd_rate",  # the header says 4,294,967,295 Hz
+    "one_hz",  # the header says 1 Hz
+    "tiny_chunks",  # 100,000 empty chunks before the data chunk
+    "gzip_bomb",  # Content-Encoding: gzip, a body that inflates to 256 MiB of zeros
+)
 CHUNK_SAMPLES = 32 * 1024
 URL_TTL_S = 300  # how long a signed storage URL stays valid
 
@@ -284,6 +305,16 @@ class SimulatorAPI:
         elif fault == "empty_wav":  # the store holds a 0-byte object
             self.requests.append(("storage", s.session_id, 200))
             return Response(b"", 200, media_type="audio/wav")
+        elif fault in ("absurd_rate", "one_hz"):  # the fmt chunk's sample rate (and byte rate)
+            rate = 0xFFFFFFFF if fault == "absurd_rate" else 1
+            header = header[:24] + struct.pack("<II", rate, rate) + header[32:]
+        elif fault == "tiny_chunks":  # a valid file, with a walk of 100,000 chunks to reach its samples
+            junk = b"junk" + struct.pack("<I", 2) + b"\0\0"
+            header = header[:4] + struct.pack("<I", 36 + 1_000_000 + s.recording_data_bytes) + header[8:]
+            header = header[:36] + junk * 100_000 + header[36:]
+        elif fault == "gzip_bomb":
+            self.requests.append(("storage", s.session_id, 200))
+            return Response(gzip_bomb(), 200, media_type="audio/wav", headers={"content-encoding": "gzip"})
         self.requests.append(("storage", s.session_id, 200))
         pcm = pcm_chunks(s, samples)
 

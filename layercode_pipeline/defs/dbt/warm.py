@@ -46,6 +46,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from layercode_pipeline.config import adopt_environment, inherited_environment
+from layercode_pipeline.config import adopt_environment, build_environment, inherited_environment
 
 # the first line of a served invocation: the process running it (the client sends it signals)
 PID_MARK = "\x00layercode-dbt-pid:"
@@ -74,14 +75,44 @@ PRELOADED = (
 NOT_PROJECT_FILES = {"target", "logs", ".user.yml"}
 
 
+class UnsafeRuntimeDir(RuntimeError):
+    """The directory for the warm dbt's socket is not one only this user can enter."""
+
+
+def runtime_dir() -> Path:
+    """`$TMPDIR/layercode-<uid>`: made 0700 by this user, and refused (no warm dbt: each build
+    runs the real dbt) unless it is a real directory this user owns that nobody else can enter.
+    The socket and its lock live there: another local user can neither connect to the warm dbt
+    nor put a socket of their own where a build would send its request (a squatter in the
+    shared temp directory received a build's whole environment, secrets included)."""
+    path = Path(tempfile.gettempdir()) / f"layercode-{os.getuid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UnsafeRuntimeDir(
+            f"{path} is not a directory only user {os.getuid()} can enter (owner {info.st_uid}, "
+            f"mode {stat.filemode(info.st_mode)}): the warm dbt stays off, each build runs dbt itself"
+        )
+    return path
+
+
 def socket_path(home: Path | str) -> Path:
     """Where the warm dbt of `home` (a pipeline's `<data>/dbt`, the parent of its target
-    directories) listens. Named after the directory, this Python and the code the warm dbt runs
-    (dbt's, its adapter's, this module's), so an upgraded install never reaches an old one."""
+    directories) listens, in this user's private `runtime_dir()`. Named after the directory, this
+    Python and the code the warm dbt runs (dbt's, its adapter's, this module's), so an upgraded
+    install never reaches an old one."""
+    return runtime_dir() / socket_name(home)
+
+
+def socket_name(home: Path | str) -> str:
+    """The socket's file name in `runtime_dir()` (see `socket_path`)."""
     here = Path(__file__).read_bytes()
     versions = [importlib.metadata.version(name) for name in ("dbt-core", "dbt-duckdb")]
     key = json.dumps([os.path.realpath(home), sys.executable, os.getuid(), versions, hashlib.sha256(here).hexdigest()])
-    return Path(tempfile.gettempdir()) / f"layercode-dbt-{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
+    return f"dbt-{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
 
 
 def real_dbt() -> str:
@@ -99,9 +130,13 @@ def ensure_warm_dbt(state_dir: str, idle_s: float) -> int | None:
     ahead as the last build in `state_dir` did, if any. Its own messages go to <socket>.log."""
     home = Path(state_dir).parent
     home.mkdir(parents=True, exist_ok=True)
-    path = socket_path(home)
-    # held by the warm dbt for its whole life: free means none is running
-    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path = socket_path(home)
+    except UnsafeRuntimeDir as exc:
+        print(f"layercode-dbt: {exc}", file=sys.stderr)
+        return None
+    # held by the warm dbt for its whole life: free means none is running (never through a link)
+    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -345,6 +380,15 @@ def target_dir(args: list[str]) -> str | None:
     return given[-1] if given else inherited_environment().get("DBT_TARGET_PATH")
 
 
+def _names_motherduck(args: list[str]) -> bool:
+    """Whether the invocation's warehouse is on MotherDuck (its `--vars`, else the profile's
+    environment), so the build needs MOTHERDUCK_TOKEN."""
+    given = " ".join(args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--vars")
+    env = inherited_environment()
+    named = given or env.get("LAYERCODE_WAREHOUSE", "") or env.get("LAYERCODE_WAREHOUSE_PATH", "")
+    return "md:" in named
+
+
 def client(argv: list[str] | None = None) -> int:
     """`layercode-dbt ARGS...`: dbt ARGS through the warm dbt of the pipeline, else the real
     dbt."""
@@ -356,13 +400,14 @@ def client(argv: list[str] | None = None) -> int:
         if target is None:
             raise ConnectionRefusedError("no target directory")
         conn.connect(str(socket_path(Path(target).parent)))
-        request = {"argv": args, "cwd": os.getcwd(), "env": inherited_environment()}
+        # only what the build needs: never the pipeline's secrets
+        request = {"argv": args, "cwd": os.getcwd(), "env": build_environment(motherduck=_names_motherduck(args))}
         conn.sendall(json.dumps(request).encode() + b"\n")
         stream = conn.makefile("rb")
         hello = stream.readline()  # empty if the warm dbt exited with this call in its backlog
         if not hello.startswith(PID_MARK.encode()):
             raise ConnectionResetError("the warm dbt did not take the invocation")
-    except OSError:
+    except (OSError, UnsafeRuntimeDir):
         if stream is not None:
             stream.close()
         conn.close()

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 import duckdb
 
-from layercode_pipeline.contract.events import payload_drift, summarise_drift
+from layercode_pipeline.contract.events import Drift, payload_drift, summarise_drift
 from layercode_pipeline.defs.dbt.project import column_schema, source_node
 from layercode_pipeline.defs.freshness import FRESHNESS
 from layercode_pipeline.defs.resources import WAREHOUSE_POOL, StorageResource
@@ -69,6 +69,8 @@ def payload_drift_summary(con, run_started) -> tuple[int, list[dict]]:
                 yield session_id, payload_drift(event_type, json.loads(body)) if body is not None else []
             except ValueError:
                 continue  # not JSON: a reject, reported by no_rejected_lines
+            except RecursionError:  # nested past Python's limit (a 1,000-deep custom_metadata): named, not fatal
+                yield session_id, [Drift(event_type, "body", "nested_too_deep", "object")]
 
     return summarise_drift(drifts())
 

@@ -14,13 +14,19 @@ NUMBER_WORDS = (
     r"|cero|uno|dos|tres|cuatro|cinco|seis|siete|ocho|nueve"
     r"|null|eins|zwei|drei|vier|fünf|sechs|sieben|acht|neun)"
 )
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Every pattern is bounded (each repetition has an upper limit, and a match may only start where
+# the previous character could not belong to it), so redaction is linear in the text: an
+# unbounded `[\w.+-]+@` tried every start of a long run of word characters (a reference read
+# out digit by digit, a URL, a base64 blob) and scanned to its end, quadratic: a 1 MB word took
+# hours. The limits are RFC 5321's (local part 64, a label 63).
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 # "kwame underscore mensah at gmail dot com", "mueller punkt klaus at web punkt de": a local
 # part, "at", then a domain with at least one spoken dot
 _JOINER = r"(?:dot|underscore|dash|hyphen|punkt|punto|unterstrich|guion bajo|guion)"
 _DOT = r"(?:dot|punkt|punto)"
 _SPOKEN_EMAIL = re.compile(
-    rf"\b\w+(?:\s+{_JOINER}\s+\w+)*\s+(?:at|arroba|ät)\s+\w+(?:\s+{_DOT}\s+\w+)+\b", re.IGNORECASE
+    rf"\b\w{{1,64}}(?:\s+{_JOINER}\s+\w{{1,64}}){{0,8}}\s+(?:at|arroba|ät)\s+\w{{1,63}}(?:\s+{_DOT}\s+\w{{1,63}}){{1,8}}\b",
+    re.IGNORECASE,
 )
 # 13-19 digits, optionally grouped by spaces or dashes: card numbers (checked before phones)
 CARD_NUMBER = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
