@@ -428,3 +428,48 @@ def test_deliveries_list_hides_nothing(tmp_path, monkeypatch):
     shown = [m for m in messages if m.id in table]
     assert len(shown) == 50 and all(m.session_id in table for m in shown)  # whole ids, never cut
     assert "(70 more; --limit to see them)" in table
+
+
+# --- the audio checks: bounded memory, bounded time --------------------------------------------
+
+
+def write_wav(path: Path, seconds: float, rate: int) -> Path:
+    import numpy as np
+
+    from layercode_pipeline.lib.wav import wav_header
+
+    frames = int(seconds * rate)
+    samples = (np.sin(np.arange(frames) * 0.05) * 8000).astype("<i2").tobytes()
+    path.write_bytes(wav_header(len(samples), rate) + samples)
+    return path
+
+
+def test_the_audio_checks_decode_in_bounded_blocks(tmp_path):
+    """A 384 kHz file of 16 MiB: its blocks were 10 s of audio (3.84M frames: about 5 times
+    the file in float arrays); now at most MAX_BLOCK_FRAMES, whatever the header's rate."""
+    import tracemalloc
+
+    from layercode_pipeline.lib.audio import analyse_wav
+    from layercode_pipeline.lib.wav import inspect_wav
+
+    path = write_wav(tmp_path / "fast.wav", seconds=22, rate=384_000)
+    size = path.stat().st_size
+    info = inspect_wav(path)
+    tracemalloc.start()
+    try:
+        stats = analyse_wav(path, info)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats.duration_s == 22.0
+    assert peak < size / 2, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB file"
+
+
+def test_the_audio_checks_stop_at_their_deadline(tmp_path):
+    from layercode_pipeline.lib.audio import MeasureTimeout, analyse_wav
+    from layercode_pipeline.lib.wav import inspect_wav
+
+    path = write_wav(tmp_path / "long.wav", seconds=60, rate=8000)
+    with pytest.raises(MeasureTimeout):
+        analyse_wav(path, inspect_wav(path), deadline_s=0.0)
+    assert analyse_wav(path, inspect_wav(path)).duration_s == 60.0  # within the default deadline

@@ -129,26 +129,42 @@ def test_the_daily_aggregates_do_not_move_when_the_text_behind_them_expires(data
     serving = data / "serving" / "analytics.duckdb"
     before = read(serving, AGGREGATES)
     sessions_before = read(serving, "select count(*) from marts.fct_sessions")
-    # the retention job, then the pipeline's next run, both on a clock moved 40 days on
-    code = (
-        "from pathlib import Path\n"
-        "from layercode_pipeline.config import Settings\n"
-        "from layercode_pipeline.definitions import build_definitions\n"
-        "from layercode_pipeline.defs.resources import resources_from_settings\n"
-        "from layercode_pipeline.demo import materialize_all\n"
-        "job = build_definitions().get_job_def('retention_job')\n"
-        "assert job.execute_in_process(resources=resources_from_settings(Settings())).success\n"
-        f"materialize_all(Path({str(data)!r}), api_url=None, api_key=None, grace_minutes=0)\n"
-    )
+    turns_before = read(serving, "select count(*), count(latency_ms) from marts.fct_turns")
+    rest_transcripts = read(
+        data / "warehouse.duckdb",
+        "select count(distinct session_id) from raw.layercode_session_details where json_array_length(record->'$.transcript') > 0",
+    )[0][0]
+    assert rest_transcripts > 0  # calls whose transcript came from the REST backfill (a dropped session.end)
     env = {
         "LAYERCODE_DATA_DIR": str(data),
         "LAYERCODE_RETENTION_TEXT_DAYS": "30",
         "LAYERCODE_RETENTION_LANDING_DAYS": "30",
     }
-    r = faketime_python(code, 40, env)
+    # the retention job, on a clock moved 40 days on
+    retention = (
+        "from layercode_pipeline.config import Settings\n"
+        "from layercode_pipeline.definitions import build_definitions\n"
+        "from layercode_pipeline.defs.resources import resources_from_settings\n"
+        "job = build_definitions().get_job_def('retention_job')\n"
+        "assert job.execute_in_process(resources=resources_from_settings(Settings())).success\n"
+    )
+    r = faketime_python(retention, 40, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the hourly backfill asks the REST API again for these calls (a new fetch of each record)
+    con = duckdb.connect(str(data / "warehouse.duckdb"))
+    con.execute(
+        "insert into raw.layercode_session_details "
+        "select agent_id, session_id, http_status, record, 'recording_unresolved', now() + interval 40 day "
+        "from raw.layercode_session_details"
+    )
+    con.close()
+    # then the pipeline's next run, on the same clock: every expired call is touched by a load
+    run = f"from pathlib import Path\nfrom layercode_pipeline.demo import materialize_all\nmaterialize_all(Path({str(data)!r}), api_url=None, api_key=None, grace_minutes=0)\n"
+    r = faketime_python(run, 40, env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert read(serving, "select count(*) from marts.fct_turns where text is not null") == [(0,)]
     assert read(serving, "select count(*) from marts.fct_sessions") == sessions_before
+    assert read(serving, "select count(*), count(latency_ms) from marts.fct_turns") == turns_before
     assert read(serving, AGGREGATES) == before
 
 

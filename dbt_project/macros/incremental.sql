@@ -28,17 +28,22 @@
 {% macro touched_sessions() -%}
     {% if is_incremental() and 'built_at' in adapter.get_columns_in_relation(this) | map(attribute='name') | list %}
     {%- set since = watermark('source_loaded_at') %}
-    select session_id from {{ ref('stg_webhook_events') }} where ingested_at > {{ since }}
-    union
-    select session_id from {{ source('raw', 'layercode_session_details') }}
-    where http_status = 200 and fetched_at > {{ since }}
-    union
-    select session_id from {{ source('raw', 'layercode_recordings') }} where fetched_at > {{ since }}
-    union
-    select session_id from {{ source('enrichment', 'session_enrichments') }} where enriched_at > {{ since }}
-    union
-    select session_id from {{ ref('stg_webhook_events') }}
-    where agent_id in (select agent_id from {{ source('raw', 'layercode_agents') }} where first_seen_at > {{ since }})
+    select session_id from (
+        select session_id from {{ ref('stg_webhook_events') }} where ingested_at > {{ since }}
+        union
+        select session_id from {{ source('raw', 'layercode_session_details') }}
+        where http_status = 200 and fetched_at > {{ since }}
+        union
+        select session_id from {{ source('raw', 'layercode_recordings') }} where fetched_at > {{ since }}
+        union
+        select session_id from {{ source('enrichment', 'session_enrichments') }} where enriched_at > {{ since }}
+        union
+        select session_id from {{ ref('stg_webhook_events') }}
+        where agent_id in (select agent_id from {{ source('raw', 'layercode_agents') }} where first_seen_at > {{ since }})
+    ) touched_by_a_load
+    -- a session whose text has expired keeps the rows it had: rebuilt from the emptied text, its
+    -- turns, words and turn latencies (and the day's aggregates over them) would change
+    where session_id not in (select session_id from {{ source('raw', 'retention_expired') }} where class = 'text')
     {% else %}  {#- the first build, or a table from before `built_at`: every session, in chunks #}
     select session_id from {{ ref('int_session_sources') }} where {{ first_build_chunk(0) }}
     {% endif %}
