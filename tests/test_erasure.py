@@ -123,10 +123,19 @@ def test_a_typo_or_an_unknown_id_is_not_an_erasure(data, tmp_path):
         assert con.execute("select count(*) from raw.erasure_tombstones").fetchone() == (0,)
     finally:
         con.close()
+    # nothing matched, even with the flag: nothing is rewritten nor republished
+    serving = data / "serving" / "analytics.duckdb"
+    serving.parent.mkdir(parents=True)
+    duckdb.connect(str(serving)).close()
+    untouched = (serving.stat().st_mtime_ns, storage.warehouse.path.stat().st_ino)
+    r = forget(data, "--session-id", "sess_nothing", "--allow-unmatched")
+    assert r.exit_code == 0 and "No session matched: nothing was removed" in r.output, r.output
+    assert (serving.stat().st_mtime_ns, storage.warehouse.path.stat().st_ino) == untouched
+    serving.unlink()  # (a stand-in: this warehouse has no marts to publish)
     # a batch file may name callers not seen yet: with the flag, what matched is erased
     r = forget(data, "--session-id", "sess_nothing", "--phone-number", PHONE, "--allow-unmatched")
     assert r.exit_code == 0, r.output
-    assert "1 sessions forgotten" in r.output and "serving copy" not in r.output
+    assert "1 sessions forgotten" in r.output and "warehouse file rewritten" in r.output
     assert sessions(storage) == {"sess_b"}
     # nothing left to do: no identifier, no half-done erasure
     assert forget(data).exit_code == 2

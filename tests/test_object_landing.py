@@ -195,3 +195,57 @@ def test_forget_rewrites_a_landed_object_without_the_erased_sessions_events(s3_e
     kept = bytes(obstore.get(landing.store(), key).bytes())
     assert kept == lines[0] + lines[2]  # the same name, the other events untouched
     assert erase_landing_objects(landing, [landing.object_url(key)], {"sess_gone"}) == 0
+
+
+def test_an_erased_callers_redelivery_does_not_stay_in_the_landed_objects(tmp_path, s3_endpoint):
+    """The ingest drops a landed event of an erased session (its tombstone) and writes the
+    object again without it, under the same name (issue 47)."""
+    import obstore
+
+    from layercode_pipeline.config import load_privacy_key
+    from layercode_pipeline.landing.objects import ObjectLanding
+    from layercode_pipeline.lib import privacy
+    from layercode_pipeline.lib.recording_store import recording_store
+
+    from .test_erasure import start
+
+    make_bucket(s3_endpoint, "erase-ingest")
+    url = "s3://erase-ingest/events"
+    landing = ObjectLanding(
+        url, endpoint=s3_endpoint, region=REGION, access_key_id=KEY_ID, secret_access_key=SECRET_KEY
+    )
+    from .test_voice_metrics import envelope
+
+    def put(key: str, *bodies: dict) -> None:
+        obstore.put(landing.store(), key, b"".join(envelope(b, 100 + i, "ag_a") for i, b in enumerate(bodies)))
+
+    put("dt=2026-11-20/hour=09/w1-000001.jsonl", start("sess_gone", "+15550101010"), start("sess_keep"))
+    assert ingest(tmp_path, s3_endpoint, url)["rows_inserted"] == 2
+    settings = Settings(
+        data_dir=tmp_path / "pipeline",
+        landing_url=url,
+        aws_endpoint_url=s3_endpoint,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET_KEY,
+        aws_region=REGION,
+    )
+    storage = resources_from_settings(settings)["storage"]
+    privacy.forget(
+        warehouse=storage.warehouse,
+        paths=storage.paths,
+        key=load_privacy_key(storage.paths.data_dir),
+        selectors=[privacy.Selector("phone", "+15550101010")],
+        recordings=recording_store(storage.storage(), storage.paths.recordings),
+        object_landing=storage.object_landing,
+    )
+    # a re-delivery of the erased session, and a new call of the same number, land later
+    from datetime import UTC, datetime
+
+    from layercode_pipeline.landing.objects import hour_prefix, object_key
+
+    late = object_key(hour_prefix(datetime.now(UTC)), "w1", 2)  # where a listener puts it now
+    put(late, start("sess_gone", "+15550101010"), start("sess_new", "+15550101010"), start("sess_other"))
+    result = ingest(tmp_path, s3_endpoint, url)
+    assert result["erased_events_dropped"] == 2 and result["rows_inserted"] == 1
+    kept = bytes(obstore.get(landing.store(), late).bytes())
+    assert b"sess_other" in kept and b"sess_gone" not in kept and b"+15550101010" not in kept
