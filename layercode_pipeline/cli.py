@@ -223,6 +223,8 @@ def simulate(
         return
     if manifest:
         Path(manifest).write_text(json.dumps(batch.manifest(), indent=1))
+    if api_port is not None:  # one line, before any call is sent (not uvicorn's bind traceback)
+        _check_port_free("127.0.0.1", api_port, "another simulator (or demo) may be serving the REST API there")
     with contextlib.ExitStack() as stack:
         if api_port is not None:
             api = SimulatorAPI(
@@ -576,7 +578,7 @@ def dashboard(serving_path: str | None, host: str, port: int, refresh_s: float) 
     )
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, holder: str = "another dashboard may be running") -> None:
     """Say so before claiming to serve on a port another process holds."""
     import socket
 
@@ -585,8 +587,7 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise click.ClickException(
-                f"cannot listen on {host}:{port} ({exc.strerror}): another dashboard may be running; "
-                "stop it or choose another --port"
+                f"cannot listen on {host}:{port} ({exc.strerror}): {holder}; stop it or choose another port"
             ) from None
 
 

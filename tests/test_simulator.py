@@ -411,3 +411,20 @@ def test_zero_calls_is_a_usage_error_not_a_whole_run(command):
         timeout=60,
     )
     assert r.returncode == 2 and "--calls" in r.stderr
+
+
+def test_simulate_on_a_busy_api_port_says_so_in_one_line():
+    import socket
+
+    from click.testing import CliRunner
+
+    from layercode_pipeline.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        r = CliRunner().invoke(main, ["simulate", "--calls", "1", "--seed", "3", "--api-port", str(port)])
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"Error: cannot listen on 127.0.0.1:{port}") and "Traceback" not in r.output
