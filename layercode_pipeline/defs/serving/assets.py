@@ -26,9 +26,10 @@ MARTS = sorted(key for key in layercode_dbt_models.keys if key.path[0] == "marts
     automation_condition=DOWNSTREAM,
     freshness_policy=FRESHNESS,
     kinds={"duckdb"},
-    description="Copies schema marts into serving/analytics.duckdb (in a storage format DuckDB 1.1 and later "
-    "open) and Parquet files (serving/parquet/<mart>/<date>=<day>/part.parquet for the session, turn and "
-    "conversation marts, serving/parquet/<mart>.parquet for the others). analytics.duckdb links to one of a "
+    # paths in backticks: the UI renders descriptions as Markdown, which eats a bare <placeholder>
+    description="Copies schema marts into `serving/analytics.duckdb` (in a storage format DuckDB 1.1 and later "
+    "open) and Parquet files (`serving/parquet/<mart>/<date>=<day>/part.parquet` for the session, turn and "
+    "conversation marts, `serving/parquet/<mart>.parquet` for the others). analytics.duckdb links to one of a "
     "pair of files: the other is updated in place, then the link is swapped, then the Parquet files follow (each "
     "written new and renamed), so BI readers never block the pipeline and never see a half-written file. After the first "
     "publish, only the rows and days the marts rebuilt are copied.",
