@@ -241,3 +241,13 @@ def test_a_page_on_another_site_cannot_read_the_dashboard_through_dns_rebinding(
         assert answer is not None and answer.status == 200
     finally:
         browser.close()
+
+
+def test_an_unknown_path_is_a_404_and_offline_analyses_cost_nothing(dashboard):
+    answer = httpx.get(dashboard["url"] + "/nope", timeout=10)
+    assert answer.status_code == 404 and "No page at /nope" in answer.text
+    page = dashboard["page"]
+    page.goto(dashboard["url"])
+    page.wait_for_selector("#kpi-cost", timeout=30_000)
+    # every call here was analysed by the offline rules: no LLM was paid for
+    assert page.inner_text("#kpi-cost") == "offline: no LLM cost"

@@ -22,6 +22,7 @@ signed URL when the recordings are on object storage.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -29,6 +30,8 @@ from urllib.parse import unquote, urlsplit
 from .queries import ALL, REFRESH_S, agents
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# the dashboard's pages, and Dash's own routes (its scripts, layout, callbacks, assets)
+PAGE_PREFIXES = ("/call/", "/review", "/recording/", "/assets/", "/_dash", "/_reload-hash", "/_favicon")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -120,6 +123,19 @@ def create_app(
                 f"host {name!r} is not this dashboard's (LAYERCODE_DASHBOARD_HOSTS lists the names it answers to)",
                 status=421,
             )
+        return None
+
+    @server.before_request
+    def not_a_page():
+        """A path that is none of the dashboard's pages is a 404, not the overview."""
+        path = flask.request.path
+        if flask.request.method == "GET" and not (path == "/" or path.startswith(PAGE_PREFIXES)):
+            body = (
+                f"<!doctype html><title>Not found</title><h1>No page at {html_escape(path)}</h1>"
+                '<p>The dashboard has <a href="/">the overview</a>, <code>/call/&lt;session id&gt;</code> and '
+                '<a href="/review">/review</a>.</p>'
+            )
+            return flask.Response(body, status=404, mimetype="text/html")
         return None
 
     @server.before_request

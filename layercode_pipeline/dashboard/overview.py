@@ -42,7 +42,11 @@ def overview_page(serving: Path, agent: str | None):
             kpi("Interruption rate", fmt(k["interruption_rate"], "pct"), "kpi-interruption-rate"),
             kpi("Containment", fmt(k["containment_rate"], "pct"), "kpi-containment"),
             kpi("Recording coverage", fmt(k["recording_coverage"], "pct"), "kpi-recording-coverage"),
-            kpi("Estimated LLM cost", fmt(k["estimated_cost_usd"], "usd"), "kpi-cost"),
+            kpi(
+                "Estimated LLM cost",
+                fmt(k["estimated_cost_usd"], "usd") if k["llm_analysed"] else "offline: no LLM cost",
+                "kpi-cost",
+            ),
         ],
         style={"display": "flex", "flexWrap": "wrap", "gap": "0.6rem"},
     )

@@ -54,7 +54,19 @@ def kpis(serving: Path, agent: str | None) -> dict[str, Any]:
         from marts.fct_turns where role = 'assistant' and interrupted is not true{where}""",
         params,
     ).row(0, named=True)
-    return {**daily, "turn_latency_ms_p50": turns["p50"], "turn_latency_ms_p95": turns["p95"]}
+    # calls analysed by an LLM (not the offline rules): without any, there is no LLM cost to show
+    llm = frame(
+        serving,
+        f"""select count(*) filter (where enrichment_provider is not null and enrichment_provider <> 'offline') as n
+            from marts.fct_sessions where true{where}""",
+        params,
+    ).row(0, named=True)
+    return {
+        **daily,
+        "turn_latency_ms_p50": turns["p50"],
+        "turn_latency_ms_p95": turns["p95"],
+        "llm_analysed": llm["n"],
+    }
 
 
 def daily(serving: Path, agent: str | None) -> pl.DataFrame:
