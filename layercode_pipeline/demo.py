@@ -516,7 +516,7 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
             from marts.fct_sessions""").fetchall()[0]
         # the last week of the daily mart (the dashboard shows the whole month)
         daily = con.execute("""
-            select call_date, coalesce(agent_name, agent_id), calls, round(duration_ms_p50 / 1000, 1),
+            select call_date, coalesce(agent_name, agent_id), calls, sessions, round(duration_ms_p50 / 1000, 1),
                    round(latency_ms_p95)::int, round(interruption_rate * 100), round(recording_coverage * 100),
                    sentiment_positive || '/' || sentiment_neutral || '/' || sentiment_negative || '/' ||
                    sentiment_mixed, round(quality_score_avg, 1)
@@ -603,14 +603,16 @@ def print_summary(result: DemoResult, console, elapsed_s: float) -> None:
     console.print(Panel(facts, title=f"layercode-pipeline demo (seed {result.seed})", expand=False))
     table = Table(
         title="marts.agg_daily_call_metrics, the last 7 days",
-        caption="dur: median call length; p95: 95th percentile reply latency (session.end); barge: agent turns "
-        "interrupted; rec: recording coverage; sentiment: positive/neutral/negative/mixed calls; qual: quality 1-5",
+        caption="calls: conversations; sessions: their connections (a reconnect is a second session, and the "
+        "figures after it count sessions); dur: median session length; p95: 95th percentile reply latency "
+        "(session.end); barge: agent turns interrupted; rec: recording coverage; sentiment: "
+        "positive/neutral/negative/mixed sessions; qual: quality 1-5",
         caption_justify="left",
         box=None,
         padding=(0, 1),
         title_justify="left",
     )
-    for col in ("date", "agent", "calls", "dur s", "p95 ms", "barge%", "rec%", "sentiment", "qual"):
+    for col in ("date", "agent", "calls", "sessions", "dur s", "p95 ms", "barge%", "rec%", "sentiment", "qual"):
         table.add_column(col, no_wrap=col != "agent", overflow="fold", min_width=12 if col == "agent" else None)
     for row in daily:
         table.add_row(*("-" if v is None else str(v) for v in row))

@@ -148,7 +148,8 @@ def test_ctrl_c_in_a_terminal_then_the_next_run_resumes(tmp_path):
     assert "by offline" in r.stdout and "serving" in r.stdout
     assert "barge-ins" in r.stdout and "barge%" in r.stdout and "Acme Support" in r.stdout  # agent names
     flat = " ".join(" ".join(line.strip(" │").split()) for line in r.stdout.splitlines())  # tables wrap
-    assert "slowest week" in flat and "sentiment: positive/neutral/negative/mixed calls" in flat
+    assert "slowest week" in flat and "sentiment: positive/neutral/negative/mixed sessions" in flat
+    assert "calls: conversations; sessions: their connections" in flat  # each count says what it counts
     # each hint is one line, whole (a pasted copy keeps every variable)
     lines = r.stdout.splitlines()
     assert any(
