@@ -256,6 +256,8 @@ def run_demo(
     `receiver_port`: where the demo's result webhook receiver listens when free (else any port)."""
     from layercode_pipeline.config import Settings
     from layercode_pipeline.contract.landing import DEFAULT_KEPT_HEADERS
+    from layercode_pipeline.defs.dbt.project import dbt_target_path
+    from layercode_pipeline.defs.dbt.warm import stop_warm_dbt
     from layercode_pipeline.lib.result_webhooks.signing import new_secret
     from layercode_pipeline.simulator import Deliverer, SimulatorAPI, listener_secrets_json
     from layercode_pipeline.simulator.deliver import deliver_with_progress
@@ -330,6 +332,8 @@ def run_demo(
     with contextlib.ExitStack() as stack:
         stack.callback(receiver_server.stop)
         stack.callback(listener.stop)
+        # the warm dbt the runs start outlives a run by its idle time: not the demo that started it
+        stack.callback(stop_warm_dbt, str(dbt_target_path("run", data_dir)))
         api_server = stack.enter_context(api.serve())
         say(f"listener on [bold]{listener.url}[/], simulated Layercode REST API on [bold]{api_server.url}/v1[/]")
         try:

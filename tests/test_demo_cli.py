@@ -167,3 +167,14 @@ def test_ctrl_c_in_a_terminal_then_the_next_run_resumes(tmp_path):
     # the audio checks' summary: recordings measured where they are kept, silent ones counted
     assert f"recordings measured in {(data / 'recordings').resolve()}: " in flat and " silent, " in flat
     assert not list((data / "landing").rglob("*.open"))  # nothing left unsealed
+    # the warm dbt its runs started is stopped as the demo exits (not left for its idle time)
+    from layercode_pipeline.defs.dbt.project import dbt_target_path
+    from layercode_pipeline.defs.dbt.warm import socket_path
+
+    lock = socket_path(dbt_target_path("run", data.resolve()).parent).with_suffix(".lock")
+    assert lock.exists()  # one was started
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no warm dbt holds it
+    finally:
+        os.close(fd)

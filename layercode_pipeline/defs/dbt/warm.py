@@ -160,11 +160,50 @@ def ensure_warm_dbt(state_dir: str, idle_s: float) -> int | None:
                     pass_fds=(listener.fileno(), lock),
                     start_new_session=True,  # outlives the run that started it, and its signals
                 )
+            path.with_suffix(".pid").write_text(str(process.pid))  # for stop_warm_dbt
         finally:
             listener.close()  # the child's copy is the only one: if it dies, a client is refused
         return process.pid
     finally:
         os.close(lock)  # the child's copy keeps the lock
+
+
+def stop_warm_dbt(state_dir: str, wait_s: float = 10.0) -> bool:
+    """Stop the warm dbt of the pipeline whose builds use `state_dir`, if one is running: what
+    a command that started it (the demo) does as it exits, so no process outlives it by its idle
+    time. Whether one was stopped."""
+    try:
+        path = socket_path(Path(state_dir).parent)
+    except UnsafeRuntimeDir:
+        return False
+    lock_path, pid_path = path.with_suffix(".lock"), path.with_suffix(".pid")
+    if not lock_path.exists() or not pid_path.exists():
+        return False
+    lock = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the warm dbt is running
+            pass
+        else:
+            return False  # free: none is running (the pid file is an old one's)
+        try:
+            os.kill(int(pid_path.read_text().strip()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            return False
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.05)
+                continue
+            path.unlink(missing_ok=True)
+            pid_path.unlink(missing_ok=True)
+            return True
+        return False
+    finally:
+        os.close(lock)
 
 
 # --- the warm dbt ------------------------------------------------------------------------------
