@@ -251,3 +251,30 @@ def test_an_unknown_path_is_a_404_and_offline_analyses_cost_nothing(dashboard):
     page.wait_for_selector("#kpi-cost", timeout=30_000)
     # every call here was analysed by the offline rules: no LLM was paid for
     assert page.inner_text("#kpi-cost") == "offline: no LLM cost"
+
+
+def test_an_agent_keeps_its_colour_whatever_the_filter_and_the_table_says_what_it_shows(dashboard):
+    """Filtering to one agent leaves its colour as it was among all agents; the lowest-quality
+    table has readable headings and the reply latency every call has."""
+    from layercode_pipeline.dashboard.overview import overview_page
+    from layercode_pipeline.dashboard.queries import ALL, agent_ids
+
+    serving = dashboard["serving"]
+
+    def colours(agent: str) -> dict[str, str]:
+        page = overview_page(serving, agent)
+        graph = next(g for g in page.children[1].children if getattr(g, "id", None) == "chart-calls")
+        return {trace.name: trace.marker.color for trace in graph.figure.data}
+
+    every = colours(ALL)
+    ids = agent_ids(serving)
+    assert len(ids) >= 2 and len(set(every.values())) == len(every)
+    last = ids[-1]  # the agent whose place would change most when shown alone
+    alone = colours(last)
+    assert len(alone) == 1 and set(alone.items()) <= set(every.items())
+    page = dashboard["page"]
+    page.goto(dashboard["url"])
+    page.wait_for_selector("#lowest-quality a", timeout=30_000)
+    headings = page.locator("#lowest-quality th").all_inner_texts()
+    assert headings[:3] == ["Session", "Agent", "Started"] and "Reply latency" in headings
+    assert not any("_" in h for h in headings)

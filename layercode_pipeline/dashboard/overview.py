@@ -11,7 +11,7 @@ import plotly.graph_objects as go  # graph objects need no numpy (Plotly Express
 import polars as pl
 from dash import dcc, html
 
-from .queries import daily, fmt, kpis, local_time, lowest_quality
+from .queries import agent_ids, daily, fmt, kpis, local_time, lowest_quality
 
 # Plotly's default qualitative palette
 AGENT_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
@@ -25,6 +25,11 @@ def kpi(label: str, value: str, kpi_id: str):
         ],
         style={"padding": "0.6rem 1rem", "border": "1px solid #ddd", "borderRadius": "6px"},
     )
+
+
+def agent_colours(serving: Path) -> dict[str, str]:
+    """Each agent's colour: by its place among every agent's id, sorted."""
+    return {a: AGENT_COLOURS[i % len(AGENT_COLOURS)] for i, a in enumerate(agent_ids(serving))}
 
 
 def overview_page(serving: Path, agent: str | None):
@@ -72,9 +77,9 @@ def overview_page(serving: Path, agent: str | None):
                 fig.update_yaxes(rangemode="tozero", ticksuffix=y)
             return dcc.Graph(figure=fig, id=chart_id, style={"width": "49%", "display": "inline-block"})
 
-        # one colour per agent in every chart (its p50 and p95 lines too)
-        ids = sorted(set(d["agent_id"].to_list()))
-        colour = {a: AGENT_COLOURS[i % len(AGENT_COLOURS)] for i, a in enumerate(ids)}
+        # one colour per agent in every chart (its p50 and p95 lines too), the same whatever the
+        # filter: numbered over every agent of the serving copy, not over those shown
+        colour = agent_colours(serving)
 
         def per_agent(column: str, kind: str = "line", suffix: str = "", dash: str | None = None):
             """One series per agent id, named by the agent's label."""
@@ -130,16 +135,19 @@ def overview_page(serving: Path, agent: str | None):
 def lowest_quality_table(low: pl.DataFrame):
     """Every value from calls is text: the session id is a link's text, never markdown or
     HTML (a crafted id rendered as markdown became a live external link)."""
-    columns = (
-        "agent",
-        "started_at",
-        "quality_score",
-        "sentiment",
-        "outcome",
-        "interruptions",
-        "turn_latency_ms_p95",
-        "summary",
-    )
+    # the column, and its heading: every session has a reply latency (session.end's); the turn
+    # latencies come with a REST record only, and were "-" for most calls
+    labels = {
+        "agent": "Agent",
+        "started_at": "Started",
+        "quality_score": "Quality (1-5)",
+        "sentiment": "Sentiment",
+        "outcome": "Outcome",
+        "interruptions": "Barge-ins",
+        "latency_ms": "Reply latency",
+        "summary": "Summary",
+    }
+    columns = tuple(labels)
     cell = {
         "textAlign": "left",
         "verticalAlign": "top",
@@ -148,7 +156,7 @@ def lowest_quality_table(low: pl.DataFrame):
         "borderBottom": "1px solid #eee",
         "fontSize": "0.85rem",
     }
-    header = html.Tr([html.Th(c, style=cell) for c in ("session", *columns)])
+    header = html.Tr([html.Th(c, style=cell) for c in ("Session", *labels.values())])
     body = [
         html.Tr(
             [
@@ -156,7 +164,13 @@ def lowest_quality_table(low: pl.DataFrame):
                     dcc.Link(r["session_id"], href="/call/" + quote(r["session_id"], safe=""), refresh=True),
                     style=cell,
                 ),
-                *[html.Td(local_time(r[c]) if c == "started_at" else fmt(r[c]), style=cell) for c in columns],
+                *[
+                    html.Td(
+                        local_time(r[c]) if c == "started_at" else fmt(r[c], "ms" if c == "latency_ms" else ""),
+                        style=cell,
+                    )
+                    for c in columns
+                ],
             ]
         )
         for r in low.iter_rows(named=True)

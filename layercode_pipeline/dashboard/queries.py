@@ -91,13 +91,20 @@ def daily(serving: Path, agent: str | None) -> pl.DataFrame:
     )
 
 
+def agent_ids(serving: Path) -> list[str]:
+    """Every agent's id in the serving copy, sorted."""
+    return frame(
+        serving, "select distinct agent_id from marts.agg_daily_call_metrics where agent_id is not null order by 1"
+    )["agent_id"].to_list()
+
+
 def lowest_quality(serving: Path, agent: str | None, limit: int = 15) -> pl.DataFrame:
     where, params = _agent_filter(agent)
     return frame(
         serving,
         f"""
         select session_id, coalesce(agent_name, agent_id) as agent, started_at, quality_score, sentiment, outcome,
-               interruptions, turn_latency_ms_p95, summary
+               interruptions, latency_ms, summary
         from marts.fct_sessions where quality_score is not null{where}
         order by quality_score, sentiment_score nulls last, session_id limit {int(limit)}""",
         params,
