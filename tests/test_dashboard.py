@@ -278,3 +278,13 @@ def test_an_agent_keeps_its_colour_whatever_the_filter_and_the_table_says_what_i
     headings = page.locator("#lowest-quality th").all_inner_texts()
     assert headings[:3] == ["Session", "Agent", "Started"] and "Reply latency" in headings
     assert not any("_" in h for h in headings)
+
+
+def test_the_agent_filter_is_shown_only_where_it_filters(dashboard):
+    page = dashboard["page"]
+    page.goto(dashboard["url"])
+    page.wait_for_selector("#kpi-calls", timeout=30_000)
+    assert page.locator("#agent").is_visible()
+    page.goto(dashboard["url"] + "/review")
+    page.wait_for_selector("#queues-title", timeout=30_000)
+    page.wait_for_selector("#agent", state="hidden", timeout=10_000)

@@ -95,6 +95,12 @@ def create_app(
             return queues_page(workbench)
         return overview_page(serving, agent)
 
+    @app.callback(Output("agent", "style"), Input("url", "pathname"))
+    def agent_filter_where_it_filters(pathname: str | None):
+        # the filter applies to the overview only: on a call page or the review queues it did
+        # nothing, so it is not shown there
+        return {"maxWidth": "360px", "display": "block" if pathname in (None, "", "/") else "none"}
+
     @app.callback(Output("agent", "options"), Input("refresh", "n_intervals"))
     def agent_options(_n: int | None):
         return agents(serving) if serving.exists() else [{"label": "All agents", "value": ALL}]
