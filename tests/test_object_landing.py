@@ -39,7 +39,8 @@ def listener_env(endpoint: str, url: str, mode: str, batch) -> dict[str, str]:
     }
 
 
-def ingest(tmp_path: Path, endpoint: str, url: str) -> dict:
+def pipeline_storage(tmp_path: Path, endpoint: str, url: str):
+    """The pipeline's StorageResource over the landing bucket `url`."""
     settings = Settings(
         data_dir=tmp_path / "pipeline",
         landing_url=url,
@@ -48,7 +49,11 @@ def ingest(tmp_path: Path, endpoint: str, url: str) -> dict:
         aws_secret_access_key=SECRET_KEY,
         aws_region=REGION,
     )
-    storage = resources_from_settings(settings)["storage"]
+    return resources_from_settings(settings)["storage"]
+
+
+def ingest(tmp_path: Path, endpoint: str, url: str) -> dict:
+    storage = pipeline_storage(tmp_path, endpoint, url)
     result = dg.materialize([raw_layercode_events], resources={"storage": storage})
     meta = result.asset_materializations_for_node("raw_layercode_events")[0].metadata
     return {k: v.value for k, v in meta.items()} | {"warehouse": storage.warehouse.path}
@@ -221,15 +226,7 @@ def test_an_erased_callers_redelivery_does_not_stay_in_the_landed_objects(tmp_pa
 
     put("dt=2026-11-20/hour=09/w1-000001.jsonl", start("sess_gone", "+15550101010"), start("sess_keep"))
     assert ingest(tmp_path, s3_endpoint, url)["rows_inserted"] == 2
-    settings = Settings(
-        data_dir=tmp_path / "pipeline",
-        landing_url=url,
-        aws_endpoint_url=s3_endpoint,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET_KEY,
-        aws_region=REGION,
-    )
-    storage = resources_from_settings(settings)["storage"]
+    storage = pipeline_storage(tmp_path, s3_endpoint, url)
     privacy.forget(
         warehouse=storage.warehouse,
         paths=storage.paths,

@@ -131,9 +131,12 @@ class ErasureLedger:
         with self._connect(write=True) as con:
             assert con is not None
             con.execute("update erasures set plan = null, done_at = ? where erasure_id = ?", (time.time(), erasure_id))
-        with sqlite3.connect(self.path, timeout=30, isolation_level=None) as con:
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
             con.execute("pragma wal_checkpoint(truncate)")
             con.execute("vacuum")  # the plan's pages leave the file
+        finally:
+            con.close()
 
     def unfinished(self) -> list[Unfinished]:
         with self._connect(write=False) as con:
