@@ -45,8 +45,6 @@ from layercode_pipeline.landing.erase import (
 )
 from layercode_pipeline.lib.erasure_ledger import ErasureLedger, keyed_hash
 
-__all__ = ["erase_landing_files", "erase_landing_objects", "keyed_hash", "rewrite_without"]
-
 KINDS = ("session", "conversation", "phone")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 # a session or conversation id: what Layercode's ids are made of (no spaces, no quotes)

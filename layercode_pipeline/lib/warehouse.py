@@ -161,12 +161,6 @@ create table if not exists raw.retention_expired (
     expired_at  timestamptz not null,
     primary key (session_id, class)
 );
--- how far each retention class has been applied (lib/retention.py; no longer read)
-create table if not exists raw.retention_applied (
-    class          varchar primary key,   -- text (the others need no cursor)
-    applied_until  timestamptz not null,
-    applied_at     timestamptz not null
-);
 -- reviews written by the dashboard's workbench (lib/reviews.py), one row per review
 create table if not exists raw.reviews (
     review_id      varchar primary key,
